@@ -1,0 +1,3 @@
+//! The wire protocol between the tracer (`sctrace`) and `sctrace-agent`.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]

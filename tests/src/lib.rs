@@ -1,0 +1,1 @@
+//! Test harness for sctrace's end-to-end tests.

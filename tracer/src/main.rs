@@ -1,0 +1,3 @@
+//! `sctrace`: the command-line entry point.
+
+fn main() {}
