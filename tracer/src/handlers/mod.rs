@@ -1,0 +1,55 @@
+//! One module per family of trapped calls. A handler copies what it needs out of the app,
+//! checks the notification is still valid, decides, and returns an [`Action`]; it never
+//! answers the kernel itself.
+//!
+//! In this version every decision is `local`: the call is carried out on the app's own
+//! socket (or left to the kernel) and recorded as an event.
+
+mod bind;
+mod connect;
+mod send;
+mod socket;
+
+use std::sync::Arc;
+
+use crate::action::{Action, Reply};
+use crate::events::EventSink;
+use crate::supervisor::notification::{Notification, Syscall};
+use crate::sys::notify::NotifyFd;
+
+/// What handlers share: the listener (for validity checks) and the event sink.
+#[derive(Debug)]
+pub struct Context {
+    /// The seccomp listener, for `id_valid` checks after copying.
+    pub notify: Arc<NotifyFd>,
+    /// Where events go.
+    pub events: EventSink,
+}
+
+impl Context {
+    /// Whether the call is still pending after its arguments were copied (TOCTOU rule).
+    pub fn still_pending(&self, n: &Notification) -> bool {
+        self.notify.id_valid(n.raw.id)
+    }
+}
+
+/// Routes a notification to its handler.
+pub fn handle(ctx: &Arc<Context>, n: &Notification) -> Action {
+    match n.call {
+        Syscall::Connect => connect::handle(ctx, n),
+        Syscall::Bind => bind::handle_bind(ctx, n),
+        Syscall::Listen => bind::handle_listen(ctx, n),
+        Syscall::SendTo => send::handle_sendto(ctx, n),
+        Syscall::SendMsg => send::handle_sendmsg(ctx, n),
+        Syscall::SendMmsg => send::handle_sendmmsg(ctx, n),
+        // Receives, accepts and getpeername carry nothing to record yet: they run in the
+        // kernel unchanged.
+        Syscall::Accept
+        | Syscall::Accept4
+        | Syscall::GetPeerName
+        | Syscall::RecvFrom
+        | Syscall::RecvMsg
+        | Syscall::RecvMmsg
+        | Syscall::Other(_) => Reply::Continue.into(),
+    }
+}

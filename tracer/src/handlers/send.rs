@@ -1,0 +1,276 @@
+//! `sendto` with a destination, `sendmsg` and `sendmmsg`.
+//!
+//! The filter traps `sendto` only when it carries a destination, but every `sendmsg` and
+//! `sendmmsg` (their destination sits inside a struct the filter can't read). The fast path
+//! is therefore: read the 8-byte `msg_name` pointer and, when it is NULL (connected
+//! sockets, TCP), let the kernel run the call at once.
+//!
+//! Datagram sends with a destination are re-issued by the supervisor on its copy of the
+//! socket, with a copy of the payload and `MSG_DONTWAIT` added so the notification loop never
+//! blocks; the app gets the kernel's result and the event records it. When that would block
+//! a blocking socket (send buffer full), the call is left to the kernel, which blocks as the
+//! app asked. Calls sctrace does not re-issue are left to the kernel and recorded with result
+//! `unknown`: Unix sockets (credentials), stream sockets (the destination is ignored or means
+//! TCP Fast Open), messages with control data (`SCM_RIGHTS` can't be re-created), payloads
+//! over [`MAX_PAYLOAD`], and every `sendmmsg` (the kernel writes `msg_len` back into the
+//! app's vector).
+
+use std::os::fd::AsFd;
+
+use crate::action::{Action, Reply};
+use crate::errno::Errno;
+use crate::supervisor::notification::{AddrArg, Notification};
+use crate::sys::memory;
+use crate::sys::socket::{self as sys, OutgoingMessage};
+
+use super::socket::{describe_addr, event, leave_to_kernel, result_name, AppSocket};
+use super::Context;
+
+/// The largest datagram payload sctrace copies to re-issue a send (UDP's own limit is 64 KiB).
+pub const MAX_PAYLOAD: usize = 256 * 1024;
+/// The kernel's limit on iovec pieces (UIO_MAXIOV) and on `sendmmsg`'s vector length.
+const MAX_IOV: u64 = 1024;
+/// `sizeof(struct msghdr)` and `sizeof(struct mmsghdr)` on 64-bit ABIs.
+const MSGHDR_SIZE: usize = 56;
+const MMSGHDR_SIZE: usize = 64;
+
+/// The fields of a `struct msghdr` sctrace uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MsgHeader {
+    name: u64,
+    name_len: i32,
+    iov: u64,
+    iov_len: u64,
+    control_len: u64,
+}
+
+impl MsgHeader {
+    fn parse(b: &[u8]) -> Option<Self> {
+        let u64_at = |o: usize| Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?));
+        let i32_at = |o: usize| Some(i32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?));
+        Some(Self {
+            name: u64_at(0)?,
+            name_len: i32_at(8)?,
+            iov: u64_at(16)?,
+            iov_len: u64_at(24)?,
+            control_len: u64_at(40)?,
+        })
+    }
+}
+
+/// Why a payload was not copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PayloadSkip {
+    TooLarge,
+    Unreadable,
+}
+
+/// Copies the iovec array at `iov` (`count` pieces) and the bytes it points to.
+fn copy_iov(n: &Notification, iov: u64, count: u64) -> Result<Vec<Vec<u8>>, PayloadSkip> {
+    if count > MAX_IOV {
+        return Err(PayloadSkip::TooLarge);
+    }
+    let raw =
+        memory::read_vec(n.tid(), iov, count as usize * 16).map_err(|_| PayloadSkip::Unreadable)?;
+    let mut total = 0usize;
+    let mut pieces = Vec::with_capacity(count as usize);
+    for chunk in raw.chunks_exact(16) {
+        let base = u64::from_ne_bytes(
+            chunk[0..8]
+                .try_into()
+                .map_err(|_| PayloadSkip::Unreadable)?,
+        );
+        let len = u64::from_ne_bytes(
+            chunk[8..16]
+                .try_into()
+                .map_err(|_| PayloadSkip::Unreadable)?,
+        );
+        total = total.saturating_add(len as usize);
+        if total > MAX_PAYLOAD {
+            return Err(PayloadSkip::TooLarge);
+        }
+        pieces.push(
+            memory::read_vec(n.tid(), base, len as usize).map_err(|_| PayloadSkip::Unreadable)?,
+        );
+    }
+    Ok(pieces)
+}
+
+/// Whether sctrace re-issues sends on this socket (datagram, not Unix).
+fn reissuable(sock: &AppSocket) -> bool {
+    !sock.is_unix() && sock.family.is_some() && sock.sock_type == libc::SOCK_DGRAM
+}
+
+/// Re-issues one datagram send without blocking; falls back to the kernel when the socket
+/// is blocking and the send would wait.
+fn send_now(
+    ctx: &Context,
+    n: &Notification,
+    sock: &AppSocket,
+    msg: OutgoingMessage,
+    flags: i32,
+    addr: String,
+) -> Action {
+    let must_not_wait = !sock.nonblocking && flags & libc::MSG_DONTWAIT == 0;
+    let result = sys::sendmsg(sock.fd.as_fd(), &msg, flags | libc::MSG_DONTWAIT);
+    if must_not_wait && matches!(result, Err(Errno(libc::EAGAIN))) {
+        return leave_to_kernel(ctx, n, sock, addr);
+    }
+    if ctx.events.enabled() {
+        ctx.events
+            .record(event(n, sock, addr, result_name(&result)));
+    }
+    Reply::from_result(result.map(|sent| sent as i64)).into()
+}
+
+/// Copies the app's fd, or says how to answer when that fails.
+fn take_socket(ctx: &Context, n: &Notification, app_fd: i32) -> Result<AppSocket, Action> {
+    match n.take_fd(app_fd) {
+        Ok(fd) => Ok(AppSocket::describe(fd, app_fd)),
+        // The kernel checks the fd first: a bad one fails the same way whatever else is wrong.
+        Err(Errno(libc::EBADF)) if ctx.still_pending(n) => {
+            Err(Reply::Fail(Errno(libc::EBADF)).into())
+        }
+        Err(_) => Err(Reply::Continue.into()),
+    }
+}
+
+/// Handles `sendto(fd, buf, len, flags, dest, addrlen)` with a non-NULL `dest`.
+pub fn handle_sendto(ctx: &Context, n: &Notification) -> Action {
+    let app_fd = n.arg_int(0);
+    let (buf, len, flags) = (n.arg_ptr(1), n.raw.args[2], n.arg_int(3));
+    let addr = n.copy_addr(n.arg_ptr(4), n.arg_int(5));
+    let sock = match take_socket(ctx, n, app_fd) {
+        Ok(sock) => sock,
+        Err(action) => return action,
+    };
+    let shown = describe_addr(&addr);
+    let payload = if reissuable(&sock) && len as usize <= MAX_PAYLOAD {
+        memory::read_vec(n.tid(), buf, len as usize).ok()
+    } else {
+        None
+    };
+    if !ctx.still_pending(n) {
+        return Reply::Continue.into();
+    }
+    match (payload, addr) {
+        (Some(payload), AddrArg::Bytes(name)) => {
+            let msg = OutgoingMessage {
+                name_len: name.len() as u32,
+                name: Some(name),
+                iov: vec![payload],
+            };
+            send_now(ctx, n, &sock, msg, flags, shown)
+        }
+        _ => leave_to_kernel(ctx, n, &sock, shown),
+    }
+}
+
+/// Handles `sendmsg(fd, msg, flags)`.
+pub fn handle_sendmsg(ctx: &Context, n: &Notification) -> Action {
+    let msg_ptr = n.arg_ptr(1);
+    // Fast path: no destination (or a header the kernel will fault on itself).
+    let mut name_ptr = [0u8; 8];
+    if memory::read_exact(n.tid(), msg_ptr, &mut name_ptr).is_err()
+        || u64::from_ne_bytes(name_ptr) == 0
+    {
+        return Reply::Continue.into();
+    }
+    let Some(hdr) = memory::read_vec(n.tid(), msg_ptr, MSGHDR_SIZE)
+        .ok()
+        .and_then(|b| MsgHeader::parse(&b))
+    else {
+        return Reply::Continue.into();
+    };
+    let app_fd = n.arg_int(0);
+    let flags = n.arg_int(2);
+    let addr = n.copy_addr(hdr.name, hdr.name_len);
+    let sock = match take_socket(ctx, n, app_fd) {
+        Ok(sock) => sock,
+        Err(action) => return action,
+    };
+    let shown = describe_addr(&addr);
+    let payload = if reissuable(&sock) && hdr.control_len == 0 {
+        copy_iov(n, hdr.iov, hdr.iov_len).ok()
+    } else {
+        None
+    };
+    if !ctx.still_pending(n) {
+        return Reply::Continue.into();
+    }
+    match (payload, addr) {
+        (Some(iov), AddrArg::Bytes(name)) => {
+            let msg = OutgoingMessage {
+                name_len: name.len() as u32,
+                name: Some(name),
+                iov,
+            };
+            send_now(ctx, n, &sock, msg, flags, shown)
+        }
+        _ => leave_to_kernel(ctx, n, &sock, shown),
+    }
+}
+
+/// Handles `sendmmsg(fd, msgvec, vlen, flags)`: records each message that has a
+/// destination and lets the kernel run the call.
+pub fn handle_sendmmsg(ctx: &Context, n: &Notification) -> Action {
+    let vlen = (n.raw.args[2] & 0xffff_ffff).min(MAX_IOV) as usize;
+    if vlen == 0 || !ctx.events.enabled() {
+        return Reply::Continue.into();
+    }
+    let Ok(raw) = memory::read_vec(n.tid(), n.arg_ptr(1), vlen * MMSGHDR_SIZE) else {
+        return Reply::Continue.into();
+    };
+    let named: Vec<MsgHeader> = raw
+        .chunks_exact(MMSGHDR_SIZE)
+        .filter_map(MsgHeader::parse)
+        .filter(|h| h.name != 0)
+        .collect();
+    if named.is_empty() {
+        return Reply::Continue.into();
+    }
+    let addrs: Vec<String> = named
+        .iter()
+        .map(|h| describe_addr(&n.copy_addr(h.name, h.name_len)))
+        .collect();
+    let Ok(sock) = take_socket(ctx, n, n.arg_int(0)) else {
+        return Reply::Continue.into();
+    };
+    if ctx.still_pending(n) {
+        for addr in addrs {
+            leave_to_kernel(ctx, n, &sock, addr);
+        }
+    }
+    Reply::Continue.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msghdr_fields_at_their_offsets() {
+        let mut b = vec![0u8; MSGHDR_SIZE];
+        b[0..8].copy_from_slice(&0x1000u64.to_ne_bytes());
+        b[8..12].copy_from_slice(&16i32.to_ne_bytes());
+        b[16..24].copy_from_slice(&0x2000u64.to_ne_bytes());
+        b[24..32].copy_from_slice(&2u64.to_ne_bytes());
+        b[40..48].copy_from_slice(&24u64.to_ne_bytes());
+        let h = MsgHeader::parse(&b).unwrap();
+        assert_eq!(
+            h,
+            MsgHeader {
+                name: 0x1000,
+                name_len: 16,
+                iov: 0x2000,
+                iov_len: 2,
+                control_len: 24
+            }
+        );
+        assert_eq!(
+            MsgHeader::parse(&b[..40]),
+            None,
+            "short header is not misread"
+        );
+    }
+}

@@ -1,0 +1,318 @@
+//! The seccomp BPF program installed on the app: which system calls reach the supervisor.
+//!
+//! ```text
+//!   load arch ──── not the native ABI ────────────────────────────▶ KILL_PROCESS
+//!      │
+//!   load nr ────── nr ≥ 0x40000000 (x32 ABI, x86_64 only) ─────────▶ KILL_PROCESS
+//!      │
+//!      ├── io_uring_setup ─────────────────────────────────────────▶ ERRNO(ENOSYS)
+//!      ├── connect bind listen accept accept4 getpeername
+//!      │   sendmsg recvmsg sendmmsg recvmmsg ──────────────────────▶ USER_NOTIF
+//!      ├── sendto / recvfrom ── arg 4 (the address) ≠ NULL ────────▶ USER_NOTIF
+//!      │                        └─ NULL ───────────────────────────▶ ALLOW
+//!      └── anything else ──────────────────────────────────────────▶ ALLOW
+//! ```
+//!
+//! Why each branch:
+//! - Only the native ABI is allowed. A 32-bit (i386/arm) or x32 program could make socket
+//!   calls under other numbers (even through `socketcall`) that this program doesn't know,
+//!   so they must never slip past: such a process is killed with SIGSYS at its first system
+//!   call, and sctrace reports why.
+//! - io_uring's connect/sendmsg never pass through seccomp; with `io_uring_setup` failing
+//!   with ENOSYS, runtimes fall back to ordinary system calls.
+//! - `sendto`/`recvfrom` without an address (the common case on connected sockets) stay in
+//!   the kernel at full speed. `sendmsg`/`recvmsg` can't be filtered the same way: their
+//!   address sits inside a struct the filter can't dereference.
+//! - Everything else depends only on the system call number, so the kernel's seccomp action
+//!   cache (5.11+) lets it through without running this program at all.
+
+/// The seccomp return values used (include/uapi/linux/seccomp.h).
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+
+/// Offsets into `struct seccomp_data`.
+const OFF_NR: u32 = 0;
+const OFF_ARCH: u32 = 4;
+const OFF_ARGS: u32 = 16;
+
+/// Classic BPF opcodes (include/uapi/linux/filter.h).
+const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
+const BPF_JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
+const BPF_JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
+const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
+
+/// The native ABI this build supports and how its calls are numbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Abi {
+    /// `AUDIT_ARCH_*` of the native ABI.
+    pub audit_arch: u32,
+    /// Whether numbers with the x32 bit (0x40000000) must be refused.
+    pub reject_x32: bool,
+    /// Syscalls always sent to the supervisor.
+    pub notify: &'static [i64],
+    /// Syscalls sent to the supervisor only when argument 4 (an address) is non-NULL.
+    pub notify_if_arg4: &'static [i64],
+    /// Syscalls refused with ENOSYS.
+    pub enosys: &'static [i64],
+}
+
+/// The system calls trapped on every ABI (numbers from libc for the build target).
+const NOTIFY: &[i64] = &[
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept,
+    libc::SYS_accept4,
+    libc::SYS_getpeername,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmmsg,
+    libc::SYS_recvmmsg,
+];
+const NOTIFY_IF_ADDRESS: &[i64] = &[libc::SYS_sendto, libc::SYS_recvfrom];
+const ENOSYS: &[i64] = &[libc::SYS_io_uring_setup];
+
+/// The ABI of this build.
+#[cfg(target_arch = "x86_64")]
+pub const NATIVE: Abi = Abi {
+    audit_arch: 0xc000_003e, // AUDIT_ARCH_X86_64
+    reject_x32: true,
+    notify: NOTIFY,
+    notify_if_arg4: NOTIFY_IF_ADDRESS,
+    enosys: ENOSYS,
+};
+
+/// The ABI of this build.
+#[cfg(target_arch = "aarch64")]
+pub const NATIVE: Abi = Abi {
+    audit_arch: 0xc000_00b7, // AUDIT_ARCH_AARCH64
+    reject_x32: false,
+    notify: NOTIFY,
+    notify_if_arg4: NOTIFY_IF_ADDRESS,
+    enosys: ENOSYS,
+};
+
+/// Where a jump goes, resolved when the program is assembled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Next,
+    Kill,
+    Enosys,
+    Notify,
+    CheckArg4,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Insn {
+    Load(u32),
+    JumpIfEqual(u32, Target),
+    JumpIfAtLeast(u32, Target),
+    JumpIfNotEqual(u32, Target),
+    Return(u32),
+    Label(Target),
+}
+
+/// Builds the filter program for `abi`.
+pub fn build(abi: &Abi) -> Vec<libc::sock_filter> {
+    use Insn::*;
+    let mut prog = vec![
+        Load(OFF_ARCH),
+        JumpIfNotEqual(abi.audit_arch, Target::Kill),
+        Load(OFF_NR),
+    ];
+    if abi.reject_x32 {
+        prog.push(JumpIfAtLeast(0x4000_0000, Target::Kill));
+    }
+    for &nr in abi.enosys {
+        prog.push(JumpIfEqual(nr as u32, Target::Enosys));
+    }
+    for &nr in abi.notify {
+        prog.push(JumpIfEqual(nr as u32, Target::Notify));
+    }
+    for &nr in abi.notify_if_arg4 {
+        prog.push(JumpIfEqual(nr as u32, Target::CheckArg4));
+    }
+    prog.push(Return(RET_ALLOW));
+    // Argument 4 is a 64-bit pointer: notify if either half is non-zero. Both supported ABIs
+    // are little-endian, so the low half comes first.
+    let arg4 = OFF_ARGS + 4 * 8;
+    prog.extend([
+        Label(Target::CheckArg4),
+        Load(arg4),
+        JumpIfNotEqual(0, Target::Notify),
+        Load(arg4 + 4),
+        JumpIfNotEqual(0, Target::Notify),
+        Return(RET_ALLOW),
+        Label(Target::Notify),
+        Return(RET_USER_NOTIF),
+        Label(Target::Enosys),
+        Return(RET_ERRNO | libc::ENOSYS as u32),
+        Label(Target::Kill),
+        Return(RET_KILL_PROCESS),
+    ]);
+    assemble(&prog)
+}
+
+/// Resolves labels into the forward jump offsets classic BPF uses.
+fn assemble(prog: &[Insn]) -> Vec<libc::sock_filter> {
+    // Index of each label in the emitted program (labels emit nothing).
+    let mut emitted = 0usize;
+    let mut labels = Vec::new();
+    for insn in prog {
+        match insn {
+            Insn::Label(t) => labels.push((*t, emitted)),
+            _ => emitted += 1,
+        }
+    }
+    let at = |t: Target| {
+        labels
+            .iter()
+            .find(|(l, _)| *l == t)
+            .map(|(_, i)| *i)
+            .unwrap_or_else(|| panic!("BPF label {t:?} is used but not defined"))
+    };
+    let mut out = Vec::with_capacity(emitted);
+    for insn in prog {
+        let pc = out.len();
+        // A jump offset counts instructions after the jump itself.
+        let off = |t: Target| -> u8 {
+            if t == Target::Next {
+                return 0;
+            }
+            let rel = at(t) - pc - 1;
+            u8::try_from(rel).unwrap_or_else(|_| panic!("BPF jump too far ({rel})"))
+        };
+        let (code, jt, jf, k) = match *insn {
+            Insn::Label(_) => continue,
+            Insn::Load(off) => (BPF_LD_W_ABS, 0, 0, off),
+            Insn::JumpIfEqual(k, t) => (BPF_JEQ_K, off(t), 0, k),
+            Insn::JumpIfAtLeast(k, t) => (BPF_JGE_K, off(t), 0, k),
+            Insn::JumpIfNotEqual(k, t) => (BPF_JEQ_K, 0, off(t), k),
+            Insn::Return(k) => (BPF_RET_K, 0, 0, k),
+        };
+        out.push(libc::sock_filter { code, jt, jf, k });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    //! The program is checked by running it in a small classic-BPF interpreter over the
+    //! inputs that matter: every trapped call, others, foreign ABIs, x32, NULL addresses.
+    use super::*;
+
+    struct Data {
+        nr: u32,
+        arch: u32,
+        args: [u64; 6],
+    }
+
+    fn run(prog: &[libc::sock_filter], d: &Data) -> u32 {
+        let mut bytes = [0u8; 64];
+        bytes[0..4].copy_from_slice(&d.nr.to_le_bytes());
+        bytes[4..8].copy_from_slice(&d.arch.to_le_bytes());
+        for (i, a) in d.args.iter().enumerate() {
+            bytes[16 + i * 8..24 + i * 8].copy_from_slice(&a.to_le_bytes());
+        }
+        let mut acc = 0u32;
+        let mut pc = 0usize;
+        loop {
+            let insn = prog[pc];
+            match insn.code {
+                BPF_LD_W_ABS => {
+                    let o = insn.k as usize;
+                    acc = u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+                    pc += 1;
+                }
+                BPF_JEQ_K => {
+                    pc += 1 + if acc == insn.k { insn.jt } else { insn.jf } as usize;
+                }
+                BPF_JGE_K => {
+                    pc += 1 + if acc >= insn.k { insn.jt } else { insn.jf } as usize;
+                }
+                BPF_RET_K => return insn.k,
+                other => panic!("unexpected opcode {other:#x}"),
+            }
+        }
+    }
+
+    fn call(nr: i64, args: [u64; 6]) -> Data {
+        Data {
+            nr: nr as u32,
+            arch: NATIVE.audit_arch,
+            args,
+        }
+    }
+
+    #[test]
+    fn trapped_calls_reach_the_supervisor() {
+        let prog = build(&NATIVE);
+        for &nr in NOTIFY {
+            assert_eq!(run(&prog, &call(nr, [0; 6])), RET_USER_NOTIF, "nr {nr}");
+        }
+    }
+
+    #[test]
+    fn sendto_and_recvfrom_only_with_an_address() {
+        let prog = build(&NATIVE);
+        for &nr in NOTIFY_IF_ADDRESS {
+            assert_eq!(run(&prog, &call(nr, [3, 0x1000, 10, 0, 0, 0])), RET_ALLOW);
+            assert_eq!(
+                run(&prog, &call(nr, [3, 0x1000, 10, 0, 0x7fff_0000_1000, 16])),
+                RET_USER_NOTIF
+            );
+            // An address above 4 GiB with a zero low half still counts.
+            assert_eq!(
+                run(&prog, &call(nr, [3, 0x1000, 10, 0, 0x1_0000_0000, 16])),
+                RET_USER_NOTIF
+            );
+        }
+    }
+
+    #[test]
+    fn other_calls_run_in_the_kernel() {
+        let prog = build(&NATIVE);
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_openat,
+            libc::SYS_socket,
+            libc::SYS_close,
+            libc::SYS_getsockname,
+        ] {
+            assert_eq!(run(&prog, &call(nr, [0; 6])), RET_ALLOW, "nr {nr}");
+        }
+    }
+
+    #[test]
+    fn io_uring_gets_enosys() {
+        let prog = build(&NATIVE);
+        assert_eq!(
+            run(&prog, &call(libc::SYS_io_uring_setup, [0; 6])),
+            RET_ERRNO | libc::ENOSYS as u32
+        );
+    }
+
+    #[test]
+    fn foreign_abis_are_killed() {
+        let prog = build(&NATIVE);
+        let i386 = Data {
+            nr: 102,
+            arch: 0x4000_0003,
+            args: [0; 6],
+        }; // socketcall on i386
+        assert_eq!(run(&prog, &i386), RET_KILL_PROCESS);
+        if NATIVE.reject_x32 {
+            let x32 = call(0x4000_0000 + 42, [0; 6]);
+            assert_eq!(run(&prog, &x32), RET_KILL_PROCESS);
+        }
+    }
+
+    #[test]
+    fn program_fits_the_kernel_limits() {
+        let prog = build(&NATIVE);
+        assert!(prog.len() < 64, "{} instructions", prog.len());
+    }
+}

@@ -1,0 +1,28 @@
+//! sctrace runs a program with its socket calls intercepted by seccomp user notification.
+//!
+//! ```text
+//!  cli ─▶ session ─▶ launch (fork, filter, exec) ─▶ app
+//!            │                                        │ trapped socket calls
+//!            │          ┌─────────── supervisor ◀─────┘
+//!            │          │  ① receive (notification loop thread)
+//!            │          │  ② handlers: copy args, check id, decide → Action
+//!            │          │  ③ answer now, or defer to the tokio runtime and answer later
+//!            │          └──▶ events (JSON lines / human lines)
+//!            └─▶ lifecycle: forward signals, reap, clean up, exit status
+//! ```
+//!
+//! All unsafe code lives in [`sys`]; everything else is safe Rust.
+#![deny(unsafe_code)]
+
+pub mod action;
+pub mod cli;
+pub mod errno;
+pub mod events;
+pub mod handlers;
+pub mod launch;
+pub mod lifecycle;
+pub mod procfs;
+pub mod session;
+pub mod sockaddr;
+pub mod supervisor;
+pub mod sys;

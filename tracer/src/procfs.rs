@@ -1,0 +1,127 @@
+//! What sctrace reads from /proc about the traced processes: which process a thread belongs
+//! to, its command name, and the tree of descendants left when the main program exits.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+
+/// A thread's process id and command name, as shown in events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The thread-group id (the "pid" users know).
+    pub pid: i32,
+    /// The thread's command name (`comm`, at most 15 bytes).
+    pub comm: String,
+}
+
+/// Reads `/proc/TID/status` for the thread's `Tgid` and `Name`.
+pub fn identity(tid: i32) -> io::Result<Identity> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
+    let mut pid = None;
+    let mut comm = None;
+    for line in status.lines() {
+        if let Some(v) = line.strip_prefix("Name:") {
+            comm = Some(v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("Tgid:") {
+            pid = v.trim().parse().ok();
+        }
+        if pid.is_some() && comm.is_some() {
+            break;
+        }
+    }
+    match (pid, comm) {
+        (Some(pid), Some(comm)) => Ok(Identity { pid, comm }),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/proc/{tid}/status lacks Tgid or Name"),
+        )),
+    }
+}
+
+/// The process (thread group) that thread `tid` belongs to.
+pub fn thread_group_of(tid: i32) -> io::Result<i32> {
+    identity(tid).map(|id| id.pid)
+}
+
+/// Parses the state letter and parent pid out of a `/proc/PID/stat` line, whose command
+/// name may contain spaces and parentheses (so the fields after the *last* `)` are used).
+fn state_and_parent(stat: &str) -> Option<(char, i32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// Every living process that descends from `root` (not including `root`), found by walking
+/// the parent links of all processes in /proc. Zombies are left out: they are gone already
+/// and only wait to be reaped.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let mut zombies = HashSet::new();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((state, ppid)) = state_and_parent(&stat) {
+            children.entry(ppid).or_default().push(pid);
+            if state == 'Z' {
+                zombies.insert(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if seen.insert(c) {
+                if !zombies.contains(&c) {
+                    out.push(c);
+                }
+                stack.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_survives_odd_command_names() {
+        assert_eq!(state_and_parent("42 (a) b) S 7 42 42 0"), Some(('S', 7)));
+        assert_eq!(state_and_parent("42 (sleep) Z 1 42"), Some(('Z', 1)));
+        assert_eq!(state_and_parent("garbage"), None);
+    }
+
+    #[test]
+    fn own_identity() {
+        let me = identity(std::process::id() as i32).unwrap();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert!(!me.comm.is_empty());
+    }
+
+    #[test]
+    fn children_are_found() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let found = descendants(std::process::id() as i32);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(found.contains(&(child.id() as i32)));
+    }
+}

@@ -1,0 +1,118 @@
+//! The notification loop: ① receive a trapped call → ② hand it to its handler → ③ answer.
+//!
+//! The loop runs on its own OS thread and never waits on anything but the listener: a
+//! handler either answers at once (cheap decisions, non-blocking calls) or returns deferred
+//! work, which runs on the tokio runtime and answers when done. So a slow decision for one
+//! thread never holds up another thread's calls.
+//!
+//! Every received call is answered exactly once, whatever happens: a failed answer is logged
+//! (ENOENT — the caller was interrupted or died — is expected and silent).
+
+pub mod notification;
+
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread;
+
+use tokio::runtime::Handle;
+
+use crate::action::{Action, Reply};
+use crate::handlers::{self, Context};
+use crate::sys::notify::NotifyFd;
+use notification::Notification;
+
+/// Answers one call.
+fn respond(notify: &NotifyFd, id: u64, reply: Reply) {
+    let result = match reply {
+        Reply::Continue => notify.respond(id, 0, 0, true),
+        Reply::Return(v) => notify.respond(id, v, 0, false),
+        Reply::Fail(errno) => notify.respond(id, 0, -errno.0, false),
+    };
+    if let Err(err) = result {
+        tracing::error!("cannot answer a trapped call (id {id}): {err}");
+    }
+}
+
+/// A received call that must be answered. Dropped unanswered (deferred work that panicked,
+/// or a runtime shutting down), it lets the kernel run the call rather than leave the app's
+/// thread blocked forever.
+struct PendingCall {
+    notify: Arc<NotifyFd>,
+    id: u64,
+    answered: bool,
+}
+
+impl PendingCall {
+    fn answer(mut self, reply: Reply) {
+        self.answered = true;
+        respond(&self.notify, self.id, reply);
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::error!(
+                "a trapped call (id {}) lost its handler; letting the kernel run it",
+                self.id
+            );
+            respond(&self.notify, self.id, Reply::Continue);
+        }
+    }
+}
+
+/// Starts the loop on its own thread. It ends when no traced process is left (the listener
+/// reports hang-up) or the listener fails.
+pub fn start(ctx: Arc<Context>, runtime: Handle) -> io::Result<thread::JoinHandle<()>> {
+    if ctx.notify.enable_sync_wakeup() {
+        tracing::debug!("seccomp: synchronous wake-ups enabled");
+    }
+    thread::Builder::new()
+        .name("sctrace-notify".into())
+        .spawn(move || run(&ctx, &runtime))
+}
+
+fn run(ctx: &Arc<Context>, runtime: &Handle) {
+    loop {
+        match ctx.notify.wait_readable() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                tracing::error!("seccomp listener failed, no more calls can be intercepted: {err}");
+                return;
+            }
+        }
+        let raw = match ctx.notify.recv() {
+            Ok(Some(raw)) => raw,
+            Ok(None) => continue,
+            Err(err) => {
+                tracing::error!("cannot receive a trapped call: {err}");
+                continue;
+            }
+        };
+        let n = Notification::new(raw);
+        let call = PendingCall {
+            notify: Arc::clone(&ctx.notify),
+            id: raw.id,
+            answered: false,
+        };
+        // A bug in a handler must not stop the loop: every other call would hang.
+        match panic::catch_unwind(AssertUnwindSafe(|| handlers::handle(ctx, &n))) {
+            Ok(Action::Now(reply)) => call.answer(reply),
+            Ok(Action::Defer(work)) => {
+                runtime.spawn(async move {
+                    let reply = work.await;
+                    call.answer(reply);
+                });
+            }
+            Err(_) => {
+                tracing::error!(
+                    "the {} handler panicked; letting the kernel run the call",
+                    n.call.name()
+                );
+                call.answer(Reply::Continue);
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Socket calls made by the supervisor on its copy of one of the app's sockets, with the
+//! raw address bytes the app passed. Performing the app's call on a shared copy of its socket
+//! gives exactly the kernel's answer (same checks, same order, same errno).
+//!
+//! All functions return the kernel's errno on failure as `Errno`, never a Rust error: the
+//! errno is what the app will see.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::errno::Errno;
+
+fn check(ret: libc::c_int) -> Result<libc::c_int, Errno> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_size(ret: libc::ssize_t) -> Result<usize, Errno> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// A pointer to the app's address argument as the supervisor re-creates it: the copied
+/// bytes, or NULL when the app's pointer was NULL or unreadable (the kernel then answers
+/// EFAULT itself, after the checks that come before the copy).
+fn addr_ptr(addr: Option<&[u8]>) -> *const libc::sockaddr {
+    match addr {
+        Some(bytes) => bytes.as_ptr().cast(),
+        None => std::ptr::null(),
+    }
+}
+
+/// `connect(fd, addr, len)`.
+pub fn connect(fd: BorrowedFd<'_>, addr: Option<&[u8]>, len: i32) -> Result<(), Errno> {
+    // SAFETY: `addr_ptr` is NULL or points at `addr`, whose length is at least
+    // min(len, 128): callers copy up to sizeof(sockaddr_storage) bytes, and the kernel
+    // rejects longer lengths before reading.
+    check(unsafe { libc::connect(fd.as_raw_fd(), addr_ptr(addr), len as libc::socklen_t) })
+        .map(drop)
+}
+
+/// `bind(fd, addr, len)`.
+pub fn bind(fd: BorrowedFd<'_>, addr: Option<&[u8]>, len: i32) -> Result<(), Errno> {
+    // SAFETY: as for `connect`.
+    check(unsafe { libc::bind(fd.as_raw_fd(), addr_ptr(addr), len as libc::socklen_t) }).map(drop)
+}
+
+/// `listen(fd, backlog)`.
+pub fn listen(fd: BorrowedFd<'_>, backlog: i32) -> Result<(), Errno> {
+    // SAFETY: listen takes integers only.
+    check(unsafe { libc::listen(fd.as_raw_fd(), backlog) }).map(drop)
+}
+
+fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<i32, Errno> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of an int and a socklen_t.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// The socket's address family (`SO_DOMAIN`), ENOTSOCK for other files.
+pub fn domain(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
+}
+
+/// The socket's type (`SO_TYPE`: SOCK_STREAM, SOCK_DGRAM, ...).
+pub fn sock_type(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+}
+
+/// Whether the open file description has O_NONBLOCK set.
+pub fn is_nonblocking(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    // SAFETY: F_GETFL takes no pointer argument.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    Ok(flags & libc::O_NONBLOCK != 0)
+}
+
+/// One datagram to send on the app's behalf: destination bytes and payload pieces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// The destination address bytes (None: no address, or an unreadable pointer).
+    pub name: Option<Vec<u8>>,
+    /// The address length the app gave.
+    pub name_len: u32,
+    /// The payload, as the app's iovec pieces.
+    pub iov: Vec<Vec<u8>>,
+}
+
+/// `sendmsg(fd, msg, flags)` with a message rebuilt from copied data (no control data).
+pub fn sendmsg(fd: BorrowedFd<'_>, msg: &OutgoingMessage, flags: i32) -> Result<usize, Errno> {
+    let mut iov: Vec<libc::iovec> = msg
+        .iov
+        .iter()
+        .map(|piece| libc::iovec {
+            iov_base: piece.as_ptr() as *mut libc::c_void,
+            iov_len: piece.len(),
+        })
+        .collect();
+    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) message.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = addr_ptr(msg.name.as_deref()) as *mut libc::c_void;
+    hdr.msg_namelen = msg.name_len;
+    hdr.msg_iov = iov.as_mut_ptr();
+    hdr.msg_iovlen = iov.len();
+    // SAFETY: `hdr` points at `iov` and at the name bytes, all alive for the call; the
+    // kernel only reads them (it rejects a name length over 128 before reading).
+    check_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &hdr, flags) })
+}
+
+/// `sendmmsg(fd, msgs, flags)` with messages rebuilt from copied data. Returns the number
+/// of messages sent, like the kernel.
+pub fn sendmmsg(fd: BorrowedFd<'_>, msgs: &[OutgoingMessage], flags: i32) -> Result<usize, Errno> {
+    let mut iovs: Vec<Vec<libc::iovec>> = msgs
+        .iter()
+        .map(|m| {
+            m.iov
+                .iter()
+                .map(|piece| libc::iovec {
+                    iov_base: piece.as_ptr() as *mut libc::c_void,
+                    iov_len: piece.len(),
+                })
+                .collect()
+        })
+        .collect();
+    let mut hdrs: Vec<libc::mmsghdr> = msgs
+        .iter()
+        .zip(iovs.iter_mut())
+        .map(|(m, iov)| {
+            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = addr_ptr(m.name.as_deref()) as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = m.name_len;
+            h.msg_hdr.msg_iov = iov.as_mut_ptr();
+            h.msg_hdr.msg_iovlen = iov.len();
+            h
+        })
+        .collect();
+    // SAFETY: every header points at buffers owned by `msgs` and `iovs`, alive for the call;
+    // the kernel writes only msg_len into `hdrs`.
+    let ret = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            hdrs.len() as libc::c_uint,
+            flags,
+        )
+    };
+    check(ret).map(|n| n as usize)
+}
+
+/// The socket's own address (`getsockname`), as raw bytes.
+pub fn local_addr(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` and `len` are valid for writes; the kernel writes at most `len` bytes.
+    check(unsafe { libc::getsockname(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len) })?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
