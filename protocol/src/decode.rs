@@ -1,0 +1,437 @@
+//! The frame decoder: a pure function from buffered bytes to frames that rejects malformed,
+//! truncated, unknown and oversized input without panicking or trusting a length it has not
+//! checked.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::frame::{
+    get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_DNS_TCP, HEADER_LEN,
+    MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN, MAX_PAYLOAD_LEN, MAX_TOKEN_LEN,
+};
+
+/// Why bytes could not be decoded into a frame. Any of these ends the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The header declares a payload above [`MAX_PAYLOAD_LEN`] (checked before waiting for it).
+    #[error("frame type {kind:#04x} declares a {len}-byte payload, above the limit of {max}")]
+    Oversized {
+        /// Frame type code.
+        kind: u8,
+        /// Declared payload length.
+        len: u32,
+        /// The limit for this frame type.
+        max: usize,
+    },
+    /// The type code is not one this protocol version defines.
+    #[error("unknown frame type {kind:#04x}")]
+    UnknownType {
+        /// Frame type code.
+        kind: u8,
+    },
+    /// The header or payload does not have the shape the frame type requires.
+    #[error("malformed {frame} frame: {problem}")]
+    Malformed {
+        /// Frame name.
+        frame: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// The byte stream ended in the middle of a frame.
+    #[error("connection closed in the middle of a frame ({have} of {need} bytes received)")]
+    Truncated {
+        /// Bytes received of the frame.
+        have: usize,
+        /// Bytes the frame needs (at least the header).
+        need: usize,
+    },
+}
+
+/// Decodes one frame from the front of `buf`, removing its bytes. Returns `Ok(None)` when
+/// `buf` holds only part of a frame (the caller reads more and calls again); nothing is
+/// consumed then. Errors leave `buf` in an unspecified state: the session must end.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let kind = buf[4];
+    let flags = buf[5];
+    let stream = u32::from_be_bytes([buf[6], buf[7], buf[8], buf[9]]);
+    let (name, max) = describe(kind).ok_or(DecodeError::UnknownType { kind })?;
+    // Checked before anything waits for or allocates the payload.
+    if len as usize > max {
+        return Err(DecodeError::Oversized { kind, len, max });
+    }
+    let len = len as usize;
+    if buf.len() < HEADER_LEN + len {
+        return Ok(None);
+    }
+    let control = matches!(
+        kind,
+        kind::HELLO | kind::WELCOME | kind::REFUSED | kind::PING | kind::PONG | kind::GO_AWAY
+    );
+    let malformed = |problem| DecodeError::Malformed {
+        frame: name,
+        problem,
+    };
+    if control && stream != 0 {
+        return Err(malformed("control frame on a non-zero stream"));
+    }
+    if !control && stream == 0 {
+        return Err(malformed("stream frame on stream 0"));
+    }
+    let allowed_flags = if kind == kind::DNS_QUERY {
+        FLAG_DNS_TCP
+    } else {
+        0
+    };
+    if flags & !allowed_flags != 0 {
+        return Err(malformed("unknown flags"));
+    }
+    buf.advance(HEADER_LEN);
+    let payload = buf.split_to(len);
+    parse(kind, flags, stream, &payload)
+        .map_err(malformed)
+        .map(Some)
+}
+
+/// Like [`decode`], for when the byte stream has ended: leftover bytes that do not make a whole
+/// frame are an error rather than `Ok(None)`.
+pub fn decode_eof(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+    match decode(buf)? {
+        Some(frame) => Ok(Some(frame)),
+        None if buf.is_empty() => Ok(None),
+        None => {
+            let need = if buf.len() < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                HEADER_LEN + u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+            };
+            Err(DecodeError::Truncated {
+                have: buf.len(),
+                need,
+            })
+        }
+    }
+}
+
+/// Name and payload limit of each known frame type.
+fn describe(kind: u8) -> Option<(&'static str, usize)> {
+    let addr_max = crate::frame::ADDR_V6_LEN;
+    Some(match kind {
+        kind::HELLO => ("Hello", 12 + MAX_TOKEN_LEN),
+        kind::WELCOME => ("Welcome", 10),
+        kind::REFUSED => ("Refused", MAX_PAYLOAD_LEN),
+        kind::PING => ("Ping", 8),
+        kind::PONG => ("Pong", 8),
+        kind::GO_AWAY => ("GoAway", MAX_PAYLOAD_LEN),
+        kind::CONNECT_TCP => ("ConnectTcp", addr_max + 4),
+        kind::OPEN_UDP => ("OpenUdp", addr_max),
+        kind::OPENED => ("Opened", addr_max),
+        kind::OPEN_FAILED => ("OpenFailed", 4),
+        kind::DATA => ("Data", MAX_DATA_CHUNK),
+        kind::WINDOW_UPDATE => ("WindowUpdate", 4),
+        kind::FIN => ("Fin", 0),
+        kind::RESET => ("Reset", 4),
+        kind::DATAGRAM => ("Datagram", MAX_DATAGRAM_LEN + addr_max),
+        kind::DNS_QUERY => ("DnsQuery", MAX_DNS_MESSAGE_LEN),
+        kind::DNS_ANSWER => ("DnsAnswer", MAX_DNS_MESSAGE_LEN),
+        kind::DNS_FAILED => ("DnsFailed", MAX_PAYLOAD_LEN),
+        _ => return None,
+    })
+}
+
+/// A cursor over a payload; every read is bounds-checked.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], &'static str> {
+        if self.0.len() < n {
+            return Err(what);
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, &'static str> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u16(&mut self, what: &'static str) -> Result<u16, &'static str> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self, what: &'static str) -> Result<u32, &'static str> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn i32(&mut self, what: &'static str) -> Result<i32, &'static str> {
+        Ok(self.u32(what)? as i32)
+    }
+    fn u64(&mut self, what: &'static str) -> Result<u64, &'static str> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn addr(&mut self) -> Result<std::net::SocketAddr, &'static str> {
+        let (addr, used) = get_addr(self.0)?;
+        self.0 = &self.0[used..];
+        Ok(addr)
+    }
+    fn magic(&mut self) -> Result<(), &'static str> {
+        if self.take(4, "missing magic")? != MAGIC {
+            return Err("wrong magic (not an sctrace peer)");
+        }
+        Ok(())
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+    fn text(&mut self) -> String {
+        String::from_utf8_lossy(self.rest()).into_owned()
+    }
+    fn end(&self) -> Result<(), &'static str> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err("trailing bytes")
+        }
+    }
+}
+
+fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'static str> {
+    let mut c = Cursor(payload);
+    let frame = match kind {
+        kind::HELLO => {
+            c.magic()?;
+            let min_version = c.u16("truncated version")?;
+            let max_version = c.u16("truncated version")?;
+            let stream_window = c.u32("truncated window")?;
+            let token = Bytes::copy_from_slice(c.rest());
+            if min_version > max_version {
+                return Err("empty version range");
+            }
+            Frame::Hello {
+                min_version,
+                max_version,
+                stream_window,
+                token,
+            }
+        }
+        kind::WELCOME => {
+            c.magic()?;
+            Frame::Welcome {
+                version: c.u16("truncated version")?,
+                stream_window: c.u32("truncated window")?,
+            }
+        }
+        kind::REFUSED => {
+            c.magic()?;
+            Frame::Refused {
+                reason: RefuseReason::from_code(c.u8("missing reason")?),
+                message: c.text(),
+            }
+        }
+        kind::PING => Frame::Ping {
+            nonce: c.u64("truncated nonce")?,
+        },
+        kind::PONG => Frame::Pong {
+            nonce: c.u64("truncated nonce")?,
+        },
+        kind::GO_AWAY => Frame::GoAway { message: c.text() },
+        kind::CONNECT_TCP => Frame::ConnectTcp {
+            stream,
+            addr: c.addr()?,
+            timeout_ms: c.u32("truncated timeout")?,
+        },
+        kind::OPEN_UDP => Frame::OpenUdp {
+            stream,
+            bind: c.addr()?,
+        },
+        kind::OPENED => Frame::Opened {
+            stream,
+            local: c.addr()?,
+        },
+        kind::OPEN_FAILED => Frame::OpenFailed {
+            stream,
+            errno: c.i32("truncated errno")?,
+        },
+        kind::DATA => {
+            let payload = c.rest();
+            if payload.is_empty() {
+                return Err("empty data");
+            }
+            Frame::Data {
+                stream,
+                payload: Bytes::copy_from_slice(payload),
+            }
+        }
+        kind::WINDOW_UPDATE => {
+            let increment = c.u32("truncated increment")?;
+            if increment == 0 {
+                return Err("zero increment");
+            }
+            Frame::WindowUpdate { stream, increment }
+        }
+        kind::FIN => Frame::Fin { stream },
+        kind::RESET => Frame::Reset {
+            stream,
+            errno: c.i32("truncated errno")?,
+        },
+        kind::DATAGRAM => {
+            let addr = c.addr()?;
+            let payload = c.rest();
+            if payload.len() > MAX_DATAGRAM_LEN {
+                return Err("datagram too large");
+            }
+            Frame::Datagram {
+                stream,
+                addr,
+                payload: Bytes::copy_from_slice(payload),
+            }
+        }
+        kind::DNS_QUERY => Frame::DnsQuery {
+            stream,
+            transport: if flags & FLAG_DNS_TCP != 0 {
+                DnsTransport::Tcp
+            } else {
+                DnsTransport::Udp
+            },
+            message: Bytes::copy_from_slice(c.rest()),
+        },
+        kind::DNS_ANSWER => Frame::DnsAnswer {
+            stream,
+            message: Bytes::copy_from_slice(c.rest()),
+        },
+        kind::DNS_FAILED => Frame::DnsFailed {
+            stream,
+            kind: DnsFailureKind::from_code(c.u8("missing failure code")?),
+            message: c.text(),
+        },
+        _ => return Err("unknown type"),
+    };
+    c.end()?;
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    fn header(len: u32, kind: u8, flags: u8, stream: u32) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u32(len);
+        b.put_u8(kind);
+        b.put_u8(flags);
+        b.put_u32(stream);
+        b
+    }
+
+    #[test]
+    fn partial_header_waits() {
+        let mut b = BytesMut::from(&[0u8, 0, 0][..]);
+        assert_eq!(decode(&mut b), Ok(None));
+        assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn oversized_is_rejected_from_the_header_alone() {
+        let mut b = header(u32::MAX, kind::DATA, 0, 1);
+        assert!(matches!(
+            decode(&mut b),
+            Err(DecodeError::Oversized { len: u32::MAX, .. })
+        ));
+        let mut b = header(9, kind::PING, 0, 0);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Oversized { .. })));
+    }
+
+    #[test]
+    fn unknown_type_is_rejected() {
+        let mut b = header(0, 0x7f, 0, 1);
+        assert_eq!(decode(&mut b), Err(DecodeError::UnknownType { kind: 0x7f }));
+    }
+
+    #[test]
+    fn stream_rules() {
+        let mut b = header(0, kind::FIN, 0, 0);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
+        let mut b = header(8, kind::PING, 0, 3);
+        b.put_u64(1);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn unknown_flags_rejected() {
+        let mut b = header(0, kind::FIN, 0x80, 1);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn bad_address_family() {
+        let mut b = header(7, kind::OPENED, 0, 1);
+        b.put_slice(&[5, 1, 2, 3, 4, 0, 80]);
+        assert_eq!(
+            decode(&mut b),
+            Err(DecodeError::Malformed {
+                frame: "Opened",
+                problem: "unknown address family"
+            })
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_rejected() {
+        let mut b = header(8, kind::OPENED, 0, 1);
+        b.put_slice(&[4, 1, 2, 3, 4, 0, 80, 9]);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn empty_data_and_zero_window_rejected() {
+        let mut b = header(0, kind::DATA, 0, 1);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
+        let mut b = header(4, kind::WINDOW_UPDATE, 0, 1);
+        b.put_u32(0);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
+    }
+
+    #[test]
+    fn wrong_magic_rejected() {
+        let mut b = header(10, kind::WELCOME, 0, 0);
+        b.put_slice(b"HTTP");
+        b.put_u16(1);
+        b.put_u32(1);
+        assert!(matches!(
+            decode(&mut b),
+            Err(DecodeError::Malformed {
+                frame: "Welcome",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn truncated_at_eof() {
+        let mut b = header(4, kind::RESET, 0, 1);
+        b.put_u8(0);
+        assert_eq!(
+            decode_eof(&mut b),
+            Err(DecodeError::Truncated { have: 11, need: 14 })
+        );
+        let mut b = BytesMut::from(&[1u8][..]);
+        assert_eq!(
+            decode_eof(&mut b),
+            Err(DecodeError::Truncated { have: 1, need: 10 })
+        );
+        let mut b = BytesMut::new();
+        assert_eq!(decode_eof(&mut b), Ok(None));
+    }
+
+    #[test]
+    fn http_request_is_not_a_frame() {
+        // Someone pointing a browser at the agent's port.
+        let mut b = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
+        assert!(decode(&mut b).is_err());
+    }
+}

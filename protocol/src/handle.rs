@@ -1,0 +1,272 @@
+//! The handle through which one side opens streams, UDP flows and DNS queries on its peer,
+//! and learns when the session ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::frame::{DnsFailureKind, DnsTransport, Frame, StreamId, MAX_DNS_MESSAGE_LEN};
+use crate::session::state::{DnsReply, OpenReply, Shared, Slot};
+use crate::session::{CloseReason, SessionClosed};
+use crate::stream::Stream;
+use crate::udp::UdpFlow;
+
+/// Why a stream or flow could not be opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpenError {
+    /// The peer tried and failed; `errno` is the Linux errno its socket call returned
+    /// (e.g. 111 `ECONNREFUSED`, 110 `ETIMEDOUT`, 101 `ENETUNREACH`, 113 `EHOSTUNREACH`).
+    #[error("{} (errno {errno})", std::io::Error::from_raw_os_error(*errno))]
+    Failed {
+        /// The Linux errno.
+        errno: i32,
+    },
+    /// The session ended first.
+    #[error(transparent)]
+    SessionClosed(#[from] SessionClosed),
+    /// The session has used all of its 2^31 stream ids.
+    #[error("no stream ids left in this session")]
+    IdsExhausted,
+}
+
+impl OpenError {
+    /// The errno an application socket should report for this failure: the peer's errno, or
+    /// `ECONNABORTED` (103) when the session is gone.
+    pub fn errno(&self) -> i32 {
+        match self {
+            OpenError::Failed { errno } => *errno,
+            OpenError::SessionClosed(_) | OpenError::IdsExhausted => 103,
+        }
+    }
+}
+
+/// Why a DNS query got no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DnsQueryError {
+    /// The peer could not answer it at all.
+    #[error("DNS query failed ({kind}): {message}")]
+    Failed {
+        /// Why, as a code.
+        kind: DnsFailureKind,
+        /// Why, for humans.
+        message: String,
+    },
+    /// The query is longer than a DNS message may be.
+    #[error("DNS query of {len} bytes exceeds 65535")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// The session ended first.
+    #[error(transparent)]
+    SessionClosed(#[from] SessionClosed),
+    /// The session has used all of its stream ids.
+    #[error("no stream ids left in this session")]
+    IdsExhausted,
+}
+
+/// Opens things on the peer. Cheap to clone; the session shuts down (sending `GoAway`) when
+/// the last clone is dropped.
+#[derive(Clone)]
+pub struct SessionHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        let message = "the session's last handle was dropped".to_string();
+        self.shared.close(
+            CloseReason::LocalShutdown {
+                message: message.clone(),
+            },
+            Some(message),
+        );
+    }
+}
+
+/// Resets a pending open or query if its future is dropped before it completes.
+struct PendingGuard {
+    shared: Arc<Shared>,
+    id: StreamId,
+    armed: bool,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.lock().release(self.id, 0);
+        }
+    }
+}
+
+impl SessionHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> SessionHandle {
+        SessionHandle {
+            inner: Arc::new(HandleInner { shared }),
+        }
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// The protocol version agreed in the handshake.
+    pub fn version(&self) -> u16 {
+        self.shared().limits.version
+    }
+
+    fn closed_error(&self) -> SessionClosed {
+        SessionClosed(
+            self.shared()
+                .close_reason()
+                .unwrap_or(CloseReason::PeerClosed),
+        )
+    }
+
+    /// Connects to `addr` from the peer's side, with the peer's default connect timeout.
+    /// Dropping the future cancels the connect.
+    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<Stream, OpenError> {
+        self.connect(addr, 0).await
+    }
+
+    /// Like [`SessionHandle::connect_tcp`], asking the peer to give up after `timeout`
+    /// (rounded to milliseconds, at least 1 ms).
+    pub async fn connect_tcp_timeout(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Stream, OpenError> {
+        let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+        self.connect(addr, ms).await
+    }
+
+    async fn connect(&self, addr: SocketAddr, timeout_ms: u32) -> Result<Stream, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let guard = self.open(
+            Slot::Opening {
+                tcp: true,
+                reply: tx,
+            },
+            |stream| Frame::ConnectTcp {
+                stream,
+                addr,
+                timeout_ms,
+            },
+        )?;
+        let local = self.wait_open(guard.id, rx).await?;
+        let mut guard = guard;
+        guard.armed = false;
+        Ok(Stream::new(self.shared().clone(), guard.id, local, addr))
+    }
+
+    /// Opens a UDP flow: an unconnected UDP socket on the peer's side bound to `bind` (use
+    /// the unspecified address of the wanted family and port 0 for an ephemeral port, see
+    /// [`crate::unspecified_like`]).
+    pub async fn open_udp(&self, bind: SocketAddr) -> Result<UdpFlow, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let guard = self.open(
+            Slot::Opening {
+                tcp: false,
+                reply: tx,
+            },
+            |stream| Frame::OpenUdp { stream, bind },
+        )?;
+        let local = self.wait_open(guard.id, rx).await?;
+        let mut guard = guard;
+        guard.armed = false;
+        Ok(UdpFlow::new(self.shared().clone(), guard.id, local))
+    }
+
+    /// Sends a DNS query (wire format) to be answered as the peer's environment answers it.
+    /// `transport` says how the application asked, which bounds the answer's size.
+    pub async fn dns_query(
+        &self,
+        message: Bytes,
+        transport: DnsTransport,
+    ) -> Result<Bytes, DnsQueryError> {
+        if message.len() > MAX_DNS_MESSAGE_LEN {
+            return Err(DnsQueryError::TooLarge { len: message.len() });
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut guard = self
+            .open(Slot::Querying { reply: tx }, |stream| Frame::DnsQuery {
+                stream,
+                transport,
+                message,
+            })
+            .map_err(|e| match e {
+                OpenError::SessionClosed(c) => DnsQueryError::SessionClosed(c),
+                _ => DnsQueryError::IdsExhausted,
+            })?;
+        let reply = rx.await;
+        guard.armed = false;
+        match reply {
+            Ok(DnsReply::Answer(answer)) => Ok(answer),
+            Ok(DnsReply::Failed(kind, message)) => Err(DnsQueryError::Failed { kind, message }),
+            Err(_) => Err(DnsQueryError::SessionClosed(self.closed_error())),
+        }
+    }
+
+    fn open(
+        &self,
+        slot: Slot,
+        frame: impl FnOnce(StreamId) -> Frame,
+    ) -> Result<PendingGuard, OpenError> {
+        let mut st = self.shared().lock();
+        if let Some(reason) = &st.closed {
+            return Err(OpenError::SessionClosed(SessionClosed(reason.clone())));
+        }
+        let id = st.open_local(slot).ok_or(OpenError::IdsExhausted)?;
+        st.queue(&frame(id));
+        Ok(PendingGuard {
+            shared: self.shared().clone(),
+            id,
+            armed: true,
+        })
+    }
+
+    async fn wait_open(
+        &self,
+        _id: StreamId,
+        rx: oneshot::Receiver<OpenReply>,
+    ) -> Result<SocketAddr, OpenError> {
+        match rx.await {
+            Ok(OpenReply::Opened(local)) => Ok(local),
+            Ok(OpenReply::Failed(errno)) => Err(OpenError::Failed { errno }),
+            Err(_) => Err(OpenError::SessionClosed(self.closed_error())),
+        }
+    }
+
+    /// Resolves when the session ends, with the reason.
+    pub async fn closed(&self) -> CloseReason {
+        let mut rx = self.shared().closed_rx();
+        let reason = match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        reason.unwrap_or(CloseReason::PeerClosed)
+    }
+
+    /// The reason the session ended, if it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared().close_reason()
+    }
+
+    /// Closes the session: sends `GoAway` with `message` to the peer (after the data already
+    /// queued) and fails every stream and flow.
+    pub fn shutdown(&self, message: &str) {
+        self.shared().close(
+            CloseReason::LocalShutdown {
+                message: message.to_string(),
+            },
+            Some(message.to_string()),
+        );
+    }
+}

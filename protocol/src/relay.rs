@@ -1,0 +1,221 @@
+//! Copies bytes both ways between a [`Stream`] and a local byte stream (a socket), passing on
+//! half-closes and resets, and holding no buffer while a direction is idle — so that
+//! thousands of idle relayed connections cost little memory.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::session::state::errno::ECONNRESET;
+use crate::stream::Stream;
+
+/// Size of the buffer borrowed while reading from the local side.
+const CHUNK: usize = 64 * 1024;
+
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions finished with FIN: close the local socket normally.
+    Closed,
+    /// The stream failed: the peer reset it (the error carries the peer's errno) or the
+    /// session ended. Close the local socket abortively (e.g. `SO_LINGER` 0) so its peer sees
+    /// a reset.
+    StreamFailed(io::Error),
+    /// Reading or writing the local side failed; the stream has been reset with that
+    /// error's errno.
+    LocalFailed(io::Error),
+}
+
+/// What a relay moved, and how it ended.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    /// Bytes read from the local side and sent on the stream.
+    pub to_stream: u64,
+    /// Bytes received on the stream and written to the local side.
+    pub from_stream: u64,
+    /// How it ended.
+    pub end: RelayEnd,
+}
+
+/// Stream → local.
+enum Toward {
+    /// Moving data; `pending` is what was received but not yet written.
+    Open {
+        pending: Option<Bytes>,
+    },
+    /// EOF seen, shutting down the writing side.
+    ShuttingDown,
+    Done,
+}
+
+/// Relays until both directions have finished or one side fails. EOF on one side becomes a
+/// FIN (`shutdown`) on the other; the other direction keeps flowing.
+pub async fn relay<T>(stream: &mut Stream, local: &mut T) -> RelayOutcome
+where
+    T: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut down = Toward::Open { pending: None };
+    let mut up = Up {
+        phase: Phase::Open,
+        buf: None,
+        start: 0,
+        end: 0,
+    };
+    let mut to_stream = 0u64;
+    let mut from_stream = 0u64;
+    let end = poll_fn(|cx| {
+        if let Some(end) = poll_down(cx, stream, local, &mut down, &mut from_stream) {
+            return Poll::Ready(end);
+        }
+        if let Some(end) = poll_up(cx, stream, local, &mut up, &mut to_stream) {
+            return Poll::Ready(end);
+        }
+        if matches!(down, Toward::Done) && up.phase == Phase::Done {
+            return Poll::Ready(RelayEnd::Closed);
+        }
+        Poll::Pending
+    })
+    .await;
+    RelayOutcome {
+        to_stream,
+        from_stream,
+        end,
+    }
+}
+
+fn errno_of(e: &io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(ECONNRESET)
+}
+
+/// Stream → local.
+fn poll_down<T: AsyncWrite + Unpin + ?Sized>(
+    cx: &mut Context<'_>,
+    stream: &mut Stream,
+    local: &mut T,
+    state: &mut Toward,
+    count: &mut u64,
+) -> Option<RelayEnd> {
+    loop {
+        match state {
+            Toward::Done => return None,
+            Toward::ShuttingDown => match Pin::new(&mut *local).poll_shutdown(cx) {
+                // A local peer already gone makes shutdown fail; the other direction reports.
+                Poll::Ready(_) => *state = Toward::Done,
+                Poll::Pending => return None,
+            },
+            Toward::Open { pending } => {
+                if let Some(chunk) = pending {
+                    match Pin::new(&mut *local).poll_write(cx, chunk) {
+                        Poll::Ready(Ok(0)) => {
+                            let e = io::Error::from(io::ErrorKind::WriteZero);
+                            stream.reset(ECONNRESET);
+                            return Some(RelayEnd::LocalFailed(e));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            *count += n as u64;
+                            chunk.advance(n);
+                            if chunk.is_empty() {
+                                *pending = None;
+                            }
+                        }
+                        Poll::Ready(Err(e)) => {
+                            stream.reset(errno_of(&e));
+                            return Some(RelayEnd::LocalFailed(e));
+                        }
+                        Poll::Pending => return None,
+                    }
+                    continue;
+                }
+                match stream.poll_recv_chunk(cx) {
+                    Poll::Ready(Ok(Some(chunk))) => *pending = Some(chunk),
+                    Poll::Ready(Ok(None)) => *state = Toward::ShuttingDown,
+                    Poll::Ready(Err(e)) => return Some(RelayEnd::StreamFailed(e)),
+                    Poll::Pending => {
+                        if let Poll::Ready(Err(e)) = Pin::new(&mut *local).poll_flush(cx) {
+                            stream.reset(errno_of(&e));
+                            return Some(RelayEnd::LocalFailed(e));
+                        }
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Local → stream: `buf[start..end]` is read but not yet sent. The buffer exists only while
+/// data flows: it is freed whenever the local side has nothing to read.
+struct Up {
+    phase: Phase,
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    Open,
+    ShuttingDown,
+    Done,
+}
+
+fn poll_up<T: AsyncRead + Unpin + ?Sized>(
+    cx: &mut Context<'_>,
+    stream: &mut Stream,
+    local: &mut T,
+    up: &mut Up,
+    count: &mut u64,
+) -> Option<RelayEnd> {
+    loop {
+        match up.phase {
+            Phase::Done => return None,
+            Phase::ShuttingDown => match Pin::new(&mut *stream).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => up.phase = Phase::Done,
+                Poll::Ready(Err(e)) => return Some(RelayEnd::StreamFailed(e)),
+                Poll::Pending => return None,
+            },
+            Phase::Open => {
+                let b = up
+                    .buf
+                    .get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                if up.start < up.end {
+                    match Pin::new(&mut *stream).poll_write(cx, &b[up.start..up.end]) {
+                        Poll::Ready(Ok(n)) => {
+                            *count += n as u64;
+                            up.start += n;
+                        }
+                        Poll::Ready(Err(e)) => return Some(RelayEnd::StreamFailed(e)),
+                        Poll::Pending => return None,
+                    }
+                    continue;
+                }
+                let mut rb = ReadBuf::new(b);
+                match Pin::new(&mut *local).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        up.start = 0;
+                        up.end = n;
+                        if n == 0 {
+                            up.buf = None;
+                            up.phase = Phase::ShuttingDown;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        stream.reset(errno_of(&e));
+                        return Some(RelayEnd::LocalFailed(e));
+                    }
+                    Poll::Pending => {
+                        up.buf = None;
+                        up.start = 0;
+                        up.end = 0;
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! What the peer asks this side to do — connect, open a UDP flow, resolve a name — and the
+//! responders that answer it. A request dropped without an answer is refused.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::frame::{DnsFailureKind, DnsTransport, Frame, StreamId, MAX_DNS_MESSAGE_LEN};
+use crate::session::state::{errno, Shared, Slot, StreamState, UdpState};
+use crate::session::CloseReason;
+use crate::stream::Stream;
+use crate::udp::UdpFlow;
+
+/// The requests the peer sends, in arrival order. Ends (`None`) when the session ends.
+pub struct Requests {
+    rx: mpsc::Receiver<Request>,
+}
+
+impl Requests {
+    pub(crate) fn new(rx: mpsc::Receiver<Request>) -> Requests {
+        Requests { rx }
+    }
+
+    /// The next request, or `None` once the session has ended.
+    pub async fn next(&mut self) -> Option<Request> {
+        self.rx.recv().await
+    }
+
+    /// Poll form of [`Requests::next`].
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Request>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+/// One request from the peer. New kinds may be added in later protocol versions.
+#[non_exhaustive]
+pub enum Request {
+    /// Connect a TCP socket to an address.
+    ConnectTcp(ConnectTcpRequest),
+    /// Open an unconnected UDP socket.
+    OpenUdp(OpenUdpRequest),
+    /// Answer a DNS query.
+    Dns(DnsRequest),
+}
+
+/// Why a response could not be delivered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RespondError {
+    /// The peer cancelled the request (it gave up waiting, or closed the socket).
+    #[error("the peer cancelled the request")]
+    Cancelled,
+    /// The session ended.
+    #[error("the session ended: {0}")]
+    SessionClosed(CloseReason),
+    /// The DNS answer is longer than a DNS message may be.
+    #[error("DNS answer of {len} bytes exceeds 65535")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+}
+
+impl Request {
+    pub(crate) fn connect_tcp(
+        shared: Arc<Shared>,
+        id: StreamId,
+        addr: SocketAddr,
+        timeout_ms: u32,
+        cancel: oneshot::Receiver<()>,
+    ) -> Request {
+        Request::ConnectTcp(ConnectTcpRequest {
+            offer: Offer::new(shared, id, cancel, false),
+            addr,
+            timeout: (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
+        })
+    }
+
+    pub(crate) fn open_udp(
+        shared: Arc<Shared>,
+        id: StreamId,
+        bind: SocketAddr,
+        cancel: oneshot::Receiver<()>,
+    ) -> Request {
+        Request::OpenUdp(OpenUdpRequest {
+            offer: Offer::new(shared, id, cancel, false),
+            bind,
+        })
+    }
+
+    pub(crate) fn dns(
+        shared: Arc<Shared>,
+        id: StreamId,
+        transport: DnsTransport,
+        message: Bytes,
+        cancel: oneshot::Receiver<()>,
+    ) -> Request {
+        Request::Dns(DnsRequest {
+            offer: Offer::new(shared, id, cancel, true),
+            transport,
+            message,
+        })
+    }
+
+    fn offer(&mut self) -> &mut Offer {
+        match self {
+            Request::ConnectTcp(r) => &mut r.offer,
+            Request::OpenUdp(r) => &mut r.offer,
+            Request::Dns(r) => &mut r.offer,
+        }
+    }
+
+    /// Too many requests are waiting for our user: refuse this one at once.
+    pub(crate) fn refuse_overloaded(mut self) {
+        self.offer()
+            .refuse(errno::EAGAIN, "too many pending requests");
+    }
+
+    /// Nobody serves requests on this side.
+    pub(crate) fn refuse_unserved(mut self) {
+        self.offer()
+            .refuse(errno::EOPNOTSUPP, "requests are not served here");
+    }
+}
+
+/// The part every request shares: which stream it is, and the peer's cancellation.
+struct Offer {
+    shared: Arc<Shared>,
+    id: StreamId,
+    cancel: oneshot::Receiver<()>,
+    dns: bool,
+    answered: bool,
+}
+
+impl Offer {
+    fn new(shared: Arc<Shared>, id: StreamId, cancel: oneshot::Receiver<()>, dns: bool) -> Offer {
+        Offer {
+            shared,
+            id,
+            cancel,
+            dns,
+            answered: false,
+        }
+    }
+
+    /// Replaces the still-offered slot by `slot` and queues `reply`.
+    fn answer(&mut self, slot: Option<Slot>, reply: Frame) -> Result<(), RespondError> {
+        self.answered = true;
+        let mut st = self.shared.lock();
+        if let Some(reason) = &st.closed {
+            return Err(RespondError::SessionClosed(reason.clone()));
+        }
+        match st.slot_mut(self.id) {
+            Some(current @ Slot::Offered { .. }) => match slot {
+                Some(slot) => *current = slot,
+                None => {
+                    st.remove(self.id);
+                }
+            },
+            _ => return Err(RespondError::Cancelled),
+        }
+        st.queue(&reply);
+        Ok(())
+    }
+
+    fn refuse(&mut self, errno: i32, why: &str) {
+        let reply = if self.dns {
+            Frame::DnsFailed {
+                stream: self.id,
+                kind: DnsFailureKind::Unavailable,
+                message: why.to_string(),
+            }
+        } else {
+            Frame::OpenFailed {
+                stream: self.id,
+                errno,
+            }
+        };
+        let _ = self.answer(None, reply);
+    }
+
+    async fn cancelled(&mut self) {
+        // Resolves when the slot's sender is dropped: the peer reset the request or the
+        // session ended.
+        let _ = (&mut self.cancel).await;
+    }
+}
+
+impl Drop for Offer {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.refuse(errno::EOPNOTSUPP, "the request was not served");
+        }
+    }
+}
+
+/// The peer asks for a TCP connection.
+pub struct ConnectTcpRequest {
+    offer: Offer,
+    addr: SocketAddr,
+    timeout: Option<Duration>,
+}
+
+impl ConnectTcpRequest {
+    /// Where to connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The peer's connect timeout, if it asked for one (else use the local default).
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// The stream id (for logs).
+    pub fn id(&self) -> StreamId {
+        self.offer.id
+    }
+
+    /// Resolves when the peer gives up on this request (or the session ends): stop
+    /// connecting.
+    pub async fn cancelled(&mut self) {
+        self.offer.cancelled().await
+    }
+
+    /// The connection is established; `local` is the socket's local address. Returns the
+    /// stream that carries the connection's bytes.
+    pub fn accept(mut self, local: SocketAddr) -> Result<Stream, RespondError> {
+        let shared = self.offer.shared.clone();
+        let state = StreamState::new(&shared.limits);
+        let id = self.offer.id;
+        self.offer.answer(
+            Some(Slot::Stream(state)),
+            Frame::Opened { stream: id, local },
+        )?;
+        Ok(Stream::new(shared, id, local, self.addr))
+    }
+
+    /// The connection failed with this Linux errno (e.g. 111 `ECONNREFUSED`).
+    pub fn reject(mut self, errno: i32) {
+        let id = self.offer.id;
+        let _ = self
+            .offer
+            .answer(None, Frame::OpenFailed { stream: id, errno });
+    }
+}
+
+/// The peer asks for a UDP flow.
+pub struct OpenUdpRequest {
+    offer: Offer,
+    bind: SocketAddr,
+}
+
+impl OpenUdpRequest {
+    /// The local address to bind (port 0: ephemeral).
+    pub fn bind(&self) -> SocketAddr {
+        self.bind
+    }
+
+    /// The flow id (for logs).
+    pub fn id(&self) -> StreamId {
+        self.offer.id
+    }
+
+    /// The socket is open and bound to `local`. Returns the flow that carries its datagrams.
+    pub fn accept(mut self, local: SocketAddr) -> Result<UdpFlow, RespondError> {
+        let shared = self.offer.shared.clone();
+        let id = self.offer.id;
+        self.offer.answer(
+            Some(Slot::Udp(UdpState::new())),
+            Frame::Opened { stream: id, local },
+        )?;
+        Ok(UdpFlow::new(shared, id, local))
+    }
+
+    /// The socket could not be opened; this Linux errno says why.
+    pub fn reject(mut self, errno: i32) {
+        let id = self.offer.id;
+        let _ = self
+            .offer
+            .answer(None, Frame::OpenFailed { stream: id, errno });
+    }
+}
+
+/// The peer asks for a DNS query to be answered.
+pub struct DnsRequest {
+    offer: Offer,
+    transport: DnsTransport,
+    message: Bytes,
+}
+
+impl DnsRequest {
+    /// The query in DNS wire format.
+    pub fn message(&self) -> &Bytes {
+        &self.message
+    }
+
+    /// How the application sent it.
+    pub fn transport(&self) -> DnsTransport {
+        self.transport
+    }
+
+    /// The exchange id (for logs).
+    pub fn id(&self) -> StreamId {
+        self.offer.id
+    }
+
+    /// Resolves when the peer gives up on this query (or the session ends).
+    pub async fn cancelled(&mut self) {
+        self.offer.cancelled().await
+    }
+
+    /// Sends the DNS response (wire format, at most 65,535 bytes).
+    pub fn answer(mut self, message: Bytes) -> Result<(), RespondError> {
+        if message.len() > MAX_DNS_MESSAGE_LEN {
+            let len = message.len();
+            self.offer.refuse(0, "the answer is too large");
+            return Err(RespondError::TooLarge { len });
+        }
+        let id = self.offer.id;
+        self.offer.answer(
+            None,
+            Frame::DnsAnswer {
+                stream: id,
+                message,
+            },
+        )
+    }
+
+    /// No answer can be given.
+    pub fn fail(mut self, kind: DnsFailureKind, message: &str) {
+        let id = self.offer.id;
+        let _ = self.offer.answer(
+            None,
+            Frame::DnsFailed {
+                stream: id,
+                kind,
+                message: message.to_string(),
+            },
+        );
+    }
+}

@@ -1,0 +1,919 @@
+//! In-memory tests of whole sessions over `tokio::io::duplex`: handshake, streams, flow
+//! control, half-close, reset, UDP, DNS, keepalive and misbehaving peers.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use sctrace_protocol::{
+    decode, CloseReason, Config, DnsFailureKind, DnsQueryError, DnsTransport, Frame,
+    HandshakeError, OpenError, RefuseReason, Request, Session, Token,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+fn token() -> Token {
+    Token::new(&b"test-token"[..]).unwrap()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+async fn pair_with(client_cfg: Config, server_cfg: Config) -> (Session, Session) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let t = token();
+    let server = tokio::spawn(async move { Session::server(b, &token(), server_cfg).await });
+    let client = Session::client(a, &t, client_cfg)
+        .await
+        .expect("client handshake");
+    let server = server.await.unwrap().expect("server handshake");
+    (client, server)
+}
+
+async fn pair() -> (Session, Session) {
+    pair_with(Config::default(), Config::default()).await
+}
+
+/// Serves requests like a tiny agent: TCP streams echo, UDP flows echo with the address,
+/// DNS answers are the query reversed; connecting to port 1 is refused with ECONNREFUSED.
+fn serve_echo(session: Session) -> sctrace_protocol::SessionHandle {
+    let Session {
+        handle,
+        mut requests,
+        task,
+    } = session;
+    tokio::spawn(task.run());
+    tokio::spawn(async move {
+        while let Some(req) = requests.next().await {
+            match req {
+                Request::ConnectTcp(r) => {
+                    if r.addr().port() == 1 {
+                        r.reject(111);
+                        continue;
+                    }
+                    let stream = r.accept(addr("10.0.0.2:40000")).unwrap();
+                    tokio::spawn(async move {
+                        let (mut rd, mut wr) = tokio::io::split(stream);
+                        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                        let _ = wr.shutdown().await;
+                        // Keep the stream until the peer has its copy of our FIN.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    });
+                }
+                Request::OpenUdp(r) => {
+                    let flow = r.accept(addr("10.0.0.2:50000")).unwrap();
+                    tokio::spawn(async move {
+                        while let Ok((a, p)) = flow.recv_from().await {
+                            if flow.send_to(a, &p).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Request::Dns(r) => {
+                    if r.message().is_empty() {
+                        r.fail(DnsFailureKind::BadQuery, "empty");
+                    } else {
+                        let mut v = r.message().to_vec();
+                        v.reverse();
+                        if r.transport() == DnsTransport::Tcp {
+                            v.push(b'T');
+                        }
+                        r.answer(Bytes::from(v)).unwrap();
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    handle
+}
+
+fn payload(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn handshake_agrees_on_version_and_echo_works() {
+    let (client, server) = pair().await;
+    assert_eq!(client.handle.version(), sctrace_protocol::PROTOCOL_VERSION);
+    let _server = serve_echo(server);
+    tokio::spawn(client.task.run());
+    let mut s = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:80"))
+        .await
+        .unwrap();
+    assert_eq!(s.local_addr(), addr("10.0.0.2:40000"));
+    assert_eq!(s.peer_addr(), addr("198.18.0.7:80"));
+    s.write_all(b"hello").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"hello");
+}
+
+#[tokio::test]
+async fn bad_token_is_refused_on_both_sides() {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
+    let wrong = Token::new(&b"wrong-token"[..]).unwrap();
+    let client = Session::client(a, &wrong, Config::default()).await;
+    match client {
+        Err(HandshakeError::RefusedByPeer { reason, message }) => {
+            assert_eq!(reason, RefuseReason::BadToken);
+            assert!(message.contains("token"), "{message}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("bad token accepted"),
+    }
+    match server.await.unwrap() {
+        Err(HandshakeError::RefusedPeer { reason, .. }) => {
+            assert_eq!(reason, RefuseReason::BadToken)
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("bad token accepted"),
+    }
+}
+
+async fn read_one_frame(io: &mut DuplexStream, buf: &mut BytesMut) -> Option<Frame> {
+    loop {
+        if let Some(f) = decode(buf).unwrap() {
+            return Some(f);
+        }
+        if io.read_buf(buf).await.unwrap() == 0 {
+            return None;
+        }
+    }
+}
+
+async fn send_frame(io: &mut DuplexStream, frame: Frame) {
+    let mut b = BytesMut::new();
+    frame.encode(&mut b).unwrap();
+    io.write_all(&b).await.unwrap();
+}
+
+#[tokio::test]
+async fn version_mismatch_is_refused_with_both_ranges() {
+    let (mut a, b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
+    send_frame(
+        &mut a,
+        Frame::Hello {
+            min_version: 7,
+            max_version: 9,
+            stream_window: 65536,
+            token: Bytes::from_static(b"test-token"),
+        },
+    )
+    .await;
+    let mut buf = BytesMut::new();
+    match read_one_frame(&mut a, &mut buf).await {
+        Some(Frame::Refused { reason, message }) => {
+            assert_eq!(reason, RefuseReason::UnsupportedVersion);
+            assert!(
+                message.contains("1..=1") && message.contains("7..=9"),
+                "{message}"
+            );
+        }
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(HandshakeError::RefusedPeer {
+            reason: RefuseReason::UnsupportedVersion,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn client_rejects_a_welcome_outside_its_range() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let client = tokio::spawn(async move { Session::client(a, &token(), Config::default()).await });
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        read_one_frame(&mut b, &mut buf).await,
+        Some(Frame::Hello { .. })
+    ));
+    send_frame(
+        &mut b,
+        Frame::Welcome {
+            version: 42,
+            stream_window: 65536,
+        },
+    )
+    .await;
+    assert!(matches!(
+        client.await.unwrap(),
+        Err(HandshakeError::BadWelcome { .. })
+    ));
+}
+
+#[tokio::test]
+async fn garbage_instead_of_hello_is_refused() {
+    let (mut a, b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
+    a.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        read_one_frame(&mut a, &mut buf).await,
+        Some(Frame::Refused {
+            reason: RefuseReason::BadHandshake,
+            ..
+        })
+    ));
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(HandshakeError::Decode(_))
+    ));
+}
+
+#[tokio::test]
+async fn silent_client_times_out_in_handshake() {
+    let (_a, b) = tokio::io::duplex(1 << 16);
+    let cfg = Config {
+        handshake_timeout: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let r = Session::server(b, &token(), cfg).await;
+    assert!(matches!(r, Err(HandshakeError::Timeout(_))));
+}
+
+#[tokio::test]
+async fn connect_failure_carries_the_errno() {
+    let (client, server) = pair().await;
+    let _server = serve_echo(server);
+    tokio::spawn(client.task.run());
+    let err = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Failed { errno: 111 }), "{err}");
+    assert_eq!(err.errno(), 111);
+    assert!(err.to_string().contains("refused"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_streams_keep_their_bytes() {
+    let (client, server) = pair().await;
+    let _server = serve_echo(server);
+    tokio::spawn(client.task.run());
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let handle = client.handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let data = payload(i, 20_000 + (i as usize) * 997);
+            let s = handle.connect_tcp(addr("198.18.0.7:7")).await.unwrap();
+            let (mut rd, mut wr) = tokio::io::split(s);
+            let expected = data.clone();
+            let writer = tokio::spawn(async move {
+                wr.write_all(&data).await.unwrap();
+                wr.shutdown().await.unwrap();
+                wr
+            });
+            let mut got = Vec::new();
+            rd.read_to_end(&mut got).await.unwrap();
+            let _wr = writer.await.unwrap();
+            assert_eq!(got.len(), expected.len());
+            assert!(got == expected, "stream {i} corrupted");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_does_not_block_others() {
+    let (client, server) = pair().await;
+    let Session {
+        handle: _server_handle,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    // The server pushes 4 MiB into the first stream, whose client never reads.
+    let (pushed_tx, mut pushed_rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Some(Request::ConnectTcp(r)) = requests.next().await {
+            let mut s = r.accept(addr("10.0.0.2:1")).unwrap();
+            if first {
+                first = false;
+                let pushed = pushed_tx.clone();
+                tokio::spawn(async move {
+                    let chunk = vec![7u8; 16 * 1024];
+                    let mut total = 0;
+                    for _ in 0..256 {
+                        if s.write_all(&chunk).await.is_err() {
+                            break;
+                        }
+                        total += chunk.len();
+                        let _ = pushed.send(total);
+                    }
+                });
+            } else {
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = tokio::io::split(s);
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                    let _ = wr.shutdown().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                });
+            }
+        }
+    });
+    let _stalled = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:9"))
+        .await
+        .unwrap();
+    // Let the pusher run into its window.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut pushed = 0;
+    while let Ok(n) = pushed_rx.try_recv() {
+        pushed = n;
+    }
+    assert!(
+        pushed <= 256 * 1024,
+        "sent {pushed} bytes past a 256 KiB window"
+    );
+    assert!(pushed >= 128 * 1024, "only {pushed} bytes sent");
+    // Other streams still flow, in volume.
+    for i in 0..4 {
+        let mut s = client
+            .handle
+            .connect_tcp(addr("198.18.0.7:7"))
+            .await
+            .unwrap();
+        let data = payload(i, 1 << 20);
+        let (mut rd, mut wr) = tokio::io::split(&mut s);
+        let expected = data.clone();
+        let (w, r) = tokio::join!(
+            async move {
+                wr.write_all(&data).await.unwrap();
+                wr.shutdown().await.unwrap();
+            },
+            async move {
+                let mut got = Vec::new();
+                rd.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        );
+        let () = w;
+        assert!(r == expected);
+    }
+}
+
+#[tokio::test]
+async fn half_close_lets_the_other_direction_finish() {
+    let (client, server) = pair().await;
+    let Session {
+        handle: _h,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    tokio::spawn(async move {
+        if let Some(Request::ConnectTcp(r)) = requests.next().await {
+            let mut s = r.accept(addr("10.0.0.2:1")).unwrap();
+            let mut req = Vec::new();
+            s.read_to_end(&mut req).await.unwrap(); // ends at the client's FIN
+            s.write_all(format!("got {} bytes", req.len()).as_bytes())
+                .await
+                .unwrap();
+            s.shutdown().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut s = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:80"))
+        .await
+        .unwrap();
+    s.write_all(&[1u8; 1000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.unwrap();
+    assert_eq!(resp, "got 1000 bytes");
+    assert!(s.write_all(b"x").await.is_err(), "write after shutdown");
+}
+
+#[tokio::test]
+async fn reset_reaches_the_peer_with_its_errno() {
+    let (client, server) = pair().await;
+    let Session {
+        handle: _h,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        // First stream: reset with ETIMEDOUT. Second: dropped without shutdown.
+        if let Some(Request::ConnectTcp(r)) = requests.next().await {
+            let mut s = r.accept(addr("10.0.0.2:1")).unwrap();
+            s.write_all(b"partial").await.unwrap();
+            s.reset(110);
+        }
+        if let Some(Request::ConnectTcp(r)) = requests.next().await {
+            let s = r.accept(addr("10.0.0.2:2")).unwrap();
+            drop(s);
+        }
+        let _ = done_tx.send(requests);
+    });
+    let mut s = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:80"))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let err = s.read_to_end(&mut buf).await.unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(110));
+    assert!(s.write_all(b"x").await.is_err());
+
+    let mut s = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:80"))
+        .await
+        .unwrap();
+    let err = s.read_to_end(&mut buf).await.unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(104),
+        "drop without shutdown resets"
+    );
+    let _ = done_rx.await;
+}
+
+#[tokio::test]
+async fn dropping_a_pending_connect_cancels_it() {
+    let (client, server) = pair().await;
+    let Session {
+        handle: _h,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    let (cancelled_tx, cancelled_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Some(Request::ConnectTcp(mut r)) = requests.next().await {
+            r.cancelled().await;
+            let _ = cancelled_tx.send(r.accept(addr("10.0.0.2:1")).is_err());
+        }
+    });
+    let r = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.handle.connect_tcp(addr("198.18.0.7:80")),
+    )
+    .await;
+    assert!(r.is_err(), "connect should still be pending");
+    let accept_failed = tokio::time::timeout(Duration::from_secs(5), cancelled_rx)
+        .await
+        .expect("server saw the cancel")
+        .unwrap();
+    assert!(accept_failed, "accepting a cancelled request must fail");
+}
+
+#[tokio::test]
+async fn udp_datagrams_keep_their_addresses() {
+    let (client, server) = pair().await;
+    let _server = serve_echo(server);
+    tokio::spawn(client.task.run());
+    let flow = client.handle.open_udp(addr("0.0.0.0:0")).await.unwrap();
+    assert_eq!(flow.local_addr(), addr("10.0.0.2:50000"));
+    for i in 0..10u8 {
+        let dst = SocketAddr::from(([198, 18, 0, i], 5000 + u16::from(i)));
+        flow.send_to(dst, &[i; 100]).await.unwrap();
+        let (from, data) = flow.recv_from().await.unwrap();
+        assert_eq!(from, dst);
+        assert_eq!(&data[..], &[i; 100][..]);
+    }
+    let v6 = addr("[fd00:5c::7]:53");
+    flow.send_to(v6, b"six").await.unwrap();
+    assert_eq!(
+        flow.recv_from().await.unwrap(),
+        (v6, Bytes::from_static(b"six"))
+    );
+    assert!(flow.send_to(v6, &vec![0u8; 70_000]).await.is_err());
+}
+
+#[tokio::test]
+async fn dns_queries_pass_through_both_transports() {
+    let (client, server) = pair().await;
+    let _server = serve_echo(server);
+    tokio::spawn(client.task.run());
+    let a = client
+        .handle
+        .dns_query(Bytes::from_static(b"abc"), DnsTransport::Udp)
+        .await
+        .unwrap();
+    assert_eq!(&a[..], b"cba");
+    let big = Bytes::from(vec![b'x'; 60_000]);
+    let a = client
+        .handle
+        .dns_query(big, DnsTransport::Tcp)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 60_001);
+    assert_eq!(a[60_000], b'T');
+    match client
+        .handle
+        .dns_query(Bytes::new(), DnsTransport::Udp)
+        .await
+    {
+        Err(DnsQueryError::Failed { kind, message }) => {
+            assert_eq!(kind, DnsFailureKind::BadQuery);
+            assert_eq!(message, "empty");
+        }
+        other => panic!("expected failure, got {other:?}"),
+    }
+    let too_big = Bytes::from(vec![0u8; 70_000]);
+    assert!(matches!(
+        client.handle.dns_query(too_big, DnsTransport::Tcp).await,
+        Err(DnsQueryError::TooLarge { len: 70_000 })
+    ));
+}
+
+#[tokio::test]
+async fn unserved_requests_are_refused() {
+    let (client, server) = pair().await;
+    drop(server.requests);
+    tokio::spawn(server.task.run());
+    let _keep = server.handle;
+    tokio::spawn(client.task.run());
+    let err = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:80"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), 95);
+    assert!(matches!(
+        client
+            .handle
+            .dns_query(Bytes::from_static(b"q"), DnsTransport::Udp)
+            .await,
+        Err(DnsQueryError::Failed {
+            kind: DnsFailureKind::Unavailable,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn keepalive_timeout_ends_a_session_with_a_silent_peer() {
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let cfg = Config {
+        keepalive_interval: Duration::from_millis(50),
+        keepalive_timeout: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let client = tokio::spawn(async move { Session::client(a, &token(), cfg).await });
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        read_one_frame(&mut b, &mut buf).await,
+        Some(Frame::Hello { .. })
+    ));
+    send_frame(
+        &mut b,
+        Frame::Welcome {
+            version: 1,
+            stream_window: 65536,
+        },
+    )
+    .await;
+    let session = client.await.unwrap().unwrap();
+    let started = std::time::Instant::now();
+    let run = tokio::spawn(session.task.run());
+    // The fake server reads (so writes never block) but never answers.
+    let sink = tokio::spawn(async move {
+        let mut pings = 0;
+        while let Some(f) = read_one_frame(&mut b, &mut buf).await {
+            if matches!(f, Frame::Ping { .. }) {
+                pings += 1;
+            }
+        }
+        pings
+    });
+    let reason = tokio::time::timeout(Duration::from_secs(5), session.handle.closed())
+        .await
+        .expect("keepalive fired");
+    assert!(
+        matches!(reason, CloseReason::KeepaliveTimeout { .. }),
+        "{reason}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(matches!(
+        run.await.unwrap(),
+        CloseReason::KeepaliveTimeout { .. }
+    ));
+    assert!(sink.await.unwrap() >= 2, "pings were sent");
+}
+
+#[tokio::test]
+async fn peer_answers_pings() {
+    let cfg = Config {
+        keepalive_interval: Duration::from_millis(20),
+        keepalive_timeout: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let (client, server) = pair_with(cfg.clone(), cfg).await;
+    let _server = serve_echo(server);
+    tokio::spawn(client.task.run());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        client.handle.close_reason().is_none(),
+        "session stays up while pings are answered"
+    );
+}
+
+/// Completes a handshake as a raw client, returning the server session and the raw end.
+async fn raw_client() -> (Session, DuplexStream) {
+    let (mut a, b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
+    send_frame(
+        &mut a,
+        Frame::Hello {
+            min_version: 1,
+            max_version: 1,
+            stream_window: 65536,
+            token: Bytes::from_static(b"test-token"),
+        },
+    )
+    .await;
+    let mut buf = BytesMut::new();
+    assert!(matches!(
+        read_one_frame(&mut a, &mut buf).await,
+        Some(Frame::Welcome { .. })
+    ));
+    (server.await.unwrap().unwrap(), a)
+}
+
+async fn expect_goaway(a: &mut DuplexStream) -> String {
+    let mut buf = BytesMut::new();
+    while let Some(f) = read_one_frame(a, &mut buf).await {
+        if let Frame::GoAway { message } = f {
+            return message;
+        }
+    }
+    panic!("no GoAway before EOF");
+}
+
+#[tokio::test]
+async fn garbage_after_handshake_ends_only_that_session() {
+    let (good_client, good_server) = pair().await;
+    let _good = serve_echo(good_server);
+    tokio::spawn(good_client.task.run());
+
+    let (server, mut a) = raw_client().await;
+    let run = tokio::spawn(server.task.run());
+    a.write_all(&[0xff; 64]).await.unwrap();
+    let reason = run.await.unwrap();
+    assert!(matches!(reason, CloseReason::Decode(_)), "{reason}");
+    assert!(expect_goaway(&mut a).await.contains("unknown frame type"));
+
+    let mut s = good_client
+        .handle
+        .connect_tcp(addr("198.18.0.7:7"))
+        .await
+        .unwrap();
+    s.write_all(b"still fine").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"still fine");
+}
+
+#[tokio::test]
+async fn oversized_frame_header_ends_the_session() {
+    let (server, mut a) = raw_client().await;
+    let run = tokio::spawn(server.task.run());
+    let mut b = BytesMut::new();
+    b.put_u32(1 << 30);
+    b.put_u8(0x20);
+    b.put_u8(0);
+    b.put_u32(1);
+    a.write_all(&b).await.unwrap();
+    assert!(matches!(
+        run.await.unwrap(),
+        CloseReason::Decode(sctrace_protocol::DecodeError::Oversized { .. })
+    ));
+}
+
+#[tokio::test]
+async fn flow_control_violation_ends_the_session() {
+    let (server, mut a) = raw_client().await;
+    let Session {
+        handle: _h,
+        mut requests,
+        task,
+    } = server;
+    let run = tokio::spawn(task.run());
+    send_frame(
+        &mut a,
+        Frame::ConnectTcp {
+            stream: 1,
+            addr: addr("198.18.0.7:80"),
+            timeout_ms: 0,
+        },
+    )
+    .await;
+    let Some(Request::ConnectTcp(r)) = requests.next().await else {
+        panic!("no request")
+    };
+    let _s = r.accept(addr("10.0.0.2:1")).unwrap();
+    // The server's window is 256 KiB: send 5 x 64 KiB without waiting for credit.
+    for _ in 0..5 {
+        send_frame(
+            &mut a,
+            Frame::Data {
+                stream: 1,
+                payload: Bytes::from(vec![0u8; 65536]),
+            },
+        )
+        .await;
+    }
+    let reason = run.await.unwrap();
+    assert!(
+        matches!(&reason, CloseReason::Violation(d) if d.contains("credit")),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn frames_for_unknown_streams_end_the_session() {
+    let (server, mut a) = raw_client().await;
+    let run = tokio::spawn(server.task.run());
+    send_frame(
+        &mut a,
+        Frame::Data {
+            stream: 99,
+            payload: Bytes::from_static(b"x"),
+        },
+    )
+    .await;
+    assert!(matches!(run.await.unwrap(), CloseReason::Violation(_)));
+}
+
+#[tokio::test]
+async fn reused_stream_id_ends_the_session() {
+    let (server, mut a) = raw_client().await;
+    let Session {
+        handle: _h,
+        requests: _r,
+        task,
+    } = server;
+    let run = tokio::spawn(task.run());
+    for _ in 0..2 {
+        send_frame(
+            &mut a,
+            Frame::ConnectTcp {
+                stream: 3,
+                addr: addr("198.18.0.7:80"),
+                timeout_ms: 0,
+            },
+        )
+        .await;
+    }
+    assert!(matches!(run.await.unwrap(), CloseReason::Violation(d) if d.contains("reused")));
+}
+
+#[tokio::test]
+async fn shutdown_reaches_the_peer_and_fails_its_streams() {
+    let (client, server) = pair().await;
+    let server_handle = serve_echo(server);
+    tokio::spawn(client.task.run());
+    let mut s = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:7"))
+        .await
+        .unwrap();
+    server_handle.shutdown("agent is shutting down");
+    let reason = tokio::time::timeout(Duration::from_secs(2), client.handle.closed())
+        .await
+        .unwrap();
+    match &reason {
+        CloseReason::PeerShutdown { message } => assert_eq!(message, "agent is shutting down"),
+        other => panic!("unexpected {other}"),
+    }
+    let mut buf = [0u8; 10];
+    let err = s.read(&mut buf).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    assert!(err.to_string().contains("agent is shutting down"), "{err}");
+    assert!(matches!(
+        client.handle.connect_tcp(addr("198.18.0.7:7")).await,
+        Err(OpenError::SessionClosed(_))
+    ));
+}
+
+#[tokio::test]
+async fn peer_disconnect_is_reported_promptly() {
+    let (client, server) = pair().await;
+    tokio::spawn(client.task.run());
+    let mut s = {
+        let Session {
+            handle,
+            mut requests,
+            task,
+        } = server;
+        let run = tokio::spawn(task.run());
+        let h = client.handle.clone();
+        let opener = tokio::spawn(async move { h.connect_tcp(addr("198.18.0.7:7")).await });
+        let Some(Request::ConnectTcp(r)) = requests.next().await else {
+            panic!()
+        };
+        let _server_stream = r.accept(addr("10.0.0.2:1")).unwrap();
+        let s = opener.await.unwrap().unwrap();
+        // The agent process dies: its end of the connection goes away.
+        run.abort();
+        drop(handle);
+        s
+    };
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 10];
+    let err = s.read(&mut buf).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    assert!(matches!(
+        client.handle.closed().await,
+        CloseReason::PeerClosed
+    ));
+}
+
+#[tokio::test]
+async fn dropping_every_handle_shuts_the_session_down() {
+    let (client, server) = pair().await;
+    let server_handle = serve_echo(server);
+    let run = tokio::spawn(client.task.run());
+    drop(client.handle);
+    assert!(matches!(
+        run.await.unwrap(),
+        CloseReason::LocalShutdown { .. }
+    ));
+    assert!(matches!(
+        server_handle.closed().await,
+        CloseReason::PeerShutdown { .. }
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_passes_half_close_and_data_both_ways() {
+    let (client, server) = pair().await;
+    let Session {
+        handle: _h,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    // Server side: relay the stream to an in-memory "socket" whose far end echoes.
+    tokio::spawn(async move {
+        if let Some(Request::ConnectTcp(r)) = requests.next().await {
+            let mut s = r.accept(addr("10.0.0.2:1")).unwrap();
+            let (mut near, far) = tokio::io::duplex(4096);
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = tokio::io::split(far);
+                tokio::io::copy(&mut rd, &mut wr).await.unwrap();
+                wr.shutdown().await.unwrap();
+            });
+            let outcome = sctrace_protocol::relay(&mut s, &mut near).await;
+            assert!(
+                matches!(outcome.end, sctrace_protocol::RelayEnd::Closed),
+                "{outcome:?}"
+            );
+            assert_eq!(outcome.to_stream, 300_000);
+            assert_eq!(outcome.from_stream, 300_000);
+        }
+    });
+    let s = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:7"))
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(s);
+    let data = payload(5, 300_000);
+    let expected = data.clone();
+    let w = tokio::spawn(async move {
+        wr.write_all(&data).await.unwrap();
+        wr.shutdown().await.unwrap();
+        wr
+    });
+    let mut got = Vec::new();
+    rd.read_to_end(&mut got).await.unwrap();
+    let _wr = w.await.unwrap();
+    assert!(got == expected);
+}
