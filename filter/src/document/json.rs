@@ -45,7 +45,9 @@ fn show(c: char) -> String {
 
 impl Reader<'_> {
     fn peek(&self) -> Option<char> {
-        self.text.get(self.at..).and_then(|rest| rest.chars().next())
+        self.text
+            .get(self.at..)
+            .and_then(|rest| rest.chars().next())
     }
 
     fn bump(&mut self) -> Option<char> {
@@ -135,10 +137,9 @@ impl Reader<'_> {
             self.skip_whitespace();
             let key_pos = self.pos();
             if self.peek() != Some('"') {
-                return Err(self.error(format!(
-                    "expected a key in double quotes, {}",
-                    self.found()
-                )));
+                return Err(
+                    self.error(format!("expected a key in double quotes, {}", self.found()))
+                );
             }
             let name = self.string()?;
             self.skip_whitespace();
@@ -255,10 +256,9 @@ impl Reader<'_> {
     fn hex4(&mut self, escape_pos: Pos) -> Result<u32, SyntaxError> {
         let mut value = 0u32;
         for _ in 0..4 {
-            let digit = self
-                .peek()
-                .and_then(|c| c.to_digit(16))
-                .ok_or_else(|| SyntaxError::at(escape_pos, "\\u must be followed by 4 hex digits"))?;
+            let digit = self.peek().and_then(|c| c.to_digit(16)).ok_or_else(|| {
+                SyntaxError::at(escape_pos, "\\u must be followed by 4 hex digits")
+            })?;
             self.bump();
             value = value * 16 + digit;
         }
@@ -304,9 +304,8 @@ impl Reader<'_> {
     fn number(&mut self) -> Result<Node, SyntaxError> {
         let pos = self.pos();
         let start = self.at;
-        let invalid = |reader: &Self| {
-            SyntaxError::at(pos, format!("invalid number, {}", reader.found()))
-        };
+        let invalid =
+            |reader: &Self| SyntaxError::at(pos, format!("invalid number, {}", reader.found()));
         if self.peek() == Some('-') {
             self.bump();
         }
@@ -365,8 +364,10 @@ mod tests {
 
     #[test]
     fn values_and_positions() {
-        let node = parse("{\n  \"a\": [1, -2.5e1, \"x\\u00e9\\ud83d\\ude00\"],\n  \"b\": null, \"c\": true}")
-            .unwrap();
+        let node = parse(
+            "{\n  \"a\": [1, -2.5e1, \"x\\u00e9\\ud83d\\ude00\"],\n  \"b\": null, \"c\": true}",
+        )
+        .unwrap();
         let NodeKind::Map(entries) = node.kind else {
             panic!("not a map")
         };
@@ -408,7 +409,11 @@ mod tests {
         );
         assert_eq!(
             err("{a: 1}"),
-            (1, 2, "expected a key in double quotes, found 'a'".to_owned())
+            (
+                1,
+                2,
+                "expected a key in double quotes, found 'a'".to_owned()
+            )
         );
         assert_eq!(
             err("{\"a\": \"x"),
@@ -418,8 +423,18 @@ mod tests {
                 "string is not closed: missing '\"' before the end of the file".to_owned()
             )
         );
-        assert_eq!(err("[01]"), (1, 2, "numbers cannot have leading zeros".to_owned()));
-        assert_eq!(err("{} {}"), (1, 4, "unexpected '{' after the end of the document".to_owned()));
+        assert_eq!(
+            err("[01]"),
+            (1, 2, "numbers cannot have leading zeros".to_owned())
+        );
+        assert_eq!(
+            err("{} {}"),
+            (
+                1,
+                4,
+                "unexpected '{' after the end of the document".to_owned()
+            )
+        );
         assert_eq!(
             err("  "),
             (

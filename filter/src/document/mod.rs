@@ -56,7 +56,7 @@ impl fmt::Display for Format {
 }
 
 /// A place in the source text: 1-based line and column (columns count characters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
 pub struct Pos {
     /// Line number, starting at 1.
     pub line: u32,
@@ -187,7 +187,10 @@ mod tests {
 
     #[test]
     fn format_follows_the_extension() {
-        assert_eq!(Format::from_path(Path::new("a/mirrord.json")), Ok(Format::Json));
+        assert_eq!(
+            Format::from_path(Path::new("a/mirrord.json")),
+            Ok(Format::Json)
+        );
         assert_eq!(Format::from_path(Path::new("mirrord")), Ok(Format::Json));
         assert_eq!(Format::from_path(Path::new("m.YML")), Ok(Format::Yaml));
         assert_eq!(Format::from_path(Path::new("m.yaml")), Ok(Format::Yaml));

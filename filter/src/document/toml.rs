@@ -42,7 +42,12 @@ impl Converter<'_, '_> {
         Ok(NodeKind::Map(entries))
     }
 
-    fn value(&self, value: &Spanned<DeValue<'_>>, pos: Pos, depth: usize) -> Result<Node, SyntaxError> {
+    fn value(
+        &self,
+        value: &Spanned<DeValue<'_>>,
+        pos: Pos,
+        depth: usize,
+    ) -> Result<Node, SyntaxError> {
         if depth >= MAX_DEPTH {
             return Err(SyntaxError::at(
                 pos,
@@ -102,7 +107,10 @@ mod tests {
         let outgoing = &map(network)[0].1;
         let (key, tcp) = &map(outgoing)[0];
         assert_eq!(key.pos, Pos::new(4, 1));
-        assert_eq!((tcp.kind.clone(), tcp.pos), (NodeKind::Bool(false), Pos::new(4, 7)));
+        assert_eq!(
+            (tcp.kind.clone(), tcp.pos),
+            (NodeKind::Bool(false), Pos::new(4, 7))
+        );
         let filter = &map(outgoing)[1].1;
         let local = &map(filter)[0].1;
         let NodeKind::Seq(items) = &local.kind else {

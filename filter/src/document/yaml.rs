@@ -119,7 +119,9 @@ impl Builder {
                     Some(Open::Seq { node, anchor }) | Some(Open::Map { node, anchor, .. }) => {
                         (node, anchor)
                     }
-                    None => return Err(SyntaxError::at(pos, "invalid YAML: unbalanced collection")),
+                    None => {
+                        return Err(SyntaxError::at(pos, "invalid YAML: unbalanced collection"))
+                    }
                 };
                 if anchor > 0 {
                     self.anchors.insert(anchor, node.clone());
@@ -235,7 +237,10 @@ fn scalar(
 ) -> Result<NodeKind, SyntaxError> {
     if let Some(tag) = tag {
         if !tag.is_yaml_core_schema() {
-            return Err(SyntaxError::at(pos, format!("YAML tag {tag} is not supported")));
+            return Err(SyntaxError::at(
+                pos,
+                format!("YAML tag {tag} is not supported"),
+            ));
         }
         let typed = match tag.suffix.as_str() {
             "str" => Some(NodeKind::Str(value.clone().into_owned())),
@@ -404,7 +409,10 @@ mod tests {
             ));
         }
         let error = parse(&bomb).unwrap_err();
-        assert!(error.message.contains("more than 200000 values"), "{error:?}");
+        assert!(
+            error.message.contains("more than 200000 values"),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -430,6 +438,9 @@ mod tests {
     #[test]
     fn empty_document_is_an_empty_object() {
         assert_eq!(parse("").unwrap().kind, NodeKind::Map(Vec::new()));
-        assert_eq!(parse("# only a comment\n").unwrap().kind, NodeKind::Map(Vec::new()));
+        assert_eq!(
+            parse("# only a comment\n").unwrap().kind,
+            NodeKind::Map(Vec::new())
+        );
     }
 }
