@@ -1,5 +1,94 @@
 //! `sctrace-agent`: serves sctrace sessions from inside a target network namespace.
+//!
+//! ```text
+//!  sctrace ──session──► listener (agent's own netns)
+//!                          │ requests
+//!                          ▼
+//!          tcp / udp / dns ──sockets from──► netns thread (setns into the target once)
+//! ```
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("sctrace-agent: not built yet")
+mod cli;
+mod dns;
+mod listener;
+mod netns;
+mod session;
+mod target;
+mod tcp;
+mod token;
+mod udp;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use cli::Cli;
+use target::Target;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sctrace-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let token = token::load(
+        cli.token_file.as_deref(),
+        std::env::var(token::TOKEN_ENV).ok(),
+    )?;
+    let target = match (&cli.netns, cli.pid) {
+        (Some(path), _) => Target::netns(path),
+        (None, Some(pid)) => Target::pid(pid),
+        (None, None) => anyhow::bail!("give the target with --netns PATH or --pid PID"),
+    };
+    let sockets = netns::NetnsSockets::enter(&target.netns)?;
+    tracing::info!(target = %target.description, resolv_conf = %target.resolv_conf.display(), "entered the target network namespace");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = listener::Listener::bind(&cli.listen).await?;
+        let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+        let ctx = Arc::new(session::Context {
+            token,
+            resolver: dns::Resolver::new(sockets.clone(), &target.resolv_conf),
+            sockets,
+            connect_timeout: Duration::from_secs(cli.connect_timeout.max(1)),
+            protocol: sctrace_protocol::Config::default(),
+            shutdown: shutdown_rx,
+            once_claimed: cli.once.then(|| AtomicBool::new(false)),
+            connected: AtomicUsize::new(0),
+        });
+        let lifetime = listener::Lifetime {
+            once: cli.once,
+            idle_timeout: cli.idle_timeout.map(Duration::from_secs),
+        };
+        listener::serve(listener, ctx, shutdown_tx, lifetime).await?;
+        anyhow::Ok(())
+    })?;
+    // Connections still relaying after the grace period end with the process.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    Ok(())
 }

@@ -1,0 +1,116 @@
+//! The command line of `sctrace-agent`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Serves sctrace sessions: connects, sends UDP and resolves names inside a target network
+/// namespace on behalf of an application traced on another machine or namespace.
+#[derive(Debug, Parser)]
+#[command(name = "sctrace-agent", version)]
+pub struct Cli {
+    /// Where to listen for sctrace: `unix:PATH` or `tcp:ADDR:PORT` (port 0 picks a free port).
+    /// The listener stays in the agent's own network namespace. Once listening, the agent
+    /// prints `listening <addr>` on stdout.
+    #[arg(long, value_name = "unix:PATH|tcp:ADDR:PORT", value_parser = parse_listen)]
+    pub listen: ListenAddr,
+
+    /// The target network namespace, as a file such as /run/netns/NAME.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "pid",
+        required_unless_present = "pid"
+    )]
+    pub netns: Option<PathBuf>,
+
+    /// The target is this process's network namespace (/proc/PID/ns/net).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// File holding the session token (a trailing newline is ignored). Without it, the token
+    /// comes from the environment variable SCTRACE_AGENT_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Serve exactly one session, then exit. Other clients are refused as busy meanwhile.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Exit when no session has been connected for this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+
+    /// Give up a TCP connect after this many seconds, unless the kernel gives up first
+    /// (Linux's own SYN retries take about 127 s). sctrace may ask for less per connect.
+    #[arg(long, value_name = "SECS", default_value_t = 75)]
+    pub connect_timeout: u64,
+
+    /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set. Logs go to
+    /// stderr.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Where the agent listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
+    /// A TCP socket.
+    Tcp(SocketAddr),
+}
+
+fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("unix: needs a socket path, e.g. unix:/run/sctrace-agent.sock".into());
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(path)));
+    }
+    if let Some(addr) = s.strip_prefix("tcp:") {
+        return addr.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("`{addr}` is not ADDR:PORT (e.g. tcp:127.0.0.1:0 or tcp:[::1]:7000)")
+        });
+    }
+    Err(format!("`{s}` should start with unix: or tcp:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("unix:/tmp/a.sock"),
+            Ok(ListenAddr::Unix("/tmp/a.sock".into()))
+        );
+        assert_eq!(
+            parse_listen("tcp:127.0.0.1:0"),
+            Ok(ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("tcp:[::1]:7000"),
+            Ok(ListenAddr::Tcp("[::1]:7000".parse().unwrap()))
+        );
+        assert!(parse_listen("unix:").is_err());
+        assert!(parse_listen("tcp:localhost:80").is_err());
+        assert!(parse_listen("/tmp/a.sock").is_err());
+    }
+
+    #[test]
+    fn target_is_required_and_exclusive() {
+        let base = ["sctrace-agent", "--listen", "tcp:127.0.0.1:0"];
+        assert!(Cli::try_parse_from(base).is_err());
+        let both = [&base[..], &["--netns", "/run/netns/x", "--pid", "1"]].concat();
+        assert!(Cli::try_parse_from(both).is_err());
+        let ok = [&base[..], &["--pid", "1", "--once", "--idle-timeout", "30"]].concat();
+        let cli = Cli::try_parse_from(ok).unwrap();
+        assert_eq!(cli.pid, Some(1));
+        assert!(cli.once);
+        assert_eq!(cli.idle_timeout, Some(30));
+        assert_eq!(cli.connect_timeout, 75);
+    }
+}

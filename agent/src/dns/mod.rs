@@ -1,0 +1,244 @@
+//! Answers the application's DNS queries as the target would: the target's resolv.conf
+//! (search list, ndots, nameservers, timeouts) applied to the name the application asked,
+//! and the answer presented under that name.
+
+mod answer;
+pub mod resolv_conf;
+mod upstream;
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use sctrace_protocol::{DnsFailureKind, DnsRequest, DnsTransport};
+
+use crate::netns::NetnsSockets;
+use resolv_conf::ResolvConf;
+use upstream::UpstreamError;
+
+/// Why a query got no DNS answer at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The query is not a DNS message with one question.
+    #[error("the query is not a usable DNS message: {0}")]
+    BadQuery(String),
+    /// No nameserver answered.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl ResolveError {
+    fn kind(&self) -> DnsFailureKind {
+        match self {
+            ResolveError::BadQuery(_) => DnsFailureKind::BadQuery,
+            ResolveError::Upstream(UpstreamError::Timeout { .. }) => DnsFailureKind::Timeout,
+            ResolveError::Upstream(UpstreamError::Unreachable { .. }) => {
+                DnsFailureKind::Unreachable
+            }
+        }
+    }
+}
+
+/// The target's resolver.
+pub struct Resolver {
+    sockets: NetnsSockets,
+    conf: ConfFile,
+    /// Next nameserver to start at, with `options rotate`.
+    rotation: AtomicUsize,
+    ids: QueryIds,
+}
+
+impl Resolver {
+    /// A resolver using the resolv.conf at `path` (re-read when it changes) and sockets in
+    /// the target namespace.
+    pub fn new(sockets: NetnsSockets, path: &Path) -> Resolver {
+        Resolver {
+            sockets,
+            conf: ConfFile::new(path),
+            rotation: AtomicUsize::new(0),
+            ids: QueryIds::default(),
+        }
+    }
+
+    /// Serves one query from the session.
+    pub async fn serve(&self, mut request: DnsRequest) {
+        let query = request.message().clone();
+        let transport = request.transport();
+        let result = tokio::select! {
+            result = self.resolve(&query, transport) => result,
+            () = request.cancelled() => return,
+        };
+        match result {
+            Ok(answer) => {
+                if let Err(e) = request.answer(answer) {
+                    tracing::debug!(error = %e, "DNS answer not delivered");
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "DNS query failed");
+                request.fail(e.kind(), &e.to_string());
+            }
+        }
+    }
+
+    /// Resolves a query in wire format, returning the response in wire format.
+    pub async fn resolve(
+        &self,
+        wire: &[u8],
+        transport: DnsTransport,
+    ) -> Result<Bytes, ResolveError> {
+        let original =
+            Message::from_vec(wire).map_err(|e| ResolveError::BadQuery(e.to_string()))?;
+        if original.metadata.message_type != MessageType::Query {
+            return Err(ResolveError::BadQuery("it is a response".into()));
+        }
+        if original.metadata.op_code != OpCode::Query || original.queries.len() != 1 {
+            // Not a plain question: say so the way a server would.
+            let mut reply = Message::error_msg(
+                original.metadata.id,
+                original.metadata.op_code,
+                if original.queries.len() != 1 {
+                    ResponseCode::FormErr
+                } else {
+                    ResponseCode::NotImp
+                },
+            );
+            reply.queries = original.queries.clone();
+            return encode(&reply, &original, transport);
+        }
+        let conf = self.conf.current();
+        let start_at = if conf.rotate {
+            self.rotation.fetch_add(1, Ordering::Relaxed) % conf.nameservers.len().max(1)
+        } else {
+            0
+        };
+        let asked = original.queries[0].name.clone();
+        let candidates = conf.candidates(&asked);
+        let mut outcome = answer::Search::default();
+        for candidate in &candidates {
+            let mut query = original.clone();
+            query.metadata.id = self.ids.next();
+            query.queries[0].name = candidate.clone();
+            let reply = upstream::exchange(&self.sockets, &conf, &query, start_at).await?;
+            tracing::debug!(
+                name = %candidate,
+                qtype = %original.queries[0].query_type,
+                rcode = %reply.metadata.response_code,
+                answers = reply.answers.len(),
+                "upstream answer"
+            );
+            if outcome.record(candidate, reply) {
+                break;
+            }
+        }
+        let (candidate, reply) = outcome
+            .finish()
+            .ok_or_else(|| ResolveError::BadQuery("no name to search".into()))?;
+        let presented = answer::present(&original, &candidate, reply);
+        encode(&presented, &original, transport)
+    }
+}
+
+/// Encodes `reply`, truncating it (TC set, records dropped) when it is larger than the
+/// application's transport carries: 512 bytes or the query's EDNS payload size over UDP.
+fn encode(
+    reply: &Message,
+    original: &Message,
+    transport: DnsTransport,
+) -> Result<Bytes, ResolveError> {
+    let limit = match transport {
+        DnsTransport::Tcp => 65_535,
+        DnsTransport::Udp => original
+            .edns
+            .as_ref()
+            .map_or(512, |e| usize::from(e.max_payload()).max(512)),
+    };
+    let bytes = reply
+        .to_vec()
+        .map_err(|e| ResolveError::BadQuery(format!("cannot encode the answer: {e}")))?;
+    if bytes.len() <= limit {
+        return Ok(Bytes::from(bytes));
+    }
+    let truncated = reply
+        .truncate()
+        .to_vec()
+        .map_err(|e| ResolveError::BadQuery(format!("cannot encode the answer: {e}")))?;
+    Ok(Bytes::from(truncated))
+}
+
+/// The target's resolv.conf, re-read when its modification time changes.
+struct ConfFile {
+    path: PathBuf,
+    cached: Mutex<(Option<SystemTime>, Arc<ResolvConf>)>,
+}
+
+impl ConfFile {
+    fn new(path: &Path) -> ConfFile {
+        let file = ConfFile {
+            path: path.to_path_buf(),
+            cached: Mutex::new((None, Arc::new(ResolvConf::default()))),
+        };
+        let conf = file.current();
+        tracing::info!(
+            path = %path.display(),
+            nameservers = ?conf.nameservers,
+            search = ?conf.search.iter().map(|n| n.to_ascii()).collect::<Vec<_>>(),
+            ndots = conf.ndots,
+            "target resolver configuration"
+        );
+        file
+    }
+
+    fn current(&self) -> Arc<ResolvConf> {
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if mtime.is_some() && cached.0 != mtime {
+            match std::fs::read(&self.path) {
+                Ok(bytes) => {
+                    let conf = ResolvConf::parse(&String::from_utf8_lossy(&bytes));
+                    for line in &conf.skipped {
+                        tracing::warn!(path = %self.path.display(), line, "ignored a resolv.conf line");
+                    }
+                    *cached = (mtime, Arc::new(conf));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot read resolv.conf; keeping the last one");
+                }
+            }
+        } else if mtime.is_none() && cached.0.is_none() {
+            tracing::warn!(path = %self.path.display(), "no resolv.conf; using 127.0.0.1 as glibc would");
+            cached.0 = Some(SystemTime::UNIX_EPOCH);
+        }
+        cached.1.clone()
+    }
+}
+
+/// Unpredictable query ids for upstream queries (std's randomly keyed hasher over a
+/// counter), so that off-path replies are unlikely to match.
+struct QueryIds {
+    keys: RandomState,
+    counter: AtomicU64,
+}
+
+impl Default for QueryIds {
+    fn default() -> QueryIds {
+        QueryIds {
+            keys: RandomState::new(),
+            counter: AtomicU64::new(0),
+        }
+    }
+}
+
+impl QueryIds {
+    fn next(&self) -> u16 {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.keys.hash_one(n) as u16
+    }
+}

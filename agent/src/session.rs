@@ -1,0 +1,137 @@
+//! One sctrace session: the handshake, then each request served in its own task until the
+//! session ends or the agent shuts down.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sctrace_protocol::{Config, HandshakeError, Io, Request, Session, Token};
+use tokio::sync::{watch, OwnedSemaphorePermit};
+
+use crate::dns::Resolver;
+use crate::netns::NetnsSockets;
+
+/// What every session shares.
+pub struct Context {
+    /// The session token.
+    pub token: Token,
+    /// Socket factory inside the target namespace.
+    pub sockets: NetnsSockets,
+    /// The target's resolver.
+    pub resolver: Resolver,
+    /// Upper bound of a TCP connect.
+    pub connect_timeout: Duration,
+    /// Protocol tunables.
+    pub protocol: Config,
+    /// Becomes true when the agent shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// With `--once`: set by the first session established; later ones are turned away.
+    pub once_claimed: Option<AtomicBool>,
+    /// Sessions established and not yet ended (for `--idle-timeout`).
+    pub connected: AtomicUsize,
+}
+
+/// Counts a session as connected while it lives.
+struct Connected<'a>(&'a AtomicUsize);
+
+impl<'a> Connected<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Connected(count)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How a connection ended, for the listener's bookkeeping.
+pub enum Served {
+    /// A session was established and has ended.
+    Session,
+    /// The handshake failed or was refused.
+    NoSession,
+}
+
+/// Serves the connection `io` from `peer` (for logs). `handshake_slot` is held until the
+/// handshake is over, which bounds the connections that can sit in it.
+pub async fn serve<T: Io>(
+    io: T,
+    peer: String,
+    ctx: Arc<Context>,
+    handshake_slot: OwnedSemaphorePermit,
+) -> Served {
+    let handshake = Session::server(io, &ctx.token, ctx.protocol.clone()).await;
+    drop(handshake_slot);
+    let session = match handshake {
+        Ok(session) => session,
+        Err(HandshakeError::RefusedPeer { reason, detail }) => {
+            tracing::warn!(%peer, %reason, "refused a session: {detail}");
+            return Served::NoSession;
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "handshake failed");
+            return Served::NoSession;
+        }
+    };
+    let Session {
+        handle,
+        mut requests,
+        task,
+    } = session;
+    let run = tokio::spawn(task.run());
+    if let Some(claimed) = &ctx.once_claimed {
+        if claimed.swap(true, Ordering::SeqCst) {
+            // Two handshakes raced under --once; only the first session is served.
+            handle.shutdown("this agent serves a single session (--once) and is busy");
+            let _ = run.await;
+            return Served::NoSession;
+        }
+    }
+    let _connected = Connected::new(&ctx.connected);
+    tracing::info!(%peer, version = handle.version(), "session established");
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            request = requests.next() => match request {
+                Some(request) => dispatch(request, &ctx),
+                None => break,
+            },
+            changed = shutdown.wait_for(|down| *down) => {
+                let _ = changed;
+                handle.shutdown("sctrace-agent is shutting down");
+                break;
+            }
+        }
+    }
+    let reason = match run.await {
+        Ok(reason) => reason.to_string(),
+        Err(e) => format!("session task failed: {e}"),
+    };
+    tracing::info!(%peer, %reason, "session ended");
+    Served::Session
+}
+
+fn dispatch(request: Request, ctx: &Arc<Context>) {
+    match request {
+        Request::ConnectTcp(r) => {
+            tracing::debug!(id = r.id(), addr = %r.addr(), "connect requested");
+            tokio::spawn(crate::tcp::serve(
+                r,
+                ctx.sockets.clone(),
+                ctx.connect_timeout,
+            ));
+        }
+        Request::OpenUdp(r) => {
+            tokio::spawn(crate::udp::serve(r, ctx.sockets.clone()));
+        }
+        Request::Dns(r) => {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { ctx.resolver.serve(r).await });
+        }
+        // Kinds from newer protocol versions: dropping a request refuses it.
+        _ => {}
+    }
+}
