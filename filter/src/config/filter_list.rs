@@ -163,6 +163,7 @@ pub(crate) fn decode(
         if list_use == ListUse::Dns {
             check_dns_entry(d, &item, &entry)?;
         }
+        d.positions.insert(item.path.clone(), item.pos());
         entries.push(ListedEntry {
             entry,
             key: item.path.clone().into(),

@@ -494,6 +494,11 @@ fn decode_text(text: &str, format: Format, origin: &str) -> Result<Loaded, Confi
         }
     }
     config.origins.file = Some(origin.to_owned());
+    // Report in the order of the file, whatever order the keys were decoded in.
+    d.warnings.sort_by_key(|warning| match &warning.0.origin {
+        Origin::File { pos, .. } => *pos,
+        _ => None,
+    });
     for (key, pos) in &d.positions {
         config.origins.by_key.insert(key.clone(), d.origin(*pos));
     }
