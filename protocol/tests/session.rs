@@ -339,17 +339,21 @@ async fn a_stalled_stream_does_not_block_others() {
         .connect_tcp(addr("198.18.0.7:9"))
         .await
         .unwrap();
-    // Let the pusher run into its window.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The pusher runs into the 256 KiB window and stays there.
+    let window = 256 * 1024;
     let mut pushed = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while pushed < window {
+        match tokio::time::timeout_at(deadline, pushed_rx.recv()).await {
+            Ok(Some(n)) => pushed = n,
+            other => panic!("pusher stopped at {pushed} bytes: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     while let Ok(n) = pushed_rx.try_recv() {
         pushed = n;
     }
-    assert!(
-        pushed <= 256 * 1024,
-        "sent {pushed} bytes past a 256 KiB window"
-    );
-    assert!(pushed >= 128 * 1024, "only {pushed} bytes sent");
+    assert_eq!(pushed, window, "sent past the window of an unread stream");
     // Other streams still flow, in volume.
     for i in 0..4 {
         let mut s = client
