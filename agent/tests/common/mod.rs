@@ -267,7 +267,11 @@ impl Agent {
             .arg(world.netns_path())
             .arg("--token-file")
             .arg(&token_file)
-            .args(["--log-level", "debug"])
+            .args(if extra.contains(&"--log-level") {
+                &[][..]
+            } else {
+                &["--log-level", "debug"][..]
+            })
             .args(extra)
             .env_remove("RUST_LOG")
             .env_remove("SCTRACE_AGENT_TOKEN")
