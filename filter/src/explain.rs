@@ -150,7 +150,7 @@ pub fn explain(
                         "{name:?} is resolved locally but connections to it go through the target, which must reach that address"
                     ),
                     Route::Remote => format!(
-                        "{name:?} is resolved in the target but connections to it are made locally; sctrace resolves it again locally before connecting"
+                        "{name:?} is resolved in the target but connections to it are made locally: the address from the target may not be reachable from this machine"
                     ),
                 });
             }

@@ -82,6 +82,12 @@ impl Builder {
                     SyntaxError::at(pos, "invalid YAML: alias to an unknown anchor")
                 })?;
                 self.count(count_nodes(&node), pos)?;
+                if self.stack.len() + depth_of(&node) > MAX_DEPTH {
+                    return Err(SyntaxError::at(
+                        pos,
+                        format!("lists and objects are nested more than {MAX_DEPTH} levels deep (after expanding aliases)"),
+                    ));
+                }
                 let node = Node { pos, ..node };
                 self.push_value(node, pos)?;
             }
@@ -214,6 +220,16 @@ fn count_nodes(node: &Node) -> usize {
                 .sum::<usize>()
         }
         _ => 1,
+    }
+}
+
+/// Nesting depth of a node (a scalar is 0). Every stored node respects `MAX_DEPTH`, so the
+/// recursion is bounded.
+fn depth_of(node: &Node) -> usize {
+    match &node.kind {
+        NodeKind::Seq(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+        NodeKind::Map(entries) => 1 + entries.iter().map(|(_, v)| depth_of(v)).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -411,6 +427,24 @@ mod tests {
         let error = parse(&bomb).unwrap_err();
         assert!(
             error.message.contains("more than 200000 values"),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn aliases_cannot_nest_past_the_depth_limit() {
+        let mut text = String::from("a0: &a0 [1]\n");
+        let inner = "[".repeat(40);
+        let close = "]".repeat(40);
+        for level in 1..6 {
+            text.push_str(&format!(
+                "a{level}: &a{level} {inner}*a{}{close}\n",
+                level - 1
+            ));
+        }
+        let error = parse(&text).unwrap_err();
+        assert!(
+            error.message.contains("after expanding aliases"),
             "{error:?}"
         );
     }
