@@ -98,7 +98,7 @@ fn copy_iov(n: &Notification, iov: u64, count: u64) -> Result<Vec<Vec<u8>>, Payl
 
 /// Whether sctrace re-issues sends on this socket (datagram, not Unix).
 fn reissuable(sock: &AppSocket) -> bool {
-    !sock.is_unix() && sock.family.is_some() && sock.sock_type == libc::SOCK_DGRAM
+    !sock.is_unix() && sock.desc.family.is_some() && sock.desc.sock_type == libc::SOCK_DGRAM
 }
 
 /// Re-issues one datagram send without blocking; falls back to the kernel when the socket
@@ -111,14 +111,14 @@ fn send_now(
     flags: i32,
     addr: String,
 ) -> Action {
-    let must_not_wait = !sock.nonblocking && flags & libc::MSG_DONTWAIT == 0;
+    let must_not_wait = !sock.desc.nonblocking && flags & libc::MSG_DONTWAIT == 0;
     let result = sys::sendmsg(sock.fd.as_fd(), &msg, flags | libc::MSG_DONTWAIT);
     if must_not_wait && matches!(result, Err(Errno(libc::EAGAIN))) {
         return leave_to_kernel(ctx, n, sock, addr);
     }
     if ctx.events.enabled() {
         ctx.events
-            .record(event(n, sock, addr, result_name(&result)));
+            .record(event(n, &sock.desc, addr, result_name(&result)));
     }
     Reply::from_result(result.map(|sent| sent as i64)).into()
 }

@@ -18,6 +18,13 @@ use super::Context;
 pub struct AppSocket {
     /// The copy (shares the open file description with the app's fd).
     pub fd: OwnedFd,
+    /// What the socket is.
+    pub desc: SocketDesc,
+}
+
+/// What one of the app's sockets is: enough to name it in an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketDesc {
     /// The app's fd number.
     pub app_fd: i32,
     /// `SO_DOMAIN`, or `None` when the fd is not a socket.
@@ -36,10 +43,12 @@ impl AppSocket {
         let nonblocking = sys::is_nonblocking(fd.as_fd()).unwrap_or(false);
         Self {
             fd,
-            app_fd,
-            family,
-            sock_type,
-            nonblocking,
+            desc: SocketDesc {
+                app_fd,
+                family,
+                sock_type,
+                nonblocking,
+            },
         }
     }
 
@@ -47,7 +56,7 @@ impl AppSocket {
     /// supervisor they would carry its pid in SO_PEERCRED/SCM_CREDENTIALS and resolve paths
     /// against its cwd and umask.
     pub fn is_unix(&self) -> bool {
-        self.family == Some(libc::AF_UNIX)
+        self.desc.family == Some(libc::AF_UNIX)
     }
 }
 
@@ -77,7 +86,7 @@ pub const UNKNOWN: &str = "unknown";
 
 /// Builds an event for a call on `sock`. Reads the caller's identity from /proc, which is
 /// reliable because the thread is blocked in this very call.
-pub fn event(n: &Notification, sock: &AppSocket, addr: String, result: String) -> Event {
+pub fn event(n: &Notification, sock: &SocketDesc, addr: String, result: String) -> Event {
     let tid = n.tid() as i32;
     let id = procfs::identity(tid).unwrap_or(procfs::Identity {
         pid: tid,
@@ -120,12 +129,12 @@ where
     let n = *n;
     let finish = move |sock: AppSocket| -> Reply {
         let result = perform(&sock);
-        if events.enabled() && sock.family.is_some() {
-            events.record(event(&n, &sock, addr, result_name(&result)));
+        if events.enabled() && sock.desc.family.is_some() {
+            events.record(event(&n, &sock.desc, addr, result_name(&result)));
         }
         Reply::from_result(result)
     };
-    if sock.nonblocking || !may_block {
+    if sock.desc.nonblocking || !may_block {
         return finish(sock).into();
     }
     Action::Defer(Box::pin(blocking(move || finish(sock))))
@@ -145,8 +154,9 @@ pub async fn blocking(work: impl FnOnce() -> Reply + Send + 'static) -> Reply {
 
 /// Records a call that is left to the kernel (outcome unknown) and returns `Continue`.
 pub fn leave_to_kernel(ctx: &Context, n: &Notification, sock: &AppSocket, addr: String) -> Action {
-    if ctx.events.enabled() && sock.family.is_some() {
-        ctx.events.record(event(n, sock, addr, UNKNOWN.into()));
+    if ctx.events.enabled() && sock.desc.family.is_some() {
+        ctx.events
+            .record(event(n, &sock.desc, addr, UNKNOWN.into()));
     }
     Reply::Continue.into()
 }

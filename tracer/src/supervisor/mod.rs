@@ -75,20 +75,24 @@ pub fn start(ctx: Arc<Context>, runtime: Handle) -> io::Result<thread::JoinHandl
 
 fn run(ctx: &Arc<Context>, runtime: &Handle) {
     loop {
-        match ctx.notify.wait_readable() {
-            Ok(true) => {}
-            Ok(false) => return,
+        let raw = match ctx.notify.recv() {
+            Ok(Some(raw)) => raw,
+            Ok(None) => {
+                // ENOENT: the caller died, or no traced task is left at all.
+                match ctx.notify.hung_up() {
+                    Ok(false) => continue,
+                    Ok(true) => return,
+                    Err(err) => {
+                        tracing::error!(
+                            "seccomp listener failed, no more calls can be intercepted: {err}"
+                        );
+                        return;
+                    }
+                }
+            }
             Err(err) => {
                 tracing::error!("seccomp listener failed, no more calls can be intercepted: {err}");
                 return;
-            }
-        }
-        let raw = match ctx.notify.recv() {
-            Ok(Some(raw)) => raw,
-            Ok(None) => continue,
-            Err(err) => {
-                tracing::error!("cannot receive a trapped call: {err}");
-                continue;
             }
         };
         let n = Notification::new(raw);

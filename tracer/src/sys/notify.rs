@@ -42,35 +42,26 @@ impl NotifyFd {
         Self(fd)
     }
 
-    /// Waits until a notification is pending. Returns `false` when no traced task is left
-    /// (the kernel reports POLLHUP once the filter has no users).
-    pub fn wait_readable(&self) -> io::Result<bool> {
+    /// Tells, without waiting, whether no traced task is left: the kernel reports POLLHUP
+    /// once the filter has no users (and RECV then fails with ENOENT at once).
+    pub fn hung_up(&self) -> io::Result<bool> {
         let mut pfd = libc::pollfd {
             fd: self.0.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        loop {
-            // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1.
-            let ret = unsafe { libc::poll(&mut pfd, 1, -1) };
-            if ret == -1 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            if pfd.revents & libc::POLLIN != 0 {
-                return Ok(true);
-            }
-            if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-                return Ok(false);
-            }
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1.
+        let ret = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if ret == -1 {
+            return Err(io::Error::last_os_error());
         }
+        Ok(pfd.revents & libc::POLLIN == 0
+            && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
     }
 
-    /// Receives one notification. `Ok(None)` means the notifying task went away before
-    /// it could be received (ENOENT) or the wait was interrupted: just poll again.
+    /// Waits for and receives one notification. `Ok(None)` means the notifying task went
+    /// away before it could be received, or no task is left at all (ENOENT; see
+    /// [`NotifyFd::hung_up`]), or the wait was interrupted.
     pub fn recv(&self) -> io::Result<Option<RawNotification>> {
         // The kernel requires a zeroed buffer of its own struct size; libc's matches the
         // size encoded in the ioctl number, which is what the kernel copies.

@@ -170,3 +170,79 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
     check(unsafe { libc::getsockname(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len) })?;
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }
+
+/// Sets or clears O_NONBLOCK on the open file description (shared with the app's fd).
+pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> Result<(), Errno> {
+    // SAFETY: F_GETFL takes no pointer argument.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    let wanted = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    if wanted == flags {
+        return Ok(());
+    }
+    // SAFETY: F_SETFL takes an integer argument.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, wanted) }).map(drop)
+}
+
+/// Whether the socket is writable right now (a pending connect has completed, one way or
+/// the other).
+pub fn writable_now(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a valid pollfd for the call; nfds is 1; timeout 0 never blocks.
+    let ready = check(unsafe { libc::poll(&mut pfd, 1, 0) })?;
+    Ok(ready > 0)
+}
+
+/// Takes the socket's pending error (`SO_ERROR`, which reading clears, as a blocking
+/// connect's return does): `Ok(())` when there is none.
+pub fn take_error(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    match getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+        0 => Ok(()),
+        err => Err(Errno(err)),
+    }
+}
+
+/// The socket's send timeout (`SO_SNDTIMEO`), which also bounds a blocking connect; `None`
+/// when unset (wait forever).
+pub fn send_timeout(fd: BorrowedFd<'_>) -> Result<Option<std::time::Duration>, Errno> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: `tv` and `len` are valid for writes of a timeval and a socklen_t.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&mut tv as *mut libc::timeval).cast(),
+            &mut len,
+        )
+    })?;
+    if tv.tv_sec == 0 && tv.tv_usec == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        std::time::Duration::from_secs(tv.tv_sec.max(0) as u64)
+            + std::time::Duration::from_micros(tv.tv_usec.max(0) as u64),
+    ))
+}
+
+/// Registers a socket copy with the tokio reactor to await its readiness.
+pub fn watch(
+    fd: std::os::fd::OwnedFd,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: an OwnedFd is open and keeps referring to the same file description until
+    // it is dropped, which the AsyncFd does only when it is itself dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(|e| e.into_parts().1)
+}
