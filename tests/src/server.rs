@@ -119,15 +119,30 @@ impl Lines {
 
     /// The first line matching `pred`, waiting for it until `timeout` or the stream's end.
     fn wait(&self, pred: &dyn Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        self.wait_count(pred, 1, timeout)
+            .ok()
+            .and_then(|mut lines| lines.pop())
+    }
+
+    /// The first `count` lines matching `pred`, waiting for them until `timeout` or the
+    /// stream's end; `Err` with how many there were. `pred` runs under the lock.
+    fn wait_count(
+        &self,
+        pred: &dyn Fn(&str) -> bool,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>, usize> {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
         loop {
-            if let Some(line) = state.lines.iter().find(|l| pred(l)) {
-                return Some(line.clone());
+            let found: Vec<&String> = state.lines.iter().filter(|l| pred(l)).take(count).collect();
+            if found.len() >= count {
+                return Ok(found.into_iter().cloned().collect());
             }
+            let found = found.len();
             let left = deadline.saturating_duration_since(Instant::now());
             if state.closed || left.is_zero() {
-                return None;
+                return Err(found);
             }
             state = self
                 .grew
@@ -225,7 +240,8 @@ impl Server {
         self.stderr.snapshot()
     }
 
-    /// The first log line matching `pred`, waiting up to `timeout` for it to appear.
+    /// The first log line matching `pred`, waiting up to `timeout` for it to appear. `pred`
+    /// must not call back into this server (it runs while the log is locked).
     ///
     /// # Panics
     /// If none appears in time (or the server ends first), showing its output.
@@ -237,6 +253,28 @@ impl Server {
                 self.dump()
             )
         })
+    }
+
+    /// The first `count` log lines matching `pred`, waiting up to `timeout` for them (e.g. one
+    /// `tcp sink ...` line per connection of a 500-connection test).
+    ///
+    /// # Panics
+    /// If fewer appear in time, saying how many did and showing the output.
+    pub fn wait_log_count(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<String> {
+        self.log_lines()
+            .wait_count(&pred, count, timeout)
+            .unwrap_or_else(|found| {
+                panic!(
+                    "{}: {found} of {count} matching log lines within {timeout:?}\n{}",
+                    self.label,
+                    self.dump()
+                )
+            })
     }
 
     /// Like [`Server::wait_log`], but `None` instead of a panic.

@@ -85,13 +85,7 @@ fn servers_and_clients_work_over_ipv4_and_ipv6_inside_a_namespace() {
         |l| l.contains(" to [fd00:5c::10]:9 bytes=1000000 sha256="),
         T,
     );
-    assert_eq!(
-        sink.log()
-            .iter()
-            .filter(|l| l.starts_with("tcp sink from 198.18.0.10:"))
-            .count(),
-        50
-    );
+    sink.wait_log_count(|l| l.starts_with("tcp sink from 198.18.0.10:"), 50, T);
     source.wait_log(|l| l.ends_with("sent=1000000"), T);
 
     // A wrong expectation is reported, not passed.
@@ -118,6 +112,17 @@ fn servers_and_clients_work_over_ipv4_and_ipv6_inside_a_namespace() {
         "{reply}"
     );
     http.wait_log(|l| l.starts_with("http GET /smoke from 198.18.0.10:"), T);
+}
+
+#[test]
+fn the_sink_serves_600_connections_open_at_once() {
+    require_root();
+    let ns = Netns::new("many");
+    let sink = ns.spawn_server(ServerSpec::TcpSink(vec![addr("127.0.0.1:0")]));
+    let target = sink.addrs()[0].to_string();
+    let out = client(&ns, &["tcp-many", &target, "600", "20000"]);
+    assert!(out.assert_success().stdout.contains("conns=600"), "{out}");
+    sink.wait_log_count(|l| l.starts_with("tcp sink "), 600, T);
 }
 
 #[test]

@@ -62,9 +62,8 @@ async fn read_payload(stream: &mut (impl AsyncReadExt + Unpin), seed: u64) -> an
     }
 }
 
-/// One tcp-sink exchange; `Err` says what went wrong.
-async fn send_and_check(addr: SocketAddr, bytes: u64, seed: u64) -> anyhow::Result<SinkReply> {
-    let mut stream = connect(addr).await?;
+/// One tcp-sink exchange on a connected stream; `Err` says what went wrong.
+async fn send_and_check(mut stream: TcpStream, bytes: u64, seed: u64) -> anyhow::Result<SinkReply> {
     let sent = SinkReply {
         sha256: write_payload(&mut stream, seed, bytes).await?,
         bytes,
@@ -86,7 +85,7 @@ async fn send_and_check(addr: SocketAddr, bytes: u64, seed: u64) -> anyhow::Resu
 
 /// `tcp-send`: one checked upload to a tcp-sink.
 pub async fn tcp_send(addr: SocketAddr, bytes: u64, seed: u64) -> anyhow::Result<String> {
-    let reply = send_and_check(addr, bytes, seed).await?;
+    let reply = send_and_check(connect(addr).await?, bytes, seed).await?;
     Ok(format!(
         "tcp-send {addr} bytes={} sha256={}",
         reply.bytes, reply.sha256
@@ -116,28 +115,49 @@ pub async fn tcp_echo_check(addr: SocketAddr, bytes: u64) -> anyhow::Result<Stri
     Ok(format!("tcp-echo-check {addr} bytes={got}"))
 }
 
-/// `tcp-many`: concurrent checked uploads, each with its own payload; reports every failure.
+/// `tcp-many`: opens CONNS connections at once and only then sends on all of them, each its
+/// own payload (seeds 1..=CONNS), so that they are all open together; reports every failure.
 pub async fn tcp_many(addr: SocketAddr, conns: u32, bytes: u64) -> anyhow::Result<String> {
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut connecting = tokio::task::JoinSet::new();
     for seed in 1..=u64::from(conns) {
-        tasks.spawn(async move { (seed, send_and_check(addr, bytes, seed).await) });
+        connecting.spawn(async move { (seed, connect(addr).await) });
     }
     let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (seed, result) = joined.context("connection task")?;
-        if let Err(e) = result {
+    let mut streams = Vec::new();
+    while let Some(joined) = connecting.join_next().await {
+        match joined.context("connect task")? {
+            (seed, Ok(stream)) => streams.push((seed, stream)),
+            (seed, Err(e)) => failures.push(format!("connection {seed}: {e:#}")),
+        }
+    }
+    report(&failures, conns)?;
+
+    let mut exchanges = tokio::task::JoinSet::new();
+    for (seed, stream) in streams {
+        exchanges.spawn(async move { (seed, send_and_check(stream, bytes, seed).await) });
+    }
+    while let Some(joined) = exchanges.join_next().await {
+        if let (seed, Err(e)) = joined.context("connection task")? {
             failures.push(format!("connection {seed}: {e:#}"));
         }
     }
-    if !failures.is_empty() {
-        failures.sort();
-        bail!(
-            "{} of {conns} connections failed:\n{}",
-            failures.len(),
-            failures.join("\n")
-        );
+    report(&failures, conns)?;
+    Ok(format!(
+        "tcp-many {addr} conns={conns} bytes_each={bytes} (all open at once)"
+    ))
+}
+
+fn report(failures: &[String], conns: u32) -> anyhow::Result<()> {
+    if failures.is_empty() {
+        return Ok(());
     }
-    Ok(format!("tcp-many {addr} conns={conns} bytes_each={bytes}"))
+    let mut failures = failures.to_vec();
+    failures.sort();
+    bail!(
+        "{} of {conns} connections failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    )
 }
 
 /// `udp-ping`: datagrams to a udp-echo; each reply must match and come from `addr`.
