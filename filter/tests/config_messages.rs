@@ -83,6 +83,10 @@ fn wrong_types() {
         "mirrord.json:1:38: feature.network.incoming: expected \"off\", \"mirror\" or \"steal\", found the string \"stael\""
     );
     assert_eq!(
+        error("[agent]\nttl = 30.0\n", Format::Toml),
+        "mirrord.toml:2:7: agent.ttl: expected a number of seconds (0-65535), found the number 30.0"
+    );
+    assert_eq!(
         json("[1]"),
         "mirrord.json:1:1: the config must be an object: expected an object, found a list"
     );

@@ -109,7 +109,7 @@ impl Node {
             NodeKind::Null => "null".to_owned(),
             NodeKind::Bool(value) => format!("{value}"),
             NodeKind::Int(value) => format!("the number {value}"),
-            NodeKind::Float(value) => format!("the number {value}"),
+            NodeKind::Float(value) => format!("the number {value:?}"),
             NodeKind::Str(value) => format!("the string {}", quote_truncated(value)),
             NodeKind::Seq(_) => "a list".to_owned(),
             NodeKind::Map(_) => "an object".to_owned(),
