@@ -219,11 +219,13 @@ impl Writer {
 
     fn write(&mut self, event: &Event) {
         for (format, out) in &mut self.outputs {
-            let line = match format {
+            let mut line = match format {
                 Format::Json => serde_json::to_string(event).unwrap_or_default(),
                 Format::Human => format!("sctrace: {}", event.human()),
             };
-            if let Err(err) = writeln!(out, "{line}") {
+            // One write per line, so lines never interleave with the app's own output.
+            line.push('\n');
+            if let Err(err) = out.write_all(line.as_bytes()) {
                 tracing::warn!("cannot write an event: {err}");
             }
         }

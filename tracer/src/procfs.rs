@@ -4,6 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A thread's process id and command name, as shown in events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,42 @@ pub fn identity(tid: i32) -> io::Result<Identity> {
             io::ErrorKind::InvalidData,
             format!("/proc/{tid}/status lacks Tgid or Name"),
         )),
+    }
+}
+
+/// Thread identities read recently. Reading /proc costs about 10 µs on a small VM, too much
+/// for every event of a busy thread; an identity is reused for [`IDENTITY_TTL`]. A thread's
+/// process never changes while it lives, and a tid is not recycled within that time; a
+/// thread that execs or renames itself shows its new name at most that much later.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    entries: Mutex<HashMap<i32, (Identity, Instant)>>,
+}
+
+/// How long a thread identity read from /proc is reused.
+pub const IDENTITY_TTL: Duration = Duration::from_millis(250);
+/// Entries kept at most; the cache starts over when full.
+const IDENTITY_MAX: usize = 8192;
+
+impl IdentityCache {
+    /// The identity of thread `tid`, from the cache or /proc. `None` if the thread is gone.
+    pub fn get(&self, tid: i32) -> Option<Identity> {
+        let now = Instant::now();
+        if let Ok(entries) = self.entries.lock() {
+            if let Some((id, at)) = entries.get(&tid) {
+                if now.duration_since(*at) < IDENTITY_TTL {
+                    return Some(id.clone());
+                }
+            }
+        }
+        let id = identity(tid).ok()?;
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= IDENTITY_MAX {
+                entries.clear();
+            }
+            entries.insert(tid, (id.clone(), now));
+        }
+        Some(id)
     }
 }
 
@@ -104,6 +142,19 @@ mod tests {
         assert_eq!(state_and_parent("42 (a) b) S 7 42 42 0"), Some(('S', 7)));
         assert_eq!(state_and_parent("42 (sleep) Z 1 42"), Some(('Z', 1)));
         assert_eq!(state_and_parent("garbage"), None);
+    }
+
+    #[test]
+    fn cached_identity_matches_proc() {
+        let cache = IdentityCache::default();
+        let me = std::process::id() as i32;
+        assert_eq!(cache.get(me), identity(me).ok());
+        assert_eq!(
+            cache.get(me),
+            identity(me).ok(),
+            "second read comes from the cache"
+        );
+        assert_eq!(cache.get(i32::MAX), None, "no such thread");
     }
 
     #[test]

@@ -93,13 +93,15 @@ impl Session {
             .split_first()
             .map(|(p, a)| (p.clone(), a.to_vec()))
             .unwrap_or_default();
-        let filter = launch::bpf::build(&launch::bpf::NATIVE);
+        // Observe-only sessions don't need the receive side (see launch/bpf.rs).
+        let filter = launch::bpf::build(&launch::bpf::NATIVE, launch::bpf::Traps::default());
         let app = launch::launch(&program, &args, filter, |_| {})?;
         tracing::debug!("started {} as pid {}", program.to_string_lossy(), app.pid);
 
         let ctx = Arc::new(Context {
             notify: Arc::new(app.notify),
             events,
+            identities: Default::default(),
         });
         let notify_loop = supervisor::start(Arc::clone(&ctx), runtime.handle().clone());
         drop(ctx);

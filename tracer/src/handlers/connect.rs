@@ -4,116 +4,103 @@
 //! description), so the app gets exactly the kernel's outcome and sctrace sees it: `ok`,
 //! `ECONNREFUSED`, `EINPROGRESS` on non-blocking sockets, and for bad arguments the same
 //! errno in the same order of checks (EBADF, then EINVAL/EFAULT for the address, then
-//! ENOTSOCK). Unix sockets are left to the kernel (see `AppSocket::is_unix`).
+//! ENOTSOCK). Unix addresses are left to the kernel (see [`is_unix`]).
 //!
-//! A blocking connect is started without blocking (O_NONBLOCK is set on the shared file
-//! description for the duration of the call and restored at once): loopback connects then
-//! complete inline, and others are awaited off the notification loop, bounded by the
-//! socket's SO_SNDTIMEO as the kernel would (EINPROGRESS when it expires). The flag is
-//! visible to the app's other threads for those few microseconds; an app that changes the
-//! flags of a socket while another thread connects it could see its change undone.
+//! A blocking connect is started without blocking: O_NONBLOCK is set on the shared file
+//! description for the call and restored at once. A connect that returned EINPROGRESS is
+//! then asked again, which is what the kernel's own blocking connect does when it wakes: a
+//! loopback connection is complete by then (0, or its error), so it is answered inline.
+//! Otherwise (EALREADY) the socket is awaited off the notification loop, bounded by its
+//! SO_SNDTIMEO as the kernel would (EINPROGRESS when that expires), and asked once more.
+//! The flag is visible to the app's other threads for those few microseconds; an app that
+//! changes the flags of a socket while another thread connects it could see its change
+//! undone.
 //!
-//! Actions: `Fail(EBADF)`, `Continue` (Unix sockets, unreachable caller), or the connect's
+//! Actions: `Fail(EBADF)`, `Continue` (Unix addresses, unreachable caller), or the connect's
 //! outcome — now, or deferred until the connection completes.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use tokio::io::Interest;
 
-use crate::action::{Action, Reply};
+use crate::action::Action;
 use crate::errno::Errno;
-use crate::supervisor::notification::Notification;
+use crate::supervisor::notification::{AddrArg, Notification};
 use crate::sys::socket as sys;
 
-use super::socket::{describe_addr, event, leave_to_kernel, result_name, AppSocket, SocketDesc};
+use super::socket::{answer, describe_addr, is_unix, leave_to_kernel, AppSocket, Record};
 use super::Context;
 
 /// Handles one trapped connect.
 pub fn handle(ctx: &Context, n: &Notification) -> Action {
-    let app_fd = n.arg_int(0);
     let len = n.arg_int(2);
     let addr = n.copy_addr(n.arg_ptr(1), len);
-    let taken = n.take_fd(app_fd);
-    if !ctx.still_pending(n) {
-        return Reply::Continue.into();
-    }
-    let sock = match taken {
-        Ok(fd) => AppSocket::describe(fd, app_fd),
-        Err(Errno(libc::EBADF)) => return Reply::Fail(Errno(libc::EBADF)).into(),
-        Err(err) => {
-            tracing::debug!(
-                "connect: cannot copy fd {app_fd} of thread {}: {err}; left to the kernel",
-                n.tid()
-            );
-            return Reply::Continue.into();
-        }
+    let sock = match AppSocket::take(ctx, n, n.arg_int(0)) {
+        Ok(sock) => sock,
+        Err(action) => return action,
     };
-    let shown = describe_addr(&addr);
-    if sock.is_unix() {
-        return leave_to_kernel(ctx, n, &sock, shown);
+    let record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
+    if is_unix(&addr) {
+        return leave_to_kernel(record);
     }
-    let finished = Finish {
-        ctx_events: ctx.events.clone(),
-        n: *n,
-        addr: shown,
+    let flags = match sys::file_flags(sock.fd.as_fd()) {
+        Ok(flags) => flags,
+        Err(_) => return leave_to_kernel(record),
     };
-    if sock.desc.nonblocking {
-        let result = sys::connect(sock.fd.as_fd(), addr.bytes(), len);
-        return finished.reply(&sock.desc, result).into();
+    if flags & libc::O_NONBLOCK != 0 {
+        return answer(record, connect(sock.fd.as_fd(), &addr, len)).into();
     }
-    let started = sys::set_nonblocking(sock.fd.as_fd(), true).and_then(|()| {
-        let result = sys::connect(sock.fd.as_fd(), addr.bytes(), len);
-        let _ = sys::set_nonblocking(sock.fd.as_fd(), false);
-        result
-    });
-    match started {
-        Err(Errno(libc::EINPROGRESS | libc::EALREADY)) => {
-            if let Ok(true) = sys::writable_now(sock.fd.as_fd()) {
-                let result = sys::take_error(sock.fd.as_fd());
-                return finished.reply(&sock.desc, result).into();
-            }
-            let desc = sock.desc;
-            Action::Defer(Box::pin(async move {
-                let result = wait_connected(sock.fd).await;
-                finished.reply(&desc, result)
-            }))
-        }
-        other => finished.reply(&sock.desc, other).into(),
+    match connect_without_blocking(sock.fd.as_fd(), flags, &addr, len) {
+        Err(Errno(libc::EALREADY)) => Action::Defer(Box::pin(async move {
+            let result = wait_connected(sock.fd, flags, addr, len).await;
+            answer(record, result)
+        })),
+        result => answer(record, result).into(),
     }
 }
 
-/// Records the outcome and turns it into the answer.
-struct Finish {
-    ctx_events: crate::events::EventSink,
-    n: Notification,
-    addr: String,
+fn connect(fd: BorrowedFd<'_>, addr: &AddrArg, len: i32) -> Result<i64, Errno> {
+    sys::connect(fd, addr.bytes(), len).map(|()| 0)
 }
 
-impl Finish {
-    fn reply(self, sock: &SocketDesc, result: Result<(), Errno>) -> Reply {
-        if self.ctx_events.enabled() && sock.family.is_some() {
-            self.ctx_events
-                .record(event(&self.n, sock, self.addr, result_name(&result)));
-        }
-        Reply::from_result(result.map(|()| 0i64))
+/// Connects with O_NONBLOCK set for the duration; asks again after EINPROGRESS, which
+/// returns the outcome if the connection is already complete and EALREADY if not.
+fn connect_without_blocking(
+    fd: BorrowedFd<'_>,
+    flags: i32,
+    addr: &AddrArg,
+    len: i32,
+) -> Result<i64, Errno> {
+    sys::set_file_flags(fd, flags | libc::O_NONBLOCK)?;
+    let mut result = connect(fd, addr, len);
+    if result == Err(Errno(libc::EINPROGRESS)) {
+        result = connect(fd, addr, len);
     }
+    if let Err(err) = sys::set_file_flags(fd, flags) {
+        tracing::warn!("cannot restore the flags of a connecting socket: {err}");
+    }
+    result
 }
 
 /// Waits until a started connect completes, as a blocking connect would: bounded by
 /// SO_SNDTIMEO (then EINPROGRESS), else until the kernel gives up (ETIMEDOUT).
-async fn wait_connected(fd: OwnedFd) -> Result<(), Errno> {
+async fn wait_connected(fd: OwnedFd, flags: i32, addr: AddrArg, len: i32) -> Result<i64, Errno> {
     let timeout = sys::send_timeout(fd.as_fd()).ok().flatten();
     let watched = sys::watch(fd, Interest::WRITABLE).map_err(|err| {
         tracing::error!("cannot watch a connecting socket: {err}");
         Errno::from_io(&err)
     })?;
     let wait = async {
-        let mut guard = watched
-            .writable()
-            .await
-            .map_err(|err| Errno::from_io(&err))?;
-        guard.retain_ready();
-        sys::take_error(watched.get_ref().as_fd())
+        loop {
+            let mut guard = watched
+                .writable()
+                .await
+                .map_err(|err| Errno::from_io(&err))?;
+            match connect_without_blocking(watched.get_ref().as_fd(), flags, &addr, len) {
+                Err(Errno(libc::EALREADY)) => guard.clear_ready(),
+                result => return result,
+            }
+        }
     };
     match timeout {
         Some(limit) => tokio::time::timeout(limit, wait)

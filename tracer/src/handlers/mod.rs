@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use crate::action::{Action, Reply};
 use crate::events::EventSink;
+use crate::procfs::IdentityCache;
 use crate::supervisor::notification::{Notification, Syscall};
 use crate::sys::notify::NotifyFd;
 
@@ -24,6 +25,8 @@ pub struct Context {
     pub notify: Arc<NotifyFd>,
     /// Where events go.
     pub events: EventSink,
+    /// Recently read thread identities, for events.
+    pub identities: IdentityCache,
 }
 
 impl Context {

@@ -23,7 +23,7 @@ use crate::supervisor::notification::{AddrArg, Notification};
 use crate::sys::memory;
 use crate::sys::socket::{self as sys, OutgoingMessage};
 
-use super::socket::{describe_addr, event, leave_to_kernel, result_name, AppSocket};
+use super::socket::{answer, describe_addr, leave_to_kernel, AppSocket, Record};
 use super::Context;
 
 /// The largest datagram payload sctrace copies to re-issue a send (UDP's own limit is 64 KiB).
@@ -96,63 +96,45 @@ fn copy_iov(n: &Notification, iov: u64, count: u64) -> Result<Vec<Vec<u8>>, Payl
     Ok(pieces)
 }
 
-/// Whether sctrace re-issues sends on this socket (datagram, not Unix).
-fn reissuable(sock: &AppSocket) -> bool {
-    !sock.is_unix() && sock.desc.family.is_some() && sock.desc.sock_type == libc::SOCK_DGRAM
+/// Whether sctrace re-issues a send with destination `addr` on this socket: a datagram
+/// socket and not a Unix address. Reads the socket type only when the address could do.
+fn reissuable(sock: &AppSocket, addr: &AddrArg) -> bool {
+    matches!(addr.family(), Some(libc::AF_INET | libc::AF_INET6))
+        && sys::sock_type(sock.fd.as_fd()) == Ok(libc::SOCK_DGRAM)
 }
 
 /// Re-issues one datagram send without blocking; falls back to the kernel when the socket
 /// is blocking and the send would wait.
-fn send_now(
-    ctx: &Context,
-    n: &Notification,
-    sock: &AppSocket,
-    msg: OutgoingMessage,
-    flags: i32,
-    addr: String,
-) -> Action {
-    let must_not_wait = !sock.desc.nonblocking && flags & libc::MSG_DONTWAIT == 0;
+fn send_now(sock: &AppSocket, msg: OutgoingMessage, flags: i32, record: Option<Record>) -> Action {
+    let blocking = match sys::file_flags(sock.fd.as_fd()) {
+        Ok(file_flags) => file_flags & libc::O_NONBLOCK == 0 && flags & libc::MSG_DONTWAIT == 0,
+        Err(_) => return leave_to_kernel(record),
+    };
     let result = sys::sendmsg(sock.fd.as_fd(), &msg, flags | libc::MSG_DONTWAIT);
-    if must_not_wait && matches!(result, Err(Errno(libc::EAGAIN))) {
-        return leave_to_kernel(ctx, n, sock, addr);
+    if blocking && result == Err(Errno(libc::EAGAIN)) {
+        return leave_to_kernel(record);
     }
-    if ctx.events.enabled() {
-        ctx.events
-            .record(event(n, &sock.desc, addr, result_name(&result)));
-    }
-    Reply::from_result(result.map(|sent| sent as i64)).into()
-}
-
-/// Copies the app's fd, or says how to answer when that fails.
-fn take_socket(ctx: &Context, n: &Notification, app_fd: i32) -> Result<AppSocket, Action> {
-    match n.take_fd(app_fd) {
-        Ok(fd) => Ok(AppSocket::describe(fd, app_fd)),
-        // The kernel checks the fd first: a bad one fails the same way whatever else is wrong.
-        Err(Errno(libc::EBADF)) if ctx.still_pending(n) => {
-            Err(Reply::Fail(Errno(libc::EBADF)).into())
-        }
-        Err(_) => Err(Reply::Continue.into()),
-    }
+    answer(record, result.map(|sent| sent as i64)).into()
 }
 
 /// Handles `sendto(fd, buf, len, flags, dest, addrlen)` with a non-NULL `dest`.
 pub fn handle_sendto(ctx: &Context, n: &Notification) -> Action {
-    let app_fd = n.arg_int(0);
     let (buf, len, flags) = (n.arg_ptr(1), n.raw.args[2], n.arg_int(3));
     let addr = n.copy_addr(n.arg_ptr(4), n.arg_int(5));
-    let sock = match take_socket(ctx, n, app_fd) {
+    let sock = match AppSocket::take(ctx, n, n.arg_int(0)) {
         Ok(sock) => sock,
         Err(action) => return action,
     };
-    let shown = describe_addr(&addr);
-    let payload = if reissuable(&sock) && len as usize <= MAX_PAYLOAD {
+    let payload = if reissuable(&sock, &addr) && len as usize <= MAX_PAYLOAD {
         memory::read_vec(n.tid(), buf, len as usize).ok()
     } else {
         None
     };
-    if !ctx.still_pending(n) {
+    // The payload was copied after the check in `take`: check again.
+    if payload.is_some() && !ctx.still_pending(n) {
         return Reply::Continue.into();
     }
+    let record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
     match (payload, addr) {
         (Some(payload), AddrArg::Bytes(name)) => {
             let msg = OutgoingMessage {
@@ -160,9 +142,9 @@ pub fn handle_sendto(ctx: &Context, n: &Notification) -> Action {
                 name: Some(name),
                 iov: vec![payload],
             };
-            send_now(ctx, n, &sock, msg, flags, shown)
+            send_now(&sock, msg, flags, record)
         }
-        _ => leave_to_kernel(ctx, n, &sock, shown),
+        _ => leave_to_kernel(record),
     }
 }
 
@@ -182,22 +164,21 @@ pub fn handle_sendmsg(ctx: &Context, n: &Notification) -> Action {
     else {
         return Reply::Continue.into();
     };
-    let app_fd = n.arg_int(0);
     let flags = n.arg_int(2);
     let addr = n.copy_addr(hdr.name, hdr.name_len);
-    let sock = match take_socket(ctx, n, app_fd) {
+    let sock = match AppSocket::take(ctx, n, n.arg_int(0)) {
         Ok(sock) => sock,
         Err(action) => return action,
     };
-    let shown = describe_addr(&addr);
-    let payload = if reissuable(&sock) && hdr.control_len == 0 {
+    let payload = if hdr.control_len == 0 && reissuable(&sock, &addr) {
         copy_iov(n, hdr.iov, hdr.iov_len).ok()
     } else {
         None
     };
-    if !ctx.still_pending(n) {
+    if payload.is_some() && !ctx.still_pending(n) {
         return Reply::Continue.into();
     }
+    let record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
     match (payload, addr) {
         (Some(iov), AddrArg::Bytes(name)) => {
             let msg = OutgoingMessage {
@@ -205,9 +186,9 @@ pub fn handle_sendmsg(ctx: &Context, n: &Notification) -> Action {
                 name: Some(name),
                 iov,
             };
-            send_now(ctx, n, &sock, msg, flags, shown)
+            send_now(&sock, msg, flags, record)
         }
-        _ => leave_to_kernel(ctx, n, &sock, shown),
+        _ => leave_to_kernel(record),
     }
 }
 
@@ -221,25 +202,20 @@ pub fn handle_sendmmsg(ctx: &Context, n: &Notification) -> Action {
     let Ok(raw) = memory::read_vec(n.tid(), n.arg_ptr(1), vlen * MMSGHDR_SIZE) else {
         return Reply::Continue.into();
     };
-    let named: Vec<MsgHeader> = raw
+    let addrs: Vec<String> = raw
         .chunks_exact(MMSGHDR_SIZE)
         .filter_map(MsgHeader::parse)
         .filter(|h| h.name != 0)
-        .collect();
-    if named.is_empty() {
-        return Reply::Continue.into();
-    }
-    let addrs: Vec<String> = named
-        .iter()
         .map(|h| describe_addr(&n.copy_addr(h.name, h.name_len)))
         .collect();
-    let Ok(sock) = take_socket(ctx, n, n.arg_int(0)) else {
+    if addrs.is_empty() {
+        return Reply::Continue.into();
+    }
+    let Ok(sock) = AppSocket::take(ctx, n, n.arg_int(0)) else {
         return Reply::Continue.into();
     };
-    if ctx.still_pending(n) {
-        for addr in addrs {
-            leave_to_kernel(ctx, n, &sock, addr);
-        }
+    for addr in addrs {
+        leave_to_kernel(Record::prepare(ctx, n, &sock, || addr));
     }
     Reply::Continue.into()
 }

@@ -1,25 +1,60 @@
-//! The app's socket as the supervisor sees it: a shared copy of the fd plus its family,
-//! type and blocking mode, and the event record built from it.
+//! The app's socket as the supervisor sees it (a shared copy of its fd), and the event
+//! record of a call on it.
 
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::action::{Action, Reply};
 use crate::errno::Errno;
-use crate::events::Event;
-use crate::procfs;
+use crate::events::{Event, EventSink};
+use crate::procfs::IdentityCache;
 use crate::sockaddr::{family_name, sock_type_name, SockAddr};
 use crate::supervisor::notification::{AddrArg, Notification};
 use crate::sys::socket as sys;
 
 use super::Context;
 
-/// A copy of one of the app's sockets, described.
+/// A copy of one of the app's sockets: it shares the open file description (socket state,
+/// flags, epoll interest) with the app's fd.
 #[derive(Debug)]
 pub struct AppSocket {
-    /// The copy (shares the open file description with the app's fd).
+    /// The copy.
     pub fd: OwnedFd,
-    /// What the socket is.
-    pub desc: SocketDesc,
+    /// The app's fd number.
+    pub app_fd: i32,
+}
+
+impl AppSocket {
+    /// Copies the app's fd `app_fd` for call `n`, after the call's other arguments were
+    /// copied, and checks the call is still pending. On failure, returns how to answer:
+    /// EBADF as the kernel would (it checks the fd first), or `Continue` when the caller
+    /// can't be reached (it died, or is not ours to inspect).
+    pub fn take(ctx: &Context, n: &Notification, app_fd: i32) -> Result<AppSocket, Action> {
+        let taken = n.take_fd(app_fd);
+        if !ctx.still_pending(n) {
+            return Err(Reply::Continue.into());
+        }
+        match taken {
+            Ok(fd) => Ok(AppSocket { fd, app_fd }),
+            Err(Errno(libc::EBADF)) => Err(Reply::Fail(Errno(libc::EBADF)).into()),
+            Err(err) => {
+                tracing::debug!(
+                    "{}: cannot copy fd {app_fd} of thread {}: {err}; left to the kernel",
+                    n.call.name(),
+                    n.tid()
+                );
+                Err(Reply::Continue.into())
+            }
+        }
+    }
+
+    /// Reads what the socket is (two getsockopt calls).
+    pub fn describe(&self) -> SocketDesc {
+        SocketDesc {
+            app_fd: self.app_fd,
+            family: sys::domain(self.fd.as_fd()).ok(),
+            sock_type: sys::sock_type(self.fd.as_fd()).unwrap_or(0),
+        }
+    }
 }
 
 /// What one of the app's sockets is: enough to name it in an event.
@@ -31,33 +66,14 @@ pub struct SocketDesc {
     pub family: Option<i32>,
     /// `SO_TYPE`.
     pub sock_type: i32,
-    /// Whether O_NONBLOCK is set (then the call can't block and runs inline).
-    pub nonblocking: bool,
 }
 
-impl AppSocket {
-    /// Describes a copied fd.
-    pub fn describe(fd: OwnedFd, app_fd: i32) -> Self {
-        let family = sys::domain(fd.as_fd()).ok();
-        let sock_type = sys::sock_type(fd.as_fd()).unwrap_or(0);
-        let nonblocking = sys::is_nonblocking(fd.as_fd()).unwrap_or(false);
-        Self {
-            fd,
-            desc: SocketDesc {
-                app_fd,
-                family,
-                sock_type,
-                nonblocking,
-            },
-        }
-    }
-
-    /// Whether this is a Unix socket. Calls on those are left to the kernel: done from the
-    /// supervisor they would carry its pid in SO_PEERCRED/SCM_CREDENTIALS and resolve paths
-    /// against its cwd and umask.
-    pub fn is_unix(&self) -> bool {
-        self.desc.family == Some(libc::AF_UNIX)
-    }
+/// Whether an address argument names a Unix socket. Calls with one are left to the kernel:
+/// done from the supervisor, a connect or send would carry sctrace's pid in
+/// SO_PEERCRED/SCM_CREDENTIALS, and a bind would resolve its path against sctrace's working
+/// directory and create the file with sctrace's umask.
+pub fn is_unix(addr: &AddrArg) -> bool {
+    addr.family() == Some(libc::AF_UNIX)
 }
 
 /// How a copied address reads in an event.
@@ -84,79 +100,82 @@ pub fn result_name<T>(result: &Result<T, Errno>) -> String {
 /// The result recorded when the kernel ran the call and sctrace did not see the outcome.
 pub const UNKNOWN: &str = "unknown";
 
-/// Builds an event for a call on `sock`. Reads the caller's identity from /proc, which is
-/// reliable because the thread is blocked in this very call.
-pub fn event(n: &Notification, sock: &SocketDesc, addr: String, result: String) -> Event {
+/// An event in the making: everything but the outcome, gathered while the caller is still
+/// blocked in the call (so its identity is certain). Only built when events are recorded,
+/// and only for sockets (not for calls on other kinds of fds).
+#[derive(Debug)]
+pub struct Record {
+    sink: EventSink,
+    event: Event,
+}
+
+impl Record {
+    /// Prepares the record of call `n` on `sock`, if events are recorded.
+    pub fn prepare(
+        ctx: &Context,
+        n: &Notification,
+        sock: &AppSocket,
+        addr: impl FnOnce() -> String,
+    ) -> Option<Record> {
+        if !ctx.events.enabled() {
+            return None;
+        }
+        let desc = sock.describe();
+        let family = desc.family?;
+        Some(Record {
+            sink: ctx.events.clone(),
+            event: base_event(&ctx.identities, n, &desc, family, addr()),
+        })
+    }
+
+    /// Records the outcome.
+    pub fn finish(mut self, result: String) {
+        self.event.result = result;
+        self.sink.record(self.event);
+    }
+}
+
+fn base_event(
+    identities: &IdentityCache,
+    n: &Notification,
+    desc: &SocketDesc,
+    family: i32,
+    addr: String,
+) -> Event {
     let tid = n.tid() as i32;
-    let id = procfs::identity(tid).unwrap_or(procfs::Identity {
-        pid: tid,
-        comm: String::from("?"),
-    });
+    let (pid, comm) = match identities.get(tid) {
+        Some(id) => (id.pid, id.comm),
+        None => (tid, String::from("?")),
+    };
     Event {
         ts: Event::now(),
-        pid: id.pid,
+        pid,
         tid,
-        comm: id.comm,
+        comm,
         syscall: n.call.name(),
-        fd: sock.app_fd,
-        family: family_name(sock.family.unwrap_or(libc::AF_UNSPEC)),
-        sock_type: sock_type_name(sock.sock_type),
+        fd: desc.app_fd,
+        family: family_name(family),
+        sock_type: sock_type_name(desc.sock_type),
         addr,
         decision: "local",
         rule: None,
-        result,
+        result: String::new(),
         count: None,
     }
 }
 
-/// Runs `perform` (the app's call re-issued on the socket copy) and answers with its
-/// outcome, recording an event. Calls that may block (`may_block` on a blocking socket) run
-/// on the blocking pool so the notification loop keeps serving other threads; the rest run
-/// inline.
-pub fn perform<T, F>(
-    ctx: &Context,
-    n: &Notification,
-    sock: AppSocket,
-    addr: String,
-    may_block: bool,
-    perform: F,
-) -> Action
-where
-    T: Into<i64> + Send + 'static,
-    F: FnOnce(&AppSocket) -> Result<T, Errno> + Send + 'static,
-{
-    let events = ctx.events.clone();
-    let n = *n;
-    let finish = move |sock: AppSocket| -> Reply {
-        let result = perform(&sock);
-        if events.enabled() && sock.desc.family.is_some() {
-            events.record(event(&n, &sock.desc, addr, result_name(&result)));
-        }
-        Reply::from_result(result)
-    };
-    if sock.desc.nonblocking || !may_block {
-        return finish(sock).into();
+/// Records the outcome (if recording) and turns it into the answer.
+pub fn answer<T: Into<i64>>(record: Option<Record>, result: Result<T, Errno>) -> Reply {
+    if let Some(record) = record {
+        record.finish(result_name(&result));
     }
-    Action::Defer(Box::pin(blocking(move || finish(sock))))
+    Reply::from_result(result)
 }
 
-/// Runs blocking work on the runtime's blocking pool. Should the work itself fail (a panic
-/// in the supervisor), the call is left to the kernel rather than left hanging.
-pub async fn blocking(work: impl FnOnce() -> Reply + Send + 'static) -> Reply {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(reply) => reply,
-        Err(err) => {
-            tracing::error!("supervisor task failed, letting the kernel run the call: {err}");
-            Reply::Continue
-        }
-    }
-}
-
-/// Records a call that is left to the kernel (outcome unknown) and returns `Continue`.
-pub fn leave_to_kernel(ctx: &Context, n: &Notification, sock: &AppSocket, addr: String) -> Action {
-    if ctx.events.enabled() && sock.desc.family.is_some() {
-        ctx.events
-            .record(event(n, &sock.desc, addr, UNKNOWN.into()));
+/// Records a call that is left to the kernel (outcome unknown) and lets it run.
+pub fn leave_to_kernel(record: Option<Record>) -> Action {
+    if let Some(record) = record {
+        record.finish(UNKNOWN.into());
     }
     Reply::Continue.into()
 }

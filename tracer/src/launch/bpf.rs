@@ -7,9 +7,11 @@
 //!      │
 //!      ├── io_uring_setup ─────────────────────────────────────────▶ ERRNO(ENOSYS)
 //!      ├── connect bind listen accept accept4 getpeername
-//!      │   sendmsg recvmsg sendmmsg recvmmsg ──────────────────────▶ USER_NOTIF
-//!      ├── sendto / recvfrom ── arg 4 (the address) ≠ NULL ────────▶ USER_NOTIF
-//!      │                        └─ NULL ───────────────────────────▶ ALLOW
+//!      │   sendmsg sendmmsg ───────────────────────────────────────▶ USER_NOTIF
+//!      ├── sendto ─────── arg 4 (the address) ≠ NULL ──────────────▶ USER_NOTIF
+//!      │                  └─ NULL ─────────────────────────────────▶ ALLOW
+//!      ├── recvmsg recvmmsg                  (sessions that relay) ▶ USER_NOTIF
+//!      ├── recvfrom ───── arg 4 ≠ NULL       (sessions that relay) ▶ USER_NOTIF
 //!      └── anything else ──────────────────────────────────────────▶ ALLOW
 //! ```
 //!
@@ -23,6 +25,11 @@
 //! - `sendto`/`recvfrom` without an address (the common case on connected sockets) stay in
 //!   the kernel at full speed. `sendmsg`/`recvmsg` can't be filtered the same way: their
 //!   address sits inside a struct the filter can't dereference.
+//! - The receive side (`recvfrom` with an address, `recvmsg`, `recvmmsg`) is trapped only
+//!   when the session relays traffic: then sctrace must show replies as coming from the
+//!   remote peer. An observe-only session (`sctrace trace`) has nothing to do on receives,
+//!   and trapping them would cost a round trip to the supervisor on every `recvmsg` of
+//!   every socket (see docs/benchmarks.md).
 //! - Everything else depends only on the system call number, so the kernel's seccomp action
 //!   cache (5.11+) lets it through without running this program at all.
 
@@ -54,6 +61,10 @@ pub struct Abi {
     pub notify: &'static [i64],
     /// Syscalls sent to the supervisor only when argument 4 (an address) is non-NULL.
     pub notify_if_arg4: &'static [i64],
+    /// Receive calls sent to the supervisor when the session relays traffic.
+    pub receive: &'static [i64],
+    /// Receive calls sent when the session relays traffic and argument 4 is non-NULL.
+    pub receive_if_arg4: &'static [i64],
     /// Syscalls refused with ENOSYS.
     pub enosys: &'static [i64],
 }
@@ -67,11 +78,11 @@ const NOTIFY: &[i64] = &[
     libc::SYS_accept4,
     libc::SYS_getpeername,
     libc::SYS_sendmsg,
-    libc::SYS_recvmsg,
     libc::SYS_sendmmsg,
-    libc::SYS_recvmmsg,
 ];
-const NOTIFY_IF_ADDRESS: &[i64] = &[libc::SYS_sendto, libc::SYS_recvfrom];
+const NOTIFY_IF_ADDRESS: &[i64] = &[libc::SYS_sendto];
+const RECEIVE: &[i64] = &[libc::SYS_recvmsg, libc::SYS_recvmmsg];
+const RECEIVE_IF_ADDRESS: &[i64] = &[libc::SYS_recvfrom];
 const ENOSYS: &[i64] = &[libc::SYS_io_uring_setup];
 
 /// The ABI of this build.
@@ -81,6 +92,8 @@ pub const NATIVE: Abi = Abi {
     reject_x32: true,
     notify: NOTIFY,
     notify_if_arg4: NOTIFY_IF_ADDRESS,
+    receive: RECEIVE,
+    receive_if_arg4: RECEIVE_IF_ADDRESS,
     enosys: ENOSYS,
 };
 
@@ -91,6 +104,8 @@ pub const NATIVE: Abi = Abi {
     reject_x32: false,
     notify: NOTIFY,
     notify_if_arg4: NOTIFY_IF_ADDRESS,
+    receive: RECEIVE,
+    receive_if_arg4: RECEIVE_IF_ADDRESS,
     enosys: ENOSYS,
 };
 
@@ -114,8 +129,15 @@ enum Insn {
     Label(Target),
 }
 
+/// Which optional groups of calls a session traps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Traps {
+    /// The receive side: `recvfrom` with an address, `recvmsg`, `recvmmsg`.
+    pub receives: bool,
+}
+
 /// Builds the filter program for `abi`.
-pub fn build(abi: &Abi) -> Vec<libc::sock_filter> {
+pub fn build(abi: &Abi, traps: Traps) -> Vec<libc::sock_filter> {
     use Insn::*;
     let mut prog = vec![
         Load(OFF_ARCH),
@@ -133,6 +155,14 @@ pub fn build(abi: &Abi) -> Vec<libc::sock_filter> {
     }
     for &nr in abi.notify_if_arg4 {
         prog.push(JumpIfEqual(nr as u32, Target::CheckArg4));
+    }
+    if traps.receives {
+        for &nr in abi.receive {
+            prog.push(JumpIfEqual(nr as u32, Target::Notify));
+        }
+        for &nr in abi.receive_if_arg4 {
+            prog.push(JumpIfEqual(nr as u32, Target::CheckArg4));
+        }
     }
     prog.push(Return(RET_ALLOW));
     // Argument 4 is a 64-bit pointer: notify if either half is non-zero. Both supported ABIs
@@ -246,18 +276,38 @@ mod tests {
         }
     }
 
+    const ALL: Traps = Traps { receives: true };
+
     #[test]
     fn trapped_calls_reach_the_supervisor() {
-        let prog = build(&NATIVE);
-        for &nr in NOTIFY {
+        for traps in [Traps::default(), ALL] {
+            let prog = build(&NATIVE, traps);
+            for &nr in NOTIFY {
+                assert_eq!(run(&prog, &call(nr, [0; 6])), RET_USER_NOTIF, "nr {nr}");
+            }
+        }
+        let prog = build(&NATIVE, ALL);
+        for &nr in RECEIVE {
             assert_eq!(run(&prog, &call(nr, [0; 6])), RET_USER_NOTIF, "nr {nr}");
         }
     }
 
     #[test]
+    fn receives_stay_in_the_kernel_unless_the_session_relays() {
+        let prog = build(&NATIVE, Traps::default());
+        for nr in [libc::SYS_recvmsg, libc::SYS_recvmmsg, libc::SYS_recvfrom] {
+            assert_eq!(
+                run(&prog, &call(nr, [3, 0x1000, 10, 0, 0x7fff_0000_1000, 16])),
+                RET_ALLOW,
+                "nr {nr}"
+            );
+        }
+    }
+
+    #[test]
     fn sendto_and_recvfrom_only_with_an_address() {
-        let prog = build(&NATIVE);
-        for &nr in NOTIFY_IF_ADDRESS {
+        let prog = build(&NATIVE, ALL);
+        for &nr in NOTIFY_IF_ADDRESS.iter().chain(RECEIVE_IF_ADDRESS) {
             assert_eq!(run(&prog, &call(nr, [3, 0x1000, 10, 0, 0, 0])), RET_ALLOW);
             assert_eq!(
                 run(&prog, &call(nr, [3, 0x1000, 10, 0, 0x7fff_0000_1000, 16])),
@@ -273,7 +323,7 @@ mod tests {
 
     #[test]
     fn other_calls_run_in_the_kernel() {
-        let prog = build(&NATIVE);
+        let prog = build(&NATIVE, ALL);
         for nr in [
             libc::SYS_read,
             libc::SYS_write,
@@ -288,7 +338,7 @@ mod tests {
 
     #[test]
     fn io_uring_gets_enosys() {
-        let prog = build(&NATIVE);
+        let prog = build(&NATIVE, ALL);
         assert_eq!(
             run(&prog, &call(libc::SYS_io_uring_setup, [0; 6])),
             RET_ERRNO | libc::ENOSYS as u32
@@ -297,7 +347,7 @@ mod tests {
 
     #[test]
     fn foreign_abis_are_killed() {
-        let prog = build(&NATIVE);
+        let prog = build(&NATIVE, ALL);
         let i386 = Data {
             nr: 102,
             arch: 0x4000_0003,
@@ -312,7 +362,7 @@ mod tests {
 
     #[test]
     fn program_fits_the_kernel_limits() {
-        let prog = build(&NATIVE);
+        let prog = build(&NATIVE, ALL);
         assert!(prog.len() < 64, "{} instructions", prog.len());
     }
 }

@@ -1,6 +1,8 @@
 //! A received notification, typed: which socket call it is, and the helpers that copy its
 //! pointer arguments out of the app (length-capped, with the fault the kernel would report).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
 use crate::errno::Errno;
@@ -96,6 +98,14 @@ pub enum AddrArg {
 }
 
 impl AddrArg {
+    /// The address family the app wrote (`sa_family`), when readable.
+    pub fn family(&self) -> Option<i32> {
+        match self {
+            AddrArg::Bytes(b) if b.len() >= 2 => Some(i32::from(u16::from_ne_bytes([b[0], b[1]]))),
+            _ => None,
+        }
+    }
+
     /// The bytes to pass when re-issuing the call (NULL for anything unreadable).
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
@@ -158,7 +168,35 @@ impl Notification {
     /// Copies the app's fd `fd` into the supervisor. The errno is what the kernel would say
     /// about the fd (EBADF), or why we can't reach the thread (ESRCH, EPERM).
     pub fn take_fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
-        let pidfd = pidfd::open_thread(self.tid() as i32).map_err(|e| Errno::from_io(&e))?;
-        pidfd::get_fd(&pidfd, fd).map_err(|e| Errno::from_io(&e))
+        let tid = self.tid();
+        PIDFDS.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some(pidfd) = cache.get(&tid) {
+                match pidfd::get_fd(pidfd, fd) {
+                    // ESRCH: the cached thread died and its tid was reused; open it afresh.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                        cache.remove(&tid);
+                    }
+                    other => return other.map_err(|e| Errno::from_io(&e)),
+                }
+            }
+            let pidfd = pidfd::open_thread(tid as i32).map_err(|e| Errno::from_io(&e))?;
+            let copied = pidfd::get_fd(&pidfd, fd).map_err(|e| Errno::from_io(&e));
+            if cache.len() >= PIDFD_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(tid, pidfd);
+            copied
+        })
     }
+}
+
+/// Pidfds of recently seen threads, per supervisor thread (in practice the notification
+/// loop's). A pidfd of a thread that died stays dead (ESRCH), so a recycled tid is never
+/// mistaken for the thread it used to name; validity of the call itself is checked with
+/// `id_valid` after copying, as always.
+const PIDFD_CACHE_MAX: usize = 1024;
+
+thread_local! {
+    static PIDFDS: RefCell<HashMap<u32, OwnedFd>> = RefCell::new(HashMap::new());
 }

@@ -82,13 +82,6 @@ pub fn sock_type(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
 }
 
-/// Whether the open file description has O_NONBLOCK set.
-pub fn is_nonblocking(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
-    // SAFETY: F_GETFL takes no pointer argument.
-    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    Ok(flags & libc::O_NONBLOCK != 0)
-}
-
 /// One datagram to send on the app's behalf: destination bytes and payload pieces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
@@ -121,47 +114,6 @@ pub fn sendmsg(fd: BorrowedFd<'_>, msg: &OutgoingMessage, flags: i32) -> Result<
     check_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &hdr, flags) })
 }
 
-/// `sendmmsg(fd, msgs, flags)` with messages rebuilt from copied data. Returns the number
-/// of messages sent, like the kernel.
-pub fn sendmmsg(fd: BorrowedFd<'_>, msgs: &[OutgoingMessage], flags: i32) -> Result<usize, Errno> {
-    let mut iovs: Vec<Vec<libc::iovec>> = msgs
-        .iter()
-        .map(|m| {
-            m.iov
-                .iter()
-                .map(|piece| libc::iovec {
-                    iov_base: piece.as_ptr() as *mut libc::c_void,
-                    iov_len: piece.len(),
-                })
-                .collect()
-        })
-        .collect();
-    let mut hdrs: Vec<libc::mmsghdr> = msgs
-        .iter()
-        .zip(iovs.iter_mut())
-        .map(|(m, iov)| {
-            // SAFETY: mmsghdr is plain old data; all-zero is a valid value.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = addr_ptr(m.name.as_deref()) as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = m.name_len;
-            h.msg_hdr.msg_iov = iov.as_mut_ptr();
-            h.msg_hdr.msg_iovlen = iov.len();
-            h
-        })
-        .collect();
-    // SAFETY: every header points at buffers owned by `msgs` and `iovs`, alive for the call;
-    // the kernel writes only msg_len into `hdrs`.
-    let ret = unsafe {
-        libc::sendmmsg(
-            fd.as_raw_fd(),
-            hdrs.as_mut_ptr(),
-            hdrs.len() as libc::c_uint,
-            flags,
-        )
-    };
-    check(ret).map(|n| n as usize)
-}
-
 /// The socket's own address (`getsockname`), as raw bytes.
 pub fn local_addr(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
     let mut buf = [0u8; 128];
@@ -171,42 +123,16 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }
 
-/// Sets or clears O_NONBLOCK on the open file description (shared with the app's fd).
-pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> Result<(), Errno> {
+/// The file status flags of the open file description (`F_GETFL`: O_NONBLOCK, ...).
+pub fn file_flags(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     // SAFETY: F_GETFL takes no pointer argument.
-    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    let wanted = if nonblocking {
-        flags | libc::O_NONBLOCK
-    } else {
-        flags & !libc::O_NONBLOCK
-    };
-    if wanted == flags {
-        return Ok(());
-    }
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })
+}
+
+/// Sets the file status flags of the open file description (shared with the app's fd).
+pub fn set_file_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
     // SAFETY: F_SETFL takes an integer argument.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, wanted) }).map(drop)
-}
-
-/// Whether the socket is writable right now (a pending connect has completed, one way or
-/// the other).
-pub fn writable_now(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is a valid pollfd for the call; nfds is 1; timeout 0 never blocks.
-    let ready = check(unsafe { libc::poll(&mut pfd, 1, 0) })?;
-    Ok(ready > 0)
-}
-
-/// Takes the socket's pending error (`SO_ERROR`, which reading clears, as a blocking
-/// connect's return does): `Ok(())` when there is none.
-pub fn take_error(fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    match getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
-        0 => Ok(()),
-        err => Err(Errno(err)),
-    }
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags) }).map(drop)
 }
 
 /// The socket's send timeout (`SO_SNDTIMEO`), which also bounds a blocking connect; `None`
