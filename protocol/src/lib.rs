@@ -84,3 +84,4 @@ pub use session::{
 };
 pub use stream::Stream;
 pub use token::{Token, TokenError};
+pub use udp::UdpFlow;

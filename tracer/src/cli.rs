@@ -1,4 +1,4 @@
-//! The command line: `sctrace run`, `sctrace trace`.
+//! The command line: `sctrace run`, `sctrace trace`, `sctrace explain`, `sctrace config check`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -31,11 +31,54 @@ pub enum Command {
     /// Run PROGRAM and print one line per connect, bind, listen and address-carrying send
     /// on stderr: a network strace that needs no root.
     Trace(TraceArgs),
+    /// Print where a connection to HOST_OR_ADDR[:PORT] would go under a config, and which
+    /// rule decides, without running anything.
+    Explain(ExplainArgs),
+    /// Work with config files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `sctrace config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Check a config file (JSON, YAML or TOML, by extension) without running anything.
+    Check {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+/// `sctrace explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The config file (mirrord's format: JSON, YAML or TOML by extension).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Decide for UDP instead of TCP.
+    #[arg(long)]
+    pub udp: bool,
+
+    /// The destination: a host name, an IPv4 address, or a bracketed IPv6 address,
+    /// optionally with :PORT.
+    #[arg(value_name = "HOST_OR_ADDR[:PORT]")]
+    pub destination: String,
 }
 
 /// `sctrace run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    /// The config file (mirrord's format: JSON, YAML or TOML by extension). With a target
+    /// (here or via --target), the program's traffic is relayed through an agent in it.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The target, overriding the config's: netns/NAME, netns//PATH, pid/PID (and
+    /// mirrord's pod/..., deployment/... forms).
+    #[arg(long, value_name = "TARGET")]
+    pub target: Option<String>,
+
     /// Write one JSON object per line for each observed call to FILE (`-` for stderr).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
@@ -92,5 +135,14 @@ mod tests {
             panic!("not trace")
         };
         assert_eq!(trace.command, ["ls", "-l"]);
+        let cli = Cli::try_parse_from([
+            "sctrace", "run", "-c", "m.json", "--target", "netns/x", "--", "app",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.target.as_deref(), Some("netns/x"));
+        assert_eq!(run.command, ["app"]);
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 /// One observed call.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Event {
     /// Wall-clock time of the call, RFC 3339 UTC with microseconds.
     pub ts: String,
@@ -44,6 +44,18 @@ pub struct Event {
     /// For sends: how many calls this event stands for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// The name the app resolved the destination from, when it did (the latest one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// DNS events: the name asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// DNS events: the record type asked (`A`, `AAAA`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qtype: Option<String>,
+    /// DNS events: the answer records (addresses, or `TYPE data` for others).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Vec<String>>,
 }
 
 impl Event {
@@ -59,6 +71,19 @@ impl Event {
     /// The human-readable line `sctrace trace` prints.
     pub fn human(&self) -> String {
         let time = self.ts.get(11..26).unwrap_or(&self.ts);
+        if let (Some(name), Some(qtype)) = (&self.name, &self.qtype) {
+            let mut line = format!(
+                "{time} {}[{}] dns {qtype} {name} via {} -> {} {}",
+                self.comm, self.pid, self.addr, self.decision, self.result
+            );
+            if let Some(answers) = self.answers.as_ref().filter(|a| !a.is_empty()) {
+                line.push_str(&format!(" [{}]", answers.join(", ")));
+            }
+            if let Some(rule) = &self.rule {
+                line.push_str(&format!(" (rule {rule})"));
+            }
+            return line;
+        }
         let mut line = format!(
             "{time} {}[{}] {} {}/{} {} -> {} {}",
             self.comm,
@@ -300,7 +325,7 @@ mod tests {
             decision: "local",
             rule: None,
             result: result.into(),
-            count: None,
+            ..Default::default()
         }
     }
 

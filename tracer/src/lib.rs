@@ -15,13 +15,17 @@
 #![deny(unsafe_code)]
 
 pub mod action;
+pub mod agent_link;
 pub mod cli;
+pub mod dns;
 pub mod errno;
 pub mod events;
 pub mod handlers;
 pub mod launch;
 pub mod lifecycle;
 pub mod procfs;
+pub mod relay;
+pub mod remote;
 pub mod session;
 pub mod sockaddr;
 pub mod supervisor;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use sctrace::cli::{Cli, Command};
+use sctrace::cli::{Cli, Command, ConfigCommand};
 use sctrace::events::Format;
 use sctrace::session::Session;
 use tracing_subscriber::EnvFilter;
@@ -15,6 +15,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
+    // A bug must not spill a backtrace over the program's terminal: one line, and the
+    // supervisor answers the call it was handling (see supervisor/mod.rs).
+    std::panic::set_hook(Box::new(|info| tracing::error!("internal error: {info}")));
     match run(cli) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(Failure { message, code }) => {
@@ -40,13 +43,14 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn run(cli: Cli) -> Result<i32, Failure> {
-    let (command, outputs) = match cli.command {
+    let (command, outputs, relay) = match cli.command {
         Command::Run(args) => {
             let mut outputs = Vec::new();
             if let Some(path) = &args.events {
                 outputs.push((Format::Json, open_output(path)?));
             }
-            (args.command, outputs)
+            let relay = relay_config(args.config.as_deref(), args.target.as_deref())?;
+            (args.command, outputs, relay)
         }
         Command::Trace(args) => {
             let mut outputs: Vec<(Format, Box<dyn Write + Send>)> =
@@ -54,13 +58,75 @@ fn run(cli: Cli) -> Result<i32, Failure> {
             if let Some(path) = &args.events {
                 outputs.push((Format::Json, open_output(path)?));
             }
-            (args.command, outputs)
+            (args.command, outputs, None)
         }
+        Command::Explain(args) => return explain(&args),
+        Command::Config(ConfigCommand::Check { file }) => return check_config(&file),
     };
-    Session { command, outputs }.run().map_err(|err| Failure {
+    Session {
+        command,
+        outputs,
+        relay,
+    }
+    .run()
+    .map_err(|err| Failure {
         code: err.exit_code(),
         message: err.to_string(),
     })
+}
+
+/// The config of a relaying session: the file, the environment and `--target` together.
+/// `None` when nothing names a target or an agent: then sctrace only observes.
+fn relay_config(
+    file: Option<&Path>,
+    target: Option<&str>,
+) -> Result<Option<sctrace_filter::Config>, Failure> {
+    let loaded = sctrace_filter::resolve(file, |name| std::env::var(name).ok(), target)
+        .map_err(config_failure)?;
+    for warning in &loaded.warnings {
+        eprintln!("sctrace: warning: {warning}");
+    }
+    let config = loaded.config;
+    let relays = file.is_some() || config.target.path.is_some() || config.agent.address.is_some();
+    Ok(relays.then_some(config))
+}
+
+fn config_failure(err: sctrace_filter::ConfigError) -> Failure {
+    Failure {
+        message: err.to_string(),
+        code: 125,
+    }
+}
+
+/// `sctrace config check FILE`: the warnings, then `FILE: ok`; or the error.
+fn check_config(file: &Path) -> Result<i32, Failure> {
+    let loaded = sctrace_filter::load(file).map_err(config_failure)?;
+    for warning in &loaded.warnings {
+        eprintln!("sctrace: warning: {warning}");
+    }
+    println!("{}: ok", file.display());
+    Ok(0)
+}
+
+/// `sctrace explain`: where a destination would go and why.
+fn explain(args: &sctrace::cli::ExplainArgs) -> Result<i32, Failure> {
+    let loaded = match &args.config {
+        Some(file) => sctrace_filter::load(file).map_err(config_failure)?,
+        None => sctrace_filter::resolve(None, |name| std::env::var(name).ok(), None)
+            .map_err(config_failure)?,
+    };
+    let protocol = if args.udp {
+        sctrace_filter::Protocol::Udp
+    } else {
+        sctrace_filter::Protocol::Tcp
+    };
+    let explanation = sctrace_filter::explain(&loaded.config, &args.destination, protocol)
+        .map_err(|err| Failure {
+            message: err.to_string(),
+            code: 2,
+        })?;
+    println!("{explanation}");
+    Ok(0)
 }
 
 /// Opens an events destination: `-` is stderr, anything else a file (created or truncated).

@@ -7,12 +7,19 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sctrace_filter::config::Config;
+use sctrace_filter::OutgoingFilter;
 use thiserror::Error;
 
-use crate::events::{Format, Writer};
+use crate::agent_link::{self, AgentLink, LinkError};
+use crate::dns::names::NameCache;
+use crate::dns::DnsResponder;
+use crate::events::{EventSink, Format, Writer};
 use crate::handlers::Context;
 use crate::launch::{self, LaunchError};
 use crate::lifecycle::{self, Signals};
+use crate::relay::tcp::TcpRelay;
+use crate::remote::{self, Remote};
 use crate::supervisor;
 use crate::sys::notify;
 use crate::sys::pidfd;
@@ -24,6 +31,9 @@ pub struct Session {
     pub command: Vec<OsString>,
     /// Event outputs (empty: no events).
     pub outputs: Vec<(Format, Box<dyn Write + Send>)>,
+    /// The configuration, when the app's traffic is relayed through an agent; `None` for an
+    /// observe-only session.
+    pub relay: Option<Config>,
 }
 
 /// Why a session could not run the program.
@@ -47,6 +57,12 @@ pub enum SessionError {
     /// The notification loop could not start.
     #[error("cannot start the notification loop: {0}")]
     Supervisor(#[source] io::Error),
+    /// The agent could not be reached.
+    #[error(transparent)]
+    Agent(#[from] LinkError),
+    /// The relay listeners could not start.
+    #[error("cannot start the relay: {0}")]
+    Relay(#[source] io::Error),
     /// The program could not be started.
     #[error(transparent)]
     Launch(#[from] LaunchError),
@@ -88,13 +104,28 @@ impl Session {
         let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel();
         let writer_task = writer.map(|w| runtime.spawn(w.run(writer_stopped)));
 
+        // A relaying session reaches its agent before the app starts.
+        let relay = match &self.relay {
+            Some(config) => Some(runtime.block_on(start_relay(config, events.clone()))?),
+            None => None,
+        };
+        let mut keep = HashSet::new();
+        if let Some((_, link)) = &relay {
+            if let Some(agent) = &link.process {
+                keep.insert(agent.pid());
+            }
+        }
+
         let (program, args) = self
             .command
             .split_first()
             .map(|(p, a)| (p.clone(), a.to_vec()))
             .unwrap_or_default();
         // Observe-only sessions don't need the receive side (see launch/bpf.rs).
-        let filter = launch::bpf::build(&launch::bpf::NATIVE, launch::bpf::Traps::default());
+        let traps = launch::bpf::Traps {
+            receives: relay.is_some(),
+        };
+        let filter = launch::bpf::build(&launch::bpf::NATIVE, traps);
         let app = launch::launch(&program, &args, filter, |_| {})?;
         tracing::debug!("started {} as pid {}", program.to_string_lossy(), app.pid);
 
@@ -102,6 +133,7 @@ impl Session {
             notify: Arc::new(app.notify),
             events,
             identities: Default::default(),
+            remote: relay.as_ref().map(|(remote, _)| Arc::clone(remote)),
         });
         let notify_loop = supervisor::start(Arc::clone(&ctx), runtime.handle().clone());
         drop(ctx);
@@ -114,7 +146,7 @@ impl Session {
             }
         };
 
-        let exit = lifecycle::supervise(signals, app.pid, &app.pidfd, &HashSet::new());
+        let exit = lifecycle::supervise(signals, app.pid, &app.pidfd, &keep);
         if exit == Exit::Signal(libc::SIGSYS) {
             eprintln!(
                 "sctrace: the program was killed by SIGSYS; sctrace kills programs that make system calls through another ABI (32-bit i386/arm or x32), which it cannot observe"
@@ -130,7 +162,65 @@ impl Session {
                 let _ = tokio::time::timeout(DRAIN, task).await;
             }
         });
+        if let Some((remote, link)) = relay {
+            remote.mark_lost();
+            link.handle.shutdown("sctrace is done: the program exited");
+            // Dropping the link stops the agent sctrace started.
+            drop(link);
+        }
         runtime.shutdown_timeout(Duration::from_millis(100));
         Ok(lifecycle::shell_status(exit))
     }
+}
+
+/// Reaches the agent and assembles the relaying state.
+async fn start_relay(
+    config: &Config,
+    events: EventSink,
+) -> Result<(Arc<Remote>, AgentLink), SessionError> {
+    let link = agent_link::open(
+        config.target.path.as_ref(),
+        config.agent.address.as_ref(),
+        config.agent.token_file.as_deref(),
+        std::env::var("SCTRACE_AGENT_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    )
+    .await?;
+    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let filter = Arc::new(
+        OutgoingFilter::new(&config.feature.network)
+            .with_search_domains(remote::search_domains(&resolv_conf)),
+    );
+    let names = Arc::new(NameCache::default());
+    let dns = Arc::new(DnsResponder::new(
+        Arc::clone(&filter),
+        link.handle.clone(),
+        Arc::clone(&names),
+        events,
+    ));
+    let tcp = TcpRelay::start(Arc::clone(&dns))
+        .await
+        .map_err(SessionError::Relay)?;
+    let remote = Arc::new(Remote::new(
+        filter,
+        link.handle.clone(),
+        tcp,
+        dns,
+        names,
+        remote::nameservers(&resolv_conf),
+    ));
+    let watched = Arc::clone(&remote);
+    let handle = link.handle.clone();
+    let address = link.address.clone();
+    tokio::spawn(async move {
+        let reason = handle.closed().await;
+        if watched.mark_lost() {
+            eprintln!(
+                "sctrace: lost the agent at {address}: {reason}; the program's remote connections fail from now on, its local traffic is unaffected"
+            );
+        }
+    });
+    tracing::debug!("relaying through the agent at {}", link.address);
+    Ok((remote, link))
 }

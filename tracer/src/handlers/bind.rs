@@ -9,6 +9,8 @@
 
 use std::os::fd::AsFd;
 
+use sctrace_filter::Protocol;
+
 use crate::action::Action;
 use crate::sockaddr::SockAddr;
 use crate::supervisor::notification::Notification;
@@ -29,11 +31,25 @@ pub fn handle_bind(ctx: &Context, n: &Notification) -> Action {
     if is_unix(&addr) {
         return leave_to_kernel(record);
     }
-    answer(
-        record,
-        sys::bind(sock.fd.as_fd(), addr.bytes(), len).map(|()| 0i64),
-    )
-    .into()
+    let result = sys::bind(sock.fd.as_fd(), addr.bytes(), len);
+    if result.is_ok() && sys::sock_type(sock.fd.as_fd()) == Ok(libc::SOCK_DGRAM) {
+        note_listening(ctx, &sock, Protocol::Udp);
+    }
+    answer(record, result.map(|()| 0i64)).into()
+}
+
+/// Tells the relaying session which port the app now serves (the filter keeps loopback
+/// connections to it local).
+fn note_listening(ctx: &Context, sock: &AppSocket, protocol: Protocol) {
+    let Some(remote) = &ctx.remote else { return };
+    let port = sys::local_addr(sock.fd.as_fd())
+        .ok()
+        .and_then(|b| SockAddr::parse(&b))
+        .and_then(|a| a.inet())
+        .map(|a| a.port());
+    if let Some(port) = port.filter(|p| *p != 0) {
+        remote.note_listening(protocol, port);
+    }
 }
 
 /// Handles one trapped listen.
@@ -50,5 +66,9 @@ pub fn handle_listen(ctx: &Context, n: &Notification) -> Action {
             .map(|a| a.to_string())
             .unwrap_or_else(|| "(unbound)".into())
     });
-    answer(record, sys::listen(sock.fd.as_fd(), backlog).map(|()| 0i64)).into()
+    let result = sys::listen(sock.fd.as_fd(), backlog);
+    if result.is_ok() {
+        note_listening(ctx, &sock, Protocol::Tcp);
+    }
+    answer(record, result.map(|()| 0i64)).into()
 }

@@ -23,11 +23,16 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use tokio::io::Interest;
 
+use sctrace_filter::Protocol;
+
 use crate::action::Action;
 use crate::errno::Errno;
+use crate::remote::Destination;
+use crate::sockaddr::SockAddr;
 use crate::supervisor::notification::{AddrArg, Notification};
 use crate::sys::socket as sys;
 
+use super::redirect;
 use super::socket::{answer, describe_addr, is_unix, leave_to_kernel, AppSocket, Record};
 use super::Context;
 
@@ -39,9 +44,62 @@ pub fn handle(ctx: &Context, n: &Notification) -> Action {
         Ok(sock) => sock,
         Err(action) => return action,
     };
-    let record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
+    let mut record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
     if is_unix(&addr) {
+        if let (Some(remote), AddrArg::Bytes(bytes)) = (&ctx.remote, &addr) {
+            if let Some(SockAddr::UnixPath(path)) = SockAddr::parse(bytes) {
+                if remote.refuses_unix_path(&path) {
+                    return answer(record, Err::<i64, _>(Errno(libc::ENOENT))).into();
+                }
+            }
+        }
         return leave_to_kernel(record);
+    }
+    if let Some(remote) = &ctx.remote {
+        if let Some(dst) = addr
+            .bytes()
+            .and_then(SockAddr::parse)
+            .and_then(|a| a.inet())
+        {
+            let sock_type = sys::sock_type(sock.fd.as_fd()).unwrap_or(0);
+            let protocol = match sock_type {
+                libc::SOCK_STREAM => Some(Protocol::Tcp),
+                libc::SOCK_DGRAM => Some(Protocol::Udp),
+                _ => None,
+            };
+            if let Some(protocol) = protocol {
+                let routed = remote.route(protocol, dst);
+                if let Some(record) = record.as_mut() {
+                    record.set_route(&routed);
+                }
+                match (routed.to, protocol) {
+                    (Destination::Local, _) => {}
+                    (to, Protocol::Tcp) => {
+                        return redirect::connect_tcp(
+                            redirect::Call { ctx, remote, n },
+                            sock,
+                            dst,
+                            to,
+                            record,
+                        )
+                    }
+                    (to, Protocol::Udp) => {
+                        return redirect::connect_udp(
+                            redirect::Call { ctx, remote, n },
+                            sock,
+                            dst,
+                            to,
+                            record,
+                        )
+                    }
+                }
+            }
+        } else if addr.family() == Some(libc::AF_UNSPEC) {
+            // A datagram socket dissolving its association: it no longer has a peer.
+            if let Ok(cookie) = sys::cookie(sock.fd.as_fd()) {
+                remote.sockets.set_udp_peer(cookie, None);
+            }
+        }
     }
     let flags = match sys::file_flags(sock.fd.as_fd()) {
         Ok(flags) => flags,
@@ -65,7 +123,7 @@ fn connect(fd: BorrowedFd<'_>, addr: &AddrArg, len: i32) -> Result<i64, Errno> {
 
 /// Connects with O_NONBLOCK set for the duration; asks again after EINPROGRESS, which
 /// returns the outcome if the connection is already complete and EALREADY if not.
-fn connect_without_blocking(
+pub fn connect_without_blocking(
     fd: BorrowedFd<'_>,
     flags: i32,
     addr: &AddrArg,

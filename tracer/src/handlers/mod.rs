@@ -2,11 +2,16 @@
 //! checks the notification is still valid, decides, and returns an [`Action`]; it never
 //! answers the kernel itself.
 //!
-//! In this version every decision is `local`: the call is carried out on the app's own
-//! socket (or left to the kernel) and recorded as an event.
+//! Without an agent (`sctrace trace`, `run` without a target) every decision is `local`:
+//! the call is carried out on the app's own socket (or left to the kernel) and recorded. In
+//! a relaying session, connects and sends are routed by the filter ([`Remote::route`]) and
+//! remote ones carried out by `redirect`; receives and `getpeername` are emulated for the
+//! sockets sctrace manages (`recv`).
 
 mod bind;
 mod connect;
+mod recv;
+mod redirect;
 mod send;
 mod socket;
 
@@ -15,11 +20,11 @@ use std::sync::Arc;
 use crate::action::{Action, Reply};
 use crate::events::EventSink;
 use crate::procfs::IdentityCache;
+use crate::remote::Remote;
 use crate::supervisor::notification::{Notification, Syscall};
 use crate::sys::notify::NotifyFd;
 
 /// What handlers share: the listener (for validity checks) and the event sink.
-#[derive(Debug)]
 pub struct Context {
     /// The seccomp listener, for `id_valid` checks after copying.
     pub notify: Arc<NotifyFd>,
@@ -27,6 +32,8 @@ pub struct Context {
     pub events: EventSink,
     /// Recently read thread identities, for events.
     pub identities: IdentityCache,
+    /// The relaying session, when there is an agent.
+    pub remote: Option<Arc<Remote>>,
 }
 
 impl Context {
@@ -45,14 +52,11 @@ pub fn handle(ctx: &Arc<Context>, n: &Notification) -> Action {
         Syscall::SendTo => send::handle_sendto(ctx, n),
         Syscall::SendMsg => send::handle_sendmsg(ctx, n),
         Syscall::SendMmsg => send::handle_sendmmsg(ctx, n),
-        // Receives, accepts and getpeername carry nothing to record yet: they run in the
-        // kernel unchanged.
-        Syscall::Accept
-        | Syscall::Accept4
-        | Syscall::GetPeerName
-        | Syscall::RecvFrom
-        | Syscall::RecvMsg
-        | Syscall::RecvMmsg
-        | Syscall::Other(_) => Reply::Continue.into(),
+        Syscall::RecvFrom => recv::handle_recvfrom(ctx, n),
+        Syscall::RecvMsg => recv::handle_recvmsg(ctx, n),
+        Syscall::RecvMmsg => recv::handle_recvmmsg(ctx, n),
+        Syscall::GetPeerName => recv::handle_getpeername(ctx, n),
+        // Accepts carry nothing to do yet: they run in the kernel unchanged.
+        Syscall::Accept | Syscall::Accept4 | Syscall::Other(_) => Reply::Continue.into(),
     }
 }

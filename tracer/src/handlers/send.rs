@@ -17,12 +17,17 @@
 
 use std::os::fd::AsFd;
 
+use sctrace_filter::Protocol;
+
 use crate::action::{Action, Reply};
 use crate::errno::Errno;
+use crate::remote::Destination;
+use crate::sockaddr::SockAddr;
 use crate::supervisor::notification::{AddrArg, Notification};
 use crate::sys::memory;
 use crate::sys::socket::{self as sys, OutgoingMessage};
 
+use super::redirect;
 use super::socket::{answer, describe_addr, leave_to_kernel, AppSocket, Record};
 use super::Context;
 
@@ -117,6 +122,41 @@ fn send_now(sock: &AppSocket, msg: OutgoingMessage, flags: i32, record: Option<R
     answer(record, result.map(|sent| sent as i64)).into()
 }
 
+/// A send carried out by sctrace instead of the kernel: given the socket, payload and
+/// record, it yields the action.
+type Carry<'a> = Box<dyn FnOnce(AppSocket, Vec<u8>, Option<Record>) -> Action + 'a>;
+
+/// In a relaying session, routes a datagram to `name`: `Some` when it goes remote or to
+/// the DNS responder.
+fn route_remote<'a>(
+    ctx: &'a Context,
+    n: &'a Notification,
+    _sock: &AppSocket,
+    name: &[u8],
+    _payload: &[u8],
+    record: &mut Option<Record>,
+) -> Option<Carry<'a>> {
+    let remote = ctx.remote.as_ref()?;
+    let dst = SockAddr::parse(name)?.inet()?;
+    let routed = remote.route(Protocol::Udp, dst);
+    if let Some(record) = record.as_mut() {
+        record.set_route(&routed);
+    }
+    if routed.to == Destination::Local {
+        return None;
+    }
+    Some(Box::new(move |sock, payload, record| {
+        redirect::send_datagram(
+            redirect::Call { ctx, remote, n },
+            sock,
+            dst,
+            routed.to,
+            payload,
+            record,
+        )
+    }))
+}
+
 /// Handles `sendto(fd, buf, len, flags, dest, addrlen)` with a non-NULL `dest`.
 pub fn handle_sendto(ctx: &Context, n: &Notification) -> Action {
     let (buf, len, flags) = (n.arg_ptr(1), n.raw.args[2], n.arg_int(3));
@@ -134,9 +174,12 @@ pub fn handle_sendto(ctx: &Context, n: &Notification) -> Action {
     if payload.is_some() && !ctx.still_pending(n) {
         return Reply::Continue.into();
     }
-    let record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
+    let mut record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
     match (payload, addr) {
         (Some(payload), AddrArg::Bytes(name)) => {
+            if let Some(action) = route_remote(ctx, n, &sock, &name, &payload, &mut record) {
+                return action(sock, payload, record);
+            }
             let msg = OutgoingMessage {
                 name_len: name.len() as u32,
                 name: Some(name),
@@ -178,9 +221,13 @@ pub fn handle_sendmsg(ctx: &Context, n: &Notification) -> Action {
     if payload.is_some() && !ctx.still_pending(n) {
         return Reply::Continue.into();
     }
-    let record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
+    let mut record = Record::prepare(ctx, n, &sock, || describe_addr(&addr));
     match (payload, addr) {
         (Some(iov), AddrArg::Bytes(name)) => {
+            let flat = iov.concat();
+            if let Some(action) = route_remote(ctx, n, &sock, &name, &flat, &mut record) {
+                return action(sock, flat, record);
+            }
             let msg = OutgoingMessage {
                 name_len: name.len() as u32,
                 name: Some(name),

@@ -128,6 +128,19 @@ impl Record {
         })
     }
 
+    /// Sets where the call was carried out and why.
+    pub fn set_route(&mut self, routed: &crate::remote::Routed) {
+        self.event.decision = match routed.to {
+            crate::remote::Destination::Local => "local",
+            crate::remote::Destination::Remote | crate::remote::Destination::Dns => "remote",
+        };
+        self.event.rule = routed
+            .rule
+            .clone()
+            .or_else(|| (routed.to == crate::remote::Destination::Dns).then(|| "dns".to_string()));
+        self.event.host = routed.host.clone();
+    }
+
     /// Records the outcome.
     pub fn finish(mut self, result: String) {
         self.event.result = result;
@@ -159,8 +172,7 @@ fn base_event(
         addr,
         decision: "local",
         rule: None,
-        result: String::new(),
-        count: None,
+        ..Default::default()
     }
 }
 

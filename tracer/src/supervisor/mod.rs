@@ -70,7 +70,11 @@ pub fn start(ctx: Arc<Context>, runtime: Handle) -> io::Result<thread::JoinHandl
     }
     thread::Builder::new()
         .name("sctrace-notify".into())
-        .spawn(move || run(&ctx, &runtime))
+        .spawn(move || {
+            // Handlers start relay tasks and sockets that belong to the runtime.
+            let _entered = runtime.enter();
+            run(&ctx, &runtime)
+        })
 }
 
 fn run(ctx: &Arc<Context>, runtime: &Handle) {

@@ -138,6 +138,10 @@ pub fn set_file_flags(fd: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
 /// The socket's send timeout (`SO_SNDTIMEO`), which also bounds a blocking connect; `None`
 /// when unset (wait forever).
 pub fn send_timeout(fd: BorrowedFd<'_>) -> Result<Option<std::time::Duration>, Errno> {
+    timeout_option(fd, libc::SO_SNDTIMEO)
+}
+
+fn timeout_option(fd: BorrowedFd<'_>, name: i32) -> Result<Option<std::time::Duration>, Errno> {
     let mut tv = libc::timeval {
         tv_sec: 0,
         tv_usec: 0,
@@ -148,7 +152,7 @@ pub fn send_timeout(fd: BorrowedFd<'_>) -> Result<Option<std::time::Duration>, E
         libc::getsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
+            name,
             (&mut tv as *mut libc::timeval).cast(),
             &mut len,
         )
@@ -171,4 +175,80 @@ pub fn watch(
     // it is dropped, which the AsyncFd does only when it is itself dropped.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
         .map_err(|e| e.into_parts().1)
+}
+
+/// The socket's cookie (`SO_COOKIE`): a 64-bit id the kernel never reuses while it runs,
+/// shared by every fd of the socket. sctrace keys the sockets it manages by it.
+pub fn cookie(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    let mut value: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of a u64 and a socklen_t.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut value as *mut u64).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// One datagram received on the app's behalf.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The bytes, at most the buffer size asked for.
+    pub data: Vec<u8>,
+    /// What `recvmsg` returned (the datagram's full length with `MSG_TRUNC`).
+    pub returned: usize,
+    /// The source address bytes.
+    pub name: Vec<u8>,
+    /// Control messages, as the kernel wrote them.
+    pub control: Vec<u8>,
+    /// `msg_flags` (MSG_TRUNC, MSG_CTRUNC, ...).
+    pub flags: i32,
+}
+
+/// `recvmsg(fd, .., flags)` into a buffer of `len` bytes and a control buffer of
+/// `control_len` bytes.
+pub fn recvmsg(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    control_len: usize,
+    flags: i32,
+) -> Result<ReceivedMessage, Errno> {
+    let mut data = vec![0u8; len];
+    let mut name = [0u8; 128];
+    let mut control = vec![0u8; control_len];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid (empty) message.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = name.as_mut_ptr().cast();
+    hdr.msg_namelen = name.len() as u32;
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if control_len > 0 {
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = control.len();
+    }
+    // SAFETY: every pointer in `hdr` refers to a live buffer of the stated length.
+    let returned = check_size(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut hdr, flags) })?;
+    data.truncate(returned.min(len));
+    control.truncate(hdr.msg_controllen.min(control_len));
+    Ok(ReceivedMessage {
+        data,
+        returned,
+        name: name[..(hdr.msg_namelen as usize).min(name.len())].to_vec(),
+        control,
+        flags: hdr.msg_flags,
+    })
+}
+
+/// The socket's receive timeout (`SO_RCVTIMEO`); `None` when unset.
+pub fn receive_timeout(fd: BorrowedFd<'_>) -> Result<Option<std::time::Duration>, Errno> {
+    timeout_option(fd, libc::SO_RCVTIMEO)
 }

@@ -1,0 +1,261 @@
+//! Starting `sctrace-agent` for a local target: a network namespace file or a process's
+//! namespace on this machine. The agent listens on a Unix socket in a private directory,
+//! with a fresh random token, and serves exactly this session (`--once`).
+//!
+//! Entering another network namespace (setns) needs CAP_SYS_ADMIN, so local targets need
+//! sctrace to run as root; the app itself still runs with sctrace's own credentials.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sctrace_protocol::Token;
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// The target namespace the agent enters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespace {
+    /// A namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`, a bind mount).
+    Path(PathBuf),
+    /// The namespace of this process.
+    Pid(u32),
+}
+
+/// Why the local agent could not be started.
+#[derive(Debug, Error)]
+pub enum LocalAgentError {
+    /// No agent binary was found.
+    #[error("cannot find sctrace-agent next to sctrace ({beside}) or on PATH")]
+    NotFound {
+        /// Where it was looked for first.
+        beside: PathBuf,
+    },
+    /// The target namespace does not exist.
+    #[error("the target network namespace {0} does not exist")]
+    NoNamespace(PathBuf),
+    /// The target process does not exist.
+    #[error("the target process {0} does not exist")]
+    NoProcess(u32),
+    /// Local targets need root.
+    #[error("a local target needs root: sctrace-agent enters the target's network namespace with setns, which needs CAP_SYS_ADMIN")]
+    NotRoot,
+    /// Preparing the agent's directory or token failed.
+    #[error("cannot prepare the agent's runtime directory {path}: {source}")]
+    RuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Spawning failed.
+    #[error("cannot start {agent}: {source}")]
+    Spawn {
+        /// The binary.
+        agent: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent exited or said nothing useful.
+    #[error("sctrace-agent did not start: {0}")]
+    NotReady(String),
+}
+
+/// A running agent process that sctrace started.
+pub struct LocalAgent {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    token: Token,
+}
+
+/// How long the agent may take to start listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl LocalAgent {
+    /// Starts the agent for `netns` and waits until it listens.
+    pub async fn start(netns: &Namespace) -> Result<LocalAgent, LocalAgentError> {
+        match netns {
+            Namespace::Path(path) if !path.exists() => {
+                return Err(LocalAgentError::NoNamespace(path.clone()))
+            }
+            Namespace::Pid(pid) if !Path::new(&format!("/proc/{pid}")).exists() => {
+                return Err(LocalAgentError::NoProcess(*pid))
+            }
+            _ => {}
+        }
+        if !running_as_root() {
+            return Err(LocalAgentError::NotRoot);
+        }
+        let agent = find_agent()?;
+        let dir = runtime_dir()?;
+        let socket = dir.join("agent.sock");
+        let token_file = dir.join("token");
+        let token_text = random_token()?;
+        write_private(&token_file, token_text.as_bytes()).map_err(|source| {
+            LocalAgentError::RuntimeDir {
+                path: dir.clone(),
+                source,
+            }
+        })?;
+        let token = Token::new(token_text.into_bytes())
+            .map_err(|e| LocalAgentError::NotReady(e.to_string()))?;
+
+        let mut cmd = Command::new(&agent);
+        cmd.arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(["--once", "--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        match netns {
+            Namespace::Path(path) => cmd.arg("--netns").arg(path),
+            Namespace::Pid(pid) => cmd.arg("--pid").arg(pid.to_string()),
+        };
+        let mut child = cmd.spawn().map_err(|source| LocalAgentError::Spawn {
+            agent: agent.clone(),
+            source,
+        })?;
+        let stdout = child.stdout.take();
+        let ready = async {
+            let stdout = stdout.ok_or_else(|| "no stdout".to_string())?;
+            let stdout =
+                tokio::process::ChildStdout::from_std(stdout).map_err(|e| e.to_string())?;
+            let mut line = String::new();
+            BufReader::new(stdout)
+                .read_line(&mut line)
+                .await
+                .map_err(|e| e.to_string())?;
+            if line.starts_with("listening ") {
+                Ok(())
+            } else if line.is_empty() {
+                Err("it exited before listening (its messages are above)".to_string())
+            } else {
+                Err(format!("unexpected first line {:?}", line.trim_end()))
+            }
+        };
+        let started = match tokio::time::timeout(READY_TIMEOUT, ready).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("not listening after {} s", READY_TIMEOUT.as_secs())),
+        };
+        let agent = LocalAgent {
+            child,
+            dir,
+            socket,
+            token,
+        };
+        match started {
+            Ok(()) => Ok(agent),
+            Err(reason) => Err(LocalAgentError::NotReady(reason)),
+        }
+    }
+
+    /// The agent's Unix socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The session token.
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// The agent's pid, which the app's clean-up must leave alone.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for LocalAgent {
+    /// Stops the agent (SIGTERM; it closes its session and removes its socket) and removes
+    /// the runtime directory. The lifecycle's reaper collects its exit status.
+    fn drop(&mut self) {
+        let _ = crate::sys::process::kill(self.child.id() as i32, libc::SIGTERM);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self is owned by the process's effective uid.
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `sctrace-agent` beside the running sctrace (an installation or a cargo target dir), else
+/// on PATH.
+fn find_agent() -> Result<PathBuf, LocalAgentError> {
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("sctrace-agent")))
+        .unwrap_or_else(|| PathBuf::from("sctrace-agent"));
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("sctrace-agent"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(LocalAgentError::NotFound { beside })
+}
+
+/// A private directory (0700) for the agent's socket and token.
+fn runtime_dir() -> Result<PathBuf, LocalAgentError> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("sctrace-{}", std::process::id()));
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|source| LocalAgentError::RuntimeDir {
+            path: dir.clone(),
+            source,
+        })?;
+    Ok(dir)
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)
+}
+
+/// 32 random bytes from the kernel, hex-encoded.
+fn random_token() -> Result<String, LocalAgentError> {
+    let mut bytes = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|source| LocalAgentError::RuntimeDir {
+            path: PathBuf::from("/dev/urandom"),
+            source,
+        })?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_fresh_and_hex() {
+        let a = random_token().unwrap();
+        let b = random_token().unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,89 @@
+//! The names the app resolved in this session and the addresses they gave: filter rules
+//! that name hosts match connections to those addresses, and events show the name.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+/// Names remembered per address, most recent first.
+const NAMES_PER_ADDRESS: usize = 4;
+/// Addresses remembered at most; the cache starts over when full.
+const MAX_ADDRESSES: usize = 65_536;
+
+/// Address → names the app looked up that resolved to it.
+#[derive(Debug, Default)]
+pub struct NameCache {
+    by_addr: Mutex<HashMap<IpAddr, VecDeque<String>>>,
+}
+
+/// The form names are kept in: lower case, without the root dot.
+pub fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The form addresses are kept in: IPv4-mapped IPv6 addresses as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+impl NameCache {
+    /// Remembers that `name` resolved to `addrs`.
+    pub fn record(&self, name: &str, addrs: impl IntoIterator<Item = IpAddr>) {
+        let name = normalize(name);
+        let Ok(mut map) = self.by_addr.lock() else {
+            return;
+        };
+        for ip in addrs {
+            if map.len() >= MAX_ADDRESSES {
+                map.clear();
+            }
+            let names = map.entry(canonical(ip)).or_default();
+            names.retain(|n| *n != name);
+            names.push_front(name.clone());
+            names.truncate(NAMES_PER_ADDRESS);
+        }
+    }
+
+    /// The names that resolved to `ip`, most recent first.
+    pub fn hostnames(&self, ip: IpAddr) -> Vec<String> {
+        self.by_addr
+            .lock()
+            .ok()
+            .and_then(|map| {
+                map.get(&canonical(ip))
+                    .map(|names| names.iter().cloned().collect())
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_come_back_most_recent_first_and_mapped_addresses_match() {
+        let cache = NameCache::default();
+        let ip: IpAddr = "198.18.0.10".parse().unwrap();
+        cache.record("uwu-service.", [ip]);
+        cache.record("UWU.default", [ip]);
+        cache.record("uwu-service", [ip]);
+        assert_eq!(cache.hostnames(ip), ["uwu-service", "uwu.default"]);
+        let mapped: IpAddr = "::ffff:198.18.0.10".parse().unwrap();
+        assert_eq!(cache.hostnames(mapped), ["uwu-service", "uwu.default"]);
+        assert!(cache.hostnames("198.18.0.11".parse().unwrap()).is_empty());
+    }
+
+    #[test]
+    fn a_busy_address_keeps_only_its_latest_names() {
+        let cache = NameCache::default();
+        let ip: IpAddr = "198.18.0.1".parse().unwrap();
+        for i in 0..10 {
+            cache.record(&format!("n{i}"), [ip]);
+        }
+        assert_eq!(cache.hostnames(ip), ["n9", "n8", "n7", "n6"]);
+    }
+}

@@ -1,0 +1,211 @@
+//! The TCP relay: loopback listeners that the app's redirected sockets are connected to,
+//! each accepted connection joined to what sctrace arranged for it — an agent stream to the
+//! remote destination, or the DNS responder for DNS over TCP.
+//!
+//! Only connections sctrace arranged get through. Before connecting an app socket here,
+//! sctrace registers the socket's own address (it binds the socket first when it is
+//! unbound); an accepted connection whose peer address is not registered is reset at once.
+//! Two live connections to one listener can't share a peer address, so another local
+//! process can't pose as the app's socket.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sctrace_protocol::{relay, DnsTransport, RelayEnd, Stream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::dns::{Asker, DnsResponder};
+
+/// What an arranged connection is joined to.
+pub enum Arranged {
+    /// An agent stream to the remote destination.
+    Remote {
+        /// The stream.
+        stream: Stream,
+        /// Called when the relayed connection ends.
+        on_end: Box<dyn FnOnce() + Send>,
+    },
+    /// The DNS responder: length-prefixed DNS messages (RFC 1035 4.2.2) for `server`.
+    Dns {
+        /// The nameserver the app connected to.
+        server: SocketAddr,
+        /// Who asked.
+        asker: Asker,
+    },
+}
+
+/// The listeners and the connections expected on them.
+pub struct TcpRelay {
+    v4: SocketAddr,
+    v6: Option<SocketAddr>,
+    expected: Arc<Mutex<HashMap<SocketAddr, Arranged>>>,
+}
+
+/// How long one DNS-over-TCP connection may sit idle.
+const DNS_IDLE: Duration = Duration::from_secs(30);
+
+impl TcpRelay {
+    /// Binds the listeners (127.0.0.1, and ::1 when the machine has IPv6) and starts
+    /// accepting.
+    pub async fn start(dns: Arc<DnsResponder>) -> io::Result<TcpRelay> {
+        let expected: Arc<Mutex<HashMap<SocketAddr, Arranged>>> = Arc::default();
+        let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let v4_addr = v4.local_addr()?;
+        tokio::spawn(accept_loop(v4, Arc::clone(&expected), Arc::clone(&dns)));
+        let v6_addr = match TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await {
+            Ok(v6) => {
+                let addr = v6.local_addr()?;
+                tokio::spawn(accept_loop(v6, Arc::clone(&expected), dns));
+                Some(addr)
+            }
+            Err(err) => {
+                tracing::debug!("no IPv6 relay listener: {err}");
+                None
+            }
+        };
+        Ok(TcpRelay {
+            v4: v4_addr,
+            v6: v6_addr,
+            expected,
+        })
+    }
+
+    /// The listener an app socket of family `family` connects to.
+    pub fn listener_for(&self, family: i32) -> Option<SocketAddr> {
+        match family {
+            libc::AF_INET6 => self.v6,
+            _ => Some(self.v4),
+        }
+    }
+
+    /// Expects a connection from `peer` (the app socket's address as the listener will see
+    /// it) and joins it to `arranged`.
+    pub fn expect(&self, peer: SocketAddr, arranged: Arranged) {
+        if let Ok(mut map) = self.expected.lock() {
+            map.insert(peer, arranged);
+        }
+    }
+
+    /// Withdraws an expectation whose connect failed.
+    pub fn forget(&self, peer: SocketAddr) {
+        if let Ok(mut map) = self.expected.lock() {
+            map.remove(&peer);
+        }
+    }
+}
+
+/// The address a listener sees for an app socket bound to `local`: a wildcard address
+/// becomes the loopback address the connection comes from.
+pub fn seen_as(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    expected: Arc<Mutex<HashMap<SocketAddr, Arranged>>>,
+    dns: Arc<DnsResponder>,
+) {
+    loop {
+        let (conn, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("relay listener: accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let arranged = expected.lock().ok().and_then(|mut map| map.remove(&peer));
+        match arranged {
+            Some(Arranged::Remote { stream, on_end }) => {
+                tokio::spawn(relay_remote(conn, stream, on_end));
+            }
+            Some(Arranged::Dns { server, asker }) => {
+                tokio::spawn(serve_dns(conn, server, asker, Arc::clone(&dns)));
+            }
+            None => {
+                tracing::warn!(
+                    "relay: refused a connection from {peer} that sctrace did not arrange"
+                );
+                reset(conn);
+            }
+        }
+    }
+}
+
+/// Closes a connection with RST.
+fn reset(conn: TcpStream) {
+    let _ = conn.set_zero_linger();
+    drop(conn);
+}
+
+async fn relay_remote(mut conn: TcpStream, mut stream: Stream, on_end: Box<dyn FnOnce() + Send>) {
+    let _ = conn.set_nodelay(true);
+    let outcome = relay(&mut stream, &mut conn).await;
+    match outcome.end {
+        RelayEnd::Closed => drop(conn),
+        // The remote side reset, or the agent is gone: the app sees a reset too.
+        RelayEnd::StreamFailed(err) => {
+            tracing::debug!("relay: remote side failed: {err}");
+            reset(conn);
+        }
+        RelayEnd::LocalFailed(err) => {
+            tracing::debug!("relay: app side failed: {err}");
+        }
+    }
+    on_end();
+}
+
+async fn serve_dns(mut conn: TcpStream, server: SocketAddr, asker: Asker, dns: Arc<DnsResponder>) {
+    loop {
+        let len = match tokio::time::timeout(DNS_IDLE, conn.read_u16()).await {
+            Ok(Ok(len)) => usize::from(len),
+            _ => return,
+        };
+        let mut query = vec![0u8; len];
+        if conn.read_exact(&mut query).await.is_err() {
+            return;
+        }
+        let Some(answer) = dns.answer(&query, server, DnsTransport::Tcp, &asker).await else {
+            return;
+        };
+        let Ok(len) = u16::try_from(answer.len()) else {
+            return;
+        };
+        if conn.write_all(&len.to_be_bytes()).await.is_err()
+            || conn.write_all(&answer).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_binds_are_seen_from_loopback() {
+        assert_eq!(
+            seen_as("0.0.0.0:4000".parse().unwrap()),
+            "127.0.0.1:4000".parse().unwrap()
+        );
+        assert_eq!(
+            seen_as("[::]:4000".parse().unwrap()),
+            "[::1]:4000".parse().unwrap()
+        );
+        assert_eq!(
+            seen_as("127.0.0.5:4000".parse().unwrap()),
+            "127.0.0.5:4000".parse().unwrap()
+        );
+    }
+}

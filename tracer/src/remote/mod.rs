@@ -1,0 +1,221 @@
+//! A relaying session's shared state: the filter, the agent session, the relays, the DNS
+//! responder, and the app sockets sctrace manages (by socket cookie).
+//!
+//! Handlers ask it where a connection goes ([`Remote::route`]) and use its pieces to carry
+//! the call out; it never answers the kernel itself.
+
+pub mod sockets;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sctrace_filter::{Connection, OutgoingFilter, Protocol, Route};
+use sctrace_protocol::SessionHandle;
+
+use crate::dns::names::NameCache;
+use crate::dns::DnsResponder;
+use crate::relay::tcp::TcpRelay;
+use sockets::ManagedSockets;
+
+/// Where one connection goes, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// Where.
+    pub to: Destination,
+    /// The rule that decided (`None` for DNS interception).
+    pub rule: Option<String>,
+    /// The name the app resolved the address from, if any.
+    pub host: Option<String>,
+}
+
+/// The three ways a connection can go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// Made on this machine as the app asked.
+    Local,
+    /// Made in the target through the agent.
+    Remote,
+    /// A nameserver of the local resolv.conf: sctrace's DNS responder answers.
+    Dns,
+}
+
+/// Unix sockets of local resolver services that would resolve names behind the intercept:
+/// connects to them fail with ENOENT (as if the service were not running), so glibc falls
+/// back to the DNS servers of resolv.conf, which sctrace answers.
+const RESOLVER_SOCKETS: &[&str] = &[
+    "/run/systemd/resolve/io.systemd.Resolve",
+    "/var/run/nscd/socket",
+    "/run/nscd/socket",
+];
+
+/// The relaying session.
+pub struct Remote {
+    /// Local or remote decisions.
+    pub filter: Arc<OutgoingFilter>,
+    /// The agent.
+    pub agent: SessionHandle,
+    /// The TCP relay listeners.
+    pub tcp: TcpRelay,
+    /// The DNS responder.
+    pub dns: Arc<DnsResponder>,
+    /// Names resolved in this session.
+    pub names: Arc<NameCache>,
+    /// The app sockets sctrace manages.
+    pub sockets: Arc<ManagedSockets>,
+    /// The nameservers of the local resolv.conf (port 53) whose queries sctrace answers.
+    nameservers: Vec<IpAddr>,
+    /// (protocol, port) the app listens on, for the filter's loopback rule.
+    listening: Mutex<HashSet<(Protocol, u16)>>,
+    /// Set once the agent session ended.
+    lost: AtomicBool,
+}
+
+impl Remote {
+    /// Assembles the session state.
+    pub fn new(
+        filter: Arc<OutgoingFilter>,
+        agent: SessionHandle,
+        tcp: TcpRelay,
+        dns: Arc<DnsResponder>,
+        names: Arc<NameCache>,
+        nameservers: Vec<IpAddr>,
+    ) -> Remote {
+        Remote {
+            filter,
+            agent,
+            tcp,
+            dns,
+            names,
+            sockets: Arc::default(),
+            nameservers,
+            listening: Mutex::default(),
+            lost: AtomicBool::new(false),
+        }
+    }
+
+    /// Decides where a connection (or datagram) to `dst` goes.
+    pub fn route(&self, protocol: Protocol, dst: SocketAddr) -> Routed {
+        let ip = canonical(dst.ip());
+        if dst.port() == 53 && self.filter.dns_enabled() && self.nameservers.contains(&ip) {
+            return Routed {
+                to: Destination::Dns,
+                rule: None,
+                host: None,
+            };
+        }
+        let names = self.names.hostnames(ip);
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let listens = self
+            .listening
+            .lock()
+            .map(|l| l.contains(&(protocol, dst.port())))
+            .unwrap_or(false);
+        let decision = self.filter.decide_connection(&Connection {
+            protocol,
+            addr: SocketAddr::new(ip, dst.port()),
+            hostnames: &name_refs,
+            app_listens_on_port: listens,
+        });
+        Routed {
+            to: match decision.route {
+                Route::Local => Destination::Local,
+                Route::Remote => Destination::Remote,
+            },
+            rule: Some(decision.rule.to_string()),
+            host: names.into_iter().next(),
+        }
+    }
+
+    /// Whether a connect to the Unix socket `path` must fail so that name lookups can't
+    /// bypass sctrace's DNS responder.
+    pub fn refuses_unix_path(&self, path: &[u8]) -> bool {
+        self.filter.dns_enabled() && RESOLVER_SOCKETS.iter().any(|p| p.as_bytes() == path)
+    }
+
+    /// Notes that the app listens on `port` (a successful TCP listen or UDP bind).
+    pub fn note_listening(&self, protocol: Protocol, port: u16) {
+        if let Ok(mut l) = self.listening.lock() {
+            l.insert((protocol, port));
+        }
+    }
+
+    /// Marks the agent session as lost; returns whether it was the first time.
+    pub fn mark_lost(&self) -> bool {
+        !self.lost.swap(true, Ordering::SeqCst)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4: filter rules and nameserver lists are written for
+/// the address, whichever socket family the app used.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The nameservers of a resolv.conf text (glibc uses 127.0.0.1 when there are none).
+pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
+    let found: Vec<IpAddr> = resolv_conf
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            match words.next() {
+                Some("nameserver") => words.next()?.split('%').next()?.parse().ok(),
+                _ => None,
+            }
+        })
+        .map(canonical)
+        .collect();
+    if found.is_empty() {
+        vec![IpAddr::from([127, 0, 0, 1])]
+    } else {
+        found
+    }
+}
+
+/// The search domains of a resolv.conf text (the last `search` or `domain` line wins).
+pub fn search_domains(resolv_conf: &str) -> Vec<String> {
+    let mut domains = Vec::new();
+    for line in resolv_conf.lines() {
+        let mut words = line.split_whitespace();
+        if let Some("search" | "domain") = words.next() {
+            domains = words.map(|w| w.trim_end_matches('.').to_string()).collect();
+        }
+    }
+    domains
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_is_read_like_glibc() {
+        let text = "# comment\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch a.example b.example.\noptions ndots:2\n";
+        assert_eq!(
+            nameservers(text),
+            [
+                "127.0.0.53".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(search_domains(text), ["a.example", "b.example"]);
+        assert_eq!(nameservers(""), [IpAddr::from([127, 0, 0, 1])]);
+        assert_eq!(search_domains("domain x.example\n"), ["x.example"]);
+    }
+
+    #[test]
+    fn mapped_addresses_are_canonical() {
+        assert_eq!(
+            canonical("::ffff:198.18.0.10".parse().unwrap()),
+            "198.18.0.10".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            canonical("fd00::1".parse().unwrap()),
+            "fd00::1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

@@ -1,0 +1,97 @@
+//! The app sockets sctrace manages, keyed by socket cookie (`SO_COOKIE`, unique while the
+//! kernel runs and shared by every fd of a socket, so copies and dups find the same entry):
+//! redirected TCP connections (whose `getpeername` shows the remote peer) and UDP
+//! associations (whose receives show the remote peers as sources).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::relay::udp::UdpAssociation;
+
+/// One managed socket.
+#[derive(Clone)]
+pub enum Managed {
+    /// A TCP socket connected to the relay on behalf of `peer`.
+    Tcp {
+        /// The destination the app asked for.
+        peer: SocketAddr,
+    },
+    /// A UDP socket with an association.
+    Udp {
+        /// Its relay state.
+        assoc: Arc<UdpAssociation>,
+        /// The peer the app connected it to, if it did.
+        connected: Option<SocketAddr>,
+    },
+}
+
+/// How long a finished TCP relay's entry is kept: the app may still ask `getpeername` on a
+/// socket whose peer closed.
+pub const TCP_ENTRY_GRACE: Duration = Duration::from_secs(30);
+
+/// Cookie → managed socket.
+#[derive(Default)]
+pub struct ManagedSockets {
+    map: Mutex<HashMap<u64, Managed>>,
+}
+
+impl ManagedSockets {
+    /// The entry for `cookie`.
+    pub fn get(&self, cookie: u64) -> Option<Managed> {
+        self.map.lock().ok().and_then(|m| m.get(&cookie).cloned())
+    }
+
+    /// Sets the entry for `cookie`.
+    pub fn insert(&self, cookie: u64, managed: Managed) {
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(cookie, managed);
+        }
+    }
+
+    /// Removes the entry for `cookie`.
+    pub fn remove(&self, cookie: u64) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(&cookie);
+        }
+    }
+
+    /// Removes a UDP entry, unless a newer association replaced it.
+    pub fn remove_association(&self, cookie: u64, assoc: &Arc<UdpAssociation>) {
+        if let Ok(mut m) = self.map.lock() {
+            if let Some(Managed::Udp { assoc: current, .. }) = m.get(&cookie) {
+                if Arc::ptr_eq(current, assoc) {
+                    m.remove(&cookie);
+                }
+            }
+        }
+    }
+
+    /// The peer `getpeername` should show for `cookie`, if sctrace manages it.
+    pub fn peer_of(&self, cookie: u64) -> Option<SocketAddr> {
+        match self.get(cookie)? {
+            Managed::Tcp { peer } => Some(peer),
+            Managed::Udp { connected, .. } => connected,
+        }
+    }
+
+    /// Records the peer a managed UDP socket was connected to (or disconnected from).
+    pub fn set_udp_peer(&self, cookie: u64, peer: Option<SocketAddr>) {
+        if let Ok(mut m) = self.map.lock() {
+            if let Some(Managed::Udp { connected, .. }) = m.get_mut(&cookie) {
+                *connected = peer;
+            }
+        }
+    }
+
+    /// How many sockets are managed (for tests and logs).
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
