@@ -18,6 +18,7 @@ use crate::events::{EventSink, Format, Writer};
 use crate::handlers::Context;
 use crate::launch::{self, LaunchError};
 use crate::lifecycle::{self, Signals};
+use crate::relay::parking::Parking;
 use crate::relay::tcp::TcpRelay;
 use crate::remote::{self, Remote};
 use crate::supervisor;
@@ -202,10 +203,12 @@ async fn start_relay(
     let tcp = TcpRelay::start(Arc::clone(&dns))
         .await
         .map_err(SessionError::Relay)?;
+    let parking = Parking::start().map_err(SessionError::Relay)?;
     let remote = Arc::new(Remote::new(
         filter,
         link.handle.clone(),
         tcp,
+        parking,
         dns,
         names,
         remote::nameservers(&resolv_conf),

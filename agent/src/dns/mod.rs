@@ -144,8 +144,10 @@ impl Resolver {
     }
 }
 
-/// Encodes `reply`, truncating it (TC set, records dropped) when it is larger than the
-/// application's transport carries: 512 bytes or the query's EDNS payload size over UDP.
+/// Encodes `reply`, truncating it when it is larger than the application's transport
+/// carries (512 bytes, or the query's EDNS payload size, over UDP): TC set, and as many whole
+/// answer records kept as fit, as DNS servers do — resolvers without a TCP fallback (musl
+/// before 1.2.4) use those.
 fn encode(
     reply: &Message,
     original: &Message,
@@ -163,6 +165,19 @@ fn encode(
         .map_err(|e| ResolveError::BadQuery(format!("cannot encode the answer: {e}")))?;
     if bytes.len() <= limit {
         return Ok(Bytes::from(bytes));
+    }
+    let mut partial = reply.clone();
+    partial.metadata.truncation = true;
+    partial.authorities.clear();
+    partial.additionals.clear();
+    while !partial.answers.is_empty() {
+        let bytes = partial
+            .to_vec()
+            .map_err(|e| ResolveError::BadQuery(format!("cannot encode the answer: {e}")))?;
+        if bytes.len() <= limit {
+            return Ok(Bytes::from(bytes));
+        }
+        partial.answers.pop();
     }
     let truncated = reply
         .truncate()

@@ -133,56 +133,142 @@ pub fn connect_tcp(
     to: Destination,
     record: Option<Record>,
 ) -> Action {
-    let target = match describe(&sock) {
+    let target = match describe(&sock).and_then(|t| Ok((t, sys::file_flags(sock.fd.as_fd())?))) {
         Ok(t) => t,
         Err(err) => return answer(record, Err::<i64, _>(err)).into(),
     };
-    let asker =
-        (to == Destination::Dns).then(|| asker(ctx, n, &sock, target.family, libc::SOCK_STREAM));
+    let (target, flags) = target;
     let remote = Arc::clone(remote);
+    if to == Destination::Dns {
+        let asker = asker(ctx, n, &sock, target.family, libc::SOCK_STREAM);
+        let result = join_relay(
+            &remote,
+            &sock,
+            &target,
+            Arranged::Dns { server: dst, asker },
+        );
+        return answer(record, result.map(|()| 0i64)).into();
+    }
+    let nonblocking = flags & libc::O_NONBLOCK != 0;
     Action::Defer(Box::pin(async move {
-        let arranged = match asker {
-            Some(asker) => Arranged::Dns { server: dst, asker },
-            None => {
-                let timeout = sys::send_timeout(sock.fd.as_fd()).ok().flatten();
-                let opened = match timeout {
-                    Some(t) => {
-                        remote
-                            .agent
-                            .connect_tcp_timeout(canonical_addr(dst), t)
-                            .await
-                    }
-                    None => remote.agent.connect_tcp(canonical_addr(dst)).await,
-                };
-                let stream = match opened {
-                    Ok(stream) => stream,
-                    Err(err) => return answer(record, Err::<i64, _>(open_errno(&err))),
-                };
-                let sockets = Arc::clone(&remote.sockets);
-                let cookie = target.cookie;
-                let on_end = Box::new(move || {
-                    // Keep answering getpeername for a while after the relay ends.
-                    tokio::spawn(async move {
-                        tokio::time::sleep(TCP_ENTRY_GRACE).await;
-                        sockets.remove(cookie);
-                    });
-                });
-                Arranged::Remote { stream, on_end }
-            }
+        // How long the app's call waits for the remote outcome: a blocking connect until
+        // SO_SNDTIMEO (or the agent's own connect timeout), a non-blocking one briefly.
+        let hold = if nonblocking {
+            Some(NONBLOCKING_HOLD)
+        } else {
+            sys::send_timeout(sock.fd.as_fd()).ok().flatten()
         };
-        let result = (|| {
-            let listener = relay_listener(&remote, target.family)?;
-            let peer = ensure_bound(sock.fd.as_fd(), target.family)?;
-            remote.tcp.expect(peer, arranged);
-            connect_to_relay(sock.fd.as_fd(), listener).inspect_err(|_| remote.tcp.forget(peer))
-        })();
-        if result.is_ok() {
+        let agent = remote.agent.clone();
+        let mut opening = Box::pin(async move { agent.connect_tcp(canonical_addr(dst)).await });
+        let outcome = match hold {
+            Some(limit) => tokio::time::timeout(limit, &mut opening).await.ok(),
+            None => Some(opening.as_mut().await),
+        };
+        match outcome {
+            Some(Ok(stream)) => {
+                let arranged = remote_arrangement(&remote, stream, target.cookie);
+                let result = join_relay(&remote, &sock, &target, arranged);
+                if result.is_ok() {
+                    remote
+                        .sockets
+                        .insert(target.cookie, Managed::Tcp { peer: dst });
+                }
+                answer(record, result.map(|()| 0i64))
+            }
+            Some(Err(err)) => answer(record, Err::<i64, _>(open_errno(&err))),
+            None => {
+                // Still under way: the call returns EINPROGRESS and the socket waits in
+                // the parking, to be settled when the agent answers.
+                let v6 = target.family == libc::AF_INET6;
+                let parked = connect_to(sock.fd.as_fd(), remote.parking.black_hole(v6));
+                if let Err(err) = parked {
+                    return answer(record, Err::<i64, _>(err));
+                }
+                tokio::spawn(async move {
+                    let outcome = opening.await;
+                    settle(&remote, sock, target, dst, outcome);
+                });
+                answer(record, Err::<i64, _>(Errno(libc::EINPROGRESS)))
+            }
+        }
+    }))
+}
+
+/// How long a non-blocking connect's call waits for the remote outcome before it returns
+/// EINPROGRESS (connects within a cluster usually complete well within it).
+pub const NONBLOCKING_HOLD: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// An agent stream arranged for the relay; its managed-socket entry outlives the relay by
+/// a grace period, for `getpeername` on a socket whose peer closed.
+fn remote_arrangement(remote: &Remote, stream: sctrace_protocol::Stream, cookie: u64) -> Arranged {
+    let sockets = Arc::clone(&remote.sockets);
+    let on_end = Box::new(move || {
+        tokio::spawn(async move {
+            tokio::time::sleep(TCP_ENTRY_GRACE).await;
+            sockets.remove(cookie);
+        });
+    });
+    Arranged::Remote { stream, on_end }
+}
+
+/// Registers the app socket with the relay and connects it there.
+fn join_relay(
+    remote: &Remote,
+    sock: &AppSocket,
+    target: &Target,
+    arranged: Arranged,
+) -> Result<(), Errno> {
+    let listener = relay_listener(remote, target.family)?;
+    let peer = ensure_bound(sock.fd.as_fd(), target.family)?;
+    remote.tcp.expect(peer, arranged);
+    connect_to_relay(sock.fd.as_fd(), listener).inspect_err(|_| remote.tcp.forget(peer))
+}
+
+/// Connects the app socket to a parking spot without blocking; "in progress" is expected.
+fn connect_to(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
+    match connect_to_relay(fd, to) {
+        Err(Errno(libc::EINPROGRESS)) => Ok(()),
+        other => other,
+    }
+}
+
+/// Dissolves a parked socket's pending connect (`connect(AF_UNSPEC)`).
+fn disconnect(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let mut unspec = [0u8; 16];
+    unspec[..2].copy_from_slice(&(libc::AF_UNSPEC as u16).to_ne_bytes());
+    sys::connect(fd, Some(&unspec), unspec.len() as i32)
+}
+
+/// Gives a parked socket the remote outcome (see `relay::parking`).
+fn settle(
+    remote: &Arc<Remote>,
+    sock: AppSocket,
+    target: Target,
+    dst: SocketAddr,
+    outcome: Result<sctrace_protocol::Stream, OpenError>,
+) {
+    let v6 = target.family == libc::AF_INET6;
+    let fd = sock.fd.as_fd();
+    let settled = disconnect(fd).and_then(|()| match outcome {
+        Ok(stream) => {
+            let arranged = remote_arrangement(remote, stream, target.cookie);
+            join_relay(remote, &sock, &target, arranged)?;
             remote
                 .sockets
                 .insert(target.cookie, Managed::Tcp { peer: dst });
+            Ok(())
         }
-        answer(record, result.map(|()| 0i64))
-    }))
+        Err(err) if open_errno(&err) == Errno(libc::ECONNREFUSED) => {
+            connect_to(fd, remote.parking.refusing(v6))
+        }
+        Err(_) => {
+            sys::set_syn_count(fd, 1)?;
+            connect_to(fd, remote.parking.black_hole(v6))
+        }
+    });
+    if let Err(err) = settled {
+        tracing::debug!("cannot settle a pending connect to {dst}: {err}");
+    }
 }
 
 /// The errno an app socket reports for a failed remote open.

@@ -1,5 +1,6 @@
 //! The relays that carry remote traffic between the app's sockets and the agent: TCP
 //! connections through loopback listeners, UDP datagrams through per-peer relay sockets.
 
+pub mod parking;
 pub mod tcp;
 pub mod udp;

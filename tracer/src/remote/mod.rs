@@ -16,6 +16,7 @@ use sctrace_protocol::SessionHandle;
 
 use crate::dns::names::NameCache;
 use crate::dns::DnsResponder;
+use crate::relay::parking::Parking;
 use crate::relay::tcp::TcpRelay;
 use sockets::ManagedSockets;
 
@@ -58,6 +59,8 @@ pub struct Remote {
     pub agent: SessionHandle,
     /// The TCP relay listeners.
     pub tcp: TcpRelay,
+    /// Where sockets wait for a remote connect's outcome.
+    pub parking: Parking,
     /// The DNS responder.
     pub dns: Arc<DnsResponder>,
     /// Names resolved in this session.
@@ -78,6 +81,7 @@ impl Remote {
         filter: Arc<OutgoingFilter>,
         agent: SessionHandle,
         tcp: TcpRelay,
+        parking: Parking,
         dns: Arc<DnsResponder>,
         names: Arc<NameCache>,
         nameservers: Vec<IpAddr>,
@@ -86,6 +90,7 @@ impl Remote {
             filter,
             agent,
             tcp,
+            parking,
             dns,
             names,
             sockets: Arc::default(),

@@ -123,6 +123,21 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }
 
+/// Sets `TCP_SYNCNT`: how many SYN retransmits before a connect gives up with ETIMEDOUT.
+pub fn set_syn_count(fd: BorrowedFd<'_>, count: i32) -> Result<(), Errno> {
+    // SAFETY: `count` is a valid int for the call's duration.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&count as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
 /// The file status flags of the open file description (`F_GETFL`: O_NONBLOCK, ...).
 pub fn file_flags(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     // SAFETY: F_GETFL takes no pointer argument.
