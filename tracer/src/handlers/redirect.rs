@@ -110,18 +110,27 @@ fn relay_listener(remote: &Remote, family: i32) -> Result<SocketAddr, Errno> {
     }
 }
 
-/// Connects the app's socket to `to` (a loopback relay address) without blocking the
-/// notification loop.
+/// Connects the app's socket to `to` (a loopback address of sctrace's) without blocking the
+/// notification loop. A connection still completing counts as done: loopback connections
+/// complete by themselves, and a non-blocking app socket learns it through SO_ERROR.
 fn connect_to_relay(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
     let flags = sys::file_flags(fd)?;
     let bytes = SockAddr::encode_inet(to);
     let addr = AddrArg::Bytes(bytes.clone());
     match connect_without_blocking(fd, flags, &addr, bytes.len() as i32) {
-        Ok(_) => Ok(()),
-        // A loopback connect that is still in progress completes by itself; a non-blocking
-        // app socket reports it through SO_ERROR as usual.
-        Err(Errno(libc::EALREADY)) => Ok(()),
+        Ok(_) | Err(Errno(libc::EALREADY | libc::EINPROGRESS)) => Ok(()),
         Err(err) => Err(err),
+    }
+}
+
+/// What a connect that reached its destination returns: 0 for a blocking socket;
+/// EINPROGRESS for a non-blocking one, as a connect to a remote host always does at first
+/// (the socket is writable at once).
+fn connected_reply(nonblocking: bool) -> Result<i64, Errno> {
+    if nonblocking {
+        Err(Errno(libc::EINPROGRESS))
+    } else {
+        Ok(0)
     }
 }
 
@@ -147,7 +156,11 @@ pub fn connect_tcp(
             &target,
             Arranged::Dns { server: dst, asker },
         );
-        return answer(record, result.map(|()| 0i64)).into();
+        return answer(
+            record,
+            result.and_then(|()| connected_reply(flags & libc::O_NONBLOCK != 0)),
+        )
+        .into();
     }
     let nonblocking = flags & libc::O_NONBLOCK != 0;
     Action::Defer(Box::pin(async move {
@@ -173,14 +186,14 @@ pub fn connect_tcp(
                         .sockets
                         .insert(target.cookie, Managed::Tcp { peer: dst });
                 }
-                answer(record, result.map(|()| 0i64))
+                answer(record, result.and_then(|()| connected_reply(nonblocking)))
             }
             Some(Err(err)) => answer(record, Err::<i64, _>(open_errno(&err))),
             None => {
                 // Still under way: the call returns EINPROGRESS and the socket waits in
                 // the parking, to be settled when the agent answers.
                 let v6 = target.family == libc::AF_INET6;
-                let parked = connect_to(sock.fd.as_fd(), remote.parking.black_hole(v6));
+                let parked = connect_to_relay(sock.fd.as_fd(), remote.parking.black_hole(v6));
                 if let Err(err) = parked {
                     return answer(record, Err::<i64, _>(err));
                 }
@@ -224,14 +237,6 @@ fn join_relay(
     connect_to_relay(sock.fd.as_fd(), listener).inspect_err(|_| remote.tcp.forget(peer))
 }
 
-/// Connects the app socket to a parking spot without blocking; "in progress" is expected.
-fn connect_to(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
-    match connect_to_relay(fd, to) {
-        Err(Errno(libc::EINPROGRESS)) => Ok(()),
-        other => other,
-    }
-}
-
 /// Dissolves a parked socket's pending connect (`connect(AF_UNSPEC)`).
 fn disconnect(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     let mut unspec = [0u8; 16];
@@ -259,11 +264,11 @@ fn settle(
             Ok(())
         }
         Err(err) if open_errno(&err) == Errno(libc::ECONNREFUSED) => {
-            connect_to(fd, remote.parking.refusing(v6))
+            connect_to_relay(fd, remote.parking.refusing(v6))
         }
         Err(_) => {
             sys::set_syn_count(fd, 1)?;
-            connect_to(fd, remote.parking.black_hole(v6))
+            connect_to_relay(fd, remote.parking.black_hole(v6))
         }
     });
     if let Err(err) = settled {

@@ -1,0 +1,549 @@
+//! The agent and the tunnel end to end (issue: relay outgoing TCP, UDP and DNS into a target
+//! network namespace): every fixture runs under `sctrace run --target netns/...` in the
+//! laptop namespace of a local cluster, where cluster addresses exist only behind the agent.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sctrace_tests::{
+    bin, fixture, read_events, require_root, run_with_timeout, Cluster, Output, Server, ServerSpec,
+};
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(180);
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A local cluster with echo (TCP+UDP, port 7), sink (9) and source (19) servers on the
+/// `echo` service's addresses.
+struct World {
+    cluster: Cluster,
+    servers: Vec<Server>,
+}
+
+const SOURCE_BYTES: u64 = 256 * 1024 * 1024;
+
+impl World {
+    fn new() -> World {
+        require_root();
+        let cluster = Cluster::up();
+        let echo = cluster.service("echo");
+        let (v4, v6) = (echo.v4(), echo.v6());
+        let on = |port: u16| {
+            vec![
+                SocketAddr::new(v4.into(), port),
+                SocketAddr::new(v6.into(), port),
+            ]
+        };
+        let servers = vec![
+            cluster.cluster.spawn_server(ServerSpec::TcpEcho(on(7))),
+            cluster.cluster.spawn_server(ServerSpec::UdpEcho(on(7))),
+            cluster.cluster.spawn_server(ServerSpec::TcpSink(on(9))),
+            cluster.cluster.spawn_server(ServerSpec::TcpSource {
+                addr: SocketAddr::new(v4.into(), 19),
+                bytes: SOURCE_BYTES,
+            }),
+            // Endless for a test's purposes: a transfer that is still running when the
+            // agent is killed.
+            cluster.cluster.spawn_server(ServerSpec::TcpSource {
+                addr: SocketAddr::new(v4.into(), 20),
+                bytes: 1 << 40,
+            }),
+        ];
+        World { cluster, servers }
+    }
+
+    fn target(&self) -> String {
+        format!("netns/{}", self.cluster.cluster.name())
+    }
+
+    fn scratch(&self, name: &str) -> PathBuf {
+        self.cluster.laptop.scratch_dir().join(name)
+    }
+
+    /// `sctrace run --target ... [--events FILE] [-c CONFIG] -- program args` in the laptop.
+    fn sctrace(
+        &self,
+        events: Option<&Path>,
+        config: Option<&Path>,
+        program: &Path,
+        args: &[&str],
+    ) -> Command {
+        let mut cmd = self.cluster.laptop.command(bin("sctrace"));
+        cmd.arg("run").arg("--target").arg(self.target());
+        if let Some(events) = events {
+            cmd.arg("--events").arg(events);
+        }
+        if let Some(config) = config {
+            cmd.arg("-c").arg(config);
+        }
+        cmd.arg("--").arg(program).args(args);
+        cmd
+    }
+
+    fn run(&self, events: Option<&Path>, program: &Path, args: &[&str]) -> Output {
+        run_with_timeout(&mut self.sctrace(events, None, program, args), T)
+    }
+
+    fn config(&self, name: &str, json: &str) -> PathBuf {
+        let path = self.scratch(name);
+        std::fs::write(&path, json).unwrap();
+        path
+    }
+}
+
+fn lines(out: &Output) -> Vec<&str> {
+    out.stdout.lines().collect()
+}
+
+fn events_of<'a>(events: &'a [Value], syscall: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["syscall"] == syscall).collect()
+}
+
+#[test]
+fn every_fixture_reaches_the_cluster_only_through_the_agent() {
+    let world = World::new();
+    let echo6 = world.cluster.service("echo").v6();
+    let v6_target = format!("tcp:[{echo6}]:7");
+    let ops = [
+        "tcp:echo:7",
+        "udp:echo:7",
+        "sendto:echo:7",
+        "sendmsg:echo:7",
+        "tcp:echo.default.svc.cluster.local:7",
+        v6_target.as_str(),
+        "tcp:echo:1",
+        "tcp:blackhole:80",
+        "resolve:uwu-service",
+    ];
+    for name in [
+        "client-glibc",
+        "client-musl",
+        "client-rust",
+        "client-go",
+        "client-gocgo",
+    ] {
+        // Directly, the laptop reaches nothing in the cluster.
+        let direct = run_with_timeout(
+            world.cluster.laptop.command(fixture(name)).args([
+                "--timeout-ms",
+                "2000",
+                "tcp:198.18.0.12:7",
+            ]),
+            T,
+        );
+        assert!(
+            direct.stdout.contains("err"),
+            "{name} reached the cluster without sctrace:\n{direct}"
+        );
+
+        let events = world.scratch(&format!("{name}.events"));
+        let mut args = vec!["--timeout-ms", "2000"];
+        args.extend(ops);
+        let out = world.run(Some(&events), &fixture(name), &args);
+        let got = lines(&out);
+        for op in &ops[..6] {
+            assert!(
+                got.iter()
+                    .any(|l| l.starts_with(&format!("{} ", op.replacen(':', " ", 1)))
+                        && l.contains(" ok ")),
+                "{name}: {op} failed:\n{out}"
+            );
+        }
+        assert!(
+            got.contains(&"tcp echo:1 err ECONNREFUSED"),
+            "{name}: refused port:\n{out}"
+        );
+        assert!(
+            got.contains(&"tcp blackhole:80 err ETIMEDOUT"),
+            "{name}: black hole:\n{out}"
+        );
+        assert!(
+            got.contains(&"resolve uwu-service ok 198.18.0.10,fd00:5c7a::10"),
+            "{name}: short name:\n{out}"
+        );
+
+        let events = read_events(&events);
+        let connects = events_of(&events, "connect");
+        assert!(
+            connects.iter().any(|e| e["decision"] == "remote"
+                && e["rule"] == "default"
+                && e["host"] == "echo"),
+            "{name}: no remote connect with its host name: {connects:?}"
+        );
+        let dns = events_of(&events, "dns");
+        assert!(
+            dns.iter().any(|e| e["name"] == "uwu-service"
+                && e["decision"] == "remote"
+                && e["result"] == "ok"),
+            "{name}: no DNS event for uwu-service: {dns:?}"
+        );
+    }
+    // c-ares resolves through sctrace too, including reply-source checks.
+    let out = world.run(
+        None,
+        &fixture("client-cares"),
+        &["resolve:uwu-service", "resolve:echo"],
+    );
+    out.assert_success();
+    assert!(
+        out.stdout
+            .contains("resolve uwu-service ok 198.18.0.10,fd00:5c7a::10"),
+        "{out}"
+    );
+}
+
+#[test]
+fn dns_answers_as_the_target_would_for_every_resolver() {
+    let world = World::new();
+    for name in [
+        "client-glibc",
+        "client-musl",
+        "client-rust",
+        "client-go",
+        "client-gocgo",
+        "client-cares",
+    ] {
+        let out = world.run(
+            None,
+            &fixture(name),
+            &[
+                "resolve:uwu-service.default",
+                "resolve:many",
+                "resolve:no-such-service",
+            ],
+        );
+        let got = lines(&out);
+        assert!(
+            got.contains(&"resolve uwu-service.default ok 198.18.0.10,fd00:5c7a::10"),
+            "{name}:\n{out}"
+        );
+        // 40 + 40 records don't fit a UDP answer: resolvers with a TCP fallback get them all,
+        // musl 1.2.3 (none) the ones that fit.
+        let many = got
+            .iter()
+            .find(|l| l.starts_with("resolve many ok "))
+            .unwrap_or_else(|| panic!("{name}: many:\n{out}"));
+        let count = many.rsplit(' ').next().unwrap().split(',').count();
+        assert!(
+            count >= 8,
+            "{name}: only {count} addresses for many:\n{out}"
+        );
+        assert!(
+            got.iter()
+                .any(|l| l.starts_with("resolve no-such-service err")),
+            "{name}:\n{out}"
+        );
+    }
+    // Other record types pass through: a TXT query sent by hand to the laptop's nameserver.
+    let txt = r#"
+import socket, struct
+q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + b"\x04info\x00" + struct.pack(">HH", 16, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(q, ("127.0.0.53", 53))
+data, src = s.recvfrom(4096)
+print(src, b"sctrace local cluster" in data)
+"#;
+    let out = world.run(None, Path::new("python3"), &["-c", txt]);
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), "('127.0.0.53', 53) True");
+}
+
+#[test]
+fn big_transfers_and_many_connections_arrive_intact() {
+    let world = World::new();
+    let srv = bin("sctrace-testsrv");
+    let echo = world.cluster.service("echo").v4();
+    let sink = format!("{echo}:9");
+    let source = format!("{echo}:19");
+    // 256 MiB up (the sink checks the SHA-256), 256 MiB down (the client checks it).
+    let up = world.run(None, &srv, &["tcp-send", &sink, &SOURCE_BYTES.to_string()]);
+    assert!(up.status.success() && up.stdout.starts_with("ok"), "{up}");
+    let down = world.run(
+        None,
+        &srv,
+        &["tcp-fetch", &source, &SOURCE_BYTES.to_string()],
+    );
+    assert!(
+        down.status.success() && down.stdout.starts_with("ok"),
+        "{down}"
+    );
+    // 500 connections open at once, each with its own checksummed payload.
+    let many = world.run(None, &srv, &["tcp-many", &sink, "500", "65536"]);
+    assert!(
+        many.status.success() && many.stdout.starts_with("ok"),
+        "{many}"
+    );
+    // Half-close: the fixture shuts its write side, the echo server answers, then closes.
+    let half = world.run(
+        None,
+        &fixture("client-glibc"),
+        &[
+            "--payload",
+            "1000000",
+            "--expect-echo",
+            &format!("tcp:{echo}:7"),
+        ],
+    );
+    half.assert_success();
+    assert_eq!(half.stdout.trim(), format!("tcp {echo}:7 ok 1000000"));
+    drop(world.servers);
+}
+
+#[test]
+fn sockets_keep_their_identity_and_peer() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4();
+    let script = format!(
+        r#"
+import errno, select, socket
+# getpeername shows the destination, not the relay (TCP and connected UDP).
+t = socket.create_connection(("{echo}", 7))
+print("tcp peer", t.getpeername())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("{echo}", 7))
+print("udp peer", u.getpeername())
+# Registered with epoll before connect, a non-blocking socket reports the connect.
+s = socket.socket()
+s.setblocking(False)
+ep = select.epoll()
+ep.register(s.fileno(), select.EPOLLOUT)
+print("connect", errno.errorcode.get(s.connect_ex(("{echo}", 7)), "ok"))
+events = ep.poll(5)
+print("epoll", bool(events), "SO_ERROR", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+s.sendall(b"ping")
+s.setblocking(True)
+print("echo", s.recv(4))
+# A refused non-blocking connect reports ECONNREFUSED through SO_ERROR.
+r = socket.socket()
+r.setblocking(False)
+code = r.connect_ex(("{echo}", 1))
+if code == errno.EINPROGRESS:
+    select.select([], [r], [], 5)
+    code = r.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+print("refused", errno.errorcode.get(code))
+# A non-blocking connect to a black hole is in progress, not writable, and stays so.
+b = socket.socket()
+b.setblocking(False)
+print("blackhole", errno.errorcode.get(b.connect_ex(("198.18.0.254", 80))))
+print("writable", bool(select.select([], [b], [], 1)[1]))
+"#
+    );
+    let out = world.run(None, Path::new("python3"), &["-c", &script]);
+    out.assert_success();
+    let want = [
+        format!("tcp peer ('{echo}', 7)"),
+        format!("udp peer ('{echo}', 7)"),
+        "connect EINPROGRESS".to_string(),
+        "epoll True SO_ERROR 0".to_string(),
+        "echo b'ping'".to_string(),
+        "refused ECONNREFUSED".to_string(),
+        "blackhole EINPROGRESS".to_string(),
+        "writable False".to_string(),
+    ];
+    assert_eq!(lines(&out), want, "{out}");
+}
+
+#[test]
+fn the_relay_refuses_connections_it_did_not_arrange() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4();
+    // The app holds a relayed connection open while another process of the laptop tries
+    // every port sctrace listens on.
+    let script = format!(
+        "import socket, time\nt = socket.create_connection(('{echo}', 7))\nprint('connected', flush=True)\ntime.sleep(4)\nt.sendall(b'x')\nprint('still', t.recv(1))\n"
+    );
+    let mut child = world
+        .sctrace(None, None, Path::new("python3"), &["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    let ss = run_with_timeout(world.cluster.laptop.command("ss").args(["-ltnpH"]), T);
+    let ports: Vec<String> = ss
+        .stdout
+        .lines()
+        .filter(|l| l.contains("\"sctrace\""))
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect();
+    assert!(!ports.is_empty(), "no sctrace listener found:\n{ss}");
+    let before = world.servers[0].log().len();
+    let probe = "import socket, sys\nfor a in sys.argv[1:]:\n    h, p = a.rsplit(':', 1)\n    s = socket.create_connection((h.strip('[]'), int(p)), timeout=3)\n    s.settimeout(3)\n    try:\n        s.sendall(b'hello')\n        print(a, repr(s.recv(5)))\n    except OSError as e:\n        print(a, type(e).__name__)\n";
+    let mut cmd = world.cluster.laptop.command("python3");
+    cmd.args(["-c", probe]).args(&ports);
+    let probed = run_with_timeout(&mut cmd, T);
+    for line in probed.stdout.lines() {
+        assert!(
+            line.ends_with("b''")
+                || line.contains("ConnectionResetError")
+                || line.contains("TimeoutError"),
+            "{line}\n{probed}"
+        );
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("still b'x'"));
+    // Nothing but the app's own connection reached the cluster.
+    let accepted = world.servers[0].log()[before..]
+        .iter()
+        .filter(|l| l.starts_with("tcp accept"))
+        .count();
+    assert_eq!(accepted, 0, "{:?}", world.servers[0].log());
+}
+
+#[test]
+fn a_lost_agent_fails_remote_sockets_fast_and_local_traffic_goes_on() {
+    let world = World::new();
+    let local = world
+        .cluster
+        .laptop
+        .spawn_server(ServerSpec::TcpEcho(vec![addr("127.0.0.1:7007")]));
+    let config = world.config(
+        "keep-local.json",
+        r#"{"feature": {"network": {"outgoing": {"ignore_localhost": true}}}}"#,
+    );
+    let echo = world.cluster.service("echo").v4();
+    let srv = bin("sctrace-testsrv");
+    let done = world.scratch("fetch.done");
+    let script = format!(
+        "{srv} tcp-fetch {echo}:20 {bytes} --timeout 60 > {out} 2>&1; date +%s.%N > {done}; {srv} tcp-echo-check 127.0.0.1:7007 100000",
+        srv = srv.display(),
+        bytes = 1u64 << 40,
+        out = world.scratch("fetch.out").display(),
+        done = done.display(),
+    );
+    let mut child = world
+        .sctrace(None, Some(&config), Path::new("/bin/sh"), &["-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the transfer runs, then kill the agent.
+    world.servers[4].wait_log(|l| l.starts_with("tcp accept"), T);
+    thread::sleep(Duration::from_millis(500));
+    let agents = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("sctrace-agent.*{}", world.cluster.cluster.name()),
+        ])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&agents.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!pid.is_empty(), "no agent process found");
+    let killed_at = std::time::SystemTime::now();
+    assert!(Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "the remote transfer did not end");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let ended: f64 = std::fs::read_to_string(&done)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let killed = killed_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        ended - killed < 2.0,
+        "the app's remote socket failed {:.2} s after the agent died",
+        ended - killed
+    );
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "local traffic failed after the agent died:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("sctrace: lost the agent"), "{stderr}");
+    assert!(!std::fs::read_to_string(world.scratch("fetch.out"))
+        .unwrap()
+        .starts_with("ok"));
+    local.wait_log(|l| l.starts_with("tcp close"), T);
+}
+
+#[test]
+fn an_agent_with_another_token_refuses_the_session() {
+    let world = World::new();
+    let good = world.config("good.token", "the-right-token\n");
+    let bad = world.config("bad.token", "a-wrong-token\n");
+    let socket = world.scratch("agent.sock");
+    let mut agent = Command::new(bin("sctrace-agent"))
+        .args(["--listen", &format!("unix:{}", socket.display()), "--netns"])
+        .arg(world.cluster.cluster.path())
+        .arg("--token-file")
+        .arg(&good)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "agent did not start");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let config = world.config(
+        "by-address.json",
+        &format!(
+            r#"{{"agent": {{"address": "unix:{}", "token_file": "{}"}}}}"#,
+            socket.display(),
+            bad.display()
+        ),
+    );
+    let marker = world.scratch("ran");
+    let mut cmd = world.cluster.laptop.command(bin("sctrace"));
+    cmd.args(["run", "-c"])
+        .arg(&config)
+        .arg("--")
+        .arg("touch")
+        .arg(&marker);
+    let out = run_with_timeout(&mut cmd, T);
+    assert_eq!(out.code(), Some(125), "{out}");
+    assert!(
+        out.stderr.contains("refused the session") && out.stderr.contains("token"),
+        "{out}"
+    );
+    assert!(!marker.exists(), "the program ran without its agent");
+    // With the right token the same agent serves.
+    let config = world.config(
+        "by-address-ok.json",
+        &format!(
+            r#"{{"agent": {{"address": "unix:{}", "token_file": "{}"}}}}"#,
+            socket.display(),
+            good.display()
+        ),
+    );
+    let mut cmd = world.cluster.laptop.command(bin("sctrace"));
+    cmd.args(["run", "-c"])
+        .arg(&config)
+        .arg("--")
+        .arg(fixture("client-glibc"))
+        .arg("tcp:echo:7");
+    let ok = run_with_timeout(&mut cmd, T);
+    ok.assert_success();
+    let _ = agent.kill();
+    let agent_out = agent.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&agent_out.stderr)
+            .to_lowercase()
+            .contains("token"),
+        "the agent logs the refusal"
+    );
+}
