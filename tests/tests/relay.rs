@@ -359,7 +359,7 @@ fn the_relay_refuses_connections_it_did_not_arrange() {
     let script = format!(
         "import socket, time\nt = socket.create_connection(('{echo}', 7))\nprint('connected', flush=True)\ntime.sleep(4)\nt.sendall(b'x')\nprint('still', t.recv(1))\n"
     );
-    let mut child = world
+    let child = world
         .sctrace(None, None, Path::new("python3"), &["-c", &script])
         .stdout(Stdio::piped())
         .spawn()
@@ -418,7 +418,7 @@ fn a_lost_agent_fails_remote_sockets_fast_and_local_traffic_goes_on() {
         out = world.scratch("fetch.out").display(),
         done = done.display(),
     );
-    let mut child = world
+    let child = world
         .sctrace(None, Some(&config), Path::new("/bin/sh"), &["-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -9,8 +9,11 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sctrace_tests::{
+    bin, fixture, read_events, require_root, run_with_input, run_with_timeout, Netns, Output,
+    ServerSpec,
+};
 use serde_json::Value;
-use sctrace_tests::{bin, fixture, read_events, require_root, run_with_input, run_with_timeout, Netns, Output, ServerSpec};
 
 const T: Duration = Duration::from_secs(120);
 const V4: &str = "198.18.0.10";
@@ -33,11 +36,24 @@ impl World {
         let ns = Netns::new(prefix);
         ns.add_addr(&format!("{V4}/32"));
         ns.add_addr(&format!("{V6}/128"));
-        ns.write_etc("hosts", &format!("127.0.0.1 localhost\n{V4} echo4.test\n{V6} echo6.test\n"));
+        ns.write_etc(
+            "hosts",
+            &format!("127.0.0.1 localhost\n{V4} echo4.test\n{V6} echo6.test\n"),
+        );
         ns.write_etc("resolv.conf", "nameserver 127.0.0.53\n");
-        let tcp = ns.spawn_server(ServerSpec::TcpEcho(vec![addr(&format!("{V4}:7")), addr(&format!("[{V6}]:7"))]));
-        let udp = ns.spawn_server(ServerSpec::UdpEcho(vec![addr(&format!("{V4}:7")), addr(&format!("[{V6}]:7"))]));
-        let dns = ns.dnsmasq("127.0.0.53".parse().unwrap(), &[("svc.test", V4.parse().unwrap())], &[]);
+        let tcp = ns.spawn_server(ServerSpec::TcpEcho(vec![
+            addr(&format!("{V4}:7")),
+            addr(&format!("[{V6}]:7")),
+        ]));
+        let udp = ns.spawn_server(ServerSpec::UdpEcho(vec![
+            addr(&format!("{V4}:7")),
+            addr(&format!("[{V6}]:7")),
+        ]));
+        let dns = ns.dnsmasq(
+            "127.0.0.53".parse().unwrap(),
+            &[("svc.test", V4.parse().unwrap())],
+            &[],
+        );
         World {
             ns,
             _servers: vec![tcp, udp, dns],
@@ -56,7 +72,12 @@ impl World {
     /// Runs `program args` under `sctrace run --events FILE` in the namespace.
     fn traced(&self, events: &Path, program: &Path, args: &[&str]) -> Output {
         let mut cmd = self.ns.command(bin("sctrace"));
-        cmd.arg("run").arg("--events").arg(events).arg("--").arg(program).args(args);
+        cmd.arg("run")
+            .arg("--events")
+            .arg(events)
+            .arg("--")
+            .arg(program)
+            .args(args);
         run_with_timeout(&mut cmd, T)
     }
 }
@@ -78,9 +99,15 @@ fn find<'a>(events: &'a [Value], syscall: &str, addr: &str) -> Vec<&'a Value> {
 fn assert_event(events: &[Value], syscall: &str, addr: &str, sock_type: &str, results: &[&str]) {
     let found = find(events, syscall, addr);
     assert!(
-        found.iter().any(|e| e["sock_type"] == sock_type && results.iter().any(|r| e["result"] == *r)),
+        found
+            .iter()
+            .any(|e| e["sock_type"] == sock_type && results.iter().any(|r| e["result"] == *r)),
         "no {syscall} {sock_type} {addr} with result in {results:?}; events:\n{}",
-        events.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+        events
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -100,18 +127,49 @@ fn every_fixture_is_observed_with_the_right_addresses_and_results() {
         "resolve:svc.test".to_string(),
     ];
     let ops: Vec<&str> = ops.iter().map(String::as_str).collect();
-    for name in ["client-glibc", "client-musl", "client-rust", "client-go", "client-gocgo"] {
+    for name in [
+        "client-glibc",
+        "client-musl",
+        "client-rust",
+        "client-go",
+        "client-gocgo",
+    ] {
         let program = fixture(name);
         let direct = world.direct(&program, &ops);
         let events_file = world.events_path(name);
         let traced = world.traced(&events_file, &program, &ops);
-        assert_eq!(traced.code(), direct.code(), "{name}: exit status differs\n{traced}");
-        assert_eq!(sorted_lines(&traced.stdout), sorted_lines(&direct.stdout), "{name}: output differs\n{traced}");
-        assert!(traced.stdout.contains(&format!("tcp {V4}:9 err ECONNREFUSED")), "{name}\n{traced}");
+        assert_eq!(
+            traced.code(),
+            direct.code(),
+            "{name}: exit status differs\n{traced}"
+        );
+        assert_eq!(
+            sorted_lines(&traced.stdout),
+            sorted_lines(&direct.stdout),
+            "{name}: output differs\n{traced}"
+        );
+        assert!(
+            traced
+                .stdout
+                .contains(&format!("tcp {V4}:9 err ECONNREFUSED")),
+            "{name}\n{traced}"
+        );
 
         let events = read_events(&events_file);
         for e in &events {
-            for key in ["ts", "pid", "tid", "comm", "syscall", "family", "sock_type", "addr", "decision", "rule", "result"] {
+            for key in [
+                "ts",
+                "pid",
+                "tid",
+                "comm",
+                "syscall",
+                "family",
+                "sock_type",
+                "addr",
+                "decision",
+                "rule",
+                "result",
+            ] {
                 assert!(e.get(key).is_some(), "{name}: event lacks {key}: {e}");
             }
             assert_eq!(e["decision"], "local", "{name}: {e}");
@@ -138,7 +196,11 @@ fn every_fixture_is_observed_with_the_right_addresses_and_results() {
         assert_event(&events, "sendto", &v4_dest, "dgram", &["ok"]);
         assert_event(&events, "sendto", &format!("[{V6}]:7"), "dgram", &["ok"]);
         // std Rust has no sendmsg: its sendmsg op makes a second sendto.
-        let sendmsg = if name == "client-rust" { "sendto" } else { "sendmsg" };
+        let sendmsg = if name == "client-rust" {
+            "sendto"
+        } else {
+            "sendmsg"
+        };
         assert_event(&events, sendmsg, &v4_dest, "dgram", &["ok"]);
         // musl sends its DNS queries unconnected, to the nameserver's address.
         if name == "client-musl" {
@@ -146,8 +208,14 @@ fn every_fixture_is_observed_with_the_right_addresses_and_results() {
         }
         // Events carry the caller's identity.
         let pids: HashSet<i64> = events.iter().filter_map(|e| e["pid"].as_i64()).collect();
-        assert_eq!(pids.len(), 1, "{name}: one process made every call: {pids:?}");
-        assert!(events.iter().all(|e| e["comm"].as_str().is_some_and(|c| !c.is_empty() && c != "?")));
+        assert_eq!(
+            pids.len(),
+            1,
+            "{name}: one process made every call: {pids:?}"
+        );
+        assert!(events.iter().all(|e| e["comm"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty() && c != "?")));
     }
 }
 
@@ -156,9 +224,17 @@ fn fifty_forks_of_fifty_threads_are_fully_observed() {
     let world = World::new("storm");
     for name in ["client-glibc", "client-go"] {
         let events_file = world.events_path(name);
-        let out = world.traced(&events_file, &fixture(name), &["--forks", "50", "--threads", "50", &format!("tcp:{V4}:7")]);
+        let out = world.traced(
+            &events_file,
+            &fixture(name),
+            &["--forks", "50", "--threads", "50", &format!("tcp:{V4}:7")],
+        );
         out.assert_success();
-        assert_eq!(out.stdout.lines().filter(|l| l.ends_with(" ok 6")).count(), 2500, "{name}\n{out}");
+        assert_eq!(
+            out.stdout.lines().filter(|l| l.ends_with(" ok 6")).count(),
+            2500,
+            "{name}\n{out}"
+        );
         let events = read_events(&events_file);
         let connects: Vec<&Value> = find(&events, "connect", &format!("{V4}:7"))
             .into_iter()
@@ -178,12 +254,28 @@ fn fifty_forks_of_fifty_threads_are_fully_observed() {
 fn trace_prints_one_human_line_per_call() {
     let world = World::new("trace");
     let mut cmd = world.ns.command(bin("sctrace"));
-    cmd.args(["trace", "--"]).arg(fixture("client-glibc")).args([format!("tcp:{V4}:7"), format!("tcp:{V4}:9")]);
+    cmd.args(["trace", "--"])
+        .arg(fixture("client-glibc"))
+        .args([format!("tcp:{V4}:7"), format!("tcp:{V4}:9")]);
     let out = run_with_timeout(&mut cmd, T);
     assert_eq!(out.code(), Some(1), "{out}");
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("sctrace: ")).collect();
-    assert!(lines.iter().any(|l| l.ends_with(&format!("connect inet/stream {V4}:7 -> local ok"))), "{out}");
-    assert!(lines.iter().any(|l| l.ends_with(&format!("connect inet/stream {V4}:9 -> local ECONNREFUSED"))), "{out}");
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("sctrace: "))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(&format!("connect inet/stream {V4}:7 -> local ok"))),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(&format!("connect inet/stream {V4}:9 -> local ECONNREFUSED"))),
+        "{out}"
+    );
     assert!(lines.iter().all(|l| l.contains("client-glibc[")), "{out}");
 }
 
@@ -192,7 +284,12 @@ fn bad_arguments_get_the_kernels_own_errno() {
     require_root();
     let ns = Netns::new("bad");
     let direct = run_with_timeout(&mut ns.command(fixture("badcalls")), T);
-    let traced = run_with_timeout(ns.command(bin("sctrace")).args(["run", "--"]).arg(fixture("badcalls")), T);
+    let traced = run_with_timeout(
+        ns.command(bin("sctrace"))
+            .args(["run", "--"])
+            .arg(fixture("badcalls")),
+        T,
+    );
     assert!(direct.stdout.lines().count() >= 15, "{direct}");
     assert_eq!(traced.stdout, direct.stdout, "{traced}");
     assert_eq!(traced.code(), direct.code());
@@ -208,19 +305,31 @@ fn sctrace_run(args: &[&str]) -> Output {
 fn exit_statuses_are_the_programs_like_a_shell() {
     assert_eq!(sctrace_run(&["sh", "-c", "exit 0"]).code(), Some(0));
     assert_eq!(sctrace_run(&["sh", "-c", "exit 7"]).code(), Some(7));
-    assert_eq!(sctrace_run(&["sh", "-c", "kill -KILL $$"]).code(), Some(137));
-    assert_eq!(sctrace_run(&["sh", "-c", "kill -TERM $$"]).code(), Some(143));
+    assert_eq!(
+        sctrace_run(&["sh", "-c", "kill -KILL $$"]).code(),
+        Some(137)
+    );
+    assert_eq!(
+        sctrace_run(&["sh", "-c", "kill -TERM $$"]).code(),
+        Some(143)
+    );
 
     let missing = sctrace_run(&["/nonexistent/program"]);
     assert_eq!(missing.code(), Some(127), "{missing}");
-    assert_eq!(missing.stderr, "sctrace: /nonexistent/program: command not found\n");
+    assert_eq!(
+        missing.stderr,
+        "sctrace: /nonexistent/program: command not found\n"
+    );
 
     let plain = tempdir().join("not-executable");
     std::fs::write(&plain, "echo should not run\n").unwrap();
     let plain = plain.to_str().unwrap();
     let not_exec = sctrace_run(&[plain]);
     assert_eq!(not_exec.code(), Some(126), "{not_exec}");
-    assert_eq!(not_exec.stderr, format!("sctrace: {plain}: cannot execute: permission denied\n"));
+    assert_eq!(
+        not_exec.stderr,
+        format!("sctrace: {plain}: cannot execute: permission denied\n")
+    );
 
     let on_path = sctrace_run(&["no-such-program-on-path-xyz"]);
     assert_eq!(on_path.code(), Some(127), "{on_path}");
@@ -246,7 +355,14 @@ fn signals_sent_to_sctrace_reach_the_program() {
     let pid = child.id() as i32;
     // Wait for "ready" without reading it away from the reader: give the program time.
     thread::sleep(Duration::from_millis(500));
-    for sig in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM] {
+    for sig in [
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+    ] {
         // SAFETY: kill with a pid we own and a valid signal number.
         assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
         thread::sleep(Duration::from_millis(100));
@@ -262,7 +378,15 @@ fn signals_sent_to_sctrace_reach_the_program() {
     let lines = reader.join().unwrap();
     assert_eq!(
         lines,
-        ["ready", "got SIGUSR1", "got SIGUSR2", "got SIGHUP", "got SIGINT", "got SIGQUIT", "got SIGTERM"]
+        [
+            "ready",
+            "got SIGUSR1",
+            "got SIGUSR2",
+            "got SIGHUP",
+            "got SIGINT",
+            "got SIGQUIT",
+            "got SIGTERM"
+        ]
     );
     assert_eq!(status.code(), Some(42));
 }
@@ -282,10 +406,20 @@ fn leftover_descendants_get_sigterm_then_sigkill() {
     // One of them ignores SIGTERM, so the grace period (2 s) passed before SIGKILL.
     assert!(took >= Duration::from_secs(2), "took {took:?}");
     for pid in std::fs::read_to_string(&pids).unwrap().lines() {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} survived");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} survived"
+        );
     }
-    let survivors = Command::new("pgrep").args(["-f", "^sleep 100[012]$"]).output().unwrap();
-    assert!(survivors.stdout.is_empty(), "{}", String::from_utf8_lossy(&survivors.stdout));
+    let survivors = Command::new("pgrep")
+        .args(["-f", "^sleep 100[012]$"])
+        .output()
+        .unwrap();
+    assert!(
+        survivors.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&survivors.stdout)
+    );
 }
 
 #[test]
@@ -311,8 +445,16 @@ fn a_terminal_works_as_if_the_program_ran_directly() {
     // `script` gives sctrace a pseudo-terminal; an interactive shell runs under it.
     let sctrace = bin("sctrace");
     let mut cmd = Command::new("script");
-    cmd.args(["-qec", &format!("{} run -- bash --norc -i", sctrace.display()), "/dev/null"]);
-    let out = run_with_input(&mut cmd, b"test -t 0 && test -t 1 && echo TERMINAL-OK\nexit 3\n", T);
+    cmd.args([
+        "-qec",
+        &format!("{} run -- bash --norc -i", sctrace.display()),
+        "/dev/null",
+    ]);
+    let out = run_with_input(
+        &mut cmd,
+        b"test -t 0 && test -t 1 && echo TERMINAL-OK\nexit 3\n",
+        T,
+    );
     assert!(out.stdout.contains("TERMINAL-OK"), "{out}");
     assert_eq!(out.code(), Some(3), "{out}");
 }
@@ -349,11 +491,18 @@ fn nested_supervision_is_refused_in_one_sentence() {
 }
 
 fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sctrace-test-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "sctrace-test-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
