@@ -5,8 +5,9 @@
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::frame::{
-    get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_DNS_TCP, HEADER_LEN,
-    MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN, MAX_PAYLOAD_LEN, MAX_TOKEN_LEN,
+    get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_DNS_TCP, FLAG_ENV_MORE,
+    HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN, MAX_PAYLOAD_LEN,
+    MAX_TOKEN_LEN,
 };
 
 /// Why bytes could not be decoded into a frame. Any of these ends the session.
@@ -80,10 +81,10 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     if !control && stream == 0 {
         return Err(malformed("stream frame on stream 0"));
     }
-    let allowed_flags = if kind == kind::DNS_QUERY {
-        FLAG_DNS_TCP
-    } else {
-        0
+    let allowed_flags = match kind {
+        kind::DNS_QUERY => FLAG_DNS_TCP,
+        kind::ENV_VARS => FLAG_ENV_MORE,
+        _ => 0,
     };
     if flags & !allowed_flags != 0 {
         return Err(malformed("unknown flags"));
@@ -137,6 +138,9 @@ fn describe(kind: u8) -> Option<(&'static str, usize)> {
         kind::DNS_QUERY => ("DnsQuery", MAX_DNS_MESSAGE_LEN),
         kind::DNS_ANSWER => ("DnsAnswer", MAX_DNS_MESSAGE_LEN),
         kind::DNS_FAILED => ("DnsFailed", MAX_PAYLOAD_LEN),
+        kind::ENV_QUERY => ("EnvQuery", 0),
+        kind::ENV_VARS => ("EnvVars", MAX_PAYLOAD_LEN),
+        kind::ENV_FAILED => ("EnvFailed", MAX_PAYLOAD_LEN),
         _ => return None,
     })
 }
@@ -308,6 +312,32 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
             kind: DnsFailureKind::from_code(c.u8("missing failure code")?),
             message: c.text(),
         },
+        kind::ENV_QUERY => Frame::EnvQuery { stream },
+        kind::ENV_VARS => {
+            let mut vars = Vec::new();
+            while !c.0.is_empty() {
+                let len = c.u32("truncated name length")? as usize;
+                let name = c.take(len, "truncated name")?;
+                let len = c.u32("truncated value length")? as usize;
+                let value = c.take(len, "truncated value")?;
+                if name.is_empty() || name.contains(&b'=') || name.contains(&0) {
+                    return Err("variable name empty or containing '=' or NUL");
+                }
+                if value.contains(&0) {
+                    return Err("variable value containing NUL");
+                }
+                vars.push((Bytes::copy_from_slice(name), Bytes::copy_from_slice(value)));
+            }
+            Frame::EnvVars {
+                stream,
+                vars,
+                more: flags & FLAG_ENV_MORE != 0,
+            }
+        }
+        kind::ENV_FAILED => Frame::EnvFailed {
+            stream,
+            message: c.text(),
+        },
         _ => return Err("unknown type"),
     };
     c.end()?;
@@ -426,6 +456,61 @@ mod tests {
         );
         let mut b = BytesMut::new();
         assert_eq!(decode_eof(&mut b), Ok(None));
+    }
+
+    #[test]
+    fn env_vars_are_checked() {
+        let frame = |vars: &[(&[u8], &[u8])]| {
+            let mut payload = BytesMut::new();
+            for (n, v) in vars {
+                payload.put_u32(n.len() as u32);
+                payload.put_slice(n);
+                payload.put_u32(v.len() as u32);
+                payload.put_slice(v);
+            }
+            let mut b = header(payload.len() as u32, kind::ENV_VARS, 0x01, 3);
+            b.put_slice(&payload);
+            decode(&mut b)
+        };
+        assert_eq!(
+            frame(&[(b"A", b"1=2"), (b"EMPTY", b"")]),
+            Ok(Some(Frame::EnvVars {
+                stream: 3,
+                vars: vec![
+                    (Bytes::from_static(b"A"), Bytes::from_static(b"1=2")),
+                    (Bytes::from_static(b"EMPTY"), Bytes::new())
+                ],
+                more: true
+            }))
+        );
+        for bad in [
+            &[(&b""[..], &b"x"[..])][..],
+            &[(b"A=B", b"x")],
+            &[(b"A\0", b"x")],
+            &[(b"A", b"x\0y")],
+        ] {
+            assert!(
+                matches!(
+                    frame(bad),
+                    Err(DecodeError::Malformed {
+                        frame: "EnvVars",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+        // A length running past the payload.
+        let mut b = header(6, kind::ENV_VARS, 0, 3);
+        b.put_u32(9);
+        b.put_slice(b"AB");
+        assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
+        // EnvQuery carries nothing; EnvVars has only the "more" flag.
+        let mut b = header(1, kind::ENV_QUERY, 0, 3);
+        b.put_u8(0);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Oversized { .. })));
+        let mut b = header(0, kind::ENV_VARS, 0x02, 3);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
     }
 
     #[test]

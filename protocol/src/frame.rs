@@ -31,6 +31,11 @@ pub const MAX_DATAGRAM_LEN: usize = 65_535;
 pub const MAX_DNS_MESSAGE_LEN: usize = 65_535;
 /// Largest session token accepted in `Hello`.
 pub const MAX_TOKEN_LEN: usize = 1024;
+/// Largest environment one `EnvQuery` may be answered with: the names and values of all its
+/// variables together, over all of its `EnvVars` frames (the requester enforces it).
+pub const MAX_ENV_BYTES: usize = 1024 * 1024;
+/// Largest single variable (name and value together) an `EnvVars` frame can carry.
+pub const MAX_ENV_ENTRY_LEN: usize = MAX_PAYLOAD_LEN - 8;
 /// Longest human-readable message (`Refused`, `GoAway`, `DnsFailed`); longer ones are cut at a
 /// character boundary when encoded.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -179,6 +184,29 @@ pub enum Frame {
         /// Why, for humans.
         message: String,
     },
+    /// Asks for the environment variables of the receiver's target process; answered by one
+    /// or more `EnvVars` frames, or by `EnvFailed`. No payload.
+    EnvQuery {
+        /// The exchange.
+        stream: StreamId,
+    },
+    /// Environment variables of the target process, as `(name, value)` pairs of bytes. With
+    /// `more`, further `EnvVars` frames follow on the same stream; the last one has it unset.
+    EnvVars {
+        /// The exchange.
+        stream: StreamId,
+        /// Names (non-empty, without `=` or NUL) and values (without NUL).
+        vars: Vec<(Bytes, Bytes)>,
+        /// More variables follow in another frame.
+        more: bool,
+    },
+    /// The environment could not be read (e.g. the target is a namespace with no process).
+    EnvFailed {
+        /// The exchange.
+        stream: StreamId,
+        /// Why, for humans.
+        message: String,
+    },
 }
 
 /// Why a handshake was refused.
@@ -309,10 +337,15 @@ pub(crate) mod kind {
     pub const DNS_QUERY: u8 = 0x30;
     pub const DNS_ANSWER: u8 = 0x31;
     pub const DNS_FAILED: u8 = 0x32;
+    pub const ENV_QUERY: u8 = 0x40;
+    pub const ENV_VARS: u8 = 0x41;
+    pub const ENV_FAILED: u8 = 0x42;
 }
 
 /// Flag bit of `DnsQuery`: the application asked over TCP.
 pub(crate) const FLAG_DNS_TCP: u8 = 0x01;
+/// Flag bit of `EnvVars`: more `EnvVars` frames follow.
+pub(crate) const FLAG_ENV_MORE: u8 = 0x01;
 
 /// Why a frame could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -357,6 +390,9 @@ impl Frame {
             Frame::DnsQuery { .. } => "DnsQuery",
             Frame::DnsAnswer { .. } => "DnsAnswer",
             Frame::DnsFailed { .. } => "DnsFailed",
+            Frame::EnvQuery { .. } => "EnvQuery",
+            Frame::EnvVars { .. } => "EnvVars",
+            Frame::EnvFailed { .. } => "EnvFailed",
         }
     }
 
@@ -380,7 +416,10 @@ impl Frame {
             | Frame::Datagram { stream, .. }
             | Frame::DnsQuery { stream, .. }
             | Frame::DnsAnswer { stream, .. }
-            | Frame::DnsFailed { stream, .. } => *stream,
+            | Frame::DnsFailed { stream, .. }
+            | Frame::EnvQuery { stream }
+            | Frame::EnvVars { stream, .. }
+            | Frame::EnvFailed { stream, .. } => *stream,
         }
     }
 
@@ -439,6 +478,7 @@ impl Frame {
         match self {
             Frame::Data { payload, .. } | Frame::Datagram { payload, .. } => payload.len() + 32,
             Frame::DnsQuery { message, .. } | Frame::DnsAnswer { message, .. } => message.len(),
+            Frame::EnvVars { vars, .. } => vars.iter().map(|(n, v)| 8 + n.len() + v.len()).sum(),
             _ => 32,
         }
     }
@@ -463,6 +503,9 @@ impl Frame {
             Frame::DnsQuery { .. } => kind::DNS_QUERY,
             Frame::DnsAnswer { .. } => kind::DNS_ANSWER,
             Frame::DnsFailed { .. } => kind::DNS_FAILED,
+            Frame::EnvQuery { .. } => kind::ENV_QUERY,
+            Frame::EnvVars { .. } => kind::ENV_VARS,
+            Frame::EnvFailed { .. } => kind::ENV_FAILED,
         }
     }
 
@@ -472,6 +515,7 @@ impl Frame {
                 transport: DnsTransport::Tcp,
                 ..
             } => FLAG_DNS_TCP,
+            Frame::EnvVars { more: true, .. } => FLAG_ENV_MORE,
             _ => 0,
         }
     }
@@ -528,6 +572,17 @@ impl Frame {
                 dst.put_u8(kind.code());
                 put_message(dst, message);
             }
+            Frame::EnvQuery { .. } => {}
+            Frame::EnvVars { vars, .. } => {
+                for (name, value) in vars {
+                    // Lengths above u32 cannot fit the payload limit checked in `encode`.
+                    dst.put_u32(name.len() as u32);
+                    dst.put_slice(name);
+                    dst.put_u32(value.len() as u32);
+                    dst.put_slice(value);
+                }
+            }
+            Frame::EnvFailed { message, .. } => put_message(dst, message),
         }
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::frame::{DnsFailureKind, DnsTransport, Frame, StreamId, MAX_DNS_MESSAGE_LEN};
-use crate::session::state::{DnsReply, OpenReply, Shared, Slot};
+use crate::session::state::{DnsReply, EnvReply, OpenReply, Shared, Slot};
 use crate::session::{CloseReason, SessionClosed};
 use crate::stream::Stream;
 use crate::udp::UdpFlow;
@@ -59,6 +59,23 @@ pub enum DnsQueryError {
     TooLarge {
         /// Its length.
         len: usize,
+    },
+    /// The session ended first.
+    #[error(transparent)]
+    SessionClosed(#[from] SessionClosed),
+    /// The session has used all of its stream ids.
+    #[error("no stream ids left in this session")]
+    IdsExhausted,
+}
+
+/// Why the peer's environment could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EnvQueryError {
+    /// The peer could not read it (e.g. its target has no process).
+    #[error("{message}")]
+    Failed {
+        /// Why, for humans.
+        message: String,
     },
     /// The session ended first.
     #[error(transparent)]
@@ -211,6 +228,32 @@ impl SessionHandle {
             Ok(DnsReply::Answer(answer)) => Ok(answer),
             Ok(DnsReply::Failed(kind, message)) => Err(DnsQueryError::Failed { kind, message }),
             Err(_) => Err(DnsQueryError::SessionClosed(self.closed_error())),
+        }
+    }
+
+    /// Asks for the environment variables of the peer's target process, as `(name, value)`
+    /// pairs in the order the process holds them.
+    pub async fn target_env(&self) -> Result<Vec<(Bytes, Bytes)>, EnvQueryError> {
+        let (tx, rx) = oneshot::channel::<EnvReply>();
+        let mut guard = self
+            .open(
+                Slot::Environment {
+                    reply: tx,
+                    vars: Vec::new(),
+                    bytes: 0,
+                },
+                |stream| Frame::EnvQuery { stream },
+            )
+            .map_err(|e| match e {
+                OpenError::SessionClosed(c) => EnvQueryError::SessionClosed(c),
+                _ => EnvQueryError::IdsExhausted,
+            })?;
+        let reply = rx.await;
+        guard.armed = false;
+        match reply {
+            Ok(Ok(vars)) => Ok(vars),
+            Ok(Err(message)) => Err(EnvQueryError::Failed { message }),
+            Err(_) => Err(EnvQueryError::SessionClosed(self.closed_error())),
         }
     }
 

@@ -39,6 +39,7 @@
 //! | `Data`, `WindowUpdate`, `Fin`, `Reset` | stream | both | bytes, credit, half-close, abort |
 //! | `Datagram` | flow | both | one datagram with its destination/source address |
 //! | `DnsQuery` → `DnsAnswer`/`DnsFailed` | new | asker → peer | DNS in wire format |
+//! | `EnvQuery` → `EnvVars`…/`EnvFailed` | new | tracer → agent | the target process's environment, in frames flagged `more` but the last; 1 MiB in all at most |
 //!
 //! Flow control: each side announces a per-stream window in the handshake; a sender never
 //! has more unacknowledged `Data` bytes on a stream than the window, and the receiver grants
@@ -75,9 +76,11 @@ pub use decode::{decode, decode_eof, DecodeError};
 pub use frame::{
     unspecified_like, DnsFailureKind, DnsTransport, EncodeError, Frame, RefuseReason, StreamId,
 };
-pub use handle::{DnsQueryError, OpenError, SessionHandle};
+pub use handle::{DnsQueryError, EnvQueryError, OpenError, SessionHandle};
 pub use relay::{relay, RelayEnd, RelayOutcome};
-pub use request::{ConnectTcpRequest, DnsRequest, OpenUdpRequest, Request, Requests, RespondError};
+pub use request::{
+    ConnectTcpRequest, DnsRequest, EnvRequest, OpenUdpRequest, Request, Requests, RespondError,
+};
 pub use session::{
     refuse, CloseReason, Config, HandshakeError, Io, Session, SessionClosed, SessionTask,
     MAX_STREAM_WINDOW, MIN_PROTOCOL_VERSION, MIN_STREAM_WINDOW, PROTOCOL_VERSION,

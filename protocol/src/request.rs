@@ -9,7 +9,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::frame::{DnsFailureKind, DnsTransport, Frame, StreamId, MAX_DNS_MESSAGE_LEN};
+use crate::frame::{
+    DnsFailureKind, DnsTransport, Frame, StreamId, MAX_DNS_MESSAGE_LEN, MAX_ENV_BYTES,
+    MAX_ENV_ENTRY_LEN, MAX_PAYLOAD_LEN,
+};
 use crate::session::state::{errno, Shared, Slot, StreamState, UdpState};
 use crate::session::CloseReason;
 use crate::stream::Stream;
@@ -45,6 +48,8 @@ pub enum Request {
     OpenUdp(OpenUdpRequest),
     /// Answer a DNS query.
     Dns(DnsRequest),
+    /// Tell the target process's environment.
+    Env(EnvRequest),
 }
 
 /// Why a response could not be delivered.
@@ -62,6 +67,9 @@ pub enum RespondError {
         /// Its length.
         len: usize,
     },
+    /// The environment breaks a limit or rule of `EnvVars` (see [`EnvRequest::answer`]).
+    #[error("the environment cannot be sent: {0}")]
+    BadEnvironment(String),
 }
 
 impl Request {
@@ -73,7 +81,7 @@ impl Request {
         cancel: oneshot::Receiver<()>,
     ) -> Request {
         Request::ConnectTcp(ConnectTcpRequest {
-            offer: Offer::new(shared, id, cancel, false),
+            offer: Offer::new(shared, id, cancel, OfferKind::Open),
             addr,
             timeout: (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
         })
@@ -86,7 +94,7 @@ impl Request {
         cancel: oneshot::Receiver<()>,
     ) -> Request {
         Request::OpenUdp(OpenUdpRequest {
-            offer: Offer::new(shared, id, cancel, false),
+            offer: Offer::new(shared, id, cancel, OfferKind::Open),
             bind,
         })
     }
@@ -99,9 +107,15 @@ impl Request {
         cancel: oneshot::Receiver<()>,
     ) -> Request {
         Request::Dns(DnsRequest {
-            offer: Offer::new(shared, id, cancel, true),
+            offer: Offer::new(shared, id, cancel, OfferKind::Dns),
             transport,
             message,
+        })
+    }
+
+    pub(crate) fn env(shared: Arc<Shared>, id: StreamId, cancel: oneshot::Receiver<()>) -> Request {
+        Request::Env(EnvRequest {
+            offer: Offer::new(shared, id, cancel, OfferKind::Env),
         })
     }
 
@@ -110,6 +124,7 @@ impl Request {
             Request::ConnectTcp(r) => &mut r.offer,
             Request::OpenUdp(r) => &mut r.offer,
             Request::Dns(r) => &mut r.offer,
+            Request::Env(r) => &mut r.offer,
         }
     }
 
@@ -126,28 +141,49 @@ impl Request {
     }
 }
 
+/// Which frame refuses a request.
+#[derive(Clone, Copy)]
+enum OfferKind {
+    /// `OpenFailed` with an errno.
+    Open,
+    /// `DnsFailed`.
+    Dns,
+    /// `EnvFailed`.
+    Env,
+}
+
 /// The part every request shares: which stream it is, and the peer's cancellation.
 struct Offer {
     shared: Arc<Shared>,
     id: StreamId,
     cancel: oneshot::Receiver<()>,
-    dns: bool,
+    kind: OfferKind,
     answered: bool,
 }
 
 impl Offer {
-    fn new(shared: Arc<Shared>, id: StreamId, cancel: oneshot::Receiver<()>, dns: bool) -> Offer {
+    fn new(
+        shared: Arc<Shared>,
+        id: StreamId,
+        cancel: oneshot::Receiver<()>,
+        kind: OfferKind,
+    ) -> Offer {
         Offer {
             shared,
             id,
             cancel,
-            dns,
+            kind,
             answered: false,
         }
     }
 
     /// Replaces the still-offered slot by `slot` and queues `reply`.
     fn answer(&mut self, slot: Option<Slot>, reply: Frame) -> Result<(), RespondError> {
+        self.answer_all(slot, std::slice::from_ref(&reply))
+    }
+
+    /// Like [`Offer::answer`], queueing several frames at once (in order, under one lock).
+    fn answer_all(&mut self, slot: Option<Slot>, replies: &[Frame]) -> Result<(), RespondError> {
         self.answered = true;
         let mut st = self.shared.lock();
         if let Some(reason) = &st.closed {
@@ -162,22 +198,27 @@ impl Offer {
             },
             _ => return Err(RespondError::Cancelled),
         }
-        st.queue(&reply);
+        for reply in replies {
+            st.queue(reply);
+        }
         Ok(())
     }
 
     fn refuse(&mut self, errno: i32, why: &str) {
-        let reply = if self.dns {
-            Frame::DnsFailed {
+        let reply = match self.kind {
+            OfferKind::Dns => Frame::DnsFailed {
                 stream: self.id,
                 kind: DnsFailureKind::Unavailable,
                 message: why.to_string(),
-            }
-        } else {
-            Frame::OpenFailed {
+            },
+            OfferKind::Env => Frame::EnvFailed {
+                stream: self.id,
+                message: why.to_string(),
+            },
+            OfferKind::Open => Frame::OpenFailed {
                 stream: self.id,
                 errno,
-            }
+            },
         };
         let _ = self.answer(None, reply);
     }
@@ -342,4 +383,91 @@ impl DnsRequest {
             },
         );
     }
+}
+
+/// The peer asks for the environment variables of this side's target process.
+pub struct EnvRequest {
+    offer: Offer,
+}
+
+impl EnvRequest {
+    /// The exchange id (for logs).
+    pub fn id(&self) -> StreamId {
+        self.offer.id
+    }
+
+    /// Sends the variables as `(name, value)` pairs, split over as many `EnvVars` frames as
+    /// they need. Names must be non-empty without `=` or NUL, values without NUL, each pair at
+    /// most [`MAX_ENV_ENTRY_LEN`] bytes and all together at most [`MAX_ENV_BYTES`]; otherwise
+    /// nothing is sent but an `EnvFailed` saying why, and the error is returned.
+    pub fn answer(mut self, vars: Vec<(Bytes, Bytes)>) -> Result<(), RespondError> {
+        if let Err(why) = check_env(&vars) {
+            self.offer.refuse(0, &why);
+            return Err(RespondError::BadEnvironment(why));
+        }
+        let id = self.offer.id;
+        let mut frames = Vec::new();
+        let mut chunk = Vec::new();
+        let mut chunk_len = 0;
+        for (name, value) in vars {
+            let len = 8 + name.len() + value.len();
+            if chunk_len + len > MAX_PAYLOAD_LEN {
+                frames.push(Frame::EnvVars {
+                    stream: id,
+                    vars: std::mem::take(&mut chunk),
+                    more: true,
+                });
+                chunk_len = 0;
+            }
+            chunk_len += len;
+            chunk.push((name, value));
+        }
+        frames.push(Frame::EnvVars {
+            stream: id,
+            vars: chunk,
+            more: false,
+        });
+        self.offer.answer_all(None, &frames)
+    }
+
+    /// The environment cannot be read; `message` says why.
+    pub fn fail(mut self, message: &str) {
+        let id = self.offer.id;
+        let _ = self.offer.answer(
+            None,
+            Frame::EnvFailed {
+                stream: id,
+                message: message.to_string(),
+            },
+        );
+    }
+}
+
+/// Checks the rules of `EnvVars` before anything is sent.
+fn check_env(vars: &[(Bytes, Bytes)]) -> Result<(), String> {
+    let mut total = 0;
+    for (name, value) in vars {
+        let shown = String::from_utf8_lossy(name);
+        if name.is_empty() || name.contains(&b'=') || name.contains(&0) {
+            return Err(format!(
+                "the variable name {shown:?} is empty or contains '=' or NUL"
+            ));
+        }
+        if value.contains(&0) {
+            return Err(format!("the value of {shown} contains NUL"));
+        }
+        let len = name.len() + value.len();
+        if len + 8 > MAX_PAYLOAD_LEN {
+            return Err(format!(
+                "{shown} is {len} bytes long, above the limit of {MAX_ENV_ENTRY_LEN} per variable"
+            ));
+        }
+        total += len;
+    }
+    if total > MAX_ENV_BYTES {
+        return Err(format!(
+            "the environment is {total} bytes long, above the limit of {MAX_ENV_BYTES}"
+        ));
+    }
+    Ok(())
 }

@@ -109,6 +109,21 @@ fn frame() -> impl Strategy<Value = Frame> {
             },
             message
         }),
+        stream().prop_map(|stream| Frame::EnvQuery { stream }),
+        (
+            stream(),
+            prop::collection::vec(("[A-Za-z_][A-Za-z0-9_]{0,12}", "[ -~]{0,40}"), 0..12),
+            any::<bool>()
+        )
+            .prop_map(|(stream, vars, more)| Frame::EnvVars {
+                stream,
+                vars: vars
+                    .into_iter()
+                    .map(|(n, v)| (Bytes::from(n), Bytes::from(v)))
+                    .collect(),
+                more,
+            }),
+        (stream(), text()).prop_map(|(stream, message)| Frame::EnvFailed { stream, message }),
     ]
 }
 
@@ -173,7 +188,7 @@ proptest! {
     }
 
     #[test]
-    fn plausible_headers_with_random_payloads(kind in 0u8..0x40, flags in 0u8..2, stream in 0u32..4, payload in prop::collection::vec(any::<u8>(), 0..64)) {
+    fn plausible_headers_with_random_payloads(kind in 0u8..0x48, flags in 0u8..2, stream in 0u32..4, payload in prop::collection::vec(any::<u8>(), 0..64)) {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         buf.extend_from_slice(&[kind, flags]);
@@ -190,7 +205,7 @@ proptest! {
                 expect.extend_from_slice(&stream.to_be_bytes());
                 expect.extend_from_slice(&payload);
                 // Lossy text decoding may differ for invalid UTF-8 messages.
-                if !matches!(f, Frame::Refused { .. } | Frame::GoAway { .. } | Frame::DnsFailed { .. }) {
+                if !matches!(f, Frame::Refused { .. } | Frame::GoAway { .. } | Frame::DnsFailed { .. } | Frame::EnvFailed { .. }) {
                     prop_assert_eq!(again, expect);
                 }
             }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sctrace_protocol::{
-    decode, CloseReason, Config, DnsFailureKind, DnsQueryError, DnsTransport, Frame,
+    decode, CloseReason, Config, DnsFailureKind, DnsQueryError, DnsTransport, EnvQueryError, Frame,
     HandshakeError, OpenError, RefuseReason, Request, Session, Token,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -82,6 +82,18 @@ fn serve_echo(session: Session) -> sctrace_protocol::SessionHandle {
                         }
                         r.answer(Bytes::from(v)).unwrap();
                     }
+                }
+                Request::Env(r) => {
+                    // Enough variables to need several EnvVars frames.
+                    let vars = (0..40)
+                        .map(|i| {
+                            (
+                                Bytes::from(format!("VAR_{i}")),
+                                Bytes::from(vec![b'a' + (i % 26) as u8; 4000]),
+                            )
+                        })
+                        .collect();
+                    r.answer(vars).unwrap();
                 }
                 _ => {}
             }
@@ -576,6 +588,10 @@ async fn unserved_requests_are_refused() {
             ..
         })
     ));
+    assert!(matches!(
+        client.handle.target_env().await,
+        Err(EnvQueryError::Failed { .. })
+    ));
 }
 
 #[tokio::test]
@@ -646,6 +662,105 @@ async fn peer_answers_pings() {
 }
 
 /// Completes a handshake as a raw client, returning the server session and the raw end.
+#[tokio::test]
+async fn environment_arrives_whole_over_several_frames() {
+    let (client, server) = pair().await;
+    let _server = serve_echo(server);
+    tokio::spawn(client.task.run());
+    let vars = client.handle.target_env().await.unwrap();
+    assert_eq!(vars.len(), 40);
+    for (i, (name, value)) in vars.iter().enumerate() {
+        assert_eq!(name, format!("VAR_{i}").as_bytes());
+        assert_eq!(value.len(), 4000);
+        assert!(value.iter().all(|b| *b == b'a' + (i % 26) as u8));
+    }
+}
+
+#[tokio::test]
+async fn environment_failures_and_refusals_reach_the_asker() {
+    let (client, server) = pair().await;
+    let Session {
+        handle,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    tokio::spawn(async move {
+        let _keep = handle;
+        let mut n = 0;
+        while let Some(req) = requests.next().await {
+            if let Request::Env(r) = req {
+                n += 1;
+                match n {
+                    1 => r.fail("the target is a network namespace: it has no process"),
+                    2 => {
+                        // A name the protocol cannot carry: refused as a whole.
+                        let bad = vec![(Bytes::from_static(b"A=B"), Bytes::from_static(b"1"))];
+                        assert!(r.answer(bad).is_err());
+                    }
+                    3 => r.answer(Vec::new()).unwrap(),
+                    _ => drop(r),
+                }
+            }
+        }
+    });
+    let err = client.handle.target_env().await.unwrap_err();
+    assert!(
+        matches!(&err, EnvQueryError::Failed { message } if message.contains("no process")),
+        "{err}"
+    );
+    let err = client.handle.target_env().await.unwrap_err();
+    assert!(
+        matches!(&err, EnvQueryError::Failed { message } if message.contains("'='")),
+        "{err}"
+    );
+    assert!(client.handle.target_env().await.unwrap().is_empty());
+    // Dropped without an answer: refused.
+    assert!(matches!(
+        client.handle.target_env().await,
+        Err(EnvQueryError::Failed { .. })
+    ));
+    client.handle.shutdown("done");
+    assert!(matches!(
+        client.handle.target_env().await,
+        Err(EnvQueryError::SessionClosed(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_environment_above_the_limit_ends_the_session() {
+    let (server, mut a) = raw_client().await;
+    let handle = server.handle.clone();
+    tokio::spawn(server.task.run());
+    let asked = tokio::spawn(async move { handle.target_env().await });
+    let mut buf = BytesMut::new();
+    let Some(Frame::EnvQuery { stream }) = read_one_frame(&mut a, &mut buf).await else {
+        panic!("no EnvQuery");
+    };
+    // 20 frames of 60 KiB: past the 1 MiB an environment may have. The session ends on the
+    // frame that crosses it, so later writes may fail.
+    for _ in 0..20 {
+        let vars = vec![(Bytes::from_static(b"X"), Bytes::from(vec![b'x'; 60 * 1024]))];
+        let mut b = BytesMut::new();
+        Frame::EnvVars {
+            stream,
+            vars,
+            more: true,
+        }
+        .encode(&mut b)
+        .unwrap();
+        if a.write_all(&b).await.is_err() {
+            break;
+        }
+    }
+    assert!(expect_goaway(&mut a).await.contains("environment larger"));
+    assert!(matches!(
+        asked.await.unwrap(),
+        Err(EnvQueryError::SessionClosed(_))
+    ));
+}
+
 async fn raw_client() -> (Session, DuplexStream) {
     let (mut a, b) = tokio::io::duplex(1 << 16);
     let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 
-use crate::frame::{DnsFailureKind, Frame, StreamId};
+use crate::frame::{DnsFailureKind, Frame, StreamId, MAX_ENV_BYTES};
 use crate::request::Request;
 use crate::session::CloseReason;
 
@@ -60,6 +60,9 @@ pub(crate) enum DnsReply {
     Failed(DnsFailureKind, String),
 }
 
+/// The answer to an `EnvQuery`: the variables, or why there are none.
+pub(crate) type EnvReply = Result<Vec<(Bytes, Bytes)>, String>;
+
 pub(crate) enum Slot {
     /// We asked the peer to open a stream (`tcp`) or UDP flow; its answer goes to `reply`.
     Opening {
@@ -69,6 +72,13 @@ pub(crate) enum Slot {
     /// We sent a DNS query.
     Querying {
         reply: oneshot::Sender<DnsReply>,
+    },
+    /// We asked for the environment; `vars` collects the `EnvVars` frames received so far
+    /// (`bytes`: their names and values together, bounded by `MAX_ENV_BYTES`).
+    Environment {
+        reply: oneshot::Sender<EnvReply>,
+        vars: Vec<(Bytes, Bytes)>,
+        bytes: usize,
     },
     /// The peer asked us to open something or answer a DNS query; our user has not answered
     /// yet. Dropping `cancel` tells the user the peer gave up.
@@ -444,6 +454,47 @@ impl State {
                     ));
                 }
             }
+            Frame::EnvQuery { stream } => {
+                if self.peer_open >= self.limits.max_peer_streams {
+                    self.accept_peer_id(stream)?;
+                    self.queue(&Frame::EnvFailed {
+                        stream,
+                        message: "too many open streams".into(),
+                    });
+                } else if let Some(cancel) = self.offer(stream, errno::EAGAIN)? {
+                    deliver.push(Request::env(shared.clone(), stream, cancel));
+                }
+            }
+            Frame::EnvVars { stream, vars, more } => match self.slots.get_mut(&stream) {
+                Some(Slot::Environment {
+                    vars: have, bytes, ..
+                }) => {
+                    *bytes += vars.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>();
+                    if *bytes > MAX_ENV_BYTES {
+                        return Err(violation(format!(
+                            "stream {stream}: environment larger than {MAX_ENV_BYTES} bytes"
+                        )));
+                    }
+                    have.extend(vars);
+                    if !more {
+                        if let Some(Slot::Environment { reply, vars, .. }) = self.remove(stream) {
+                            let _ = reply.send(Ok(vars));
+                        }
+                    }
+                }
+                Some(_) => {
+                    return Err(violation(format!(
+                        "EnvVars for stream {stream}, which is not waiting for it"
+                    )))
+                }
+                None => return self.unexpected(stream, None, "EnvVars"),
+            },
+            Frame::EnvFailed { stream, message } => match self.slots.remove(&stream) {
+                Some(Slot::Environment { reply, .. }) => {
+                    let _ = reply.send(Err(message));
+                }
+                other => return self.unexpected(stream, other, "EnvFailed"),
+            },
             Frame::Opened { stream, local } => match self.slots.remove(&stream) {
                 Some(Slot::Opening { tcp, reply }) => {
                     let slot = if tcp {
@@ -562,6 +613,11 @@ impl State {
                                 DnsFailureKind::Unavailable,
                                 "the peer cancelled the query".into(),
                             ));
+                        }
+                    }
+                    Some(Slot::Environment { .. }) => {
+                        if let Some(Slot::Environment { reply, .. }) = self.remove(stream) {
+                            let _ = reply.send(Err("the peer cancelled the request".into()));
                         }
                     }
                     None => {
