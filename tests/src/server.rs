@@ -221,6 +221,21 @@ impl Server {
         server
     }
 
+    /// Starts any server program that prints a line `ready` on stdout once it serves (the
+    /// uwu demo's services do), logging its stdout. Dropping it kills it.
+    pub fn spawn_command(cmd: &mut Command) -> Server {
+        let label = format!("{:?}", cmd.get_program());
+        let mut owned = Command::new(cmd.get_program());
+        owned.args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            match value {
+                Some(value) => owned.env(key, value),
+                None => owned.env_remove(key),
+            };
+        }
+        Server::start(label, owned, LogStream::Stdout, &|l| l == "ready")
+    }
+
     fn log_lines(&self) -> &Arc<Lines> {
         match self.log_stream {
             LogStream::Stdout => &self.stdout,

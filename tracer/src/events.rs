@@ -47,6 +47,10 @@ pub struct Event {
     /// The name the app resolved the destination from, when it did (the latest one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// A local connection to an address from a remote DNS answer: the local address its
+    /// name was looked up again to and connected instead (`none` when it has none here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reresolved: Option<String>,
     /// DNS events: the name asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

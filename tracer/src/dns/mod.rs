@@ -100,7 +100,8 @@ impl DnsResponder {
         };
         let summary = answer.as_deref().map(wire::summarize);
         if let (Parsed::Query { name, .. }, Some(Summary { addrs, .. })) = (&parsed, &summary) {
-            self.names.record(name, addrs.iter().copied());
+            self.names
+                .record(name, addrs.iter().copied(), route == Route::Remote);
         }
         if self.events.enabled() {
             self.events.record(dns_event(
@@ -146,11 +147,10 @@ fn dns_event(
         result: summary
             .map(|s| s.result.clone())
             .unwrap_or_else(|| "ETIMEDOUT".into()),
-        count: None,
-        host: None,
         name: Some(name),
         qtype: Some(qtype),
         answers: Some(summary.map(|s| s.answers.clone()).unwrap_or_default()),
+        ..Event::default()
     }
 }
 

@@ -13,7 +13,14 @@ const MAX_ADDRESSES: usize = 65_536;
 /// Address → names the app looked up that resolved to it.
 #[derive(Debug, Default)]
 pub struct NameCache {
-    by_addr: Mutex<HashMap<IpAddr, VecDeque<String>>>,
+    by_addr: Mutex<HashMap<IpAddr, VecDeque<Resolved>>>,
+}
+
+/// One name that resolved to an address, and where it was resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Resolved {
+    name: String,
+    remotely: bool,
 }
 
 /// The form names are kept in: lower case, without the root dot.
@@ -30,8 +37,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl NameCache {
-    /// Remembers that `name` resolved to `addrs`.
-    pub fn record(&self, name: &str, addrs: impl IntoIterator<Item = IpAddr>) {
+    /// Remembers that `name` resolved to `addrs`, in the target (`remotely`) or locally.
+    pub fn record(&self, name: &str, addrs: impl IntoIterator<Item = IpAddr>, remotely: bool) {
         let name = normalize(name);
         let Ok(mut map) = self.by_addr.lock() else {
             return;
@@ -41,8 +48,11 @@ impl NameCache {
                 map.clear();
             }
             let names = map.entry(canonical(ip)).or_default();
-            names.retain(|n| *n != name);
-            names.push_front(name.clone());
+            names.retain(|n| n.name != name);
+            names.push_front(Resolved {
+                name: name.clone(),
+                remotely,
+            });
             names.truncate(NAMES_PER_ADDRESS);
         }
     }
@@ -54,9 +64,17 @@ impl NameCache {
             .ok()
             .and_then(|map| {
                 map.get(&canonical(ip))
-                    .map(|names| names.iter().cloned().collect())
+                    .map(|names| names.iter().map(|r| r.name.clone()).collect())
             })
             .unwrap_or_default()
+    }
+
+    /// The name `ip` came from when its latest resolution was in the target: a local
+    /// connection to it must look the name up again locally.
+    pub fn remote_origin(&self, ip: IpAddr) -> Option<String> {
+        let map = self.by_addr.lock().ok()?;
+        let latest = map.get(&canonical(ip))?.front()?;
+        latest.remotely.then(|| latest.name.clone())
     }
 }
 
@@ -68,10 +86,13 @@ mod tests {
     fn names_come_back_most_recent_first_and_mapped_addresses_match() {
         let cache = NameCache::default();
         let ip: IpAddr = "198.18.0.10".parse().unwrap();
-        cache.record("uwu-service.", [ip]);
-        cache.record("UWU.default", [ip]);
-        cache.record("uwu-service", [ip]);
+        cache.record("uwu-service.", [ip], true);
+        cache.record("UWU.default", [ip], true);
+        cache.record("uwu-service", [ip], true);
         assert_eq!(cache.hostnames(ip), ["uwu-service", "uwu.default"]);
+        assert_eq!(cache.remote_origin(ip).as_deref(), Some("uwu-service"));
+        cache.record("uwu-service", [ip], false);
+        assert_eq!(cache.remote_origin(ip), None, "resolved locally last");
         let mapped: IpAddr = "::ffff:198.18.0.10".parse().unwrap();
         assert_eq!(cache.hostnames(mapped), ["uwu-service", "uwu.default"]);
         assert!(cache.hostnames("198.18.0.11".parse().unwrap()).is_empty());
@@ -82,7 +103,7 @@ mod tests {
         let cache = NameCache::default();
         let ip: IpAddr = "198.18.0.1".parse().unwrap();
         for i in 0..10 {
-            cache.record(&format!("n{i}"), [ip]);
+            cache.record(&format!("n{i}"), [ip], false);
         }
         assert_eq!(cache.hostnames(ip), ["n9", "n8", "n7", "n6"]);
     }

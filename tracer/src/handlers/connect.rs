@@ -19,6 +19,7 @@
 //! Actions: `Fail(EBADF)`, `Continue` (Unix addresses, unreachable caller), or the connect's
 //! outcome — now, or deferred until the connection completes.
 
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use tokio::io::Interest;
@@ -73,7 +74,11 @@ pub fn handle(ctx: &Context, n: &Notification) -> Action {
                     record.set_route(&routed);
                 }
                 match (routed.to, protocol) {
-                    (Destination::Local, _) => {}
+                    (Destination::Local, _) => {
+                        if let Some(name) = routed.reresolve {
+                            return reresolve_locally(sock, name, dst, record);
+                        }
+                    }
                     (to, Protocol::Tcp) => {
                         return redirect::connect_tcp(
                             redirect::Call { ctx, remote, n },
@@ -119,6 +124,50 @@ pub fn handle(ctx: &Context, n: &Notification) -> Action {
 
 fn connect(fd: BorrowedFd<'_>, addr: &AddrArg, len: i32) -> Result<i64, Errno> {
     sys::connect(fd, addr.bytes(), len).map(|()| 0)
+}
+
+/// Connects the app socket to where `name` resolves on this machine instead of `dst`, an
+/// address that came from the target's DNS (the filter sent the connection local).
+fn reresolve_locally(
+    sock: AppSocket,
+    name: String,
+    dst: SocketAddr,
+    mut record: Option<Record>,
+) -> Action {
+    Action::Defer(Box::pin(async move {
+        let v6 = sys::domain(sock.fd.as_fd()) == Ok(libc::AF_INET6);
+        let local = tokio::net::lookup_host((name.as_str(), dst.port()))
+            .await
+            .ok()
+            .and_then(|addrs| {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                // Prefer the socket's own family; an IPv6 socket can reach IPv4 v4-mapped.
+                let same = addrs.iter().find(|a| a.is_ipv6() == v6).copied();
+                same.or_else(|| {
+                    v6.then(|| addrs.first().map(|a| crate::relay::udp::app_form(*a, true)))
+                        .flatten()
+                })
+            });
+        if let Some(record) = record.as_mut() {
+            record.set_reresolved(local);
+        }
+        let target = local.unwrap_or(dst);
+        let bytes = SockAddr::encode_inet(target);
+        let addr = AddrArg::Bytes(bytes.clone());
+        let len = bytes.len() as i32;
+        let flags = match sys::file_flags(sock.fd.as_fd()) {
+            Ok(flags) => flags,
+            Err(err) => return answer(record, Err::<i64, _>(err)),
+        };
+        if flags & libc::O_NONBLOCK != 0 {
+            return answer(record, connect(sock.fd.as_fd(), &addr, len));
+        }
+        let result = match connect_without_blocking(sock.fd.as_fd(), flags, &addr, len) {
+            Err(Errno(libc::EALREADY)) => wait_connected(sock.fd, flags, addr, len).await,
+            other => other,
+        };
+        answer(record, result)
+    }))
 }
 
 /// Connects with O_NONBLOCK set for the duration; asks again after EINPROGRESS, which

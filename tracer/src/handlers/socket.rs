@@ -128,17 +128,28 @@ impl Record {
         })
     }
 
-    /// Sets where the call was carried out and why.
+    /// Sets where the call was carried out and why. A socket routed to the DNS responder is
+    /// `local` with rule `dns`: each query it carries is decided (and recorded) on its own.
     pub fn set_route(&mut self, routed: &crate::remote::Routed) {
+        use crate::remote::Destination;
         self.event.decision = match routed.to {
-            crate::remote::Destination::Local => "local",
-            crate::remote::Destination::Remote | crate::remote::Destination::Dns => "remote",
+            Destination::Local | Destination::Dns => "local",
+            Destination::Remote => "remote",
         };
-        self.event.rule = routed
-            .rule
-            .clone()
-            .or_else(|| (routed.to == crate::remote::Destination::Dns).then(|| "dns".to_string()));
+        self.event.rule = match routed.to {
+            Destination::Dns => Some("dns".to_string()),
+            _ => routed.rule.clone(),
+        };
         self.event.host = routed.host.clone();
+    }
+
+    /// Notes the local address a remotely resolved name was looked up again to.
+    pub fn set_reresolved(&mut self, local: Option<std::net::SocketAddr>) {
+        self.event.reresolved = Some(
+            local
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "none".into()),
+        );
     }
 
     /// Records the outcome.

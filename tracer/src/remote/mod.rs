@@ -29,6 +29,9 @@ pub struct Routed {
     pub rule: Option<String>,
     /// The name the app resolved the address from, if any.
     pub host: Option<String>,
+    /// For a local connection to an address that came from a remote DNS answer: the name
+    /// to look up again locally (as mirrord does), since the address means nothing here.
+    pub reresolve: Option<String>,
 }
 
 /// The three ways a connection can go.
@@ -108,6 +111,7 @@ impl Remote {
                 to: Destination::Dns,
                 rule: None,
                 host: None,
+                reresolve: None,
             };
         }
         let names = self.names.hostnames(ip);
@@ -123,13 +127,20 @@ impl Remote {
             hostnames: &name_refs,
             app_listens_on_port: listens,
         });
+        let to = match decision.route {
+            Route::Local => Destination::Local,
+            Route::Remote => Destination::Remote,
+        };
+        let reresolve = if to == Destination::Local && !ip.is_loopback() {
+            self.names.remote_origin(ip)
+        } else {
+            None
+        };
         Routed {
-            to: match decision.route {
-                Route::Local => Destination::Local,
-                Route::Remote => Destination::Remote,
-            },
+            to,
             rule: Some(decision.rule.to_string()),
             host: names.into_iter().next(),
+            reresolve,
         }
     }
 
