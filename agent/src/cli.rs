@@ -16,18 +16,26 @@ pub struct Cli {
     #[arg(long, value_name = "unix:PATH|tcp:ADDR:PORT", value_parser = parse_listen)]
     pub listen: ListenAddr,
 
-    /// The target network namespace, as a file such as /run/netns/NAME.
+    /// The target network namespace, as a file such as /run/netns/NAME. Such a target has
+    /// no process, so it has no environment to give sctrace.
     #[arg(
         long,
         value_name = "PATH",
-        conflicts_with = "pid",
-        required_unless_present = "pid"
+        conflicts_with_all = ["pid", "container_id"],
+        required_unless_present_any = ["pid", "container_id"]
     )]
     pub netns: Option<PathBuf>,
 
-    /// The target is this process's network namespace (/proc/PID/ns/net).
-    #[arg(long, value_name = "PID")]
+    /// The target is this process: its network namespace (/proc/PID/ns/net), its
+    /// resolv.conf and its environment.
+    #[arg(long, value_name = "PID", conflicts_with = "container_id")]
     pub pid: Option<u32>,
+
+    /// The target is the main process of this container (an id as in a Kubernetes pod's
+    /// status, e.g. containerd://0123abcd…), found by its cgroup in /proc/*/cgroup. The agent
+    /// must see the container's processes: hostPID, or an ephemeral container targeting it.
+    #[arg(long, value_name = "ID")]
+    pub container_id: Option<String>,
 
     /// File holding the session token (a trailing newline is ignored). Without it, the token
     /// comes from the environment variable SCTRACE_AGENT_TOKEN.
@@ -106,6 +114,22 @@ mod tests {
         assert!(Cli::try_parse_from(base).is_err());
         let both = [&base[..], &["--netns", "/run/netns/x", "--pid", "1"]].concat();
         assert!(Cli::try_parse_from(both).is_err());
+        let both = [
+            &base[..],
+            &["--pid", "1", "--container-id", "0123456789abcdef"],
+        ]
+        .concat();
+        assert!(Cli::try_parse_from(both).is_err());
+        let id = [
+            &base[..],
+            &["--container-id", "containerd://0123456789abcdef"],
+        ]
+        .concat();
+        let cli = Cli::try_parse_from(id).unwrap();
+        assert_eq!(
+            cli.container_id.as_deref(),
+            Some("containerd://0123456789abcdef")
+        );
         let ok = [&base[..], &["--pid", "1", "--once", "--idle-timeout", "30"]].concat();
         let cli = Cli::try_parse_from(ok).unwrap();
         assert_eq!(cli.pid, Some(1));

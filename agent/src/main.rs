@@ -8,7 +8,9 @@
 //! ```
 
 mod cli;
+mod container;
 mod dns;
+mod environ;
 mod listener;
 mod netns;
 mod session;
@@ -57,10 +59,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli.token_file.as_deref(),
         std::env::var(token::TOKEN_ENV).ok(),
     )?;
-    let target = match (&cli.netns, cli.pid) {
-        (Some(path), _) => Target::netns(path),
-        (None, Some(pid)) => Target::pid(pid),
-        (None, None) => anyhow::bail!("give the target with --netns PATH or --pid PID"),
+    let (target, env) = match (&cli.netns, cli.pid, &cli.container_id) {
+        (Some(path), _, _) => (
+            Target::netns(path),
+            environ::EnvSource::None {
+                netns: path.clone(),
+            },
+        ),
+        (None, Some(pid), _) => (Target::pid(pid), environ::EnvSource::pid(pid)),
+        (None, None, Some(id)) => {
+            let id = container::parse_id(id)?;
+            let pid = container::find_pid(std::path::Path::new("/proc"), &id)?;
+            tracing::info!(container = %id, pid, "found the target container's process");
+            (Target::pid(pid), environ::EnvSource::pid(pid))
+        }
+        (None, None, None) => {
+            anyhow::bail!("give the target with --netns PATH, --pid PID or --container-id ID")
+        }
     };
     let sockets = netns::NetnsSockets::enter(&target.netns)?;
     tracing::info!(target = %target.description, resolv_conf = %target.resolv_conf.display(), "entered the target network namespace");
@@ -75,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             resolver: dns::Resolver::new(sockets.clone(), &target.resolv_conf),
             sockets,
+            env,
             connect_timeout: Duration::from_secs(cli.connect_timeout.max(1)),
             protocol: sctrace_protocol::Config::default(),
             shutdown: shutdown_rx,

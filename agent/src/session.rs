@@ -9,6 +9,7 @@ use sctrace_protocol::{Config, HandshakeError, Io, Request, Session, Token};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::dns::Resolver;
+use crate::environ::EnvSource;
 use crate::netns::NetnsSockets;
 
 /// What every session shares.
@@ -19,6 +20,8 @@ pub struct Context {
     pub sockets: NetnsSockets,
     /// The target's resolver.
     pub resolver: Resolver,
+    /// The target's environment.
+    pub env: EnvSource,
     /// Upper bound of a TCP connect.
     pub connect_timeout: Duration,
     /// Protocol tunables.
@@ -130,6 +133,11 @@ fn dispatch(request: Request, ctx: &Arc<Context>) {
         Request::Dns(r) => {
             let ctx = ctx.clone();
             tokio::spawn(async move { ctx.resolver.serve(r).await });
+        }
+        Request::Env(r) => {
+            let env = ctx.env.clone();
+            // Reading /proc is blocking file I/O.
+            tokio::task::spawn_blocking(move || env.serve(r));
         }
         // Kinds from newer protocol versions: dropping a request refuses it.
         _ => {}
