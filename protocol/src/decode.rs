@@ -9,6 +9,10 @@ use crate::frame::{
     HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN, MAX_PAYLOAD_LEN,
     MAX_TOKEN_LEN,
 };
+use crate::incoming::{
+    tag, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind, MAX_FILTER_DEPTH,
+    MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
+};
 
 /// Why bytes could not be decoded into a frame. Any of these ends the session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +145,10 @@ fn describe(kind: u8) -> Option<(&'static str, usize)> {
         kind::ENV_QUERY => ("EnvQuery", 0),
         kind::ENV_VARS => ("EnvVars", MAX_PAYLOAD_LEN),
         kind::ENV_FAILED => ("EnvFailed", MAX_PAYLOAD_LEN),
+        kind::SUBSCRIBE => ("Subscribe", MAX_PAYLOAD_LEN),
+        kind::SUBSCRIBED => ("Subscribed", 0),
+        kind::SUBSCRIBE_FAILED => ("SubscribeFailed", MAX_PAYLOAD_LEN),
+        kind::INCOMING_TCP => ("IncomingTcp", 5 + 2 * addr_max),
         _ => return None,
     })
 }
@@ -193,6 +201,53 @@ impl<'a> Cursor<'a> {
     }
     fn text(&mut self) -> String {
         String::from_utf8_lossy(self.rest()).into_owned()
+    }
+    /// An HTTP filter node at nesting `depth` (1 for the outermost), with the rules of
+    /// [`HttpFilter::check`]; recursion is bounded by [`MAX_FILTER_DEPTH`].
+    fn filter(&mut self, depth: usize) -> Result<HttpFilter, &'static str> {
+        let tag = self.u8("missing filter tag")?;
+        match tag {
+            tag::HEADER | tag::PATH | tag::METHOD => {
+                let len = self.u16("truncated filter text length")? as usize;
+                if len == 0 {
+                    return Err("empty filter text");
+                }
+                if len > MAX_FILTER_TEXT_LEN {
+                    return Err("filter text too long");
+                }
+                let text = std::str::from_utf8(self.take(len, "truncated filter text")?)
+                    .map_err(|_| "filter text is not UTF-8")?
+                    .to_string();
+                Ok(match tag {
+                    tag::HEADER => HttpFilter::Header(text),
+                    tag::PATH => HttpFilter::Path(text),
+                    _ => HttpFilter::Method(text),
+                })
+            }
+            tag::ALL_OF | tag::ANY_OF => {
+                if depth > MAX_FILTER_DEPTH {
+                    return Err("filter nested too deeply");
+                }
+                let count = self.u16("truncated filter list length")? as usize;
+                if count == 0 {
+                    return Err("empty filter list");
+                }
+                if count > MAX_FILTER_LIST_LEN {
+                    return Err("filter list too long");
+                }
+                // Each member takes at least 3 bytes, so the payload bounds this vector.
+                let mut list = Vec::new();
+                for _ in 0..count {
+                    list.push(self.filter(depth + 1)?);
+                }
+                Ok(if tag == tag::ALL_OF {
+                    HttpFilter::AllOf(list)
+                } else {
+                    HttpFilter::AnyOf(list)
+                })
+            }
+            _ => Err("unknown filter tag"),
+        }
     }
     fn end(&self) -> Result<(), &'static str> {
         if self.0.is_empty() {
@@ -338,6 +393,44 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
             stream,
             message: c.text(),
         },
+        kind::SUBSCRIBE => {
+            let port = c.u16("truncated port")?;
+            if port == 0 {
+                return Err("port 0");
+            }
+            let mode = IncomingMode::from_code(c.u8("missing mode")?).ok_or("unknown mode")?;
+            let filter = if c.0.is_empty() {
+                None
+            } else {
+                Some(c.filter(1)?)
+            };
+            Frame::Subscribe {
+                stream,
+                port,
+                mode,
+                filter,
+            }
+        }
+        kind::SUBSCRIBED => Frame::Subscribed { stream },
+        kind::SUBSCRIBE_FAILED => Frame::SubscribeFailed {
+            stream,
+            kind: SubscribeFailureKind::from_code(c.u8("missing failure code")?),
+            message: c.text(),
+        },
+        kind::INCOMING_TCP => {
+            let subscription = c.u32("truncated subscription")?;
+            if subscription == 0 {
+                return Err("subscription 0");
+            }
+            let kind = IncomingKind::from_code(c.u8("missing kind")?).ok_or("unknown kind")?;
+            Frame::IncomingTcp {
+                stream,
+                subscription,
+                kind,
+                client: c.addr()?,
+                server: c.addr()?,
+            }
+        }
         _ => return Err("unknown type"),
     };
     c.end()?;
@@ -511,6 +604,161 @@ mod tests {
         assert!(matches!(decode(&mut b), Err(DecodeError::Oversized { .. })));
         let mut b = header(0, kind::ENV_VARS, 0x02, 3);
         assert!(matches!(decode(&mut b), Err(DecodeError::Malformed { .. })));
+    }
+
+    fn subscribe_payload(port: u16, mode: u8, filter: &[u8]) -> BytesMut {
+        let mut b = header(3 + filter.len() as u32, kind::SUBSCRIBE, 0, 1);
+        b.put_u16(port);
+        b.put_u8(mode);
+        b.put_slice(filter);
+        b
+    }
+
+    fn leaf(tag: u8, text: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&(text.len() as u16).to_be_bytes());
+        v.extend_from_slice(text);
+        v
+    }
+
+    fn list(tag: u8, members: &[Vec<u8>]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&(members.len() as u16).to_be_bytes());
+        for m in members {
+            v.extend_from_slice(m);
+        }
+        v
+    }
+
+    #[test]
+    fn subscribe_frames_are_checked() {
+        let header_leaf = leaf(tag::HEADER, b"^x-user: alice$");
+        let ok = list(
+            tag::ALL_OF,
+            &[header_leaf.clone(), leaf(tag::METHOD, b"GET")],
+        );
+        assert_eq!(
+            decode(&mut subscribe_payload(80, 2, &ok)),
+            Ok(Some(Frame::Subscribe {
+                stream: 1,
+                port: 80,
+                mode: IncomingMode::Steal,
+                filter: Some(HttpFilter::AllOf(vec![
+                    HttpFilter::Header("^x-user: alice$".into()),
+                    HttpFilter::Method("GET".into())
+                ]))
+            }))
+        );
+        assert_eq!(
+            decode(&mut subscribe_payload(8080, 1, &[])),
+            Ok(Some(Frame::Subscribe {
+                stream: 1,
+                port: 8080,
+                mode: IncomingMode::Mirror,
+                filter: None
+            }))
+        );
+        let mut deep = header_leaf.clone();
+        for _ in 0..=MAX_FILTER_DEPTH {
+            deep = list(tag::ANY_OF, &[deep]);
+        }
+        let bad: Vec<(u16, u8, Vec<u8>, &str)> = vec![
+            (0, 2, vec![], "port 0"),
+            (80, 3, vec![], "unknown mode"),
+            (80, 2, vec![9, 0, 1, b'x'], "unknown filter tag"),
+            (80, 2, leaf(tag::PATH, b""), "empty filter text"),
+            (
+                80,
+                2,
+                leaf(tag::PATH, &[0xff, 0xfe]),
+                "filter text is not UTF-8",
+            ),
+            (80, 2, list(tag::ALL_OF, &[]), "empty filter list"),
+            (80, 2, deep, "filter nested too deeply"),
+            // The list promises two members and holds one.
+            (
+                80,
+                2,
+                {
+                    let mut v = list(tag::ANY_OF, std::slice::from_ref(&header_leaf));
+                    v[2] = 2;
+                    v
+                },
+                "missing filter tag",
+            ),
+            // A text length running past the payload.
+            (
+                80,
+                2,
+                vec![tag::HEADER, 0x10, 0, b'a'],
+                "truncated filter text",
+            ),
+            // Two filters: the second is trailing bytes.
+            (
+                80,
+                2,
+                [header_leaf.clone(), header_leaf.clone()].concat(),
+                "trailing bytes",
+            ),
+        ];
+        for (port, mode, filter, problem) in bad {
+            assert_eq!(
+                decode(&mut subscribe_payload(port, mode, &filter)),
+                Err(DecodeError::Malformed {
+                    frame: "Subscribe",
+                    problem
+                }),
+                "{problem}"
+            );
+        }
+        // A list of 65535 members is refused from its count, before reading any.
+        let mut b = subscribe_payload(80, 2, &[tag::ALL_OF, 0xff, 0xff]);
+        assert_eq!(
+            decode(&mut b),
+            Err(DecodeError::Malformed {
+                frame: "Subscribe",
+                problem: "filter list too long"
+            })
+        );
+    }
+
+    #[test]
+    fn incoming_frames_are_checked() {
+        let frame = |subscription: u32, kind: u8| {
+            let mut b = header(5 + 7 + 7, kind::INCOMING_TCP, 0, 2);
+            b.put_u32(subscription);
+            b.put_u8(kind);
+            b.put_slice(&[4, 198, 18, 1, 2, 0x13, 0x88]);
+            b.put_slice(&[4, 198, 18, 1, 1, 0, 80]);
+            decode(&mut b)
+        };
+        assert_eq!(
+            frame(1, 3),
+            Ok(Some(Frame::IncomingTcp {
+                stream: 2,
+                subscription: 1,
+                kind: IncomingKind::HttpRequest,
+                client: "198.18.1.2:5000".parse().unwrap(),
+                server: "198.18.1.1:80".parse().unwrap(),
+            }))
+        );
+        assert!(matches!(
+            frame(0, 1),
+            Err(DecodeError::Malformed {
+                problem: "subscription 0",
+                ..
+            })
+        ));
+        assert!(matches!(
+            frame(1, 7),
+            Err(DecodeError::Malformed {
+                problem: "unknown kind",
+                ..
+            })
+        ));
+        let mut b = header(1, kind::SUBSCRIBED, 0, 1);
+        b.put_u8(0);
+        assert!(matches!(decode(&mut b), Err(DecodeError::Oversized { .. })));
     }
 
     #[test]

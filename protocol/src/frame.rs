@@ -18,6 +18,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::incoming::{FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
+
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 10;
 /// Largest payload a frame may carry: a 64 KiB data chunk, a full DNS message or a maximal UDP
@@ -207,6 +209,48 @@ pub enum Frame {
         /// Why, for humans.
         message: String,
     },
+    /// Subscribes a port of the receiver's target: answered by `Subscribed` or
+    /// `SubscribeFailed`. The stream then stands for the subscription until either side
+    /// resets it (`Reset`: unsubscribe, or the receiver ends it).
+    Subscribe {
+        /// The subscription.
+        stream: StreamId,
+        /// The target's port (not 0).
+        port: u16,
+        /// Mirror or steal.
+        mode: IncomingMode,
+        /// With steal: only the HTTP requests matching this are taken.
+        filter: Option<HttpFilter>,
+    },
+    /// The subscription is in place: connections to the port now follow its mode.
+    Subscribed {
+        /// The subscription.
+        stream: StreamId,
+    },
+    /// The subscription was refused; nothing changed in the target.
+    SubscribeFailed {
+        /// The subscription asked for.
+        stream: StreamId,
+        /// Why, as a code.
+        kind: SubscribeFailureKind,
+        /// Why, for humans.
+        message: String,
+    },
+    /// Opens a new stream carrying one incoming connection (or a copy of it, or one HTTP
+    /// request) of a subscription the receiver made; answered by `Opened` (the receiver takes
+    /// it) or `OpenFailed` (it does not: the sender falls back to the target's server).
+    IncomingTcp {
+        /// The new stream.
+        stream: StreamId,
+        /// The receiver's subscription this belongs to.
+        subscription: StreamId,
+        /// What the stream carries.
+        kind: IncomingKind,
+        /// The remote client, as the target saw it.
+        client: SocketAddr,
+        /// The address the client connected to: the target's address and subscribed port.
+        server: SocketAddr,
+    },
 }
 
 /// Why a handshake was refused.
@@ -340,6 +384,10 @@ pub(crate) mod kind {
     pub const ENV_QUERY: u8 = 0x40;
     pub const ENV_VARS: u8 = 0x41;
     pub const ENV_FAILED: u8 = 0x42;
+    pub const SUBSCRIBE: u8 = 0x50;
+    pub const SUBSCRIBED: u8 = 0x51;
+    pub const SUBSCRIBE_FAILED: u8 = 0x52;
+    pub const INCOMING_TCP: u8 = 0x53;
 }
 
 /// Flag bit of `DnsQuery`: the application asked over TCP.
@@ -363,6 +411,15 @@ pub enum EncodeError {
     /// A stream frame named stream 0, which is reserved for the session.
     #[error("{frame} frame names stream 0, which is reserved for the session")]
     StreamZero {
+        /// Frame name.
+        frame: &'static str,
+    },
+    /// A `Subscribe` frame's HTTP filter breaks the rules the decoder enforces.
+    #[error("the subscription's HTTP filter cannot be sent")]
+    BadFilter(#[source] FilterError),
+    /// A `Subscribe` frame names port 0, or an `IncomingTcp` frame subscription 0.
+    #[error("{frame} frame names port or subscription 0")]
+    Zero {
         /// Frame name.
         frame: &'static str,
     },
@@ -393,6 +450,10 @@ impl Frame {
             Frame::EnvQuery { .. } => "EnvQuery",
             Frame::EnvVars { .. } => "EnvVars",
             Frame::EnvFailed { .. } => "EnvFailed",
+            Frame::Subscribe { .. } => "Subscribe",
+            Frame::Subscribed { .. } => "Subscribed",
+            Frame::SubscribeFailed { .. } => "SubscribeFailed",
+            Frame::IncomingTcp { .. } => "IncomingTcp",
         }
     }
 
@@ -419,7 +480,11 @@ impl Frame {
             | Frame::DnsFailed { stream, .. }
             | Frame::EnvQuery { stream }
             | Frame::EnvVars { stream, .. }
-            | Frame::EnvFailed { stream, .. } => *stream,
+            | Frame::EnvFailed { stream, .. }
+            | Frame::Subscribe { stream, .. }
+            | Frame::Subscribed { stream }
+            | Frame::SubscribeFailed { stream, .. }
+            | Frame::IncomingTcp { stream, .. } => *stream,
         }
     }
 
@@ -428,6 +493,19 @@ impl Frame {
         let stream = self.stream();
         if stream == 0 && !self.is_control() {
             return Err(EncodeError::StreamZero { frame: self.name() });
+        }
+        match self {
+            Frame::Subscribe { port: 0, .. }
+            | Frame::IncomingTcp {
+                subscription: 0, ..
+            } => {
+                return Err(EncodeError::Zero { frame: self.name() });
+            }
+            Frame::Subscribe {
+                filter: Some(filter),
+                ..
+            } => filter.check().map_err(EncodeError::BadFilter)?,
+            _ => {}
         }
         let start = dst.len();
         // Header with a placeholder length, patched once the payload is written.
@@ -506,6 +584,10 @@ impl Frame {
             Frame::EnvQuery { .. } => kind::ENV_QUERY,
             Frame::EnvVars { .. } => kind::ENV_VARS,
             Frame::EnvFailed { .. } => kind::ENV_FAILED,
+            Frame::Subscribe { .. } => kind::SUBSCRIBE,
+            Frame::Subscribed { .. } => kind::SUBSCRIBED,
+            Frame::SubscribeFailed { .. } => kind::SUBSCRIBE_FAILED,
+            Frame::IncomingTcp { .. } => kind::INCOMING_TCP,
         }
     }
 
@@ -583,6 +665,32 @@ impl Frame {
                 }
             }
             Frame::EnvFailed { message, .. } => put_message(dst, message),
+            Frame::Subscribe {
+                port, mode, filter, ..
+            } => {
+                dst.put_u16(*port);
+                dst.put_u8(mode.code());
+                if let Some(filter) = filter {
+                    filter.put(dst);
+                }
+            }
+            Frame::Subscribed { .. } => {}
+            Frame::SubscribeFailed { kind, message, .. } => {
+                dst.put_u8(kind.code());
+                put_message(dst, message);
+            }
+            Frame::IncomingTcp {
+                subscription,
+                kind,
+                client,
+                server,
+                ..
+            } => {
+                dst.put_u32(*subscription);
+                dst.put_u8(kind.code());
+                put_addr(dst, client);
+                put_addr(dst, server);
+            }
         }
     }
 }

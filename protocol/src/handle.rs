@@ -5,13 +5,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::frame::{DnsFailureKind, DnsTransport, Frame, StreamId, MAX_DNS_MESSAGE_LEN};
+use crate::frame::{
+    DnsFailureKind, DnsTransport, EncodeError, Frame, StreamId, MAX_DNS_MESSAGE_LEN,
+};
+use crate::incoming::{FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
 use crate::session::state::{DnsReply, EnvReply, OpenReply, Shared, Slot};
 use crate::session::{CloseReason, SessionClosed};
 use crate::stream::Stream;
+use crate::subscription::Subscription;
 use crate::udp::UdpFlow;
 
 /// Why a stream or flow could not be opened.
@@ -77,6 +81,37 @@ pub enum EnvQueryError {
         /// Why, for humans.
         message: String,
     },
+    /// The session ended first.
+    #[error(transparent)]
+    SessionClosed(#[from] SessionClosed),
+    /// The session has used all of its stream ids.
+    #[error("no stream ids left in this session")]
+    IdsExhausted,
+}
+
+/// Why a port could not be subscribed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SubscribeError {
+    /// The agent refused (the port is taken, the filter does not compile, it cannot
+    /// redirect traffic there, …); `message` says why in words for the user.
+    #[error("cannot subscribe port {port} in the target ({kind}): {message}")]
+    Refused {
+        /// The port asked for.
+        port: u16,
+        /// Why, as a code.
+        kind: SubscribeFailureKind,
+        /// Why, for humans.
+        message: String,
+    },
+    /// The HTTP filter breaks a rule of the protocol (see [`HttpFilter::check`]).
+    #[error(transparent)]
+    BadFilter(#[from] FilterError),
+    /// Port 0 cannot be subscribed.
+    #[error("port 0 cannot be subscribed")]
+    PortZero,
+    /// The subscription with its filter does not fit in one frame.
+    #[error("the HTTP filter is too large to send ({0})")]
+    TooLarge(#[source] EncodeError),
     /// The session ended first.
     #[error(transparent)]
     SessionClosed(#[from] SessionClosed),
@@ -285,6 +320,116 @@ impl SessionHandle {
             Ok(OpenReply::Failed(errno)) => Err(OpenError::Failed { errno }),
             Err(_) => Err(OpenError::SessionClosed(self.closed_error())),
         }
+    }
+
+    /// Subscribes `port` of the peer's target (sctrace → agent): with
+    /// [`IncomingMode::Steal`], connections to it (or, with `filter`, the HTTP requests that
+    /// match) come to this side instead of the target's server; with
+    /// [`IncomingMode::Mirror`], copies of them do. They arrive as [`crate::Request::Incoming`]
+    /// on this side's [`crate::Requests`]. The subscription lasts while the returned
+    /// [`Subscription`] is held (dropping it unsubscribes) and ends with the session.
+    /// Dropping the future cancels the request.
+    pub async fn subscribe(
+        &self,
+        port: u16,
+        mode: IncomingMode,
+        filter: Option<HttpFilter>,
+    ) -> Result<Subscription, SubscribeError> {
+        if port == 0 {
+            return Err(SubscribeError::PortZero);
+        }
+        if let Some(f) = &filter {
+            f.check()?;
+        }
+        let frame = |stream| Frame::Subscribe {
+            stream,
+            port,
+            mode,
+            filter: filter.clone(),
+        };
+        // Checked here so that the frame queued below cannot fail to encode.
+        frame(1)
+            .encode(&mut BytesMut::new())
+            .map_err(SubscribeError::TooLarge)?;
+        let (tx, rx) = oneshot::channel();
+        let mut guard = self
+            .open(Slot::Subscribing { reply: tx }, frame)
+            .map_err(|e| match e {
+                OpenError::SessionClosed(c) => SubscribeError::SessionClosed(c),
+                _ => SubscribeError::IdsExhausted,
+            })?;
+        let reply = rx.await;
+        match reply {
+            Ok(Ok(())) => {
+                guard.armed = false;
+                Ok(Subscription::new(
+                    self.shared().clone(),
+                    guard.id,
+                    port,
+                    mode,
+                ))
+            }
+            Ok(Err((kind, message))) => {
+                guard.armed = false;
+                Err(SubscribeError::Refused {
+                    port,
+                    kind,
+                    message,
+                })
+            }
+            Err(_) => {
+                guard.armed = false;
+                Err(SubscribeError::SessionClosed(self.closed_error()))
+            }
+        }
+    }
+
+    /// Hands the peer (sctrace) an incoming connection of `subscription`, a subscription the
+    /// peer made on this side (the agent): `client` is the remote client, `server` the
+    /// address it connected to. Resolves once the peer takes it (the stream carries the
+    /// connection; its `local_addr` is `server`, its `peer_addr` `client`) or declines it
+    /// ([`OpenError::Failed`], e.g. `ECONNREFUSED` once the peer has unsubscribed). A
+    /// subscription that has already ended fails at once with `ECONNREFUSED`.
+    pub async fn open_incoming(
+        &self,
+        subscription: StreamId,
+        kind: IncomingKind,
+        client: SocketAddr,
+        server: SocketAddr,
+    ) -> Result<Stream, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let guard = {
+            let live = {
+                let st = self.shared().lock();
+                // Only subscriptions the peer made on this side may be named.
+                !st.is_local_id(subscription) && st.subscription_live(subscription)
+            };
+            if !live {
+                if let Some(reason) = self.shared().close_reason() {
+                    return Err(OpenError::SessionClosed(SessionClosed(reason)));
+                }
+                return Err(OpenError::Failed {
+                    errno: crate::session::state::errno::ECONNREFUSED,
+                });
+            }
+            self.open(
+                Slot::Opening {
+                    tcp: true,
+                    reply: tx,
+                },
+                |stream| Frame::IncomingTcp {
+                    stream,
+                    subscription,
+                    kind,
+                    client,
+                    server,
+                },
+            )?
+        };
+        self.wait_open(guard.id, rx).await?;
+        let mut guard = guard;
+        guard.armed = false;
+        Ok(Stream::new(self.shared().clone(), guard.id, server, client))
     }
 
     /// Resolves when the session ends, with the reason.

@@ -40,12 +40,60 @@
 //! | `Datagram` | flow | both | one datagram with its destination/source address |
 //! | `DnsQuery` → `DnsAnswer`/`DnsFailed` | new | asker → peer | DNS in wire format |
 //! | `EnvQuery` → `EnvVars`…/`EnvFailed` | new | tracer → agent | the target process's environment, in frames flagged `more` but the last; 1 MiB in all at most |
+//! | `Subscribe` → `Subscribed`/`SubscribeFailed` | new | tracer → agent | mirror or steal a port of the target, with an optional HTTP filter; the stream stands for the subscription |
+//! | `Reset` on a subscription | subscription | both | tracer: unsubscribe; agent: the subscription ended (errno says why) |
+//! | `IncomingTcp` → `Opened`/`OpenFailed` | new | agent → tracer | one incoming connection of a subscription (stolen, a mirrored copy, or one HTTP request); then a stream like any other |
 //!
 //! Flow control: each side announces a per-stream window in the handshake; a sender never
 //! has more unacknowledged `Data` bytes on a stream than the window, and the receiver grants
 //! more (`WindowUpdate`) as its user consumes them. A stream whose reader stalls therefore
 //! never holds up the others, and its buffered bytes are bounded by the window. UDP flows are
 //! bounded by dropping datagrams, as sockets do. See [`frame`] for the byte layout.
+//!
+//! # Incoming traffic
+//!
+//! sctrace subscribes a port of the target when the traced app listens on it
+//! ([`SessionHandle::subscribe`]); the agent redirects the port's new connections to itself
+//! and hands each one over as an `IncomingTcp` stream, which arrives on sctrace's side as
+//! [`Request::Incoming`]. Rules:
+//!
+//! * **Steal, no filter:** one [`IncomingKind::Stolen`] stream per connection; sctrace
+//!   relays it to the app's listener both ways.
+//! * **Steal with an [`HttpFilter`]:** the agent parses HTTP/1.x and HTTP/2 prior-knowledge
+//!   connections itself; each request that matches arrives as its own
+//!   [`IncomingKind::HttpRequest`] stream holding that one request, in the client's HTTP
+//!   version, and the agent reads the app's response from it and closes it. sctrace relays
+//!   it like a stolen connection (the app sees one connection per request). Requests that do
+//!   not match go to the target's server on the same client connection.
+//! * **Mirror:** the target's server answers; each connection's client bytes are copied on
+//!   an [`IncomingKind::Mirrored`] stream (best effort: a copy that falls too far behind is
+//!   reset). What sctrace writes on it is discarded.
+//! * Declining an incoming stream (`OpenFailed`) makes the agent give that connection to the
+//!   target's server instead. `IncomingTcp` for a subscription that sctrace has already
+//!   dropped is refused by the protocol layer itself (`ECONNREFUSED`).
+//! * A port is stolen by one subscription at a time; a second is refused with
+//!   [`SubscribeFailureKind::PortInUse`]. Unsubscribing (or the session ending) stops new
+//!   connections at once; connections already handed over go on.
+//!
+//! ```no_run
+//! # async fn demo(session: sctrace_protocol::Session) -> Result<(), Box<dyn std::error::Error>> {
+//! use sctrace_protocol::{HttpFilter, IncomingMode, Request};
+//! let sctrace_protocol::Session { handle, mut requests, task } = session;
+//! tokio::spawn(task.run());
+//! let filter = HttpFilter::Header("^x-user: alice$".into());
+//! let subscription = handle.subscribe(80, IncomingMode::Steal, Some(filter)).await?;
+//! while let Some(request) = requests.next().await {
+//!     if let Request::Incoming(incoming) = request {
+//!         // incoming.client(): the remote client; incoming.server(): the target's address.
+//!         let app: std::net::SocketAddr = "127.0.0.1:8080".parse()?;
+//!         let mut local = tokio::net::TcpStream::connect(app).await?;
+//!         let mut stream = incoming.accept(app)?;
+//!         tokio::spawn(async move { sctrace_protocol::relay(&mut stream, &mut local).await });
+//!     }
+//! }
+//! drop(subscription); // unsubscribes
+//! # Ok(()) }
+//! ```
 //!
 //! # Using it
 //!
@@ -65,10 +113,12 @@
 mod decode;
 pub mod frame;
 mod handle;
+mod incoming;
 mod relay;
 mod request;
 mod session;
 mod stream;
+mod subscription;
 mod token;
 mod udp;
 
@@ -76,7 +126,11 @@ pub use decode::{decode, decode_eof, DecodeError};
 pub use frame::{
     unspecified_like, DnsFailureKind, DnsTransport, EncodeError, Frame, RefuseReason, StreamId,
 };
-pub use handle::{DnsQueryError, EnvQueryError, OpenError, SessionHandle};
+pub use handle::{DnsQueryError, EnvQueryError, OpenError, SessionHandle, SubscribeError};
+pub use incoming::{
+    FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind, MAX_FILTER_DEPTH,
+    MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
+};
 pub use relay::{relay, RelayEnd, RelayOutcome};
 pub use request::{
     ConnectTcpRequest, DnsRequest, EnvRequest, OpenUdpRequest, Request, Requests, RespondError,
@@ -86,5 +140,6 @@ pub use session::{
     MAX_STREAM_WINDOW, MIN_PROTOCOL_VERSION, MIN_STREAM_WINDOW, PROTOCOL_VERSION,
 };
 pub use stream::Stream;
+pub use subscription::{IncomingRequest, SubscribeRequest, Subscription, SubscriptionEnd};
 pub use token::{Token, TokenError};
 pub use udp::UdpFlow;

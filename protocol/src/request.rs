@@ -1,5 +1,6 @@
-//! What the peer asks this side to do — connect, open a UDP flow, resolve a name — and the
-//! responders that answer it. A request dropped without an answer is refused.
+//! What the peer asks this side to do — connect, open a UDP flow, resolve a name, subscribe a
+//! port, take an incoming connection — and the responders that answer it. A request dropped
+//! without an answer is refused.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +14,11 @@ use crate::frame::{
     DnsFailureKind, DnsTransport, Frame, StreamId, MAX_DNS_MESSAGE_LEN, MAX_ENV_BYTES,
     MAX_ENV_ENTRY_LEN, MAX_PAYLOAD_LEN,
 };
+use crate::incoming::SubscribeFailureKind;
 use crate::session::state::{errno, Shared, Slot, StreamState, UdpState};
 use crate::session::CloseReason;
 use crate::stream::Stream;
+use crate::subscription::{IncomingRequest, SubscribeRequest};
 use crate::udp::UdpFlow;
 
 /// The requests the peer sends, in arrival order. Ends (`None`) when the session ends.
@@ -50,6 +53,10 @@ pub enum Request {
     Dns(DnsRequest),
     /// Tell the target process's environment.
     Env(EnvRequest),
+    /// Subscribe a port of the target (sctrace → agent).
+    Subscribe(SubscribeRequest),
+    /// Take an incoming connection of a subscription this side made (agent → sctrace).
+    Incoming(IncomingRequest),
 }
 
 /// Why a response could not be delivered.
@@ -125,6 +132,8 @@ impl Request {
             Request::OpenUdp(r) => &mut r.offer,
             Request::Dns(r) => &mut r.offer,
             Request::Env(r) => &mut r.offer,
+            Request::Subscribe(r) => r.offer(),
+            Request::Incoming(r) => r.offer(),
         }
     }
 
@@ -143,26 +152,28 @@ impl Request {
 
 /// Which frame refuses a request.
 #[derive(Clone, Copy)]
-enum OfferKind {
+pub(crate) enum OfferKind {
     /// `OpenFailed` with an errno.
     Open,
     /// `DnsFailed`.
     Dns,
     /// `EnvFailed`.
     Env,
+    /// `SubscribeFailed`.
+    Subscribe,
 }
 
 /// The part every request shares: which stream it is, and the peer's cancellation.
-struct Offer {
-    shared: Arc<Shared>,
-    id: StreamId,
+pub(crate) struct Offer {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: StreamId,
     cancel: oneshot::Receiver<()>,
     kind: OfferKind,
     answered: bool,
 }
 
 impl Offer {
-    fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         id: StreamId,
         cancel: oneshot::Receiver<()>,
@@ -178,7 +189,7 @@ impl Offer {
     }
 
     /// Replaces the still-offered slot by `slot` and queues `reply`.
-    fn answer(&mut self, slot: Option<Slot>, reply: Frame) -> Result<(), RespondError> {
+    pub(crate) fn answer(&mut self, slot: Option<Slot>, reply: Frame) -> Result<(), RespondError> {
         self.answer_all(slot, std::slice::from_ref(&reply))
     }
 
@@ -204,8 +215,17 @@ impl Offer {
         Ok(())
     }
 
-    fn refuse(&mut self, errno: i32, why: &str) {
+    pub(crate) fn refuse(&mut self, errno: i32, why: &str) {
         let reply = match self.kind {
+            OfferKind::Subscribe => Frame::SubscribeFailed {
+                stream: self.id,
+                kind: if errno == errno::EAGAIN {
+                    SubscribeFailureKind::Failed
+                } else {
+                    SubscribeFailureKind::Unsupported
+                },
+                message: why.to_string(),
+            },
             OfferKind::Dns => Frame::DnsFailed {
                 stream: self.id,
                 kind: DnsFailureKind::Unavailable,
@@ -223,7 +243,7 @@ impl Offer {
         let _ = self.answer(None, reply);
     }
 
-    async fn cancelled(&mut self) {
+    pub(crate) async fn cancelled(&mut self) {
         // Resolves when the slot's sender is dropped: the peer reset the request or the
         // session ended.
         let _ = (&mut self.cancel).await;

@@ -7,7 +7,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use sctrace_protocol::frame::{MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_PAYLOAD_LEN};
 use sctrace_protocol::{
-    decode, decode_eof, DecodeError, DnsFailureKind, DnsTransport, Frame, RefuseReason,
+    decode, decode_eof, DecodeError, DnsFailureKind, DnsTransport, Frame, HttpFilter, IncomingKind,
+    IncomingMode, RefuseReason, SubscribeFailureKind,
 };
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
@@ -124,7 +125,63 @@ fn frame() -> impl Strategy<Value = Frame> {
                 more,
             }),
         (stream(), text()).prop_map(|(stream, message)| Frame::EnvFailed { stream, message }),
+        (
+            stream(),
+            1..=u16::MAX,
+            any::<bool>(),
+            prop::option::of(http_filter())
+        )
+            .prop_map(|(stream, port, steal, filter)| Frame::Subscribe {
+                stream,
+                port,
+                mode: if steal {
+                    IncomingMode::Steal
+                } else {
+                    IncomingMode::Mirror
+                },
+                filter,
+            }),
+        stream().prop_map(|stream| Frame::Subscribed { stream }),
+        (stream(), 1u8..=9, text()).prop_map(|(stream, c, message)| Frame::SubscribeFailed {
+            stream,
+            kind: match c {
+                1 => SubscribeFailureKind::PortInUse,
+                2 => SubscribeFailureKind::BadFilter,
+                3 => SubscribeFailureKind::Unsupported,
+                4 => SubscribeFailureKind::Failed,
+                c => SubscribeFailureKind::Other(c),
+            },
+            message
+        }),
+        (stream(), stream(), 0u8..3, socket_addr(), socket_addr()).prop_map(
+            |(stream, subscription, k, client, server)| Frame::IncomingTcp {
+                stream,
+                subscription,
+                kind: [
+                    IncomingKind::Stolen,
+                    IncomingKind::Mirrored,
+                    IncomingKind::HttpRequest
+                ][k as usize],
+                client,
+                server,
+            }
+        ),
     ]
+}
+
+/// Filters as the config builds them: conditions, and lists of them nested a few levels.
+fn http_filter() -> impl Strategy<Value = HttpFilter> {
+    let leaf = prop_oneof![
+        "[a-z^$.*: -]{1,30}".prop_map(HttpFilter::Header),
+        "[a-z/^$.*]{1,30}".prop_map(HttpFilter::Path),
+        "[A-Z]{1,7}".prop_map(HttpFilter::Method),
+    ];
+    leaf.prop_recursive(4, 24, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 1..5).prop_map(HttpFilter::AllOf),
+            prop::collection::vec(inner, 1..5).prop_map(HttpFilter::AnyOf),
+        ]
+    })
 }
 
 proptest! {
@@ -188,7 +245,7 @@ proptest! {
     }
 
     #[test]
-    fn plausible_headers_with_random_payloads(kind in 0u8..0x48, flags in 0u8..2, stream in 0u32..4, payload in prop::collection::vec(any::<u8>(), 0..64)) {
+    fn plausible_headers_with_random_payloads(kind in 0u8..0x58, flags in 0u8..2, stream in 0u32..4, payload in prop::collection::vec(any::<u8>(), 0..64)) {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         buf.extend_from_slice(&[kind, flags]);
@@ -205,7 +262,7 @@ proptest! {
                 expect.extend_from_slice(&stream.to_be_bytes());
                 expect.extend_from_slice(&payload);
                 // Lossy text decoding may differ for invalid UTF-8 messages.
-                if !matches!(f, Frame::Refused { .. } | Frame::GoAway { .. } | Frame::DnsFailed { .. } | Frame::EnvFailed { .. }) {
+                if !matches!(f, Frame::Refused { .. } | Frame::GoAway { .. } | Frame::DnsFailed { .. } | Frame::EnvFailed { .. } | Frame::SubscribeFailed { .. }) {
                     prop_assert_eq!(again, expect);
                 }
             }
@@ -239,4 +296,37 @@ fn encode_refuses_what_decode_would_reject() {
     max.encode(&mut buf).unwrap();
     assert!(buf.len() <= 10 + MAX_PAYLOAD_LEN);
     assert_eq!(decode(&mut buf).unwrap(), Some(max));
+}
+
+#[test]
+fn encode_refuses_subscriptions_decode_would_reject() {
+    let mut buf = BytesMut::new();
+    let subscribe = |port, filter| Frame::Subscribe {
+        stream: 1,
+        port,
+        mode: IncomingMode::Steal,
+        filter,
+    };
+    assert!(subscribe(0, None).encode(&mut buf).is_err());
+    assert!(subscribe(80, Some(HttpFilter::AnyOf(vec![])))
+        .encode(&mut buf)
+        .is_err());
+    assert!(subscribe(80, Some(HttpFilter::Header(String::new())))
+        .encode(&mut buf)
+        .is_err());
+    // 256 conditions of 4 KiB each: valid shape, but larger than a frame.
+    let huge = HttpFilter::AnyOf(vec![HttpFilter::Path("a".repeat(4096)); 256]);
+    assert!(matches!(
+        subscribe(80, Some(huge)).encode(&mut buf),
+        Err(sctrace_protocol::EncodeError::TooLarge { .. })
+    ));
+    let incoming = Frame::IncomingTcp {
+        stream: 2,
+        subscription: 0,
+        kind: IncomingKind::Stolen,
+        client: "198.18.1.2:5000".parse().unwrap(),
+        server: "198.18.1.1:80".parse().unwrap(),
+    };
+    assert!(incoming.encode(&mut buf).is_err());
+    assert!(buf.is_empty(), "nothing appended on error");
 }

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 
 use crate::frame::{DnsFailureKind, Frame, StreamId, MAX_ENV_BYTES};
+use crate::incoming::SubscribeFailureKind;
 use crate::request::Request;
 use crate::session::CloseReason;
 
@@ -28,6 +29,8 @@ pub(crate) mod errno {
     pub const EOPNOTSUPP: i32 = 95;
     /// Connection reset by peer.
     pub const ECONNRESET: i32 = 104;
+    /// Connection refused: an incoming connection for a subscription that has ended.
+    pub const ECONNREFUSED: i32 = 111;
 }
 
 /// What the session's two sides agreed on, fixed after the handshake.
@@ -63,6 +66,9 @@ pub(crate) enum DnsReply {
 /// The answer to an `EnvQuery`: the variables, or why there are none.
 pub(crate) type EnvReply = Result<Vec<(Bytes, Bytes)>, String>;
 
+/// The answer to a `Subscribe`: in place, or refused and why.
+pub(crate) type SubscribeReply = Result<(), (SubscribeFailureKind, String)>;
+
 pub(crate) enum Slot {
     /// We asked the peer to open a stream (`tcp`) or UDP flow; its answer goes to `reply`.
     Opening {
@@ -85,8 +91,14 @@ pub(crate) enum Slot {
     Offered {
         _cancel: oneshot::Sender<()>,
     },
+    /// We asked the peer to subscribe a port.
+    Subscribing {
+        reply: oneshot::Sender<SubscribeReply>,
+    },
     Stream(StreamState),
     Udp(UdpState),
+    /// A subscription in place (made by either side).
+    Subscription(SubscriptionState),
 }
 
 /// One TCP-like stream. Buffers are empty (and unallocated) while the stream is idle.
@@ -114,6 +126,13 @@ pub(crate) struct UdpState {
     pub recv_waker: Option<Waker>,
     pub send_waker: Option<Waker>,
     pub waiting_out: bool,
+}
+
+/// A subscription in place; it lasts until either side resets it or the session ends.
+pub(crate) struct SubscriptionState {
+    /// Set when the peer ended it (the errno of its `Reset`, 0 for a plain end).
+    pub ended: Option<i32>,
+    pub waker: Option<Waker>,
 }
 
 pub(crate) struct State {
@@ -183,8 +202,9 @@ impl Shared {
             }
             st.closed = Some(reason.clone());
             // Pending opens/queries/offers are dropped: their receivers see the session end.
-            st.slots
-                .retain(|_, slot| matches!(slot, Slot::Stream(_) | Slot::Udp(_)));
+            st.slots.retain(|_, slot| {
+                matches!(slot, Slot::Stream(_) | Slot::Udp(_) | Slot::Subscription(_))
+            });
             for slot in st.slots.values_mut() {
                 match slot {
                     Slot::Stream(s) => {
@@ -195,6 +215,7 @@ impl Shared {
                         wake(&mut u.recv_waker);
                         wake(&mut u.send_waker);
                     }
+                    Slot::Subscription(sub) => wake(&mut sub.waker),
                     _ => {}
                 }
             }
@@ -335,7 +356,12 @@ impl State {
         }
     }
 
-    fn is_local_id(&self, id: StreamId) -> bool {
+    /// Whether `id` is a subscription in place that has not ended.
+    pub fn subscription_live(&self, id: StreamId) -> bool {
+        matches!(self.slots.get(&id), Some(Slot::Subscription(s)) if s.ended.is_none())
+    }
+
+    pub(crate) fn is_local_id(&self, id: StreamId) -> bool {
         (id % 2 == 1) == self.local_is_odd
     }
 
@@ -361,6 +387,7 @@ impl State {
         let clean = match &slot {
             Slot::Stream(s) => s.reset.is_some() || (s.fin_sent && s.fin_received),
             Slot::Udp(u) => u.reset.is_some(),
+            Slot::Subscription(sub) => sub.ended.is_some(),
             _ => false,
         };
         if !clean {
@@ -495,6 +522,96 @@ impl State {
                 }
                 other => return self.unexpected(stream, other, "EnvFailed"),
             },
+            Frame::Subscribe {
+                stream,
+                port,
+                mode,
+                filter,
+            } => {
+                if self.peer_open >= self.limits.max_peer_streams {
+                    self.accept_peer_id(stream)?;
+                    self.queue(&Frame::SubscribeFailed {
+                        stream,
+                        kind: SubscribeFailureKind::Failed,
+                        message: "too many open streams".into(),
+                    });
+                } else if let Some(cancel) = self.offer(stream, errno::EAGAIN)? {
+                    deliver.push(Request::subscribe(
+                        shared.clone(),
+                        stream,
+                        port,
+                        mode,
+                        filter,
+                        cancel,
+                    ));
+                }
+            }
+            Frame::Subscribed { stream } => match self.slots.remove(&stream) {
+                Some(Slot::Subscribing { reply }) => {
+                    self.slots.insert(
+                        stream,
+                        Slot::Subscription(SubscriptionState {
+                            ended: None,
+                            waker: None,
+                        }),
+                    );
+                    // If the subscriber is gone its guard releases the subscription.
+                    let _ = reply.send(Ok(()));
+                }
+                other => return self.unexpected(stream, other, "Subscribed"),
+            },
+            Frame::SubscribeFailed {
+                stream,
+                kind,
+                message,
+            } => match self.slots.remove(&stream) {
+                Some(Slot::Subscribing { reply }) => {
+                    let _ = reply.send(Err((kind, message)));
+                }
+                other => return self.unexpected(stream, other, "SubscribeFailed"),
+            },
+            Frame::IncomingTcp {
+                stream,
+                subscription,
+                kind,
+                client,
+                server,
+            } => {
+                if !self.is_local_id(subscription) || !self.existed(subscription) {
+                    return Err(violation(format!(
+                        "IncomingTcp for subscription {subscription}, which we never made"
+                    )));
+                }
+                match self.slots.get(&subscription) {
+                    Some(Slot::Subscription(sub)) if sub.ended.is_none() => {
+                        if let Some(cancel) = self.offer(stream, errno::EAGAIN)? {
+                            deliver.push(Request::incoming(
+                                shared.clone(),
+                                stream,
+                                subscription,
+                                kind,
+                                client,
+                                server,
+                                cancel,
+                            ));
+                        }
+                    }
+                    Some(Slot::Subscription(_)) | None => {
+                        // Unsubscribed while the connection was on its way: refused, and
+                        // the agent gives it to the target's own server.
+                        self.accept_peer_id(stream)?;
+                        self.queue(&Frame::OpenFailed {
+                            stream,
+                            errno: errno::ECONNREFUSED,
+                        });
+                    }
+                    Some(_) => {
+                        return Err(violation(format!(
+                            "IncomingTcp for stream {subscription}, which is not a subscription in place"
+                        )));
+                    }
+                }
+            }
             Frame::Opened { stream, local } => match self.slots.remove(&stream) {
                 Some(Slot::Opening { tcp, reply }) => {
                     let slot = if tcp {
@@ -582,8 +699,23 @@ impl State {
                 }
             },
             Frame::Reset { stream, errno } => {
+                let raw_errno = errno;
                 let errno = if errno == 0 { errno::ECONNRESET } else { errno };
                 match self.slots.get_mut(&stream) {
+                    Some(Slot::Subscription(sub)) => {
+                        if sub.ended.is_none() {
+                            sub.ended = Some(raw_errno);
+                        }
+                        wake(&mut sub.waker);
+                    }
+                    Some(Slot::Subscribing { .. }) => {
+                        if let Some(Slot::Subscribing { reply }) = self.remove(stream) {
+                            let _ = reply.send(Err((
+                                SubscribeFailureKind::Failed,
+                                "the peer cancelled the subscription".into(),
+                            )));
+                        }
+                    }
                     Some(Slot::Stream(s)) => {
                         s.reset = Some(errno);
                         // Like TCP after RST: unread data is gone.
