@@ -83,6 +83,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
 
+    /// Show no progress (cluster reached, agent ready, …) while the session starts.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
     /// The program and its arguments.
     #[arg(
         required = true,

@@ -248,9 +248,19 @@ fn unquote_double(rest: &str) -> Option<String> {
 }
 
 /// Whether sctrace asks the agent for the environment at all: only when `feature.env` is
-/// enabled and the target has a process (a bare network namespace has none).
+/// enabled and the target has a process (a process, or a pod's container; a bare network
+/// namespace and a targetless agent have none).
 pub fn wants_target_env(target: Option<&Target>, config: &EnvConfig) -> bool {
-    config.enabled && !matches!(target, Some(Target::Netns(_)))
+    config.enabled
+        && matches!(
+            target,
+            Some(
+                Target::Pid(_)
+                    | Target::Pod { .. }
+                    | Target::Deployment { .. }
+                    | Target::StatefulSet { .. }
+            )
+        )
 }
 
 /// Assembles the app's environment for a session: asks the agent for the target's variables
@@ -280,11 +290,10 @@ pub async fn fetch(
             .collect()
     } else {
         if config.enabled && (config.include.is_some() || config.exclude.is_some()) {
-            if let Some(target) = target {
-                eprintln!(
-                    "sctrace: warning: feature.env: the target {target} is a network namespace with no process, so no variables come from it; override, unset and env_file still apply"
-                );
-            }
+            let target = target.map_or_else(|| "targetless".to_owned(), ToString::to_string);
+            eprintln!(
+                "sctrace: warning: feature.env: the target {target} has no process, so no variables come from it; override, unset and env_file still apply"
+            );
         }
         Vec::new()
     };
@@ -471,7 +480,10 @@ mod tests {
         let on = EnvConfig::default();
         assert!(!wants_target_env(Some(&netns), &on));
         assert!(wants_target_env(Some(&pid), &on));
-        assert!(wants_target_env(None, &on));
+        assert!(!wants_target_env(None, &on));
+        assert!(!wants_target_env(Some(&Target::Targetless), &on));
+        let pod: Target = "deployment/web/container/app".parse().unwrap();
+        assert!(wants_target_env(Some(&pod), &on));
         assert!(!wants_target_env(Some(&pid), &EnvConfig::enabled(false)));
     }
 

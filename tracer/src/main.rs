@@ -43,6 +43,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 fn run(cli: Cli) -> Result<i32, Failure> {
+    let mut quiet = false;
     let (command, outputs, relay) = match cli.command {
         Command::Run(args) => {
             let mut outputs = Vec::new();
@@ -50,6 +51,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
                 outputs.push((Format::Json, open_output(path)?));
             }
             let relay = relay_config(args.config.as_deref(), args.target.as_deref())?;
+            quiet = args.quiet;
             (args.command, outputs, relay)
         }
         Command::Trace(args) => {
@@ -67,6 +69,7 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         command,
         outputs,
         relay,
+        quiet,
     }
     .run()
     .map_err(|err| Failure {

@@ -14,10 +14,12 @@ use thiserror::Error;
 use crate::agent_link::{self, AgentLink, LinkError};
 use crate::dns::names::NameCache;
 use crate::dns::DnsResponder;
+use crate::env::{self, EnvError, TargetEnv};
 use crate::events::{EventSink, Format, Writer};
 use crate::handlers::Context;
 use crate::launch::{self, LaunchError};
 use crate::lifecycle::{self, Signals};
+use crate::progress::{Progress, Style};
 use crate::relay::parking::Parking;
 use crate::relay::tcp::TcpRelay;
 use crate::remote::{self, Remote};
@@ -35,6 +37,8 @@ pub struct Session {
     /// The configuration, when the app's traffic is relayed through an agent; `None` for an
     /// observe-only session.
     pub relay: Option<Config>,
+    /// Show no progress while a relaying session starts (`--quiet`).
+    pub quiet: bool,
 }
 
 /// Why a session could not run the program.
@@ -67,6 +71,9 @@ pub enum SessionError {
     /// The program could not be started.
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// The app's environment (`feature.env`) could not be assembled.
+    #[error(transparent)]
+    Env(#[from] EnvError),
 }
 
 impl SessionError {
@@ -105,10 +112,25 @@ impl Session {
         let (stop_writer, writer_stopped) = tokio::sync::oneshot::channel();
         let writer_task = writer.map(|w| runtime.spawn(w.run(writer_stopped)));
 
-        // A relaying session reaches its agent before the app starts.
+        // A relaying session reaches its agent, and takes the target's environment, before
+        // the app starts.
+        let progress = match &self.relay {
+            Some(_) => Progress::new(Style::detect(self.quiet)),
+            None => Progress::quiet(),
+        };
         let relay = match &self.relay {
-            Some(config) => Some(runtime.block_on(start_relay(config, events.clone()))?),
+            Some(config) => {
+                Some(runtime.block_on(start_relay(config, events.clone(), &progress))?)
+            }
             None => None,
+        };
+        let app_env: Option<TargetEnv> = match (&self.relay, &relay) {
+            (Some(config), Some((_, link))) => Some(runtime.block_on(env::fetch(
+                &link.handle,
+                config.target.path.as_ref(),
+                &config.feature.env,
+            ))?),
+            _ => None,
         };
         let mut keep = HashSet::new();
         if let Some((_, link)) = &relay {
@@ -127,7 +149,12 @@ impl Session {
             receives: relay.is_some(),
         };
         let filter = launch::bpf::build(&launch::bpf::NATIVE, traps);
-        let app = launch::launch(&program, &args, filter, |_| {})?;
+        let app = launch::launch(&program, &args, filter, |cmd| {
+            if let Some(app_env) = &app_env {
+                app_env.apply(cmd);
+            }
+        })?;
+        progress.finish(&format!("started {}", program.to_string_lossy()));
         tracing::debug!("started {} as pid {}", program.to_string_lossy(), app.pid);
 
         let ctx = Arc::new(Context {
@@ -178,14 +205,14 @@ impl Session {
 async fn start_relay(
     config: &Config,
     events: EventSink,
+    progress: &Progress,
 ) -> Result<(Arc<Remote>, AgentLink), SessionError> {
     let link = agent_link::open(
-        config.target.path.as_ref(),
-        config.agent.address.as_ref(),
-        config.agent.token_file.as_deref(),
+        config,
         std::env::var("SCTRACE_AGENT_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
+        progress,
     )
     .await?;
     let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();

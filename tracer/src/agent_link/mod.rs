@@ -1,19 +1,23 @@
 //! How sctrace reaches an agent: it starts one for a local target (a network namespace or a
-//! process on this machine) or connects to one already running at a configured address,
-//! then opens the protocol session.
+//! process on this machine), starts one in the cluster for a Kubernetes target (see
+//! [`kube`]), or connects to one already running at a configured address; then it opens
+//! the protocol session.
 
+pub mod kube;
 mod local;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sctrace_filter::config::{AgentAddress, NetnsTarget, Target};
+use sctrace_filter::config::{AgentAddress, Config, NetnsTarget, Target};
 use sctrace_protocol::{Config as ProtocolConfig, HandshakeError, Session, SessionHandle, Token};
 use thiserror::Error;
 use tokio::net::{TcpStream, UnixStream};
 
 pub use local::LocalAgent;
+
+use crate::progress::Progress;
 
 /// An open session with an agent, and the agent process when sctrace started it.
 pub struct AgentLink {
@@ -23,14 +27,16 @@ pub struct AgentLink {
     pub process: Option<LocalAgent>,
     /// Where the agent listens, for messages.
     pub address: String,
+    /// The port-forward to an agent in the cluster, which must live as long as the session.
+    pub forward: Option<kube::Forward>,
 }
 
 /// Why sctrace could not reach an agent.
 #[derive(Debug, Error)]
 pub enum LinkError {
-    /// A Kubernetes target: not reachable by this version's agent links.
-    #[error("the target {0} is a Kubernetes target; sctrace can't reach the cluster in this version: use a local target (netns/NAME, pid/PID) or an agent address (agent.address)")]
-    Kubernetes(String),
+    /// A Kubernetes target's agent could not be started or reached.
+    #[error(transparent)]
+    Kube(#[from] kube::KubeError),
     /// Reading the token file failed.
     #[error("cannot read the agent token file {path}: {source}")]
     TokenFile {
@@ -72,25 +78,34 @@ pub enum LinkError {
 /// How long connecting to an agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Opens a session with the agent for `target`, or at `address` when one is configured.
+/// Opens a session with the agent at `agent.address` when one is configured, else with an
+/// agent sctrace starts for the target: locally for `netns/…` and `pid/…`, in the cluster
+/// for the rest (no target: targetless). `env_token` is `SCTRACE_AGENT_TOKEN`, for an agent
+/// given by address. The steps show on `progress`.
 pub async fn open(
-    target: Option<&Target>,
-    address: Option<&AgentAddress>,
-    token_file: Option<&Path>,
+    config: &Config,
     env_token: Option<String>,
+    progress: &Progress,
 ) -> Result<AgentLink, LinkError> {
-    if let Some(address) = address {
+    let target = config.target.path.as_ref();
+    let token_file = config.agent.token_file.as_deref();
+    if let Some(address) = config.agent.address.as_ref() {
         let token = match (token_file, env_token) {
             (Some(path), _) => read_token(path)?,
             (None, Some(text)) => Token::new(text.trim().as_bytes().to_vec())
                 .map_err(|e| LinkError::BadToken(e.to_string()))?,
             (None, None) => return Err(LinkError::NoToken),
         };
-        let handle = connect(address, &token).await?;
+        progress.start(&format!("connecting to the agent at {address}"));
+        let handle = connect(address, &token)
+            .await
+            .inspect_err(|_| progress.failed())?;
+        progress.done(&format!("connected to the agent at {address}"));
         return Ok(AgentLink {
             handle,
             process: None,
             address: address.to_string(),
+            forward: None,
         });
     }
     let netns = match target {
@@ -99,17 +114,48 @@ pub async fn open(
         }
         Some(Target::Netns(NetnsTarget::Path(path))) => local::Namespace::Path(path.clone()),
         Some(Target::Pid(pid)) => local::Namespace::Pid(*pid),
-        Some(other) => return Err(LinkError::Kubernetes(format!("{other:?}"))),
-        None => return Err(LinkError::Kubernetes("targetless".into())),
+        _ => return open_kube(config, progress).await,
     };
-    let agent = LocalAgent::start(&netns).await?;
-    let address = AgentAddress::Unix(agent.socket().to_path_buf());
-    let handle = connect(&address, agent.token()).await?;
+    let shown = target.map_or_else(String::new, ToString::to_string);
+    progress.start(&format!("starting the agent for {shown}"));
+    let started = async {
+        let agent = LocalAgent::start(&netns).await?;
+        let address = AgentAddress::Unix(agent.socket().to_path_buf());
+        let handle = connect(&address, agent.token()).await?;
+        Ok::<_, LinkError>((agent, address, handle))
+    };
+    let (agent, address, handle) = started.await.inspect_err(|_| progress.failed())?;
+    progress.done(&format!("agent started for {shown}"));
     Ok(AgentLink {
         handle,
         process: Some(agent),
         address: address.to_string(),
+        forward: None,
     })
+}
+
+/// Starts an agent in the cluster and opens the session through the port-forward.
+async fn open_kube(config: &Config, progress: &Progress) -> Result<AgentLink, LinkError> {
+    let link = kube::open(config, progress).await?;
+    Ok(serve_link(link))
+}
+
+/// Runs a Kubernetes session's task and wraps it as an [`AgentLink`].
+pub fn serve_link(link: kube::KubeLink) -> AgentLink {
+    let kube::KubeLink {
+        session,
+        address,
+        forward,
+    } = link;
+    tokio::spawn(session.task.run());
+    // Nothing is served to the agent yet: its requests are refused when `requests` drops.
+    drop(session.requests);
+    AgentLink {
+        handle: session.handle,
+        process: None,
+        address,
+        forward: Some(forward),
+    }
 }
 
 fn read_token(path: &Path) -> Result<Token, LinkError> {

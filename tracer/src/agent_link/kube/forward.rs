@@ -1,0 +1,148 @@
+//! Reaching the agent through the API server: a `pods/portforward` WebSocket to the agent's
+//! port in its pod, whose byte stream carries the protocol session. A port-forward opened
+//! before the agent listens is closed by the kubelet with an error, so the handshake is
+//! retried until the startup deadline; a drop later is reported with the API server's reason.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Portforwarder};
+use sctrace_protocol::{Config as ProtocolConfig, HandshakeError, Session, Token};
+use tokio::time::Instant;
+
+use super::client::ClusterInfo;
+use super::error::{Call, KubeError};
+use super::launch::{AgentPod, Timing};
+
+/// The port-forward that carries the session. Dropping it closes the forward.
+pub struct Forward {
+    forwarder: Portforwarder,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+    }
+}
+
+/// Opens the port-forward to `port` of the agent's pod and completes the handshake,
+/// retrying while the agent is not listening yet, until `timeout`.
+pub async fn connect(
+    cluster: &ClusterInfo,
+    agent: &AgentPod,
+    port: u16,
+    token: &Token,
+    timing: &Timing,
+    timeout: Duration,
+) -> Result<(Session, Forward), KubeError> {
+    let deadline = Instant::now() + timeout;
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &agent.namespace);
+    let failed = |message: String| KubeError::PortForward {
+        pod: agent.pod.clone(),
+        namespace: agent.namespace.clone(),
+        port,
+        message,
+    };
+    loop {
+        let last = match attempt(&pods, agent, port, token, deadline).await {
+            Ok(connected) => return Ok(connected),
+            Err(Attempt::Fatal(err)) => return Err(err),
+            Err(Attempt::Retry(why)) => why,
+            Err(Attempt::Api(err)) => {
+                let err = Call {
+                    verb: "create",
+                    resource: "pods/portforward",
+                    namespace: &agent.namespace,
+                    doing: format!("port-forwarding to pod {}/{}", agent.namespace, agent.pod),
+                }
+                .error(err, &cluster.url);
+                match err {
+                    KubeError::Api { source, .. } => source.to_string(),
+                    other => return Err(other),
+                }
+            }
+        };
+        if Instant::now() + timing.poll > deadline {
+            return Err(failed(last));
+        }
+        tokio::time::sleep(timing.poll).await;
+    }
+}
+
+enum Attempt {
+    /// Try again (the agent may not listen yet).
+    Retry(String),
+    /// The API call failed; the caller decides.
+    Api(kube::Error),
+    /// Give up.
+    Fatal(KubeError),
+}
+
+async fn attempt(
+    pods: &Api<Pod>,
+    agent: &AgentPod,
+    port: u16,
+    token: &Token,
+    deadline: Instant,
+) -> Result<(Session, Forward), Attempt> {
+    let mut forwarder = pods
+        .portforward(&agent.pod, &[port])
+        .await
+        .map_err(Attempt::Api)?;
+    let (Some(stream), Some(errors)) = (forwarder.take_stream(port), forwarder.take_error(port))
+    else {
+        return Err(Attempt::Retry(
+            "the port-forward has no stream for the port".into(),
+        ));
+    };
+    let mut errors = Box::pin(errors);
+    let handshake = Session::client(stream, token, ProtocolConfig::default());
+    let outcome = tokio::select! {
+        outcome = tokio::time::timeout_at(deadline, handshake) => outcome,
+        message = &mut errors => {
+            forwarder.abort();
+            return Err(Attempt::Retry(message.unwrap_or_else(|| "the port-forward closed".into())));
+        }
+    };
+    match outcome {
+        Ok(Ok(session)) => {
+            let shown = format!("pod {}/{} port {port}", agent.namespace, agent.pod);
+            // The API server reports a broken forward on the error channel; say so, since
+            // the session itself only sees its stream end.
+            tokio::spawn(async move {
+                if let Some(message) = errors.await {
+                    eprintln!(
+                        "sctrace: the port-forward to the agent ({shown}) dropped: {message}"
+                    );
+                }
+            });
+            Ok((session, Forward { forwarder }))
+        }
+        Ok(Err(HandshakeError::Closed)) => {
+            forwarder.abort();
+            Err(Attempt::Retry(
+                "the agent closed the connection during the handshake (not listening yet?)".into(),
+            ))
+        }
+        Ok(Err(HandshakeError::Io(e))) => {
+            forwarder.abort();
+            Err(Attempt::Retry(format!(
+                "the forwarded connection failed: {e}"
+            )))
+        }
+        Ok(Err(source)) => {
+            forwarder.abort();
+            Err(Attempt::Fatal(KubeError::Handshake {
+                pod: agent.pod.clone(),
+                namespace: agent.namespace.clone(),
+                source,
+            }))
+        }
+        Err(_) => {
+            forwarder.abort();
+            Err(Attempt::Retry(
+                "no handshake before the startup deadline".into(),
+            ))
+        }
+    }
+}
