@@ -50,7 +50,9 @@ pub async fn connect(
             Err(Attempt::Retry(why)) => why,
             Err(Attempt::Api(err)) => {
                 let err = Call {
-                    verb: "create",
+                    // WebSocket port-forwards are GET requests; newer API servers also
+                    // check `create`.
+                    verb: "get/create",
                     resource: "pods/portforward",
                     namespace: &agent.namespace,
                     doing: format!("port-forwarding to pod {}/{}", agent.namespace, agent.pod),
@@ -118,18 +120,22 @@ async fn attempt(
             });
             Ok((session, Forward { forwarder }))
         }
-        Ok(Err(HandshakeError::Closed)) => {
-            forwarder.abort();
-            Err(Attempt::Retry(
+        Ok(Err(HandshakeError::Closed)) => Err(Attempt::Retry(
+            reason(
+                forwarder,
+                errors,
                 "the agent closed the connection during the handshake (not listening yet?)".into(),
-            ))
-        }
-        Ok(Err(HandshakeError::Io(e))) => {
-            forwarder.abort();
-            Err(Attempt::Retry(format!(
-                "the forwarded connection failed: {e}"
-            )))
-        }
+            )
+            .await,
+        )),
+        Ok(Err(HandshakeError::Io(e))) => Err(Attempt::Retry(
+            reason(
+                forwarder,
+                errors,
+                format!("the forwarded connection failed: {e}"),
+            )
+            .await,
+        )),
         Ok(Err(source)) => {
             forwarder.abort();
             Err(Attempt::Fatal(KubeError::Handshake {
@@ -144,5 +150,20 @@ async fn attempt(
                 "no handshake before the startup deadline".into(),
             ))
         }
+    }
+}
+
+/// Why a forward closed: the API server's message on the error channel when it sends one
+/// soon (it usually says why the kubelet could not connect), else `fallback`.
+async fn reason(
+    forwarder: Portforwarder,
+    errors: std::pin::Pin<Box<impl std::future::Future<Output = Option<String>>>>,
+    fallback: String,
+) -> String {
+    let message = tokio::time::timeout(Duration::from_millis(500), errors).await;
+    forwarder.abort();
+    match message {
+        Ok(Some(message)) => message,
+        _ => fallback,
     }
 }
