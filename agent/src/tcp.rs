@@ -41,6 +41,7 @@ pub async fn serve(
     mut request: ConnectTcpRequest,
     sockets: NetnsSockets,
     default_timeout: Duration,
+    handoffs: Option<std::sync::Arc<crate::handoff::Handoffs>>,
 ) {
     let addr = request.addr();
     let id = request.id();
@@ -73,6 +74,22 @@ pub async fn serve(
         }
     };
     tracing::debug!(id, %addr, %local, "connected");
+    if let Some(handoffs) = handoffs {
+        // sctrace hands over its end of the app's connection: splice the two.
+        let Some(fd) = handoffs.take(id).await else {
+            tracing::debug!(id, %addr, "no socket was handed over; closing");
+            return;
+        };
+        drop(stream);
+        match crate::splice::adopt(fd) {
+            Ok(app) => {
+                let spliced = crate::splice::relay(app, tcp).await;
+                tracing::debug!(id, %addr, sent = spliced.b_to_a, received = spliced.a_to_b, error = ?spliced.error, "connection closed");
+            }
+            Err(e) => tracing::debug!(id, %addr, error = %e, "cannot use the handed-over socket"),
+        }
+        return;
+    }
     let outcome = sctrace_protocol::relay(&mut stream, &mut tcp).await;
     match &outcome.end {
         RelayEnd::Closed => {}

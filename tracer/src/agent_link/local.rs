@@ -71,7 +71,9 @@ pub struct LocalAgent {
     child: Child,
     dir: PathBuf,
     socket: PathBuf,
+    handoff: PathBuf,
     token: Token,
+    secret: Vec<u8>,
 }
 
 /// How long the agent may take to start listening.
@@ -95,6 +97,7 @@ impl LocalAgent {
         let agent = find_agent()?;
         let dir = runtime_dir()?;
         let socket = dir.join("agent.sock");
+        let handoff = dir.join("handoff.sock");
         let token_file = dir.join("token");
         let token_text = random_token()?;
         write_private(&token_file, token_text.as_bytes()).map_err(|source| {
@@ -103,6 +106,7 @@ impl LocalAgent {
                 source,
             }
         })?;
+        let secret = token_text.clone().into_bytes();
         let token = Token::new(token_text.into_bytes())
             .map_err(|e| LocalAgentError::NotReady(e.to_string()))?;
 
@@ -111,6 +115,8 @@ impl LocalAgent {
             .arg(format!("unix:{}", socket.display()))
             .arg("--token-file")
             .arg(&token_file)
+            .arg("--handoff-socket")
+            .arg(&handoff)
             .args(["--once", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -149,7 +155,9 @@ impl LocalAgent {
             child,
             dir,
             socket,
+            handoff,
             token,
+            secret,
         };
         match started {
             Ok(()) => Ok(agent),
@@ -160,6 +168,16 @@ impl LocalAgent {
     /// The agent's Unix socket.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The agent's handoff socket.
+    pub fn handoff_socket(&self) -> &Path {
+        &self.handoff
+    }
+
+    /// The session token's bytes, for the handoff channel.
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
     }
 
     /// The session token.

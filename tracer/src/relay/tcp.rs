@@ -18,6 +18,7 @@ use sctrace_protocol::{relay, DnsTransport, RelayEnd, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::agent_link::Handoff;
 use crate::dns::{Asker, DnsResponder};
 
 /// What an arranged connection is joined to.
@@ -50,16 +51,22 @@ const DNS_IDLE: Duration = Duration::from_secs(30);
 
 impl TcpRelay {
     /// Binds the listeners (127.0.0.1, and ::1 when the machine has IPv6) and starts
-    /// accepting.
-    pub async fn start(dns: Arc<DnsResponder>) -> io::Result<TcpRelay> {
+    /// accepting. With `handoff` (an agent on this machine), remote connections are handed
+    /// to the agent instead of relayed here.
+    pub async fn start(dns: Arc<DnsResponder>, handoff: Option<Handoff>) -> io::Result<TcpRelay> {
         let expected: Arc<Mutex<HashMap<SocketAddr, Arranged>>> = Arc::default();
         let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let v4_addr = v4.local_addr()?;
-        tokio::spawn(accept_loop(v4, Arc::clone(&expected), Arc::clone(&dns)));
+        tokio::spawn(accept_loop(
+            v4,
+            Arc::clone(&expected),
+            Arc::clone(&dns),
+            handoff.clone(),
+        ));
         let v6_addr = match TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).await {
             Ok(v6) => {
                 let addr = v6.local_addr()?;
-                tokio::spawn(accept_loop(v6, Arc::clone(&expected), dns));
+                tokio::spawn(accept_loop(v6, Arc::clone(&expected), dns, handoff));
                 Some(addr)
             }
             Err(err) => {
@@ -113,6 +120,7 @@ async fn accept_loop(
     listener: TcpListener,
     expected: Arc<Mutex<HashMap<SocketAddr, Arranged>>>,
     dns: Arc<DnsResponder>,
+    handoff: Option<Handoff>,
 ) {
     loop {
         let (conn, peer) = match listener.accept().await {
@@ -126,9 +134,12 @@ async fn accept_loop(
         };
         let arranged = expected.lock().ok().and_then(|mut map| map.remove(&peer));
         match arranged {
-            Some(Arranged::Remote { stream, on_end }) => {
-                tokio::spawn(relay_remote(conn, stream, on_end));
-            }
+            Some(Arranged::Remote { stream, on_end }) => match &handoff {
+                Some(handoff) => hand_over(handoff, conn, stream, on_end),
+                None => {
+                    tokio::spawn(relay_remote(conn, stream, on_end));
+                }
+            },
             Some(Arranged::Dns { server, asker }) => {
                 tokio::spawn(serve_dns(conn, server, asker, Arc::clone(&dns)));
             }
@@ -146,6 +157,38 @@ async fn accept_loop(
 fn reset(conn: TcpStream) {
     let _ = conn.set_zero_linger();
     drop(conn);
+}
+
+/// Gives the connection to the local agent, which splices it to the target socket of the
+/// same stream; falls back to relaying here if that fails.
+fn hand_over(handoff: &Handoff, conn: TcpStream, stream: Stream, on_end: Box<dyn FnOnce() + Send>) {
+    let _ = conn.set_nodelay(true);
+    let fd = match conn.into_std() {
+        Ok(std) => std::os::fd::OwnedFd::from(std),
+        Err(err) => {
+            tracing::warn!("relay: cannot hand a connection over: {err}");
+            on_end();
+            return;
+        }
+    };
+    match handoff.send(stream.id(), fd) {
+        // The stream only carried the connect; the agent now relays the connection itself,
+        // and sctrace no longer learns when it ends: its managed-socket entry stays until
+        // the table's bound evicts it (see remote::sockets).
+        Ok(()) => {
+            drop(stream);
+            drop(on_end);
+        }
+        Err(fd) => match TcpStream::from_std(std::net::TcpStream::from(fd)) {
+            Ok(conn) => {
+                tokio::spawn(relay_remote(conn, stream, on_end));
+            }
+            Err(err) => {
+                tracing::warn!("relay: lost a connection: {err}");
+                on_end();
+            }
+        },
+    }
 }
 
 async fn relay_remote(mut conn: TcpStream, mut stream: Stream, on_end: Box<dyn FnOnce() + Send>) {

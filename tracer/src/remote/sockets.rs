@@ -3,7 +3,7 @@
 //! redirected TCP connections (whose `getpeername` shows the remote peer) and UDP
 //! associations (whose receives show the remote peers as sources).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,35 +34,58 @@ pub const TCP_ENTRY_GRACE: Duration = Duration::from_secs(30);
 /// Cookie → managed socket.
 #[derive(Default)]
 pub struct ManagedSockets {
-    map: Mutex<HashMap<u64, Managed>>,
+    map: Mutex<Table>,
 }
+
+/// Entries, and the order TCP entries came in (TCP connections handed to a local agent are
+/// never seen ending, so the table is bounded: the oldest go first).
+#[derive(Default)]
+struct Table {
+    entries: HashMap<u64, Managed>,
+    tcp_order: VecDeque<u64>,
+}
+
+/// TCP entries kept at most.
+const MAX_TCP_ENTRIES: usize = 65_536;
 
 impl ManagedSockets {
     /// The entry for `cookie`.
     pub fn get(&self, cookie: u64) -> Option<Managed> {
-        self.map.lock().ok().and_then(|m| m.get(&cookie).cloned())
+        self.map
+            .lock()
+            .ok()
+            .and_then(|m| m.entries.get(&cookie).cloned())
     }
 
     /// Sets the entry for `cookie`.
     pub fn insert(&self, cookie: u64, managed: Managed) {
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(cookie, managed);
+        let Ok(mut m) = self.map.lock() else { return };
+        if matches!(managed, Managed::Tcp { .. }) {
+            m.tcp_order.push_back(cookie);
+            while m.tcp_order.len() > MAX_TCP_ENTRIES {
+                if let Some(old) = m.tcp_order.pop_front() {
+                    if matches!(m.entries.get(&old), Some(Managed::Tcp { .. })) {
+                        m.entries.remove(&old);
+                    }
+                }
+            }
         }
+        m.entries.insert(cookie, managed);
     }
 
     /// Removes the entry for `cookie`.
     pub fn remove(&self, cookie: u64) {
         if let Ok(mut m) = self.map.lock() {
-            m.remove(&cookie);
+            m.entries.remove(&cookie);
         }
     }
 
     /// Removes a UDP entry, unless a newer association replaced it.
     pub fn remove_association(&self, cookie: u64, assoc: &Arc<UdpAssociation>) {
         if let Ok(mut m) = self.map.lock() {
-            if let Some(Managed::Udp { assoc: current, .. }) = m.get(&cookie) {
+            if let Some(Managed::Udp { assoc: current, .. }) = m.entries.get(&cookie) {
                 if Arc::ptr_eq(current, assoc) {
-                    m.remove(&cookie);
+                    m.entries.remove(&cookie);
                 }
             }
         }
@@ -79,7 +102,7 @@ impl ManagedSockets {
     /// Records the peer a managed UDP socket was connected to (or disconnected from).
     pub fn set_udp_peer(&self, cookie: u64, peer: Option<SocketAddr>) {
         if let Ok(mut m) = self.map.lock() {
-            if let Some(Managed::Udp { connected, .. }) = m.get_mut(&cookie) {
+            if let Some(Managed::Udp { connected, .. }) = m.entries.get_mut(&cookie) {
                 *connected = peer;
             }
         }
@@ -87,7 +110,7 @@ impl ManagedSockets {
 
     /// How many sockets are managed (for tests and logs).
     pub fn len(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
+        self.map.lock().map(|m| m.entries.len()).unwrap_or(0)
     }
 
     /// Whether none is.

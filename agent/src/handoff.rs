@@ -1,0 +1,191 @@
+//! Socket handoff for a local agent: sctrace, on the same machine, hands over the relay end
+//! of each remote TCP connection (its accepted loopback socket), and the agent splices it
+//! to the target socket itself, so the bytes go kernel to kernel instead of through the
+//! session's multiplexed stream.
+//!
+//! Enabled with `--handoff-socket PATH` (and `--once`: handoffs belong to the one session).
+//! The channel is a Unix socket of its own; sctrace connects once and sends
+//!
+//! ```text
+//!   u32 token length, token bytes      → the agent answers one byte, 1: accepted
+//!   u32 stream id  + SCM_RIGHTS(fd)     (repeated, one per connection)
+//! ```
+//!
+//! (big-endian). A connect request of the session then waits (bounded) for the socket of its
+//! stream id instead of relaying over the stream. Only the process holding the session
+//! token can hand sockets over; a wrong token closes the channel.
+
+use std::collections::HashMap;
+use std::io::{self, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use sctrace_protocol::Token;
+use tokio::sync::oneshot;
+
+/// How long a connected stream waits for its socket before giving up.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Sockets handed over, matched with the connections waiting for them by stream id.
+#[derive(Default)]
+pub struct Handoffs {
+    state: Mutex<Rendezvous>,
+}
+
+#[derive(Default)]
+struct Rendezvous {
+    arrived: HashMap<u32, OwnedFd>,
+    waiting: HashMap<u32, oneshot::Sender<OwnedFd>>,
+}
+
+impl Handoffs {
+    /// Waits (at most [`WAIT`]) for the socket handed over for stream `id`.
+    pub async fn take(&self, id: u32) -> Option<OwnedFd> {
+        let rx = {
+            let mut st = self.state.lock().ok()?;
+            if let Some(fd) = st.arrived.remove(&id) {
+                return Some(fd);
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiting.insert(id, tx);
+            rx
+        };
+        let got = tokio::time::timeout(WAIT, rx)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if got.is_none() {
+            if let Ok(mut st) = self.state.lock() {
+                st.waiting.remove(&id);
+            }
+        }
+        got
+    }
+
+    fn deliver(&self, id: u32, fd: OwnedFd) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        match st.waiting.remove(&id) {
+            Some(tx) => {
+                // A waiter that gave up drops the socket, which closes it.
+                let _ = tx.send(fd);
+            }
+            None => {
+                st.arrived.insert(id, fd);
+            }
+        }
+    }
+}
+
+/// The listening channel; removes its socket file when dropped.
+pub struct Channel {
+    path: PathBuf,
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Listens on `path` and serves one authenticated sctrace connection on a thread of its own.
+pub fn listen(path: &Path, token: Token, handoffs: Arc<Handoffs>) -> io::Result<Channel> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("sctrace-handoff".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(conn) => match serve(conn, &token, &handoffs) {
+                        Ok(()) => return,
+                        Err(e) => tracing::warn!(error = %e, "handoff channel refused or failed"),
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "handoff channel: accept failed");
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(Channel {
+        path: path.to_owned(),
+    })
+}
+
+/// Largest token accepted on the channel.
+const MAX_TOKEN: u32 = 4096;
+
+fn serve(mut conn: UnixStream, token: &Token, handoffs: &Handoffs) -> io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len)?;
+    let len = u32::from_be_bytes(len);
+    if len > MAX_TOKEN {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "token too long"));
+    }
+    let mut presented = vec![0u8; len as usize];
+    conn.read_exact(&mut presented)?;
+    if !token.matches(&presented) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "wrong token",
+        ));
+    }
+    conn.write_all(&[1])?;
+    conn.set_read_timeout(None)?;
+    tracing::debug!("handoff channel open");
+    loop {
+        match receive(&conn)? {
+            Some((id, fd)) => handoffs.deliver(id, fd),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Receives one (stream id, socket); `None` at end of file.
+fn receive(conn: &UnixStream) -> io::Result<Option<(u32, OwnedFd)>> {
+    let mut id = [0u8; 4];
+    let mut filled = 0;
+    let mut fd = None;
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    while filled < id.len() {
+        let mut iov = [IoSliceMut::new(&mut id[filled..])];
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        for c in msg.cmsgs().map_err(io::Error::from)? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                for raw in fds {
+                    // SAFETY: the kernel just installed this fd in our table for this message;
+                    // nothing else refers to it, so taking ownership is sound.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    // More than one fd per message is not ours to keep: dropping closes it.
+                    if fd.is_none() {
+                        fd = Some(owned);
+                    }
+                }
+            }
+        }
+        if msg.bytes == 0 {
+            return Ok(None);
+        }
+        filled += msg.bytes;
+    }
+    match fd {
+        Some(fd) => Ok(Some((u32::from_be_bytes(id), fd))),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a handoff without a socket",
+        )),
+    }
+}

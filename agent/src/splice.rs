@@ -1,0 +1,93 @@
+//! Relaying two TCP sockets kernel to kernel with `splice(2)` through a pipe per direction:
+//! the bytes never enter the agent's memory. EOF on one side becomes a FIN (shutdown) on the
+//! other; an error resets both (SO_LINGER 0).
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use nix::fcntl::{splice, OFlag, SpliceFFlags};
+use socket2::SockRef;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Bytes moved per splice call (the pipe's capacity bounds it).
+const CHUNK: usize = 1 << 20;
+
+/// How a spliced pair ended.
+#[derive(Debug)]
+pub struct Spliced {
+    /// Bytes from `a` to `b`.
+    pub a_to_b: u64,
+    /// Bytes from `b` to `a`.
+    pub b_to_a: u64,
+    /// The first error, if the relay ended on one.
+    pub error: Option<io::Error>,
+}
+
+/// Relays `a` ⇄ `b` until both directions reach EOF or one fails.
+pub async fn relay(a: TcpStream, b: TcpStream) -> Spliced {
+    let (one, two) = tokio::join!(direction(&a, &b), direction(&b, &a));
+    let error = match (&one, &two) {
+        (Err(e), _) | (_, Err(e)) => Some(io::Error::new(e.kind(), e.to_string())),
+        _ => None,
+    };
+    if error.is_some() {
+        let _ = SockRef::from(&a).set_linger(Some(Duration::ZERO));
+        let _ = SockRef::from(&b).set_linger(Some(Duration::ZERO));
+    }
+    Spliced {
+        a_to_b: one.unwrap_or(0),
+        b_to_a: two.unwrap_or(0),
+        error,
+    }
+}
+
+/// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write side.
+async fn direction(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    let (pipe_rd, pipe_wr) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
+    // A bigger pipe moves more per call (the default is 64 KiB; the kernel caps the size at
+    // /proc/sys/fs/pipe-max-size, 1 MiB by default, which is fine to miss).
+    let _ = nix::fcntl::fcntl(
+        pipe_wr.as_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32),
+    );
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut total = 0u64;
+    loop {
+        // Socket → pipe.
+        let n = from
+            .async_io(Interest::READABLE, || {
+                splice(from.as_fd(), None, pipe_wr.as_fd(), None, CHUNK, flags)
+                    .map_err(io::Error::from)
+            })
+            .await?;
+        if n == 0 {
+            let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
+            return Ok(total);
+        }
+        // Pipe → socket, until the pipe is empty.
+        let mut left = n;
+        while left > 0 {
+            let m = to
+                .async_io(Interest::WRITABLE, || {
+                    splice(pipe_rd.as_fd(), None, to.as_fd(), None, left, flags)
+                        .map_err(io::Error::from)
+                })
+                .await?;
+            if m == 0 {
+                return Err(io::Error::from(io::ErrorKind::WriteZero));
+            }
+            left -= m;
+        }
+        total += n as u64;
+    }
+}
+
+/// Makes a handed-over socket (blocking, as sctrace had it) usable with tokio.
+pub fn adopt(fd: OwnedFd) -> io::Result<TcpStream> {
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true)?;
+    TcpStream::from_std(std)
+}
