@@ -22,6 +22,8 @@ pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/sctrace/sctrace-agent";
 pub const DEFAULT_IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
 /// The label that names an agent's objects (the Job's pod is found by it).
 pub const AGENT_LABEL: &str = "sctrace.dev/agent";
+/// Where the agent binary is in the image (custom images must put it there too).
+pub const AGENT_PATH: &str = "/usr/local/bin/sctrace-agent";
 /// The variable the agent reads its session token from.
 pub const TOKEN_ENV: &str = "SCTRACE_AGENT_TOKEN";
 /// The capabilities the agent asks for: SYS_ADMIN to enter the target's network namespace,
@@ -77,7 +79,7 @@ impl AgentParams {
     /// The agent's command line for `target` (none: targetless, its own network).
     pub fn command(&self, target: Option<&TargetPod>) -> Vec<String> {
         let mut args = vec![
-            "sctrace-agent".to_owned(),
+            AGENT_PATH.to_owned(),
             "--listen".to_owned(),
             format!("tcp:127.0.0.1:{}", self.port),
             "--once".to_owned(),
@@ -326,7 +328,7 @@ mod tests {
                 "image": p.image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": [
-                    "sctrace-agent", "--listen", format!("tcp:127.0.0.1:{port}"), "--once",
+                    "/usr/local/bin/sctrace-agent", "--listen", format!("tcp:127.0.0.1:{port}"), "--once",
                     "--idle-timeout", "30", "--log-level", "info",
                     "--container-id", "containerd://0123456789abcdef"
                 ],
@@ -417,7 +419,7 @@ mod tests {
                                 "image": p.image,
                                 "imagePullPolicy": "Always",
                                 "command": [
-                                    "sctrace-agent", "--listen", format!("tcp:127.0.0.1:{port}"),
+                                    "/usr/local/bin/sctrace-agent", "--listen", format!("tcp:127.0.0.1:{port}"),
                                     "--once", "--idle-timeout", "30", "--log-level", "info",
                                     "--container-id", "containerd://0123456789abcdef"
                                 ],
