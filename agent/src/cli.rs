@@ -46,6 +46,12 @@ pub struct Cli {
     #[arg(long)]
     pub once: bool,
 
+    /// Accept the relay ends of the session's TCP connections on this Unix socket (from
+    /// sctrace on the same machine) and splice them to the target kernel to kernel, instead
+    /// of relaying their bytes over the session. Needs --once.
+    #[arg(long, value_name = "PATH", requires = "once")]
+    pub handoff_socket: Option<PathBuf>,
+
     /// Exit when no session has been connected for this many seconds.
     #[arg(long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
@@ -54,6 +60,12 @@ pub struct Cli {
     /// (Linux's own SYN retries take about 127 s). sctrace may ask for less per connect.
     #[arg(long, value_name = "SECS", default_value_t = 75)]
     pub connect_timeout: u64,
+
+    /// The nftables program that redirects a subscribed port's connections to the agent
+    /// (incoming traffic). It runs inside the target's namespace for as long as a port is
+    /// subscribed; its rules vanish with it, however the agent ends.
+    #[arg(long, value_name = "PATH", default_value = "nft")]
+    pub nft: PathBuf,
 
     /// Log level (error, warn, info, debug, trace) when RUST_LOG is not set. Logs go to
     /// stderr.

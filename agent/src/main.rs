@@ -11,16 +11,19 @@ mod cli;
 mod container;
 mod dns;
 mod environ;
+mod handoff;
+mod incoming;
 mod listener;
 mod netns;
 mod session;
+mod splice;
 mod target;
 mod tcp;
 mod token;
 mod udp;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +54,8 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Colours only for a terminal: logs often end up in files and CI output.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -83,12 +88,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let handoffs = cli
+        .handoff_socket
+        .as_ref()
+        .map(|_| Arc::new(handoff::Handoffs::default()));
+    let _channel = match (&cli.handoff_socket, &handoffs) {
+        (Some(path), Some(handoffs)) => Some(
+            handoff::listen(path, token.clone(), Arc::clone(handoffs))
+                .with_context(|| format!("cannot listen for handoffs on {}", path.display()))?,
+        ),
+        _ => None,
+    };
     runtime.block_on(async move {
         let listener = listener::Listener::bind(&cli.listen).await?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let ctx = Arc::new(session::Context {
             token,
             resolver: dns::Resolver::new(sockets.clone(), &target.resolv_conf),
+            incoming: incoming::Incoming::new(
+                sockets.clone(),
+                target.netns.clone(),
+                cli.nft.clone(),
+            ),
             sockets,
             env,
             connect_timeout: Duration::from_secs(cli.connect_timeout.max(1)),
@@ -96,6 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             shutdown: shutdown_rx,
             once_claimed: cli.once.then(|| AtomicBool::new(false)),
             connected: AtomicUsize::new(0),
+            sessions: AtomicU64::new(0),
+            handoffs,
         });
         let lifetime = listener::Lifetime {
             once: cli.once,

@@ -1,7 +1,7 @@
 //! One sctrace session: the handshake, then each request served in its own task until the
 //! session ends or the agent shuts down.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::dns::Resolver;
 use crate::environ::EnvSource;
+use crate::incoming::SessionInfo;
 use crate::netns::NetnsSockets;
 
 /// What every session shares.
@@ -32,6 +33,12 @@ pub struct Context {
     pub once_claimed: Option<AtomicBool>,
     /// Sessions established and not yet ended (for `--idle-timeout`).
     pub connected: AtomicUsize,
+    /// Sessions established so far (numbers them in logs and refusals).
+    pub sessions: AtomicU64,
+    /// Incoming traffic: port subscriptions and the connections they bring.
+    pub incoming: Arc<crate::incoming::Incoming>,
+    /// With `--handoff-socket`: the relay ends of TCP connections, handed over by sctrace.
+    pub handoffs: Option<Arc<crate::handoff::Handoffs>>,
 }
 
 /// Counts a session as connected while it lives.
@@ -94,12 +101,17 @@ pub async fn serve<T: Io>(
         }
     }
     let _connected = Connected::new(&ctx.connected);
-    tracing::info!(%peer, version = handle.version(), "session established");
+    let info = SessionInfo {
+        handle: handle.clone(),
+        number: ctx.sessions.fetch_add(1, Ordering::SeqCst) + 1,
+        peer: peer.clone(),
+    };
+    tracing::info!(%peer, session = info.number, version = handle.version(), "session established");
     let mut shutdown = ctx.shutdown.clone();
     loop {
         tokio::select! {
             request = requests.next() => match request {
-                Some(request) => dispatch(request, &ctx),
+                Some(request) => dispatch(request, &ctx, &info),
                 None => break,
             },
             changed = shutdown.wait_for(|down| *down) => {
@@ -117,14 +129,19 @@ pub async fn serve<T: Io>(
     Served::Session
 }
 
-fn dispatch(request: Request, ctx: &Arc<Context>) {
+fn dispatch(request: Request, ctx: &Arc<Context>, session: &SessionInfo) {
     match request {
+        Request::Subscribe(r) => {
+            tracing::debug!(id = r.id(), port = r.port(), mode = %r.mode(), "subscription requested");
+            ctx.incoming.subscribe(r, session.clone());
+        }
         Request::ConnectTcp(r) => {
             tracing::debug!(id = r.id(), addr = %r.addr(), "connect requested");
             tokio::spawn(crate::tcp::serve(
                 r,
                 ctx.sockets.clone(),
                 ctx.connect_timeout,
+                ctx.handoffs.clone(),
             ));
         }
         Request::OpenUdp(r) => {

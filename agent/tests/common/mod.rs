@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
-use sctrace_protocol::{Config, Session, SessionHandle, Token};
+use sctrace_protocol::{Config, Requests, Session, SessionHandle, Token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const TOKEN: &str = "agent-test-token";
@@ -256,15 +256,36 @@ impl Agent {
     }
 
     pub fn start_on(world: &World, listen: &str, extra: &[&str], socket: Option<PathBuf>) -> Agent {
-        let token_file = world.dir.join("token");
+        Agent::start_with(&world.netns_path(), &world.dir, listen, extra, socket)
+    }
+
+    /// Starts the agent for the namespace file `netns` on a Unix socket in `dir` (which
+    /// also holds its token and log).
+    pub fn start_in(netns: &Path, dir: &Path, extra: &[&str]) -> Agent {
+        let socket = dir.join(format!(
+            "agent-{}.sock",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let listen = format!("unix:{}", socket.display());
+        Agent::start_with(netns, dir, &listen, extra, Some(socket))
+    }
+
+    fn start_with(
+        netns: &Path,
+        dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        socket: Option<PathBuf>,
+    ) -> Agent {
+        let token_file = dir.join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-        let log = world.dir.join(format!(
+        let log = dir.join(format!(
             "agent-{}.log",
             COUNTER.fetch_add(1, Ordering::SeqCst)
         ));
         let mut child = Command::new(env!("CARGO_BIN_EXE_sctrace-agent"))
             .args(["--listen", listen, "--netns"])
-            .arg(world.netns_path())
+            .arg(netns)
             .arg("--token-file")
             .arg(&token_file)
             .args(if extra.contains(&"--log-level") {
@@ -326,6 +347,22 @@ impl Agent {
 
     pub async fn session(&self) -> SessionHandle {
         self.session_with(TOKEN).await.expect("handshake")
+    }
+
+    /// Connects, completes the handshake and returns the handle with the requests the agent
+    /// sends this side (incoming connections of subscriptions).
+    pub async fn session_and_requests(&self) -> (SessionHandle, Requests) {
+        let token = Token::new(TOKEN.as_bytes().to_vec()).unwrap();
+        let path = self
+            .listen
+            .strip_prefix("unix:")
+            .expect("agents of these tests listen on Unix sockets");
+        let io = tokio::net::UnixStream::connect(path).await.unwrap();
+        let session = Session::client(io, &token, Config::default())
+            .await
+            .expect("handshake");
+        tokio::spawn(session.task.run());
+        (session.handle, session.requests)
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {

@@ -1,0 +1,245 @@
+//! Incoming traffic: sctrace's port subscriptions, served by redirecting the target's new
+//! connections to the agent (nftables rules in the target's namespace) and handing them to
+//! the subscribed sessions.
+//!
+//! ```text
+//!  client ──► target:80 ──nft redirect──► interceptor (agent's listener in the target netns)
+//!                                            │ original destination (conntrack)
+//!                                            ▼ registry: who subscribed port 80?
+//!   no stealer ─► proxy to target:80 (mirrors get a copy of the client's bytes)
+//!   stealer    ─► the whole connection to sctrace (IncomingTcp, Stolen)
+//!   stealer with an HTTP filter ─► per request: sctrace, or target:80
+//! ```
+//!
+//! Subscribing creates the port's rules (first subscriber), unsubscribing or the session's
+//! end deletes them (last subscriber). Connections already handed over are not touched by
+//! either. If the rules vanish underneath (their nft process died), the port's
+//! subscriptions are ended with `EIO` so sctrace knows.
+
+mod http;
+mod intercept;
+mod mirror;
+mod nft;
+mod proxy;
+mod registry;
+mod steal;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sctrace_protocol::{
+    IncomingMode, SessionHandle, StreamId, SubscribeFailureKind, SubscribeRequest, SubscriptionEnd,
+};
+use tokio::net::TcpStream;
+
+use crate::netns::NetnsSockets;
+use http::filter::CompiledFilter;
+use intercept::Interceptor;
+use mirror::Tee;
+use nft::{Nft, NftError};
+use registry::{Registry, SubscriberKey};
+
+/// The errno a subscription ends with when its rules were lost.
+const EIO: i32 = 5;
+
+/// A subscription, as connections reach it.
+pub struct Subscriber {
+    /// The session that subscribed.
+    pub session: SessionHandle,
+    /// The subscription's id in that session.
+    pub subscription: StreamId,
+    /// With a filtered steal: which requests to take.
+    pub filter: Option<CompiledFilter>,
+    alive: AtomicBool,
+}
+
+impl Subscriber {
+    /// False once the subscription has ended: its in-flight connections go on, but new
+    /// requests on them go to the target's server.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+}
+
+/// A session, as its subscriptions are known.
+#[derive(Clone)]
+pub struct SessionInfo {
+    /// Its handle (to hand connections over).
+    pub handle: SessionHandle,
+    /// Its number in this agent.
+    pub number: u64,
+    /// Where it came from, for messages.
+    pub peer: String,
+}
+
+/// The agent's incoming-traffic state, shared by every session.
+pub struct Incoming {
+    sockets: NetnsSockets,
+    nft: Nft,
+    registry: Mutex<Registry<Subscriber>>,
+    /// Serialises subscription changes (rules follow the registry) and holds the listeners
+    /// once started.
+    changes: tokio::sync::Mutex<Option<Interceptor>>,
+}
+
+impl Incoming {
+    /// Incoming traffic in the namespace at `netns` (sockets from `sockets`), with rules
+    /// kept by the nftables program `nft`.
+    pub fn new(sockets: NetnsSockets, netns: PathBuf, nft: PathBuf) -> Arc<Incoming> {
+        Arc::new(Incoming {
+            sockets,
+            nft: Nft::new(nft, netns),
+            registry: Mutex::new(Registry::default()),
+            changes: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry<Subscriber>> {
+        // Nothing panics while holding the lock; should it ever, the map is still usable.
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Serves a subscription request of `session` for as long as the subscription lasts.
+    pub fn subscribe(self: &Arc<Self>, request: SubscribeRequest, session: SessionInfo) {
+        tokio::spawn(self.clone().serve_subscription(request, session));
+    }
+
+    async fn serve_subscription(self: Arc<Self>, request: SubscribeRequest, session: SessionInfo) {
+        let port = request.port();
+        let mode = request.mode();
+        let key = SubscriberKey {
+            session: session.number,
+            subscription: request.id(),
+        };
+        let who = format!("session {} from {}", session.number, session.peer);
+        let filter = match (mode, request.filter()) {
+            (_, None) => None,
+            (IncomingMode::Mirror, Some(_)) => {
+                request.reject(
+                    SubscribeFailureKind::BadFilter,
+                    "an HTTP filter applies to steal mode only (mirror copies whole connections)",
+                );
+                return;
+            }
+            (IncomingMode::Steal, Some(f)) => match CompiledFilter::compile(f) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let message = format!("{e}: {}", e.source);
+                    request.reject(SubscribeFailureKind::BadFilter, &message);
+                    return;
+                }
+            },
+        };
+        let mut changes = self.changes.lock().await;
+        if let Err(conflict) = self.registry().check(port, mode) {
+            tracing::info!(port, %mode, %who, "refused: {conflict}");
+            request.reject(SubscribeFailureKind::PortInUse, &conflict.to_string());
+            return;
+        }
+        let interceptor = match *changes {
+            Some(i) => i,
+            None => match Interceptor::start(&self).await {
+                Ok(i) => *changes.insert(i),
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "cannot intercept connections");
+                    request.reject(SubscribeFailureKind::Failed, &e.to_string());
+                    return;
+                }
+            },
+        };
+        let generation = match self.nft.ensure(port, interceptor.v4, interceptor.v6).await {
+            Ok(g) => g,
+            Err(e) => {
+                let kind = match e {
+                    NftError::PortTaken { .. } => SubscribeFailureKind::PortInUse,
+                    NftError::Spawn { .. } | NftError::NoOwnerTables { .. } => {
+                        SubscribeFailureKind::Unsupported
+                    }
+                    _ => SubscribeFailureKind::Failed,
+                };
+                tracing::warn!(port, %mode, %who, error = %e, "cannot redirect the port");
+                request.reject(kind, &e.to_string());
+                return;
+            }
+        };
+        let subscription_id = request.id();
+        let mut subscription = match request.accept() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(port, error = %e, "subscription cancelled before it was in place");
+                if !self.registry().has(port) {
+                    self.remove_rules(port).await;
+                }
+                return;
+            }
+        };
+        let subscriber = Arc::new(Subscriber {
+            session: session.handle.clone(),
+            subscription: subscription_id,
+            filter,
+            alive: AtomicBool::new(true),
+        });
+        if let Err(conflict) =
+            self.registry()
+                .insert(port, mode, key, who.clone(), subscriber.clone())
+        {
+            // Not reached: `check` passed under the same `changes` lock.
+            subscription.end(EIO);
+            tracing::warn!(port, "{conflict}");
+            return;
+        }
+        drop(changes);
+        tracing::info!(port, %mode, filtered = subscriber.filter.is_some(), %who, "subscribed");
+
+        let mut lost = self.nft.lost();
+        let end = tokio::select! {
+            end = subscription.ended() => Some(end),
+            _ = lost.wait_for(|dead| *dead >= generation) => None,
+        };
+        subscriber.alive.store(false, Ordering::Release);
+        match &end {
+            Some(SubscriptionEnd::Ended { .. }) => {
+                tracing::info!(port, %mode, %who, "unsubscribed")
+            }
+            Some(SubscriptionEnd::SessionClosed(reason)) => {
+                tracing::info!(port, %mode, %who, %reason, "subscription ended with its session")
+            }
+            None => {
+                tracing::warn!(port, %mode, %who, "the redirect rules were lost; ending the subscription");
+                subscription.end(EIO);
+            }
+        }
+        let _changes = self.changes.lock().await;
+        if self.registry().remove(port, key) {
+            self.remove_rules(port).await;
+        }
+    }
+
+    async fn remove_rules(&self, port: u16) {
+        match self.nft.unredirect(port).await {
+            Ok(()) => tracing::debug!(port, "redirect rules removed"),
+            Err(e) => tracing::warn!(port, error = %e, "cannot remove the redirect rules"),
+        }
+    }
+
+    /// Serves one redirected connection from `client` to `server` (its original
+    /// destination).
+    async fn handle(self: Arc<Self>, conn: TcpStream, client: SocketAddr, server: SocketAddr) {
+        let subscribers = self.registry().subscribers(server.port());
+        let mirrors: Vec<_> = subscribers
+            .mirrors
+            .into_iter()
+            .filter(|m| m.is_alive())
+            .collect();
+        let conn = Tee::new(conn, &mirrors, client, server);
+        match subscribers.stealer.filter(|s| s.is_alive()) {
+            None => proxy::pass_through(conn, server, &self.sockets).await,
+            Some(stealer) if stealer.filter.is_none() => {
+                steal::whole_connection(conn, stealer, client, server, &self.sockets).await
+            }
+            Some(stealer) => http::serve(conn, stealer, client, server, self.sockets.clone()).await,
+        }
+    }
+}
