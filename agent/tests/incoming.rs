@@ -750,7 +750,7 @@ async fn a_second_steal_of_a_port_is_refused() {
         .unwrap();
 
     // Another session of the same agent.
-    let (second, _requests2) = agent.session_and_requests().await;
+    let (second, requests2) = agent.session_and_requests().await;
     match second.subscribe(80, IncomingMode::Steal, None).await {
         Err(SubscribeError::Refused { kind, message, .. }) => {
             assert_eq!(kind, SubscribeFailureKind::PortInUse);
@@ -761,11 +761,22 @@ async fn a_second_steal_of_a_port_is_refused() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
-    // Mirroring alongside is fine.
+    // Mirroring alongside is fine: the stealer answers, the mirror gets a copy.
     let _mirror = second
         .subscribe(80, IncomingMode::Mirror, None)
         .await
         .unwrap();
+    let mut copies = serve_app(requests2, App::Http);
+    let mut raw = net.connect(From::Client, target80()).await.unwrap();
+    let sent = b"GET /both HTTP/1.1\r\nHost: uwu-app\r\nConnection: close\r\n\r\n";
+    raw.write_all(sent).await.unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).ends_with("sctrace GET /both len=0"));
+    drop(raw);
+    let copy = next_seen(&mut copies).await;
+    assert_eq!(copy.kind, IncomingKind::Mirrored);
+    assert_eq!(copy.copy.as_deref(), Some(&sent[..]));
 
     // Another agent in the same namespace: its rules would clash, so it refuses too.
     let other = Agent::start_in(&net.target_path(), &net.dir, &[]);
