@@ -956,3 +956,59 @@ async fn declined_connections_reach_the_target() {
     );
     assert_eq!(next_seen(&mut seen).await.kind, IncomingKind::Stolen);
 }
+
+/// The `nft` processes the agent started.
+fn nft_children(agent_pid: u32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{agent_pid}/task")).unwrap();
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "nft" {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_rules_ends_the_subscription() {
+    let net = Net::new().await;
+    let agent = Agent::start_in(&net.target_path(), &net.dir, &[]);
+    let (session, requests) = agent.session_and_requests().await;
+    let _seen = serve_app(requests, App::Http);
+    let mut sub = session
+        .subscribe(80, IncomingMode::Steal, None)
+        .await
+        .unwrap();
+    let nft = nft_children(agent.child.id());
+    assert_eq!(nft.len(), 1, "one nft process holds the rules");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(nft[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), sub.ended())
+        .await
+        .expect("sctrace learns the subscription ended");
+    assert!(
+        matches!(end, sctrace_protocol::SubscriptionEnd::Ended { errno: 5 }),
+        "{end:?}"
+    );
+    net.wait_until_clean("sctrace_", Duration::from_secs(5))
+        .await;
+    // Subscribing again starts a new nft process.
+    let _again = session
+        .subscribe(80, IncomingMode::Steal, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        net.get(From::Client, target80(), "/back", &[]).await,
+        "sctrace GET /back len=0"
+    );
+}

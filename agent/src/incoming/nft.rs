@@ -229,6 +229,9 @@ impl Nft {
     /// Deletes `port`'s table (nothing to do if its process is gone: so is the table).
     pub async fn unredirect(&self, port: u16) -> Result<(), NftError> {
         let mut st = self.state.lock().await;
+        if st.process.as_mut().is_some_and(|p| p.has_exited()) {
+            self.drop_process(&mut st);
+        }
         if !st.tables.remove(&port) {
             return Ok(());
         }
@@ -414,13 +417,14 @@ impl NftProcess {
             tokio::select! {
                 status = child.wait() => {
                     tracing::warn!(?status, "the nft process holding the redirect rules exited; its rules are gone");
+                    // Marked exited before anyone is told, so that they find it so.
+                    let _ = exited_tx.send(());
                     on_exit();
                 }
                 _ = kill_rx => {
                     let _ = child.kill().await;
                 }
             }
-            let _ = exited_tx.send(());
         });
         Ok(NftProcess {
             stdin,
