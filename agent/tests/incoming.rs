@@ -265,12 +265,32 @@ fn inside<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'static) 
 }
 
 /// Serves HTTP/1.1 and h2c on `io`, answering `<who> <METHOD> <path> len=<body length>`
-/// with an `x-served-by: <who>` header.
+/// with an `x-served-by: <who>` header. `Upgrade: echo` switches protocols: the server then
+/// writes `<who>:` and echoes.
 async fn serve_http<T>(io: T, who: &'static str)
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service_fn(move |req: Request<Incoming>| async move {
+    let service = service_fn(move |mut req: Request<Incoming>| async move {
+        if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut io = TokioIo::new(upgraded);
+                let _ = io.write_all(format!("{who}:").as_bytes()).await;
+                let (mut rd, mut wr) = tokio::io::split(io);
+                let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                let _ = wr.shutdown().await;
+            });
+            return Ok::<_, Infallible>(
+                Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "echo")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            );
+        }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let body = req.into_body().collect().await.map(|b| b.to_bytes());
@@ -1011,4 +1031,44 @@ async fn losing_the_rules_ends_the_subscription() {
         net.get(From::Client, target80(), "/back", &[]).await,
         "sctrace GET /back len=0"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_spliced_to_whichever_side_answered() {
+    let net = Net::new().await;
+    let agent = Agent::start_in(&net.target_path(), &net.dir, &[]);
+    let (session, requests) = agent.session_and_requests().await;
+    let _seen = serve_app(requests, App::Http);
+    let _sub = session
+        .subscribe(
+            80,
+            IncomingMode::Steal,
+            Some(HttpFilter::Header("^x-steal: yes$".into())),
+        )
+        .await
+        .unwrap();
+    for (extra, who) in [("x-steal: yes\r\n", "sctrace"), ("", "target")] {
+        let mut s = net.connect(From::Client, target80()).await.unwrap();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: uwu-app\r\nConnection: Upgrade\r\nUpgrade: echo\r\n{extra}\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        // The 101 head, then the upgraded protocol.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(b"echo me").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .expect("the upgraded connection closes")
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&rest), format!("{who}:echo me"));
+    }
 }

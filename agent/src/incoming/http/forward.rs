@@ -6,6 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -153,8 +154,11 @@ pub async fn to_sctrace(
             return Err(req);
         }
     };
-    let io = TokioIo::new(Lingering::new(stream));
-    Ok(exchange(io, req).await)
+    let answered = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(Lingering::new(stream, answered.clone()));
+    let result = exchange(io, req).await;
+    answered.store(true, Ordering::Release);
+    Ok(result)
 }
 
 async fn exchange(
@@ -228,17 +232,23 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
 
 /// A request's stream to sctrace. hyper may ask to shut the writing side down as soon as a
 /// request is written (a `Connection: close` or HTTP/1.0 request), and an app server that
-/// closes when its client half-closes would then drop the request unanswered; so the FIN is
-/// sent only when hyper is done with the stream (drop), after which the stream is read until
-/// sctrace closes too (bounded by [`LINGER`]), so the app's side sees a clean close.
+/// closes when its client half-closes would then drop the request unanswered; so until the
+/// response has arrived (`answered`) the FIN waits, and is sent when hyper is done with the
+/// stream (drop). After the response — an upgraded connection's half-close — it passes at
+/// once. Once the agent's side is closed the stream is read until sctrace closes too
+/// (bounded by [`LINGER`]), so the app's side sees a clean close rather than a reset.
 pub struct Lingering {
     stream: Option<Stream>,
+    answered: Arc<AtomicBool>,
+    shut_down: bool,
 }
 
 impl Lingering {
-    fn new(stream: Stream) -> Lingering {
+    fn new(stream: Stream, answered: Arc<AtomicBool>) -> Lingering {
         Lingering {
             stream: Some(stream),
+            answered,
+            shut_down: false,
         }
     }
 
@@ -281,9 +291,19 @@ impl AsyncWrite for Lingering {
         }
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Deferred to drop (see the type's documentation).
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.answered.load(Ordering::Acquire) {
+            // Deferred to drop (see the type's documentation).
+            return Poll::Ready(Ok(()));
+        }
+        let result = match self.stream() {
+            Ok(s) => Pin::new(s).poll_shutdown(cx),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if let Poll::Ready(Ok(())) = result {
+            self.shut_down = true;
+        }
+        result
     }
 }
 
@@ -292,9 +312,10 @@ impl Drop for Lingering {
         let Some(mut stream) = self.stream.take() else {
             return;
         };
+        let shut_down = self.shut_down;
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if stream.shutdown().await.is_err() {
+                if !shut_down && stream.shutdown().await.is_err() {
                     return;
                 }
                 let mut buf = [0u8; 4096];
