@@ -58,7 +58,7 @@ pub enum IncomingKind {
     /// client; whatever sctrace writes on this stream is read and discarded by the agent.
     Mirrored,
     /// One HTTP request a filtered steal matched, as a connection of its own: the request in
-    /// the client's HTTP version (HTTP/1.1 text, or HTTP/2 with prior knowledge), then the
+    /// the client's HTTP version (HTTP/1.x text, or HTTP/2 with prior knowledge), then the
     /// agent reads the response written back and closes the stream after it.
     HttpRequest,
 }
