@@ -97,18 +97,17 @@ impl Original {
         // HTTP/1: the client's requests come one after the other, so one connection serves
         // them in turn, like a keep-alive connection straight to the server would.
         let mut slot = self.h1.lock().await;
-        let usable = match slot.as_mut() {
-            Some(s) if !s.is_closed() => s.ready().await.is_ok(),
-            _ => false,
-        };
-        if !usable {
-            *slot = Some(h1_handshake(self.connect().await?).await?);
-        }
-        let Some(sender) = slot.as_mut() else {
-            unreachable!("set just above")
+        let mut sender = match slot.take() {
+            Some(mut s) if !s.is_closed() => match s.ready().await {
+                Ok(()) => s,
+                // The server closed the idle connection meanwhile.
+                Err(_) => h1_handshake(self.connect().await?).await?,
+            },
+            _ => h1_handshake(self.connect().await?).await?,
         };
         sender.ready().await?;
         let response = sender.send_request(req);
+        *slot = Some(sender);
         drop(slot);
         Ok(response.await?)
     }
