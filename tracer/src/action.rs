@@ -7,7 +7,7 @@ use std::pin::Pin;
 use crate::errno::Errno;
 
 /// The final answer to one trapped call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Reply {
     /// Let the kernel run the call as the app made it.
     Continue,
@@ -15,6 +15,24 @@ pub enum Reply {
     Return(i64),
     /// The call fails with this errno.
     Fail(Errno),
+    /// The call returns a new fd: this socket, installed in the app (an emulated accept).
+    InstallFd {
+        /// The socket (sctrace's copy; the app gets its own fd for it).
+        fd: std::os::fd::OwnedFd,
+        /// Whether the app's fd is close-on-exec.
+        cloexec: bool,
+    },
+}
+
+impl PartialEq for Reply {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Reply::Continue, Reply::Continue) => true,
+            (Reply::Return(a), Reply::Return(b)) => a == b,
+            (Reply::Fail(a), Reply::Fail(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Reply {

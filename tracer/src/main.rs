@@ -148,6 +148,8 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .with_target(false)
+        // Colours only for a terminal: logs often end up in files and CI output.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .init();
 }

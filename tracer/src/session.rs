@@ -22,6 +22,7 @@ use crate::lifecycle::{self, Signals};
 use crate::progress::{Progress, Style};
 use crate::relay::parking::Parking;
 use crate::relay::tcp::TcpRelay;
+use crate::remote::incoming::Incoming;
 use crate::remote::{self, Remote};
 use crate::supervisor;
 use crate::sys::notify;
@@ -207,7 +208,7 @@ async fn start_relay(
     events: EventSink,
     progress: &Progress,
 ) -> Result<(Arc<Remote>, AgentLink), SessionError> {
-    let link = agent_link::open(
+    let mut link = agent_link::open(
         config,
         std::env::var("SCTRACE_AGENT_TOKEN")
             .ok()
@@ -227,19 +228,23 @@ async fn start_relay(
         Arc::clone(&names),
         events,
     ));
-    let tcp = TcpRelay::start(Arc::clone(&dns))
+    let tcp = TcpRelay::start(Arc::clone(&dns), link.handoff.clone())
         .await
         .map_err(SessionError::Relay)?;
     let parking = Parking::start().map_err(SessionError::Relay)?;
-    let remote = Arc::new(Remote::new(
+    let remote = Arc::new(Remote::new(remote::Parts {
         filter,
-        link.handle.clone(),
+        agent: link.handle.clone(),
         tcp,
         parking,
         dns,
         names,
-        remote::nameservers(&resolv_conf),
-    ));
+        nameservers: remote::nameservers(&resolv_conf),
+        incoming: Incoming::new(config.feature.network.incoming.clone(), link.handle.clone()),
+    }));
+    if let Some(requests) = link.requests.take() {
+        tokio::spawn(Arc::clone(&remote.incoming).serve(requests));
+    }
     let watched = Arc::clone(&remote);
     let handle = link.handle.clone();
     let address = link.address.clone();

@@ -3,6 +3,7 @@
 //! [`kube`]), or connects to one already running at a configured address; then it opens
 //! the protocol session.
 
+mod handoff;
 pub mod kube;
 mod local;
 
@@ -11,10 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sctrace_filter::config::{AgentAddress, Config, NetnsTarget, Target};
-use sctrace_protocol::{Config as ProtocolConfig, HandshakeError, Session, SessionHandle, Token};
+use sctrace_protocol::{
+    Config as ProtocolConfig, HandshakeError, Requests, Session, SessionHandle, Token,
+};
 use thiserror::Error;
 use tokio::net::{TcpStream, UnixStream};
 
+pub use handoff::Handoff;
 pub use local::LocalAgent;
 
 use crate::progress::Progress;
@@ -23,12 +27,18 @@ use crate::progress::Progress;
 pub struct AgentLink {
     /// The session.
     pub handle: SessionHandle,
+    /// What the agent opens toward sctrace (incoming connections); taken by whoever serves
+    /// them, refused when dropped.
+    pub requests: Option<Requests>,
     /// The agent process sctrace started (local targets), to stop at the end.
     pub process: Option<LocalAgent>,
     /// Where the agent listens, for messages.
     pub address: String,
     /// The port-forward to an agent in the cluster, which must live as long as the session.
     pub forward: Option<kube::Forward>,
+    /// For an agent sctrace started on this machine: the channel for handing it the relay
+    /// ends of TCP connections (see [`handoff`]).
+    pub handoff: Option<Handoff>,
 }
 
 /// Why sctrace could not reach an agent.
@@ -97,15 +107,17 @@ pub async fn open(
             (None, None) => return Err(LinkError::NoToken),
         };
         progress.start(&format!("connecting to the agent at {address}"));
-        let handle = connect(address, &token)
+        let (handle, requests) = connect(address, &token)
             .await
             .inspect_err(|_| progress.failed())?;
         progress.done(&format!("connected to the agent at {address}"));
         return Ok(AgentLink {
             handle,
+            requests: Some(requests),
             process: None,
             address: address.to_string(),
             forward: None,
+            handoff: None,
         });
     }
     let netns = match target {
@@ -121,16 +133,28 @@ pub async fn open(
     let started = async {
         let agent = LocalAgent::start(&netns).await?;
         let address = AgentAddress::Unix(agent.socket().to_path_buf());
-        let handle = connect(&address, agent.token()).await?;
-        Ok::<_, LinkError>((agent, address, handle))
+        let (handle, requests) = connect(&address, agent.token()).await?;
+        Ok::<_, LinkError>((agent, address, handle, requests))
     };
-    let (agent, address, handle) = started.await.inspect_err(|_| progress.failed())?;
+    let (agent, address, handle, requests) = started.await.inspect_err(|_| progress.failed())?;
     progress.done(&format!("agent started for {shown}"));
+    // Without the channel, connections are relayed over the session: slower, but the same.
+    let handoff = match Handoff::connect(agent.handoff_socket(), agent.secret()) {
+        Ok(handoff) => Some(handoff),
+        Err(err) => {
+            tracing::warn!(
+                "cannot open the agent's handoff channel, relaying through sctrace: {err}"
+            );
+            None
+        }
+    };
     Ok(AgentLink {
         handle,
+        requests: Some(requests),
         process: Some(agent),
         address: address.to_string(),
         forward: None,
+        handoff,
     })
 }
 
@@ -148,13 +172,13 @@ pub fn serve_link(link: kube::KubeLink) -> AgentLink {
         forward,
     } = link;
     tokio::spawn(session.task.run());
-    // Nothing is served to the agent yet: its requests are refused when `requests` drops.
-    drop(session.requests);
     AgentLink {
         handle: session.handle,
+        requests: Some(session.requests),
         process: None,
         address,
         forward: Some(forward),
+        handoff: None,
     }
 }
 
@@ -166,7 +190,10 @@ fn read_token(path: &Path) -> Result<Token, LinkError> {
     Token::from_file_contents(&bytes).map_err(|e| LinkError::BadToken(e.to_string()))
 }
 
-async fn connect(address: &AgentAddress, token: &Token) -> Result<SessionHandle, LinkError> {
+async fn connect(
+    address: &AgentAddress,
+    token: &Token,
+) -> Result<(SessionHandle, Requests), LinkError> {
     let shown = address.to_string();
     let connect_err = |source| LinkError::Connect {
         address: shown.clone(),
@@ -197,7 +224,5 @@ async fn connect(address: &AgentAddress, token: &Token) -> Result<SessionHandle,
         source,
     })?;
     tokio::spawn(session.task.run());
-    // Nothing is served to the agent yet: its requests are refused when `requests` drops.
-    drop(session.requests);
-    Ok(session.handle)
+    Ok((session.handle, session.requests))
 }

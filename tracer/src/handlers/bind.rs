@@ -7,6 +7,7 @@
 //!
 //! Actions: `Fail(EBADF)`, `Continue`, or the performed call's result (inline).
 
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 
 use sctrace_filter::Protocol;
@@ -31,11 +32,37 @@ pub fn handle_bind(ctx: &Context, n: &Notification) -> Action {
     if is_unix(&addr) {
         return leave_to_kernel(record);
     }
-    let result = sys::bind(sock.fd.as_fd(), addr.bytes(), len);
+    // `listen_ports`: the app asks for port P, which really binds the configured local port.
+    let moved = ctx.remote.as_ref().and_then(|remote| {
+        let asked = addr
+            .bytes()
+            .and_then(SockAddr::parse)
+            .and_then(|a| a.inet())?;
+        let port = remote.incoming.bind_port(asked.port());
+        (port != asked.port()).then(|| SockAddr::encode_inet(SocketAddr::new(asked.ip(), port)))
+    });
+    let result = match &moved {
+        Some(bytes) => sys::bind(sock.fd.as_fd(), Some(bytes), len),
+        None => sys::bind(sock.fd.as_fd(), addr.bytes(), len),
+    };
     if result.is_ok() && sys::sock_type(sock.fd.as_fd()) == Ok(libc::SOCK_DGRAM) {
         note_listening(ctx, &sock, Protocol::Udp);
     }
     answer(record, result.map(|()| 0i64)).into()
+}
+
+/// Subscribes the listener's port in the target (mirror or steal), as configured.
+fn subscribe(ctx: &Context, sock: &AppSocket) {
+    let Some(remote) = ctx.remote.as_ref().filter(|r| r.incoming.enabled()) else {
+        return;
+    };
+    let bound = sys::local_addr(sock.fd.as_fd())
+        .ok()
+        .and_then(|b| SockAddr::parse(&b))
+        .and_then(|a| a.inet());
+    if let (Some(bound), Ok(cookie)) = (bound, sys::cookie(sock.fd.as_fd())) {
+        remote.incoming.on_listen(cookie, bound);
+    }
 }
 
 /// Tells the relaying session which port the app now serves (the filter keeps loopback
@@ -69,6 +96,7 @@ pub fn handle_listen(ctx: &Context, n: &Notification) -> Action {
     let result = sys::listen(sock.fd.as_fd(), backlog);
     if result.is_ok() {
         note_listening(ctx, &sock, Protocol::Tcp);
+        subscribe(ctx, &sock);
     }
     answer(record, result.map(|()| 0i64)).into()
 }

@@ -8,6 +8,7 @@
 //! remote ones carried out by `redirect`; receives and `getpeername` are emulated for the
 //! sockets sctrace manages (`recv`).
 
+mod accept;
 mod bind;
 mod connect;
 mod recv;
@@ -56,7 +57,7 @@ pub fn handle(ctx: &Arc<Context>, n: &Notification) -> Action {
         Syscall::RecvMsg => recv::handle_recvmsg(ctx, n),
         Syscall::RecvMmsg => recv::handle_recvmmsg(ctx, n),
         Syscall::GetPeerName => recv::handle_getpeername(ctx, n),
-        // Accepts carry nothing to do yet: they run in the kernel unchanged.
-        Syscall::Accept | Syscall::Accept4 | Syscall::Other(_) => Reply::Continue.into(),
+        Syscall::Accept | Syscall::Accept4 => accept::handle(ctx, n),
+        Syscall::Other(_) => Reply::Continue.into(),
     }
 }

@@ -4,6 +4,7 @@
 //! Handlers ask it where a connection goes ([`Remote::route`]) and use its pieces to carry
 //! the call out; it never answers the kernel itself.
 
+pub mod incoming;
 pub mod sockets;
 
 use std::collections::HashSet;
@@ -54,6 +55,26 @@ const RESOLVER_SOCKETS: &[&str] = &[
     "/run/nscd/socket",
 ];
 
+/// What a relaying session is made of (see [`Remote`]'s fields).
+pub struct Parts {
+    /// Local or remote decisions.
+    pub filter: Arc<OutgoingFilter>,
+    /// The agent.
+    pub agent: SessionHandle,
+    /// The TCP relay listeners.
+    pub tcp: TcpRelay,
+    /// Where sockets wait for a remote connect's outcome.
+    pub parking: Parking,
+    /// The DNS responder.
+    pub dns: Arc<DnsResponder>,
+    /// Names resolved in this session.
+    pub names: Arc<NameCache>,
+    /// The nameservers of the local resolv.conf.
+    pub nameservers: Vec<IpAddr>,
+    /// The target's incoming traffic.
+    pub incoming: Arc<incoming::Incoming>,
+}
+
 /// The relaying session.
 pub struct Remote {
     /// Local or remote decisions.
@@ -70,6 +91,8 @@ pub struct Remote {
     pub names: Arc<NameCache>,
     /// The app sockets sctrace manages.
     pub sockets: Arc<ManagedSockets>,
+    /// The target's incoming traffic.
+    pub incoming: Arc<incoming::Incoming>,
     /// The nameservers of the local resolv.conf (port 53) whose queries sctrace answers.
     nameservers: Vec<IpAddr>,
     /// (protocol, port) the app listens on, for the filter's loopback rule.
@@ -80,24 +103,17 @@ pub struct Remote {
 
 impl Remote {
     /// Assembles the session state.
-    pub fn new(
-        filter: Arc<OutgoingFilter>,
-        agent: SessionHandle,
-        tcp: TcpRelay,
-        parking: Parking,
-        dns: Arc<DnsResponder>,
-        names: Arc<NameCache>,
-        nameservers: Vec<IpAddr>,
-    ) -> Remote {
+    pub fn new(parts: Parts) -> Remote {
         Remote {
-            filter,
-            agent,
-            tcp,
-            parking,
-            dns,
-            names,
+            filter: parts.filter,
+            agent: parts.agent,
+            tcp: parts.tcp,
+            parking: parts.parking,
+            dns: parts.dns,
+            names: parts.names,
             sockets: Arc::default(),
-            nameservers,
+            incoming: parts.incoming,
+            nameservers: parts.nameservers,
             listening: Mutex::default(),
             lost: AtomicBool::new(false),
         }

@@ -28,6 +28,14 @@ fn respond(notify: &NotifyFd, id: u64, reply: Reply) {
         Reply::Continue => notify.respond(id, 0, 0, true),
         Reply::Return(v) => notify.respond(id, v, 0, false),
         Reply::Fail(errno) => notify.respond(id, 0, -errno.0, false),
+        Reply::InstallFd { fd, cloexec } => {
+            use std::os::fd::AsFd;
+            match notify.install_fd_and_answer(id, fd.as_fd(), cloexec) {
+                Ok(_) => Ok(()),
+                // The fd could not be installed (EMFILE, ...): the call fails the same way.
+                Err(err) => notify.respond(id, 0, -err.raw_os_error().unwrap_or(libc::EIO), false),
+            }
+        }
     };
     if let Err(err) = result {
         tracing::error!("cannot answer a trapped call (id {id}): {err}");

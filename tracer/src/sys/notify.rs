@@ -13,7 +13,7 @@
 //!   app thread and the supervisor thread, which roughly halves the round trip.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::syscall;
 
@@ -138,6 +138,43 @@ impl NotifyFd {
             return Err(err);
         }
         Ok(())
+    }
+
+    /// Installs `fd` in the calling process of notification `id` and answers the call with
+    /// the new fd number, atomically (`SECCOMP_IOCTL_NOTIF_ADDFD` with
+    /// `SECCOMP_ADDFD_FLAG_SEND`, Linux 5.14): how an emulated `accept` returns its socket.
+    /// `Ok(None)`: the call was interrupted meanwhile (ENOENT); the fd is then not installed.
+    pub fn install_fd_and_answer(
+        &self,
+        id: u64,
+        fd: BorrowedFd<'_>,
+        cloexec: bool,
+    ) -> io::Result<Option<i32>> {
+        const SECCOMP_ADDFD_FLAG_SEND: u32 = 1 << 1;
+        let mut addfd = libc::seccomp_notif_addfd {
+            id,
+            flags: SECCOMP_ADDFD_FLAG_SEND,
+            srcfd: fd.as_raw_fd() as u32,
+            newfd: 0,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: the ioctl reads a seccomp_notif_addfd (its size is in the request number)
+        // from the pointer, which is valid for the call.
+        let ret = unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+                &mut addfd as *mut libc::seccomp_notif_addfd,
+            )
+        };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(None);
+            }
+            return Err(err);
+        }
+        Ok(Some(ret))
     }
 
     /// Asks for synchronous wake-ups between app and supervisor (Linux 6.6+). Returns

@@ -267,3 +267,15 @@ pub fn recvmsg(
 pub fn receive_timeout(fd: BorrowedFd<'_>) -> Result<Option<std::time::Duration>, Errno> {
     timeout_option(fd, libc::SO_RCVTIMEO)
 }
+
+/// `accept4(fd, ..., flags)`: the new connection and its peer address bytes.
+pub fn accept4(fd: BorrowedFd<'_>, flags: i32) -> Result<(std::os::fd::OwnedFd, Vec<u8>), Errno> {
+    let mut addr = [0u8; 128];
+    let mut len = addr.len() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writes; the kernel writes at most `len` bytes.
+    let new =
+        check(unsafe { libc::accept4(fd.as_raw_fd(), addr.as_mut_ptr().cast(), &mut len, flags) })?;
+    // SAFETY: accept4 just returned this fd; nothing else owns it.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(new) };
+    Ok((owned, addr[..(len as usize).min(addr.len())].to_vec()))
+}

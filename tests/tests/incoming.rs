@@ -1,0 +1,367 @@
+//! Incoming traffic end to end (issue: mirror and steal the target's connections): the seed
+//! scenario. In the local cluster, `uwu-app` runs at 198.18.0.17:8000 with `uwu-service` and
+//! the cluster's `messages-db`; a client in a third namespace (the "outside world", joined
+//! to the cluster by a veth) sends it requests; the developer's `uwu-app` runs on the laptop
+//! under `sctrace run` with `feature.network.incoming`. Which side answered is told by the
+//! answers and the servers' own logs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sctrace_tests::{
+    bin, fixture, require_root, run_with_timeout, Cluster, Netns, Output, Server, ServerSpec,
+};
+
+const T: Duration = Duration::from_secs(60);
+const APP: &str = "198.18.0.17";
+
+struct World {
+    cluster: Cluster,
+    outside: Netns,
+    cluster_db: Server,
+    laptop_db: Server,
+    cluster_app: Server,
+    _uwu: Server,
+}
+
+fn service(ns: &Netns, program: &str, name: &str, listen: &str) -> Server {
+    Server::spawn_command(
+        ns.command(fixture(program))
+            .args(["-name", name, "-listen", listen]),
+    )
+}
+
+impl World {
+    fn new() -> World {
+        require_root();
+        let cluster = Cluster::up();
+        let outside = Netns::new("outside");
+        outside.veth(&cluster.cluster, "198.18.2.2/30", "198.18.2.1/30");
+        let route = run_with_timeout(
+            Command::new("ip").args([
+                "-n",
+                outside.name(),
+                "route",
+                "add",
+                "198.18.0.0/24",
+                "via",
+                "198.18.2.1",
+            ]),
+            T,
+        );
+        route.assert_success();
+        let uwu = service(
+            &cluster.cluster,
+            "uwu-service",
+            "uwu-service",
+            "198.18.0.10:8080",
+        );
+        let cluster_db = service(
+            &cluster.cluster,
+            "messages-db",
+            "cluster-db",
+            "198.18.0.11:6379",
+        );
+        let laptop_db = service(
+            &cluster.laptop,
+            "messages-db",
+            "laptop-db",
+            "127.0.0.20:6379",
+        );
+        // The app as deployed in the cluster (it logs on stderr; "ready" once it listens).
+        let cluster_app = Server::spawn_command(Command::new("sh").args([
+            "-c",
+            &format!(
+                "ip netns exec {} env LISTEN={APP}:8000 STATS= {} 2>&1 | sed -u 's/.*listening on.*/&\\nready/'",
+                cluster.cluster.name(),
+                fixture("uwu-app").display()
+            ),
+        ]));
+        World {
+            cluster,
+            outside,
+            cluster_db,
+            laptop_db,
+            cluster_app,
+            _uwu: uwu,
+        }
+    }
+
+    fn config(&self, name: &str, incoming: &str) -> PathBuf {
+        let path = self.cluster.laptop.scratch_dir().join(name);
+        let json = format!(
+            r#"{{"target": "netns/{}", "feature": {{"network": {{"incoming": {incoming}, "outgoing": {{"filter": {{"local": ["messages-db"]}}}}}}}}}}"#,
+            self.cluster.cluster.name()
+        );
+        std::fs::write(&path, json).unwrap();
+        path
+    }
+
+    /// The developer's program under `sctrace run -c CONFIG` on the laptop.
+    fn run(&self, config: &Path, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+        let mut cmd = self.cluster.laptop.command(bin("sctrace"));
+        cmd.args(["run", "-q", "-c"])
+            .arg(config)
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.spawn().unwrap()
+    }
+
+    /// The local uwu-app under sctrace, listening on :8000 (like the cluster's).
+    fn local_app(&self, config: &Path) -> Child {
+        let child = self.run(
+            config,
+            &fixture("uwu-app"),
+            &[],
+            &[("LISTEN", "0.0.0.0:8000"), ("STATS", "")],
+        );
+        let deadline = Instant::now() + T;
+        while !self
+            .cluster
+            .laptop
+            .run_in(|| std::net::TcpStream::connect(("127.0.0.1", 8000)).is_ok())
+        {
+            assert!(Instant::now() < deadline, "the local uwu-app did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+        // The subscription is made as the app listens; give the agent its moment.
+        thread::sleep(Duration::from_millis(500));
+        child
+    }
+
+    /// Sends requests from the outside world; each is (path, extra header line, body).
+    /// Requests share one keep-alive connection. Returns the answers' bodies.
+    fn client(&self, requests: &[(&str, &str, &str)]) -> Vec<String> {
+        let mut script = String::from(
+            "import http.client, sys\nc = http.client.HTTPConnection('198.18.0.17', 8000, timeout=20)\n",
+        );
+        for (path, header, body) in requests {
+            let headers = if header.is_empty() {
+                "{}".to_string()
+            } else {
+                let (k, v) = header.split_once(": ").unwrap();
+                format!("{{'{k}': '{v}'}}")
+            };
+            script.push_str(&format!(
+                "c.request('POST', '{path}', body={body:?}, headers={headers})\nr = c.getresponse()\nprint(repr(r.read().decode()))\n"
+            ));
+        }
+        let out = run_with_timeout(self.outside.command("python3").args(["-c", &script]), T);
+        out.assert_success();
+        out.stdout
+            .lines()
+            .map(|l| l.trim_matches('\'').replace("\\n", "\n"))
+            .collect()
+    }
+}
+
+fn stored(db: &Server, text: &str) -> bool {
+    db.log()
+        .iter()
+        .any(|l| l.contains("stored #") && l.contains(text))
+}
+
+fn stop(child: Child) -> Output {
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let out = child.wait_with_output().unwrap();
+    Output {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn steal_mirror_and_an_http_filter_decide_who_answers() {
+    let world = World::new();
+
+    // Without sctrace, the cluster's app answers.
+    let answers = world.client(&[("/uwu", "", "before")]);
+    assert!(
+        answers[0].starts_with("befowe uwu\nstored as #"),
+        "{answers:?}"
+    );
+    assert!(stored(&world.cluster_db, "befowe uwu"));
+
+    // steal: the local app answers, calls uwu-service through the agent and stores in the
+    // laptop's messages-db; the cluster's app and database see nothing.
+    let app = world.local_app(&world.config("steal.json", r#""steal""#));
+    let answers = world.client(&[("/uwu", "", "stolen request")]);
+    assert_eq!(answers[0], "stowen wequest uwu\nstored as #1\n");
+    world
+        .laptop_db
+        .wait_log(|l| l.contains("stowen wequest uwu"), T);
+    assert!(!stored(&world.cluster_db, "stowen"));
+    assert!(!world
+        .cluster_app
+        .log()
+        .iter()
+        .any(|l| l.contains("stolen request")));
+    stop(app);
+
+    // Back to normal once the session ended.
+    let answers = world.client(&[("/uwu", "", "after steal")]);
+    assert!(
+        answers[0].starts_with("aftew steaw uwu\nstored as #"),
+        "{answers:?}"
+    );
+    assert!(stored(&world.cluster_db, "aftew steaw"));
+
+    // mirror: the cluster's app answers the client; the local app gets a copy and works on
+    // it too (its answer is dropped).
+    let app = world.local_app(&world.config("mirror.json", r#""mirror""#));
+    let answers = world.client(&[("/uwu", "", "mirrored request")]);
+    world
+        .cluster_db
+        .wait_log(|l| l.contains("miwwowed wequest uwu"), T);
+    assert!(
+        answers[0].starts_with("miwwowed wequest uwu\nstored as #"),
+        "{answers:?}"
+    );
+    world
+        .laptop_db
+        .wait_log(|l| l.contains("miwwowed wequest uwu"), T);
+    stop(app);
+
+    // An HTTP filter: only requests with the header are stolen, per request on one
+    // keep-alive connection.
+    let app = world.local_app(&world.config(
+        "filter.json",
+        r#"{"mode": "steal", "http_filter": {"header_filter": "^x-sctrace: me$"}}"#,
+    ));
+    let answers = world.client(&[
+        ("/uwu", "x-sctrace: me", "mine"),
+        ("/uwu", "", "theirs"),
+        ("/uwu", "x-sctrace: me", "mine again"),
+    ]);
+    assert_eq!(answers.len(), 3);
+    world.laptop_db.wait_log(|l| l.contains("\"mine uwu\""), T);
+    world
+        .laptop_db
+        .wait_log(|l| l.contains("mine again uwu"), T);
+    world
+        .cluster_db
+        .wait_log(|l| l.contains("\"deiws uwu\""), T);
+    assert!(!stored(&world.laptop_db, "deiws"));
+    stop(app);
+}
+
+#[test]
+fn the_client_address_reaches_accept_and_getpeername() {
+    let world = World::new();
+    let server = "import socket\ns = socket.socket(socket.AF_INET6)\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('::', 8000))\ns.listen()\nprint('listening', flush=True)\nc, a = s.accept()\nprint('accepted', a[0], c.getpeername()[0], flush=True)\nc.recv(1000)\nc.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\nConnection: close\\r\\n\\r\\nhi\\n')\nc.close()\n";
+    let config = world.config("peer.json", r#""steal""#);
+    let mut child = world.run(&config, Path::new("python3"), &["-c", server], &[]);
+    thread::sleep(Duration::from_secs(2));
+    let answers = world.client(&[("/", "", "x")]);
+    assert_eq!(answers, ["hi\n"]);
+    let out = child.wait().unwrap();
+    assert!(out.success());
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(
+        stdout.contains("accepted ::ffff:198.18.2.2 ::ffff:198.18.2.2"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn many_stolen_connections_arrive_intact_and_a_closed_listener_gives_the_port_back() {
+    let world = World::new();
+    let srv = bin("sctrace-testsrv");
+    let cluster_sink = world
+        .cluster
+        .cluster
+        .spawn_server(ServerSpec::TcpSink(vec![format!("{APP}:9000")
+            .parse::<SocketAddr>()
+            .unwrap()]));
+    // The developer's sink, under sctrace, steals port 9000; it stops listening after a while.
+    let config = world.config("sink.json", r#""steal""#);
+    let script = format!(
+        "timeout 8 {} tcp-sink 0.0.0.0:9000; sleep 30",
+        srv.display()
+    );
+    let child = world.run(&config, Path::new("/bin/sh"), &["-c", &script], &[]);
+    thread::sleep(Duration::from_secs(2));
+    // 200 connections at once, each with its own checksummed body.
+    let many = run_with_timeout(
+        world
+            .outside
+            .command(&srv)
+            .args(["tcp-many", &format!("{APP}:9000"), "200", "65536"]),
+        T,
+    );
+    assert!(
+        many.status.success() && many.stdout.starts_with("ok"),
+        "{many}"
+    );
+    assert!(
+        cluster_sink
+            .log()
+            .iter()
+            .all(|l| !l.starts_with("tcp sink")),
+        "the cluster's sink got stolen connections"
+    );
+    // Once the local sink exits, the target's port is the cluster's again.
+    let deadline = Instant::now() + T;
+    loop {
+        let one = run_with_timeout(
+            world
+                .outside
+                .command(&srv)
+                .args(["tcp-send", &format!("{APP}:9000"), "1000"]),
+            T,
+        );
+        if one.status.success() && cluster_sink.log().iter().any(|l| l.starts_with("tcp sink")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the port did not come back to the cluster:\n{one}"
+        );
+        thread::sleep(Duration::from_millis(500));
+    }
+    stop(child);
+}
+
+#[test]
+fn a_second_session_stealing_the_same_port_is_refused() {
+    let world = World::new();
+    let first = world.local_app(&world.config("first.json", r#""steal""#));
+    // The second app listens on another local port but the same target port.
+    let config = world.cluster.laptop.scratch_dir().join("second.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"target": "netns/{}", "feature": {{"network": {{"incoming": {{"mode": "steal", "port_mapping": [[8001, 8000]]}}}}}}}}"#,
+            world.cluster.cluster.name()
+        ),
+    )
+    .unwrap();
+    let second = world.run(
+        &config,
+        &fixture("uwu-app"),
+        &[],
+        &[("LISTEN", "0.0.0.0:8001"), ("STATS", "")],
+    );
+    thread::sleep(Duration::from_secs(3));
+    let second = stop(second);
+    assert!(
+        second
+            .stderr
+            .contains("sctrace: cannot steal port 8000 of the target"),
+        "{second}"
+    );
+    // The first session still has it.
+    let answers = world.client(&[("/uwu", "", "still mine")]);
+    assert_eq!(answers[0], "stiww mine uwu\nstored as #1\n");
+    stop(first);
+}

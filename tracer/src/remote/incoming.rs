@@ -1,0 +1,421 @@
+//! The target's incoming traffic (`feature.network.incoming`): when the app listens on a
+//! port, sctrace subscribes that port in the target through the agent (mirror or steal,
+//! with an HTTP filter), and delivers each connection the agent hands over to the app's own
+//! listening socket, connecting to it from sctrace. The app's `accept` is emulated
+//! (`handlers::accept`) so it and `getpeername` show the remote client, not sctrace.
+//!
+//! A subscription lasts as long as the app listens: a watcher looks for the listening
+//! socket once a second, and when it is gone the subscription is dropped (the agent stops
+//! redirecting; connections already delivered go on).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sctrace_filter::config::{
+    HttpCondition, HttpFilterConfig, IncomingConfig, IncomingMode as Mode,
+};
+use sctrace_protocol::{
+    HttpFilter, IncomingKind, IncomingMode, IncomingRequest, Request, Requests, SessionHandle,
+};
+use tokio::io::AsyncReadExt;
+
+/// How often a subscription's listener is looked for.
+const WATCH: Duration = Duration::from_secs(1);
+/// How long a delivered connection's client address is remembered for the app's accept.
+const PEER_GRACE: Duration = Duration::from_secs(60);
+
+/// What a delivered connection is, for the app's accept and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// The remote client.
+    pub client: SocketAddr,
+    /// Stolen, mirrored, or one HTTP request.
+    pub kind: IncomingKind,
+}
+
+#[derive(Default)]
+struct State {
+    /// Remote port → where its connections go (the app's listener).
+    subscribed: HashMap<u16, SocketAddr>,
+    /// Listener cookie → remote port.
+    listeners: HashMap<u64, u16>,
+    /// sctrace's end of a delivered connection (as the app's listener sees it) → client.
+    peers: HashMap<SocketAddr, Delivered>,
+    /// Ports the app asked to bind that `listen_ports` moved: local port → asked port.
+    moved: HashMap<u16, u16>,
+}
+
+/// Incoming traffic of a relaying session.
+pub struct Incoming {
+    config: IncomingConfig,
+    agent: SessionHandle,
+    state: Mutex<State>,
+}
+
+impl Incoming {
+    /// Incoming traffic as `config` says, through `agent`.
+    pub fn new(config: IncomingConfig, agent: SessionHandle) -> Arc<Incoming> {
+        Arc::new(Incoming {
+            config,
+            agent,
+            state: Mutex::default(),
+        })
+    }
+
+    /// Whether ports are mirrored or stolen at all.
+    pub fn enabled(&self) -> bool {
+        self.config.mode != Mode::Off
+    }
+
+    /// The port to really bind when the app binds `port` (`listen_ports`), remembering it.
+    pub fn bind_port(&self, port: u16) -> u16 {
+        if !self.enabled() {
+            return port;
+        }
+        match self
+            .config
+            .listen_ports
+            .iter()
+            .find(|(asked, _)| *asked == port)
+        {
+            Some(&(asked, local)) => {
+                if let Ok(mut st) = self.state.lock() {
+                    st.moved.insert(local, asked);
+                }
+                local
+            }
+            None => port,
+        }
+    }
+
+    /// The target's port for a listener bound to local `port`, if it is to be subscribed.
+    fn remote_port(&self, bound: SocketAddr) -> Option<u16> {
+        if !self.enabled() || (self.config.ignore_localhost && bound.ip().is_loopback()) {
+            return None;
+        }
+        let asked = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|st| st.moved.get(&bound.port()).copied())
+            .unwrap_or(bound.port());
+        if self.config.ignore_ports.contains(&asked)
+            || self
+                .config
+                .ports
+                .as_ref()
+                .is_some_and(|p| !p.contains(&asked))
+        {
+            return None;
+        }
+        Some(
+            self.config
+                .port_mapping
+                .iter()
+                .find(|(local, _)| *local == asked)
+                .map_or(asked, |&(_, remote)| remote),
+        )
+    }
+
+    /// The app listens on `bound` with the socket `cookie`: subscribe its port in the target.
+    pub fn on_listen(self: &Arc<Self>, cookie: u64, bound: SocketAddr) {
+        let Some(port) = self.remote_port(bound) else {
+            return;
+        };
+        let mode = match self.config.mode {
+            Mode::Steal => IncomingMode::Steal,
+            _ => IncomingMode::Mirror,
+        };
+        let filter = match mode {
+            IncomingMode::Steal => http_filter(&self.config.http_filter, port),
+            IncomingMode::Mirror => None,
+        };
+        let deliver_to = reachable(bound);
+        {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            if st.subscribed.contains_key(&port) {
+                st.listeners.insert(cookie, port);
+                return;
+            }
+            st.subscribed.insert(port, deliver_to);
+            st.listeners.insert(cookie, port);
+        }
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            match me.agent.subscribe(port, mode, filter).await {
+                Ok(subscription) => {
+                    tracing::info!("{mode}ing port {port} of the target to {deliver_to}");
+                    // Held while the app listens; dropping it unsubscribes.
+                    while listening(bound.port()) {
+                        tokio::time::sleep(WATCH).await;
+                    }
+                    drop(subscription);
+                    tracing::info!("the app stopped listening on {bound}: port {port} of the target is no longer {mode}ed");
+                }
+                Err(err) => eprintln!("sctrace: cannot {mode} port {port} of the target: {err}"),
+            }
+            if let Ok(mut st) = me.state.lock() {
+                st.subscribed.remove(&port);
+                st.listeners.retain(|_, p| *p != port);
+            }
+        });
+    }
+
+    /// Whether `cookie` is a listening socket whose port is subscribed.
+    pub fn is_subscribed(&self, cookie: u64) -> bool {
+        self.state
+            .lock()
+            .map(|st| st.listeners.contains_key(&cookie))
+            .unwrap_or(false)
+    }
+
+    /// The remote client behind a connection the app accepted from `peer`, when sctrace
+    /// delivered it.
+    pub fn delivered(&self, peer: SocketAddr) -> Option<Delivered> {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|st| st.peers.get(&peer).copied())
+    }
+
+    /// Serves the agent's incoming connections until the session ends.
+    pub async fn serve(self: Arc<Self>, mut requests: Requests) {
+        while let Some(request) = requests.next().await {
+            if let Request::Incoming(incoming) = request {
+                tokio::spawn(Arc::clone(&self).deliver(incoming));
+            }
+            // Other requests are dropped, which refuses them.
+        }
+    }
+
+    /// Connects one incoming connection to the app's listener and relays it.
+    async fn deliver(self: Arc<Self>, request: IncomingRequest) {
+        let Some(to) = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|st| st.subscribed.get(&request.port()).copied())
+        else {
+            request.reject(libc::ECONNREFUSED);
+            return;
+        };
+        let delivered = Delivered {
+            client: request.client(),
+            kind: request.kind(),
+        };
+        // Bind first and register the address before connecting: the app may accept the
+        // connection (and ask who it is from) before connect() returns here.
+        let prepared = (|| {
+            let socket = if to.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(to.ip(), 0))?;
+            let ours = socket.local_addr()?;
+            Ok::<_, std::io::Error>((socket, ours))
+        })();
+        let (socket, ours) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                tracing::debug!("cannot deliver a connection to {to}: {err}");
+                request.reject(libc::ECONNREFUSED);
+                return;
+            }
+        };
+        if let Ok(mut st) = self.state.lock() {
+            st.peers.insert(ours, delivered);
+        }
+        let mut app = match socket.connect(to).await {
+            Ok(app) => app,
+            Err(err) => {
+                // The app stopped listening: the agent gives the connection to the target.
+                tracing::debug!("cannot deliver a connection to {to}: {err}");
+                self.forget(ours);
+                request.reject(err.raw_os_error().unwrap_or(libc::ECONNREFUSED));
+                return;
+            }
+        };
+        let _ = app.set_nodelay(true);
+        let mut stream = match request.accept(to) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!("incoming connection gone before delivery: {err}");
+                self.forget(ours);
+                return;
+            }
+        };
+        match delivered.kind {
+            IncomingKind::Mirrored => {
+                // The app's answers are read and dropped; the client gets the target's.
+                let (mut app_rd, mut app_wr) = app.split();
+                let copy_in = async {
+                    while let Ok(Some(chunk)) = stream.recv_chunk().await {
+                        if tokio::io::AsyncWriteExt::write_all(&mut app_wr, &chunk)
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut app_wr).await;
+                };
+                let drain = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = app_rd.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                };
+                tokio::join!(copy_in, drain);
+            }
+            _ => {
+                sctrace_protocol::relay(&mut stream, &mut app).await;
+            }
+        }
+        let me = Arc::clone(&self);
+        tokio::spawn(async move {
+            tokio::time::sleep(PEER_GRACE).await;
+            me.forget(ours);
+        });
+    }
+
+    fn forget(&self, ours: SocketAddr) {
+        if let Ok(mut st) = self.state.lock() {
+            st.peers.remove(&ours);
+        }
+    }
+}
+
+/// Where sctrace connects to reach a listener bound to `bound` (a wildcard address is
+/// reached through loopback).
+fn reachable(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+/// The protocol's filter for `port`, from the config's (mirrord's) form.
+fn http_filter(config: &HttpFilterConfig, port: u16) -> Option<HttpFilter> {
+    if !config.is_set()
+        || config
+            .ports
+            .as_ref()
+            .is_some_and(|ports| !ports.contains(&port))
+    {
+        return None;
+    }
+    let condition = |c: &HttpCondition| match c {
+        HttpCondition::Header(p) => HttpFilter::Header(p.clone()),
+        HttpCondition::Path(p) => HttpFilter::Path(p.clone()),
+        HttpCondition::Method(m) => HttpFilter::Method(m.clone()),
+    };
+    if let Some(p) = &config.header_filter {
+        return Some(HttpFilter::Header(p.clone()));
+    }
+    if let Some(p) = &config.path_filter {
+        return Some(HttpFilter::Path(p.clone()));
+    }
+    if let Some(m) = &config.method_filter {
+        return Some(HttpFilter::Method(m.clone()));
+    }
+    if let Some(all) = &config.all_of {
+        return Some(HttpFilter::AllOf(all.iter().map(condition).collect()));
+    }
+    config
+        .any_of
+        .as_ref()
+        .map(|any| HttpFilter::AnyOf(any.iter().map(condition).collect()))
+}
+
+/// Whether some socket of this network namespace listens on TCP `port` (from
+/// /proc/net/tcp and tcp6, state 0A).
+fn listening(port: u16) -> bool {
+    let ports: BTreeSet<u16> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|text| listening_ports(&text))
+        .collect();
+    ports.contains(&port)
+}
+
+/// The local ports of the LISTEN sockets in a /proc/net/tcp text.
+fn listening_ports(text: &str) -> Vec<u16> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            if state != "0A" {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_are_found_in_proc_net_tcp() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n   1: 0100007F:1F41 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2\n";
+        assert_eq!(listening_ports(text), [8000]);
+        assert!(listening_ports("garbage\nmore garbage").is_empty());
+    }
+
+    #[test]
+    fn wildcards_are_reached_through_loopback() {
+        assert_eq!(
+            reachable("0.0.0.0:80".parse().unwrap()),
+            "127.0.0.1:80".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("[::]:80".parse().unwrap()),
+            "[::1]:80".parse().unwrap()
+        );
+        assert_eq!(
+            reachable("198.18.0.1:80".parse().unwrap()),
+            "198.18.0.1:80".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn mirrord_filters_become_protocol_filters() {
+        let config = HttpFilterConfig {
+            header_filter: Some("^x-user: alice$".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            http_filter(&config, 80),
+            Some(HttpFilter::Header("^x-user: alice$".into()))
+        );
+        let config = HttpFilterConfig {
+            any_of: Some(vec![
+                HttpCondition::Path("^/api".into()),
+                HttpCondition::Method("POST".into()),
+            ]),
+            ports: Some(vec![8080]),
+            ..Default::default()
+        };
+        assert_eq!(http_filter(&config, 80), None, "not a filtered port");
+        assert_eq!(
+            http_filter(&config, 8080),
+            Some(HttpFilter::AnyOf(vec![
+                HttpFilter::Path("^/api".into()),
+                HttpFilter::Method("POST".into())
+            ]))
+        );
+        assert_eq!(http_filter(&HttpFilterConfig::default(), 80), None);
+    }
+}
