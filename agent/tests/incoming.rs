@@ -349,6 +349,8 @@ struct Seen {
     server: SocketAddr,
     /// For mirrored streams: every byte of the copy.
     copy: Option<Vec<u8>>,
+    /// With `App::Stall`: when the app started reading, and whether the copy ended in a reset.
+    stalled: Option<(Instant, bool)>,
 }
 
 #[derive(Clone, Copy)]
@@ -359,6 +361,8 @@ enum App {
     Echo,
     /// Declines every incoming stream.
     Decline,
+    /// Takes mirrored copies but reads nothing for a while (a stalled app).
+    Stall,
 }
 
 /// Plays sctrace's side of incoming traffic: takes what the agent hands over and serves it
@@ -376,6 +380,7 @@ fn serve_app(mut requests: Requests, app: App) -> mpsc::UnboundedReceiver<Seen> 
                 client: r.client(),
                 server: r.server(),
                 copy: None,
+                stalled: None,
             };
             if matches!(app, App::Decline) {
                 r.reject(111);
@@ -386,6 +391,15 @@ fn serve_app(mut requests: Requests, app: App) -> mpsc::UnboundedReceiver<Seen> 
             let tx = tx.clone();
             tokio::spawn(async move {
                 match (seen.kind, app) {
+                    (IncomingKind::Mirrored, App::Stall) => {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        let started = Instant::now();
+                        let mut copy = Vec::new();
+                        let read = stream.read_to_end(&mut copy).await;
+                        seen.copy = Some(copy);
+                        seen.stalled = Some((started, read.is_err()));
+                        let _ = tx.send(seen);
+                    }
                     (IncomingKind::Mirrored, _) => {
                         let mut copy = Vec::new();
                         let _ = stream.read_to_end(&mut copy).await;
@@ -1121,4 +1135,50 @@ async fn request_latency_by_route() {
         "per request over one keep-alive connection ({REQUESTS} requests): direct {direct:?}, \
          stolen connection {stolen:?}, filtered to the target {passed:?}, filtered to sctrace {taken:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_mirror_never_holds_up_the_real_connection() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let net = Net::new().await;
+    let agent = Agent::start_in(&net.target_path(), &net.dir, &[]);
+    let (session, requests) = agent.session_and_requests().await;
+    let mut seen = serve_app(requests, App::Stall);
+    let _sub = session
+        .subscribe(ECHO_PORT, IncomingMode::Mirror, None)
+        .await
+        .unwrap();
+    let stream = net
+        .connect(
+            From::Client,
+            SocketAddr::new(TARGET.parse().unwrap(), ECHO_PORT),
+        )
+        .await
+        .unwrap();
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let sent = Sha256::digest(&data);
+    let (mut rd, mut wr) = stream.into_split();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&data).await.unwrap();
+        wr.shutdown().await.unwrap();
+    });
+    let mut back = Vec::with_capacity(SIZE);
+    tokio::time::timeout(Duration::from_secs(30), rd.read_to_end(&mut back))
+        .await
+        .expect("the echo completes")
+        .unwrap();
+    writer.await.unwrap();
+    let echoed = Instant::now();
+    assert_eq!(Sha256::digest(&back), sent);
+    let copy = next_seen(&mut seen).await;
+    let (app_started, reset) = copy.stalled.expect("the stalling app reports");
+    assert!(
+        echoed < app_started,
+        "the echo finished ({:?}) before the stalled app read anything",
+        echoed - started
+    );
+    let got = copy.copy.map_or(0, |c| c.len());
+    assert!(reset, "the copy that fell behind was reset");
+    assert!(got < SIZE, "the copy was cut ({got} of {SIZE} bytes)");
 }
