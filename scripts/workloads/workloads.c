@@ -3,7 +3,11 @@
  *   workloads syscalls N     N cheap syscalls (getppid), N/10 file open+close, N/1000 fork+exec of /bin/true
  *   workloads connect N      N blocking TCP connects (+accept, close) to a listener on 127.0.0.1
  *                            in the same process (so accept is traced too)
- *   workloads connect-to N PORT   N blocking TCP connects to 127.0.0.1:PORT (another process)
+ *   workloads connect-to N PORT [HOST]   N blocking TCP connects to HOST:PORT (an IPv4
+ *                            address; default 127.0.0.1), another process
+ *   workloads resolve N NAME N getaddrinfo(NAME) calls (glibc's resolver, A and AAAA)
+ *   workloads hold N PORT HOST    opens N TCP connections to HOST:PORT and keeps them idle
+ *                            until stdin closes; prints "held N" once all are open
  *   workloads acceptor N PORT     accept and close N connections on 127.0.0.1:PORT, then exit;
  *                            prints "ready" once listening
  *   workloads allow-all PROGRAM [ARGS]  runs PROGRAM under a seccomp filter that allows
@@ -20,6 +24,7 @@
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -87,13 +92,50 @@ static void connect_loop(long n, struct sockaddr_in *addr, const char *name) {
     printf("%s %ld %.6f\n", name, n, now() - t0);
 }
 
-static void bench_connect_to(long n, int port) {
+static void target(struct sockaddr_in *addr, int port, const char *host) {
+    memset(addr, 0, sizeof *addr);
+    addr->sin_family = AF_INET;
+    addr->sin_port = htons(port);
+    if (inet_pton(AF_INET, host ? host : "127.0.0.1", &addr->sin_addr) != 1) {
+        fprintf(stderr, "not an IPv4 address: %s\n", host);
+        exit(2);
+    }
+}
+
+static void bench_connect_to(long n, int port, const char *host) {
     struct sockaddr_in addr;
-    memset(&addr, 0, sizeof addr);
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(port);
+    target(&addr, port, host);
     connect_loop(n, &addr, "connect-to");
+}
+
+static void bench_resolve(long n, const char *name) {
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        struct addrinfo hints = {0}, *res;
+        hints.ai_socktype = SOCK_STREAM;
+        int err = getaddrinfo(name, NULL, &hints, &res);
+        if (err) {
+            fprintf(stderr, "getaddrinfo %s: %s\n", name, gai_strerror(err));
+            exit(1);
+        }
+        freeaddrinfo(res);
+    }
+    printf("resolve %ld %.6f\n", n, now() - t0);
+}
+
+static void hold(long n, int port, const char *host) {
+    struct sockaddr_in addr;
+    target(&addr, port, host);
+    for (long i = 0; i < n; i++) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        if (s < 0) die("socket");
+        if (connect(s, (struct sockaddr *)&addr, sizeof addr)) die("connect");
+    }
+    printf("held %ld\n", n);
+    fflush(stdout);
+    char buf[64];
+    while (read(0, buf, sizeof buf) > 0) {
+    }
 }
 
 static void run_acceptor(long n, int port) {
@@ -218,8 +260,11 @@ int main(int argc, char **argv) {
     }
     long n = atol(argv[2]);
     int port = argc > 3 ? atoi(argv[3]) : 0;
+    setvbuf(stdout, NULL, _IOLBF, 0);
     if (!strcmp(argv[1], "connect")) bench_connect(n);
-    else if (!strcmp(argv[1], "connect-to")) bench_connect_to(n, port);
+    else if (!strcmp(argv[1], "connect-to")) bench_connect_to(n, port, argc > 4 ? argv[4] : NULL);
+    else if (!strcmp(argv[1], "resolve") && argc > 3) bench_resolve(n, argv[3]);
+    else if (!strcmp(argv[1], "hold") && argc > 4) hold(n, port, argv[4]);
     else if (!strcmp(argv[1], "acceptor")) run_acceptor(n, port);
     else if (!strcmp(argv[1], "msgs")) bench_msgs(n);
     else if (!strcmp(argv[1], "syscalls")) bench_syscalls(n);
