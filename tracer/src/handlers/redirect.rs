@@ -331,6 +331,16 @@ fn association(
     Ok(assoc)
 }
 
+/// The socket's family and cookie, and its UDP association (made on first use).
+fn associated(
+    Call { ctx, remote, n }: Call<'_>,
+    sock: &AppSocket,
+) -> Result<(Target, Arc<UdpAssociation>), Errno> {
+    let target = describe(sock)?;
+    let assoc = association(ctx, remote, n, sock, &target)?;
+    Ok((target, assoc))
+}
+
 fn peer_kind(to: Destination) -> PeerKind {
     match to {
         Destination::Dns => PeerKind::Dns,
@@ -340,17 +350,13 @@ fn peer_kind(to: Destination) -> PeerKind {
 
 /// A UDP connect routed remote or to a nameserver.
 pub fn connect_udp(
-    Call { ctx, remote, n }: Call<'_>,
+    call @ Call { remote, .. }: Call<'_>,
     sock: AppSocket,
     dst: SocketAddr,
     to: Destination,
     record: Option<Record>,
 ) -> Action {
-    let setup = describe(&sock).and_then(|target| {
-        let assoc = association(ctx, remote, n, &sock, &target)?;
-        Ok((target, assoc))
-    });
-    let (target, assoc) = match setup {
+    let (target, assoc) = match associated(call, &sock) {
         Ok(s) => s,
         Err(err) => return answer(record, Err::<i64, _>(err)).into(),
     };
@@ -372,18 +378,14 @@ pub fn connect_udp(
 
 /// A datagram the app sends to a remote peer or a nameserver with an address.
 pub fn send_datagram(
-    Call { ctx, remote, n }: Call<'_>,
+    call: Call<'_>,
     sock: AppSocket,
     dst: SocketAddr,
     to: Destination,
     payload: Vec<u8>,
     record: Option<Record>,
 ) -> Action {
-    let setup = describe(&sock).and_then(|target| {
-        let assoc = association(ctx, remote, n, &sock, &target)?;
-        Ok((target, assoc))
-    });
-    let (target, assoc) = match setup {
+    let (target, assoc) = match associated(call, &sock) {
         Ok(s) => s,
         Err(err) => return answer(record, Err::<i64, _>(err)).into(),
     };
