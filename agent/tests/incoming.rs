@@ -1087,56 +1087,6 @@ async fn upgrades_are_spliced_to_whichever_side_answered() {
     }
 }
 
-/// Benchmark, run on demand: the time per request on one keep-alive connection, straight to
-/// the target's server, through a whole-connection steal, and through a filtered steal
-/// (requests the filter passes to the target, and requests it takes).
-///
-///   cargo test --release -p sctrace-agent --test incoming -- --ignored --nocapture
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: run explicitly"]
-async fn request_latency_by_route() {
-    const REQUESTS: u32 = 2000;
-    let net = Net::new().await;
-    let agent = Agent::start_in(&net.target_path(), &net.dir, &["--log-level", "warn"]);
-    let (session, requests) = agent.session_and_requests().await;
-    let _seen = serve_app(requests, App::Http);
-    async fn per_request(net: &Net, headers: &[(&str, &str)], expect: &str) -> Duration {
-        let mut sender = h1(net.connect(From::Client, target80()).await.unwrap()).await;
-        // Warm-up.
-        request(&mut sender, "GET", "/b", headers, "").await;
-        let started = Instant::now();
-        for _ in 0..REQUESTS {
-            assert!(request(&mut sender, "GET", "/b", headers, "")
-                .await
-                .starts_with(expect));
-        }
-        started.elapsed() / REQUESTS
-    }
-    let direct = per_request(&net, &[], "target").await;
-    let sub = session
-        .subscribe(80, IncomingMode::Steal, None)
-        .await
-        .unwrap();
-    let stolen = per_request(&net, &[], "sctrace").await;
-    drop(sub);
-    net.wait_until_clean("sctrace_port_", Duration::from_secs(5))
-        .await;
-    let _sub = session
-        .subscribe(
-            80,
-            IncomingMode::Steal,
-            Some(HttpFilter::Header("^x-steal: yes$".into())),
-        )
-        .await
-        .unwrap();
-    let passed = per_request(&net, &[], "target").await;
-    let taken = per_request(&net, &[("x-steal", "yes")], "sctrace").await;
-    eprintln!(
-        "per request over one keep-alive connection ({REQUESTS} requests): direct {direct:?}, \
-         stolen connection {stolen:?}, filtered to the target {passed:?}, filtered to sctrace {taken:?}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_mirror_never_holds_up_the_real_connection() {
     const SIZE: usize = 8 * 1024 * 1024;
