@@ -18,6 +18,7 @@ use sctrace_filter::config::{
 };
 use sctrace_protocol::{
     HttpFilter, IncomingKind, IncomingMode, IncomingRequest, Request, Requests, SessionHandle,
+    SubscriptionEnd,
 };
 use tokio::io::AsyncReadExt;
 
@@ -146,23 +147,61 @@ impl Incoming {
         }
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            match me.agent.subscribe(port, mode, filter).await {
-                Ok(subscription) => {
-                    tracing::info!("{mode}ing port {port} of the target to {deliver_to}");
-                    // Held while the app listens; dropping it unsubscribes.
-                    while listening(bound.port()) {
-                        tokio::time::sleep(WATCH).await;
-                    }
-                    drop(subscription);
-                    tracing::info!("the app stopped listening on {bound}: port {port} of the target is no longer {mode}ed");
-                }
-                Err(err) => eprintln!("sctrace: cannot {mode} port {port} of the target: {err}"),
-            }
+            me.keep_subscribed(port, mode, filter, bound, deliver_to)
+                .await;
             if let Ok(mut st) = me.state.lock() {
                 st.subscribed.remove(&port);
                 st.listeners.retain(|_, p| *p != port);
             }
         });
+    }
+
+    /// Holds the subscription of `port` while the app listens on `bound`; subscribes again
+    /// if the agent ends it (its rules were lost) while the app still listens.
+    async fn keep_subscribed(
+        &self,
+        port: u16,
+        mode: IncomingMode,
+        filter: Option<HttpFilter>,
+        bound: SocketAddr,
+        to: SocketAddr,
+    ) {
+        loop {
+            let mut subscription = match self.agent.subscribe(port, mode, filter.clone()).await {
+                Ok(subscription) => subscription,
+                Err(err) => {
+                    eprintln!("sctrace: cannot {mode} port {port} of the target: {err}");
+                    return;
+                }
+            };
+            tracing::info!("{mode}ing port {port} of the target to {to}");
+            loop {
+                tokio::select! {
+                    end = subscription.ended() => {
+                        match end {
+                            SubscriptionEnd::Ended { errno } => eprintln!(
+                                "sctrace: the agent ended the {mode} of port {port} ({}); subscribing again",
+                                crate::errno::Errno(errno)
+                            ),
+                            // The session is gone: nothing to subscribe with.
+                            SubscriptionEnd::SessionClosed(_) => return,
+                        }
+                        break;
+                    }
+                    () = tokio::time::sleep(WATCH) => {
+                        if !listening(bound.port()) {
+                            drop(subscription);
+                            tracing::info!("the app stopped listening on {bound}: port {port} of the target is no longer {mode}ed");
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(WATCH).await;
+            if !listening(bound.port()) {
+                return;
+            }
+        }
     }
 
     /// Whether `cookie` is a listening socket whose port is subscribed.
@@ -273,6 +312,8 @@ impl Incoming {
                     }
                 };
                 tokio::join!(copy_in, drain);
+                // Close the copy cleanly (a dropped stream would be reset).
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
             }
             _ => {
                 sctrace_protocol::relay(&mut stream, &mut app).await;
