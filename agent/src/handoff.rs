@@ -142,14 +142,20 @@ fn serve(mut conn: UnixStream, token: &Token, handoffs: &Handoffs) -> io::Result
     tracing::debug!("handoff channel open");
     loop {
         match receive(&conn)? {
-            Some((id, fd)) => handoffs.deliver(id, fd),
+            Some((id, Some(fd))) => handoffs.deliver(id, fd),
+            // The socket did not make it (the agent is out of fds): that connection times
+            // out and closes; the channel goes on.
+            Some((id, None)) => {
+                tracing::warn!(id, "a handed-over socket was lost (too many open files?)")
+            }
             None => return Ok(()),
         }
     }
 }
 
-/// Receives one (stream id, socket); `None` at end of file.
-fn receive(conn: &UnixStream) -> io::Result<Option<(u32, OwnedFd)>> {
+/// Receives one (stream id, socket); `None` at end of file. The socket is `None` when the
+/// kernel could not install it here (MSG_CTRUNC).
+fn receive(conn: &UnixStream) -> io::Result<Option<(u32, Option<OwnedFd>)>> {
     let mut id = [0u8; 4];
     let mut filled = 0;
     let mut fd = None;
@@ -163,7 +169,8 @@ fn receive(conn: &UnixStream) -> io::Result<Option<(u32, OwnedFd)>> {
             MsgFlags::MSG_CMSG_CLOEXEC,
         )
         .map_err(io::Error::from)?;
-        for c in msg.cmsgs().map_err(io::Error::from)? {
+        // An error here is MSG_CTRUNC: the fd could not be installed; the id is still read.
+        for c in msg.cmsgs().into_iter().flatten() {
             if let ControlMessageOwned::ScmRights(fds) = c {
                 for raw in fds {
                     // SAFETY: the kernel just installed this fd in our table for this message;
@@ -181,11 +188,5 @@ fn receive(conn: &UnixStream) -> io::Result<Option<(u32, OwnedFd)>> {
         }
         filled += msg.bytes;
     }
-    match fd {
-        Some(fd) => Ok(Some((u32::from_be_bytes(id), fd))),
-        None => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "a handoff without a socket",
-        )),
-    }
+    Ok(Some((u32::from_be_bytes(id), fd)))
 }

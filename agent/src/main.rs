@@ -59,7 +59,20 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// Raises the soft open-file limit to the hard one: each relayed connection holds sockets.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(error = %e, "cannot raise the open-file limit");
+            }
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    raise_nofile_limit();
     let token = token::load(
         cli.token_file.as_deref(),
         std::env::var(token::TOKEN_ENV).ok(),

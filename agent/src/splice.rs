@@ -43,8 +43,11 @@ pub async fn relay(a: TcpStream, b: TcpStream) -> Spliced {
     }
 }
 
-/// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write side.
+/// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write side. The pipe is made
+/// only once bytes (or EOF) arrive: an idle connection holds no pipe, only its two sockets.
 async fn direction(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+    // Peek rather than wait for readiness, which can be reported before any byte is there.
+    from.peek(&mut [0u8; 1]).await?;
     let (pipe_rd, pipe_wr) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
     // A bigger pipe moves more per call (the default is 64 KiB; the kernel caps the size at

@@ -140,6 +140,12 @@ impl World {
     /// Sends requests from the outside world; each is (path, extra header line, body).
     /// Requests share one keep-alive connection. Returns the answers' bodies.
     fn client(&self, requests: &[(&str, &str, &str)]) -> Vec<String> {
+        self.try_client(requests)
+            .unwrap_or_else(|out| panic!("the client failed:\n{out}"))
+    }
+
+    /// Like [`World::client`], giving the client's output back when it fails.
+    fn try_client(&self, requests: &[(&str, &str, &str)]) -> Result<Vec<String>, Output> {
         let mut script = String::from(
             "import http.client, sys\nc = http.client.HTTPConnection('198.18.0.17', 8000, timeout=20)\n",
         );
@@ -155,11 +161,14 @@ impl World {
             ));
         }
         let out = run_with_timeout(self.outside.command("python3").args(["-c", &script]), T);
-        out.assert_success();
-        out.stdout
+        if !out.status.success() {
+            return Err(out);
+        }
+        Ok(out
+            .stdout
             .lines()
             .map(|l| l.trim_matches('\'').replace("\\n", "\n"))
-            .collect()
+            .collect())
     }
 }
 
@@ -364,4 +373,64 @@ fn a_second_session_stealing_the_same_port_is_refused() {
     let answers = world.client(&[("/uwu", "", "still mine")]);
     assert_eq!(answers[0], "stiww mine uwu\nstored as #1\n");
     stop(first);
+}
+
+#[test]
+fn a_killed_sctrace_gives_the_port_back_and_listen_ports_moves_the_local_listener() {
+    let world = World::new();
+    // listen_ports: the app asks for port 8000, which really listens on 18000 locally;
+    // the target's 8000 is still what is stolen.
+    let config = world.config(
+        "moved.json",
+        r#"{"mode": "steal", "listen_ports": [[8000, 18000]]}"#,
+    );
+    let mut child = world.run(
+        &config,
+        &fixture("uwu-app"),
+        &[],
+        &[("LISTEN", "0.0.0.0:8000"), ("STATS", "")],
+    );
+    let deadline = Instant::now() + T;
+    while !world
+        .cluster
+        .laptop
+        .run_in(|| std::net::TcpStream::connect(("127.0.0.1", 18000)).is_ok())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the app did not listen on the moved port"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    thread::sleep(Duration::from_millis(500));
+    let answers = world.client(&[("/uwu", "", "moved")]);
+    assert_eq!(answers[0], "moved uwu\nstored as #1\n");
+    assert!(world
+        .cluster
+        .laptop
+        .run_in(|| std::net::TcpStream::connect(("127.0.0.1", 8000)).is_err()));
+
+    // SIGKILL: sctrace can't clean anything up, its agent's session ends, the rules go.
+    assert!(Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let _ = child.wait();
+    let deadline = Instant::now() + T;
+    loop {
+        let answers = world.try_client(&[("/uwu", "", "back home")]);
+        if answers
+            .as_ref()
+            .is_ok_and(|a| a[0].starts_with("back home uwu\nstored as #"))
+            && stored(&world.cluster_db, "back home uwu")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the target's port did not come back: {answers:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }

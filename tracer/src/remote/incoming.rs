@@ -91,33 +91,14 @@ impl Incoming {
         }
     }
 
-    /// The target's port for a listener bound to local `port`, if it is to be subscribed.
+    /// The target's port for a listener bound to `bound`, if it is to be subscribed.
     fn remote_port(&self, bound: SocketAddr) -> Option<u16> {
-        if !self.enabled() || (self.config.ignore_localhost && bound.ip().is_loopback()) {
-            return None;
-        }
         let asked = self
             .state
             .lock()
             .ok()
-            .and_then(|st| st.moved.get(&bound.port()).copied())
-            .unwrap_or(bound.port());
-        if self.config.ignore_ports.contains(&asked)
-            || self
-                .config
-                .ports
-                .as_ref()
-                .is_some_and(|p| !p.contains(&asked))
-        {
-            return None;
-        }
-        Some(
-            self.config
-                .port_mapping
-                .iter()
-                .find(|(local, _)| *local == asked)
-                .map_or(asked, |&(_, remote)| remote),
-        )
+            .and_then(|st| st.moved.get(&bound.port()).copied());
+        target_port(&self.config, bound, asked)
     }
 
     /// The app listens on `bound` with the socket `cookie`: subscribe its port in the target.
@@ -333,6 +314,29 @@ impl Incoming {
     }
 }
 
+/// The target's port to subscribe for a listener bound to `bound` (`asked`: the port the
+/// app asked for when `listen_ports` moved it), or `None` when the config leaves it local:
+/// mode off, `ignore_localhost` for a loopback listener, `ignore_ports`, or not in `ports`.
+/// `port_mapping` turns the app's port into the target's.
+fn target_port(config: &IncomingConfig, bound: SocketAddr, asked: Option<u16>) -> Option<u16> {
+    if config.mode == Mode::Off || (config.ignore_localhost && bound.ip().is_loopback()) {
+        return None;
+    }
+    let asked = asked.unwrap_or(bound.port());
+    if config.ignore_ports.contains(&asked)
+        || config.ports.as_ref().is_some_and(|p| !p.contains(&asked))
+    {
+        return None;
+    }
+    Some(
+        config
+            .port_mapping
+            .iter()
+            .find(|(local, _)| *local == asked)
+            .map_or(asked, |&(_, remote)| remote),
+    )
+}
+
 /// Where sctrace connects to reach a listener bound to `bound` (a wildcard address is
 /// reached through loopback).
 fn reachable(bound: SocketAddr) -> SocketAddr {
@@ -407,6 +411,56 @@ fn listening_ports(text: &str) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_decides_which_ports_are_subscribed() {
+        let any: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let mirror = IncomingConfig::with_mode(Mode::Mirror);
+        assert_eq!(target_port(&mirror, any, None), Some(8000));
+        assert_eq!(
+            target_port(&mirror, lo, None),
+            Some(8000),
+            "loopback too, by default"
+        );
+        assert_eq!(
+            target_port(&IncomingConfig::with_mode(Mode::Off), any, None),
+            None
+        );
+
+        let mut c = IncomingConfig::with_mode(Mode::Steal);
+        c.ignore_localhost = true;
+        assert_eq!(target_port(&c, lo, None), None);
+        assert_eq!(target_port(&c, any, None), Some(8000));
+
+        let mut c = IncomingConfig::with_mode(Mode::Steal);
+        c.ignore_ports = [9000].into_iter().collect();
+        assert_eq!(target_port(&c, "0.0.0.0:9000".parse().unwrap(), None), None);
+        assert_eq!(target_port(&c, any, None), Some(8000));
+
+        let mut c = IncomingConfig::with_mode(Mode::Steal);
+        c.ports = Some([80].into_iter().collect());
+        assert_eq!(target_port(&c, any, None), None);
+        assert_eq!(
+            target_port(&c, "0.0.0.0:80".parse().unwrap(), None),
+            Some(80)
+        );
+
+        let mut c = IncomingConfig::with_mode(Mode::Steal);
+        c.port_mapping = vec![(8000, 80)];
+        assert_eq!(
+            target_port(&c, any, None),
+            Some(80),
+            "the app's 8000 is the target's 80"
+        );
+
+        // listen_ports moved the app's bind of 80 to local 4480: the target's port is 80.
+        let c = IncomingConfig::with_mode(Mode::Steal);
+        assert_eq!(
+            target_port(&c, "0.0.0.0:4480".parse().unwrap(), Some(80)),
+            Some(80)
+        );
+    }
 
     #[test]
     fn listeners_are_found_in_proc_net_tcp() {
