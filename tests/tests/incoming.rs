@@ -404,7 +404,7 @@ fn a_killed_sctrace_gives_the_port_back_and_listen_ports_moves_the_local_listene
     }
     thread::sleep(Duration::from_millis(500));
     let answers = world.client(&[("/uwu", "", "moved")]);
-    assert_eq!(answers[0], "moved uwu\nstored as #1\n");
+    assert_eq!(answers[0], "muvd uwu\nstored as #1\n");
     assert!(world
         .cluster
         .laptop
