@@ -7,8 +7,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::session::state::errno::ECONNRESET;
 use crate::stream::Stream;
@@ -151,7 +151,7 @@ fn poll_down<T: AsyncWrite + Unpin + ?Sized>(
 /// data flows: it is freed whenever the local side has nothing to read.
 struct Up {
     phase: Phase,
-    buf: Option<Box<[u8]>>,
+    buf: Option<BytesMut>,
     start: usize,
     end: usize,
 }
@@ -179,9 +179,8 @@ fn poll_up<T: AsyncRead + Unpin + ?Sized>(
                 Poll::Pending => return None,
             },
             Phase::Open => {
-                let b = up
-                    .buf
-                    .get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
+                // Not zeroed: only the bytes actually read are ever touched.
+                let b = up.buf.get_or_insert_with(|| BytesMut::with_capacity(CHUNK));
                 if up.start < up.end {
                     match Pin::new(&mut *stream).poll_write(cx, &b[up.start..up.end]) {
                         Poll::Ready(Ok(n)) => {
@@ -193,10 +192,9 @@ fn poll_up<T: AsyncRead + Unpin + ?Sized>(
                     }
                     continue;
                 }
-                let mut rb = ReadBuf::new(b);
-                match Pin::new(&mut *local).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
+                b.clear();
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *local), cx, b) {
+                    Poll::Ready(Ok(n)) => {
                         up.start = 0;
                         up.end = n;
                         if n == 0 {

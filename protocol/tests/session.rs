@@ -52,7 +52,7 @@ fn serve_echo(session: Session) -> sctrace_protocol::SessionHandle {
                         r.reject(111);
                         continue;
                     }
-                    let stream = r.accept(addr("10.0.0.2:40000")).unwrap();
+                    let stream = r.accept(addr("198.18.9.2:40000")).unwrap();
                     tokio::spawn(async move {
                         let (mut rd, mut wr) = tokio::io::split(stream);
                         let _ = tokio::io::copy(&mut rd, &mut wr).await;
@@ -62,7 +62,7 @@ fn serve_echo(session: Session) -> sctrace_protocol::SessionHandle {
                     });
                 }
                 Request::OpenUdp(r) => {
-                    let flow = r.accept(addr("10.0.0.2:50000")).unwrap();
+                    let flow = r.accept(addr("198.18.9.2:50000")).unwrap();
                     tokio::spawn(async move {
                         while let Ok((a, p)) = flow.recv_from().await {
                             if flow.send_to(a, &p).await.is_err() {
@@ -125,7 +125,7 @@ async fn handshake_agrees_on_version_and_echo_works() {
         .connect_tcp(addr("198.18.0.7:80"))
         .await
         .unwrap();
-    assert_eq!(s.local_addr(), addr("10.0.0.2:40000"));
+    assert_eq!(s.local_addr(), addr("198.18.9.2:40000"));
     assert_eq!(s.peer_addr(), addr("198.18.0.7:80"));
     s.write_all(b"hello").await.unwrap();
     s.shutdown().await.unwrap();
@@ -321,7 +321,7 @@ async fn a_stalled_stream_does_not_block_others() {
     tokio::spawn(async move {
         let mut first = true;
         while let Some(Request::ConnectTcp(r)) = requests.next().await {
-            let mut s = r.accept(addr("10.0.0.2:1")).unwrap();
+            let mut s = r.accept(addr("198.18.9.2:1")).unwrap();
             if first {
                 first = false;
                 let pushed = pushed_tx.clone();
@@ -351,8 +351,8 @@ async fn a_stalled_stream_does_not_block_others() {
         .connect_tcp(addr("198.18.0.7:9"))
         .await
         .unwrap();
-    // The pusher runs into the 256 KiB window and stays there.
-    let window = 256 * 1024;
+    // The pusher runs into the stream window and stays there.
+    let window = Config::default().stream_window as usize;
     let mut pushed = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while pushed < window {
@@ -404,7 +404,7 @@ async fn half_close_lets_the_other_direction_finish() {
     tokio::spawn(client.task.run());
     tokio::spawn(async move {
         if let Some(Request::ConnectTcp(r)) = requests.next().await {
-            let mut s = r.accept(addr("10.0.0.2:1")).unwrap();
+            let mut s = r.accept(addr("198.18.9.2:1")).unwrap();
             let mut req = Vec::new();
             s.read_to_end(&mut req).await.unwrap(); // ends at the client's FIN
             s.write_all(format!("got {} bytes", req.len()).as_bytes())
@@ -441,12 +441,12 @@ async fn reset_reaches_the_peer_with_its_errno() {
     tokio::spawn(async move {
         // First stream: reset with ETIMEDOUT. Second: dropped without shutdown.
         if let Some(Request::ConnectTcp(r)) = requests.next().await {
-            let mut s = r.accept(addr("10.0.0.2:1")).unwrap();
+            let mut s = r.accept(addr("198.18.9.2:1")).unwrap();
             s.write_all(b"partial").await.unwrap();
             s.reset(110);
         }
         if let Some(Request::ConnectTcp(r)) = requests.next().await {
-            let s = r.accept(addr("10.0.0.2:2")).unwrap();
+            let s = r.accept(addr("198.18.9.2:2")).unwrap();
             drop(s);
         }
         let _ = done_tx.send(requests);
@@ -489,7 +489,7 @@ async fn dropping_a_pending_connect_cancels_it() {
     tokio::spawn(async move {
         if let Some(Request::ConnectTcp(mut r)) = requests.next().await {
             r.cancelled().await;
-            let _ = cancelled_tx.send(r.accept(addr("10.0.0.2:1")).is_err());
+            let _ = cancelled_tx.send(r.accept(addr("198.18.9.2:1")).is_err());
         }
     });
     let r = tokio::time::timeout(
@@ -511,7 +511,7 @@ async fn udp_datagrams_keep_their_addresses() {
     let _server = serve_echo(server);
     tokio::spawn(client.task.run());
     let flow = client.handle.open_udp(addr("0.0.0.0:0")).await.unwrap();
-    assert_eq!(flow.local_addr(), addr("10.0.0.2:50000"));
+    assert_eq!(flow.local_addr(), addr("198.18.9.2:50000"));
     for i in 0..10u8 {
         let dst = SocketAddr::from(([198, 18, 0, i], 5000 + u16::from(i)));
         flow.send_to(dst, &[i; 100]).await.unwrap();
@@ -854,9 +854,9 @@ async fn flow_control_violation_ends_the_session() {
     let Some(Request::ConnectTcp(r)) = requests.next().await else {
         panic!("no request")
     };
-    let _s = r.accept(addr("10.0.0.2:1")).unwrap();
-    // The server's window is 256 KiB: send 5 x 64 KiB without waiting for credit.
-    for _ in 0..5 {
+    let _s = r.accept(addr("198.18.9.2:1")).unwrap();
+    // Send one 64 KiB frame more than the server's window without waiting for credit.
+    for _ in 0..Config::default().stream_window / 65536 + 1 {
         send_frame(
             &mut a,
             Frame::Data {
@@ -955,7 +955,7 @@ async fn peer_disconnect_is_reported_promptly() {
         let Some(Request::ConnectTcp(r)) = requests.next().await else {
             panic!()
         };
-        let _server_stream = r.accept(addr("10.0.0.2:1")).unwrap();
+        let _server_stream = r.accept(addr("198.18.9.2:1")).unwrap();
         let s = opener.await.unwrap().unwrap();
         // The agent process dies: its end of the connection goes away.
         run.abort();
@@ -1002,7 +1002,7 @@ async fn relay_passes_half_close_and_data_both_ways() {
     // Server side: relay the stream to an in-memory "socket" whose far end echoes.
     tokio::spawn(async move {
         if let Some(Request::ConnectTcp(r)) = requests.next().await {
-            let mut s = r.accept(addr("10.0.0.2:1")).unwrap();
+            let mut s = r.accept(addr("198.18.9.2:1")).unwrap();
             let (mut near, far) = tokio::io::duplex(4096);
             tokio::spawn(async move {
                 let (mut rd, mut wr) = tokio::io::split(far);
