@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 const TARGET: &str = "198.18.1.1";
-const TARGET6: &str = "fd00:5c:1::1";
+const TARGET6: &str = "2001:2:0:5c1::1";
 const CLIENT: &str = "198.18.1.2";
 /// Where the test's "app" pretends to listen (only reported to the agent).
 const APP: &str = "127.0.0.1:8080";
@@ -108,7 +108,7 @@ impl Net {
                 "-6",
                 "addr",
                 "add",
-                "fd00:5c:1::1/64",
+                "2001:2:0:5c1::1/64",
                 "dev",
                 "vt0",
                 "nodad",
@@ -120,7 +120,7 @@ impl Net {
                 "-6",
                 "addr",
                 "add",
-                "fd00:5c:1::2/64",
+                "2001:2:0:5c1::2/64",
                 "dev",
                 "vc0",
                 "nodad",
@@ -491,7 +491,7 @@ async fn steal_takes_whole_connections_from_outside_and_inside() {
     assert_eq!(v6.server, target6);
     assert_eq!(
         v6.client.ip(),
-        "fd00:5c:1::2".parse::<std::net::IpAddr>().unwrap()
+        "2001:2:0:5c1::2".parse::<std::net::IpAddr>().unwrap()
     );
     // Another port is untouched.
     let mut echo = net

@@ -519,7 +519,7 @@ async fn udp_datagrams_keep_their_addresses() {
         assert_eq!(from, dst);
         assert_eq!(&data[..], &[i; 100][..]);
     }
-    let v6 = addr("[fd00:5c::7]:53");
+    let v6 = addr("[2001:2:0:5c::7]:53");
     flow.send_to(v6, b"six").await.unwrap();
     assert_eq!(
         flow.recv_from().await.unwrap(),

@@ -59,7 +59,7 @@ impl Service {
 /// `cluster.path()`. Dropping it runs `local-cluster down`.
 #[derive(Debug)]
 pub struct Cluster {
-    /// `PREFIX-cluster`: services on 198.18.0.0/24 and fd00:5c7a::/64, dnsmasq on
+    /// `PREFIX-cluster`: services on 198.18.0.0/24 and 2001:2::/64, dnsmasq on
     /// [`Cluster::dns_v4`] / [`Cluster::dns_v6`], pod-like resolv.conf.
     pub cluster: Netns,
     /// `PREFIX-laptop`: loopback only (no route to the cluster), dnsmasq on
@@ -153,7 +153,7 @@ impl Cluster {
         self.world_addr("CLUSTER_DNS_V4")
     }
 
-    /// The cluster's nameserver's IPv6 address: fd00:5c7a::2.
+    /// The cluster's nameserver's IPv6 address: 2001:2::2.
     pub fn dns_v6(&self) -> Ipv6Addr {
         self.world_addr("CLUSTER_DNS_V6")
     }
@@ -280,14 +280,14 @@ mod tests {
     fn parses_the_services_table() {
         let services = parse_services(
             "# name\tfqdn\tipv4\tipv6\n\
-             echo\techo.default.svc.cluster.local\t198.18.0.12\tfd00:5c7a::12\n\
-             v6-only\tv6-only.default.svc.cluster.local\t-\tfd00:5c7a::15\n\
+             echo\techo.default.svc.cluster.local\t198.18.0.12\t2001:2::12\n\
+             v6-only\tv6-only.default.svc.cluster.local\t-\t2001:2::15\n\
              many\tmany.default.svc.cluster.local\t198.18.0.100,198.18.0.101\t-\n",
         )
         .unwrap();
         assert_eq!(services.len(), 3);
         assert_eq!(services[0].addr_v4(7), "198.18.0.12:7".parse().unwrap());
-        assert_eq!(services[0].addr_v6(7), "[fd00:5c7a::12]:7".parse().unwrap());
+        assert_eq!(services[0].addr_v6(7), "[2001:2::12]:7".parse().unwrap());
         assert!(services[1].ipv4.is_empty());
         assert_eq!(services[2].ipv4.len(), 2);
     }

@@ -97,7 +97,7 @@ mod tests {
         let lines: Vec<String> = [
             "Nov 25 14:20:50 dnsmasq[6339]: query[A] uwu-service.default.svc.cluster.local from 198.18.0.2",
             "Nov 25 14:20:50 dnsmasq[6339]: /run/x/hosts uwu-service.default.svc.cluster.local is 198.18.0.10",
-            "dnsmasq[16433]: query[AAAA] laptop.lan from fd00:5c7b::1",
+            "dnsmasq[16433]: query[AAAA] laptop.lan from 2001:2:0:1::1",
             "dnsmasq: query[type=65] example from 127.0.0.1",
             "dnsmasq: started, version 2.90 cachesize 150",
         ]
@@ -115,7 +115,7 @@ mod tests {
                 DnsQuery {
                     qtype: "AAAA".into(),
                     name: "laptop.lan".into(),
-                    from: "fd00:5c7b::1".parse().unwrap()
+                    from: "2001:2:0:1::1".parse().unwrap()
                 },
                 DnsQuery {
                     qtype: "type=65".into(),

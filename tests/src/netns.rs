@@ -128,7 +128,7 @@ impl Netns {
         dir
     }
 
-    /// Adds an address to `lo`: `"198.18.0.10/32"`, `"fd00:5c::10/128"` (IPv6 ones get
+    /// Adds an address to `lo`: `"198.18.0.10/32"`, `"2001:2:0:5c::10/128"` (IPv6 ones get
     /// `nodad`, so they are usable at once).
     pub fn add_addr(&self, cidr: &str) {
         let mut args = vec!["-n", &self.name, "addr", "add", cidr, "dev", "lo"];

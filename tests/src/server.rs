@@ -356,10 +356,10 @@ mod tests {
     #[test]
     fn specs_become_command_lines() {
         let a: SocketAddr = "198.18.0.10:80".parse().unwrap();
-        let b: SocketAddr = "[fd00:5c::10]:80".parse().unwrap();
+        let b: SocketAddr = "[2001:2:0:5c::10]:80".parse().unwrap();
         assert_eq!(
             ServerSpec::TcpEcho(vec![a, b]).args(),
-            ["tcp-echo", "198.18.0.10:80", "[fd00:5c::10]:80"]
+            ["tcp-echo", "198.18.0.10:80", "[2001:2:0:5c::10]:80"]
         );
         assert_eq!(
             ServerSpec::TcpSource { addr: a, bytes: 5 }.args(),

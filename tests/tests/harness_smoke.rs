@@ -24,8 +24,8 @@ fn servers_and_clients_work_over_ipv4_and_ipv6_inside_a_namespace() {
     require_root();
     let ns = Netns::new("smoke");
     ns.add_addr("198.18.0.10/32");
-    ns.add_addr("fd00:5c::10/128");
-    let (v4, v6) = ("198.18.0.10", "[fd00:5c::10]");
+    ns.add_addr("2001:2:0:5c::10/128");
+    let (v4, v6) = ("198.18.0.10", "[2001:2:0:5c::10]");
 
     let echo = ns.spawn_server(ServerSpec::TcpEcho(vec![
         addr(&format!("{v4}:7")),
@@ -72,17 +72,17 @@ fn servers_and_clients_work_over_ipv4_and_ipv6_inside_a_namespace() {
     );
     echo.wait_log(
         |l| {
-            l.starts_with("tcp close from [fd00:5c::10]:")
+            l.starts_with("tcp close from [2001:2:0:5c::10]:")
                 && l.ends_with("received=300000 sent=300000")
         },
         T,
     );
     udp.wait_log(
-        |l| l.starts_with("udp from [fd00:5c::10]:") && l.contains(" to [fd00:5c::10]:7 "),
+        |l| l.starts_with("udp from [2001:2:0:5c::10]:") && l.contains(" to [2001:2:0:5c::10]:7 "),
         T,
     );
     sink.wait_log(
-        |l| l.contains(" to [fd00:5c::10]:9 bytes=1000000 sha256="),
+        |l| l.contains(" to [2001:2:0:5c::10]:9 bytes=1000000 sha256="),
         T,
     );
     sink.wait_log_count(|l| l.starts_with("tcp sink from 198.18.0.10:"), 50, T);
@@ -154,9 +154,9 @@ fn etc_files_and_dnsmasq_resolve_names_inside_the_namespace() {
     require_root();
     let ns = Netns::new("dns");
     ns.add_addr("198.18.0.53/32");
-    ns.add_addr("fd00:5c::1/128");
+    ns.add_addr("2001:2:0:5c::1/128");
     let v4: IpAddr = "198.18.0.10".parse().unwrap();
-    let v6: IpAddr = "fd00:5c::10".parse().unwrap();
+    let v6: IpAddr = "2001:2:0:5c::10".parse().unwrap();
     let dns = ns.dnsmasq(
         "198.18.0.53".parse().unwrap(),
         &[("svc.test", v4), ("svc.test", v6)],

@@ -17,13 +17,13 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
 const V4: &str = "198.18.0.10";
-const V6: &str = "fd00:5c::10";
+const V6: &str = "2001:2:0:5c::10";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// A namespace with echo servers on 198.18.0.10 and fd00:5c::10 port 7 (TCP and UDP),
+/// A namespace with echo servers on 198.18.0.10 and 2001:2:0:5c::10 port 7 (TCP and UDP),
 /// a name for each in its hosts file, and a dnsmasq on 127.0.0.53 knowing `svc.test`.
 struct World {
     ns: Netns,

@@ -266,14 +266,14 @@ fn port_subnet_ipv6_and_udp_rules() {
     let uwu6 = world.cluster.service("uwu-service").v6();
     let service = format!("[{uwu6}]:8080");
     let app = world.app(
-        r#"{"target": "netns/CLUSTER", "feature": {"network": {"outgoing": {"filter": {"remote": ["[fd00:5c7a::]/64", "stats"]}}}}}"#,
+        r#"{"target": "netns/CLUSTER", "feature": {"network": {"outgoing": {"filter": {"remote": ["[2001:2::]/64", "stats"]}}}}}"#,
         8005,
         &[("UWU_SERVICE", service.as_str())],
     );
     assert!(world.post(&app, "over six").starts_with("uvw six uwu\n"));
     app.stop();
     world.uwu_service.wait_log(
-        |l| l.contains("over six") && l.contains("(from [fd00:5c7a::10]:"),
+        |l| l.contains("over six") && l.contains("(from [2001:2::10]:"),
         T,
     );
     wait_stored(&world.laptop_db, "uvw six uwu");

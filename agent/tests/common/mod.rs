@@ -18,7 +18,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const TOKEN: &str = "agent-test-token";
 pub const ECHO: &str = "198.18.0.7:7";
-pub const ECHO6: &str = "[fd00:5c::7]:7";
+pub const ECHO6: &str = "[2001:2:0:5c::7]:7";
+/// ECHO6's address, as assigned to `lo`.
+const ECHO6_NET: &str = "2001:2:0:5c::7/128";
 pub const DNS_SERVER: &str = "198.18.0.53";
 /// Accepts, reads until the client stops, and reports how the read ended.
 pub const OBSERVER: &str = "198.18.0.7:9";
@@ -72,7 +74,7 @@ impl World {
         for a in ["198.18.0.7/32", "198.18.0.53/32"] {
             ip(&["addr", "add", a, "dev", "lo"]);
         }
-        ip(&["-6", "addr", "add", "fd00:5c::7/128", "dev", "lo", "nodad"]);
+        ip(&["-6", "addr", "add", ECHO6_NET, "dev", "lo", "nodad"]);
         ip(&["route", "add", "unreachable", "198.18.99.0/24"]);
         // Routable (so not ENETUNREACH), but the firewall drops it: connects time out.
         ip(&["route", "add", "198.18.0.9/32", "dev", "lo"]);

@@ -366,7 +366,7 @@ mod tests {
     fn address_forms() {
         let v4: SocketAddr = "198.18.0.10:53".parse().unwrap();
         let mapped: SocketAddr = "[::ffff:198.18.0.10]:53".parse().unwrap();
-        let v6: SocketAddr = "[fd00::1]:53".parse().unwrap();
+        let v6: SocketAddr = "[2001:2::1]:53".parse().unwrap();
         assert_eq!(agent_form(mapped, false), v4);
         assert_eq!(agent_form(v4, true), mapped);
         assert_eq!(agent_form(v6, true), v6);
