@@ -147,7 +147,7 @@ impl Remote {
             Route::Local => Destination::Local,
             Route::Remote => Destination::Remote,
         };
-        let reresolve = if to == Destination::Local && !ip.is_loopback() {
+        let reresolve = if reresolves(to, dst) {
             self.names.remote_origin(ip)
         } else {
             None
@@ -177,6 +177,16 @@ impl Remote {
     pub fn mark_lost(&self) -> bool {
         !self.lost.swap(true, Ordering::SeqCst)
     }
+}
+
+/// Whether a connection the filter sent local to `dst` is connected where the name it came
+/// from resolves locally (when `dst` came from the target's DNS). Not for loopback
+/// destinations, and not for port 0: a datagram socket connected to port 0 only asks the
+/// kernel for a route and a source address (getaddrinfo sorts its answers with one such
+/// probe each, RFC 6724); nothing is ever sent there, so looking the name up again would
+/// only add a local lookup to every probe.
+fn reresolves(to: Destination, dst: SocketAddr) -> bool {
+    to == Destination::Local && dst.port() != 0 && !canonical(dst.ip()).is_loopback()
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4: filter rules and nameserver lists are written for
@@ -237,6 +247,20 @@ mod tests {
         assert_eq!(search_domains(text), ["a.example", "b.example"]);
         assert_eq!(nameservers(""), [IpAddr::from([127, 0, 0, 1])]);
         assert_eq!(search_domains("domain x.example\n"), ["x.example"]);
+    }
+
+    #[test]
+    fn only_real_local_connections_are_reresolved() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(reresolves(Destination::Local, at("198.18.0.10:80")));
+        assert!(reresolves(Destination::Local, at("[2001:2::10]:80")));
+        // Route probes, loopback, and what does not stay local.
+        assert!(!reresolves(Destination::Local, at("198.18.0.10:0")));
+        assert!(!reresolves(Destination::Local, at("[2001:2::10]:0")));
+        assert!(!reresolves(Destination::Local, at("127.0.0.20:6379")));
+        assert!(!reresolves(Destination::Local, at("[::ffff:127.0.0.1]:80")));
+        assert!(!reresolves(Destination::Remote, at("198.18.0.10:80")));
+        assert!(!reresolves(Destination::Dns, at("198.18.0.2:53")));
     }
 
     #[test]
