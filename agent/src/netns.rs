@@ -45,29 +45,40 @@ enum Job {
         ty: Type,
         reply: oneshot::Sender<io::Result<Socket>>,
     },
-    /// Fill the pool of TCP sockets of this family up to [`POOL_HIGH`].
-    Refill { domain: Domain },
+    /// Fill the pool of sockets of this family and type up to [`POOL_HIGH`].
+    Refill { domain: Domain, ty: Type },
 }
 
-/// TCP sockets kept ready per family: a connect then takes one without waiting for the
-/// namespace thread (two thread switches saved on every connection's set-up).
+/// Sockets kept ready per family and type (TCP for connects, UDP for DNS queries and UDP
+/// flows): a request then takes one without waiting for the namespace thread, which saves
+/// two thread switches on every connection's set-up and every DNS exchange.
 const POOL_HIGH: usize = 16;
 /// The pool is refilled when it holds fewer than this.
 const POOL_LOW: usize = 8;
 
-/// Ready TCP sockets, IPv4 and IPv6 (unconnected, non-blocking: harmless while they wait).
+/// Ready sockets (unconnected, unbound, non-blocking: harmless while they wait).
 #[derive(Default)]
 struct Pool {
-    v4: Vec<Socket>,
-    v6: Vec<Socket>,
+    tcp4: Vec<Socket>,
+    tcp6: Vec<Socket>,
+    udp4: Vec<Socket>,
+    udp6: Vec<Socket>,
 }
 
 impl Pool {
-    fn of(&mut self, domain: Domain) -> Option<&mut Vec<Socket>> {
-        if domain == Domain::IPV4 {
-            Some(&mut self.v4)
+    /// The ready sockets of this family and type, if the pool keeps such sockets.
+    fn of(&mut self, domain: Domain, ty: Type) -> Option<&mut Vec<Socket>> {
+        let v4 = if domain == Domain::IPV4 {
+            true
         } else if domain == Domain::IPV6 {
-            Some(&mut self.v6)
+            false
+        } else {
+            return None;
+        };
+        if ty == Type::STREAM {
+            Some(if v4 { &mut self.tcp4 } else { &mut self.tcp6 })
+        } else if ty == Type::DGRAM {
+            Some(if v4 { &mut self.udp4 } else { &mut self.udp6 })
         } else {
             None
         }
@@ -115,20 +126,20 @@ impl NetnsSockets {
                         Job::One { domain, ty, reply } => {
                             let _ = reply.send(new_socket(domain, ty));
                         }
-                        Job::Refill { domain } => loop {
+                        Job::Refill { domain, ty } => loop {
                             let wanted = filled
                                 .lock()
                                 .ok()
-                                .and_then(|mut p| p.of(domain).map(|v| v.len() < POOL_HIGH))
+                                .and_then(|mut p| p.of(domain, ty).map(|v| v.len() < POOL_HIGH))
                                 .unwrap_or(false);
                             if !wanted {
                                 break;
                             }
-                            let Ok(socket) = new_socket(domain, Type::STREAM) else {
+                            let Ok(socket) = new_socket(domain, ty) else {
                                 break;
                             };
                             if let Ok(mut p) = filled.lock() {
-                                if let Some(v) = p.of(domain) {
+                                if let Some(v) = p.of(domain, ty) {
                                     v.push(socket);
                                 }
                             }
@@ -151,20 +162,18 @@ impl NetnsSockets {
 
     /// A new non-blocking, close-on-exec socket created inside the target namespace.
     pub async fn socket(&self, domain: Domain, ty: Type) -> io::Result<Socket> {
-        if ty == Type::STREAM {
-            let (taken, low) = match self.pool.lock().ok() {
-                Some(mut p) => match p.of(domain) {
-                    Some(v) => (v.pop(), v.len() < POOL_LOW),
-                    None => (None, false),
-                },
+        let (taken, low) = match self.pool.lock().ok() {
+            Some(mut p) => match p.of(domain, ty) {
+                Some(v) => (v.pop(), v.len() < POOL_LOW),
                 None => (None, false),
-            };
-            if low {
-                let _ = self.jobs.send(Job::Refill { domain });
-            }
-            if let Some(socket) = taken {
-                return Ok(socket);
-            }
+            },
+            None => (None, false),
+        };
+        if low {
+            let _ = self.jobs.send(Job::Refill { domain, ty });
+        }
+        if let Some(socket) = taken {
+            return Ok(socket);
         }
         let (reply, rx) = oneshot::channel();
         self.jobs
@@ -172,5 +181,41 @@ impl NetnsSockets {
             .map_err(|_| io::Error::other("the target namespace thread is gone"))?;
         rx.await
             .map_err(|_| io::Error::other("the target namespace thread is gone"))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pooled or not, every socket has the family and type asked for, also past the
+    /// pool's size and after refills.
+    #[tokio::test]
+    async fn sockets_have_the_family_and_type_asked_for() {
+        // Entering one's own namespace needs CAP_SYS_ADMIN, as the agent does.
+        let sockets = match NetnsSockets::enter(Path::new("/proc/self/ns/net")) {
+            Ok(s) => s,
+            Err(NetnsError::Setns { .. }) if !nix::unistd::geteuid().is_root() => return,
+            Err(e) => panic!("{e}"),
+        };
+        let kinds = [
+            (Domain::IPV4, Type::STREAM),
+            (Domain::IPV6, Type::DGRAM),
+            (Domain::IPV4, Type::DGRAM),
+            (Domain::IPV6, Type::STREAM),
+            (Domain::UNIX, Type::DGRAM),
+        ];
+        for round in 0..3 * POOL_HIGH {
+            for (domain, ty) in kinds {
+                let s = sockets.socket(domain, ty).await.unwrap();
+                assert_eq!(s.domain().unwrap(), domain, "round {round}");
+                assert_eq!(s.r#type().unwrap(), ty, "round {round}");
+                assert!(s.nonblocking().unwrap(), "round {round}");
+            }
+            if round % POOL_LOW == 0 {
+                // Let the namespace thread refill.
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
     }
 }
