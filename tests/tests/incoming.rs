@@ -238,7 +238,17 @@ fn steal_mirror_and_an_http_filter_decide_who_answers() {
     world
         .laptop_db
         .wait_log(|l| l.contains("miwwowed wequest uwu"), T);
-    stop(app);
+    // The session ends without the agent losing its rules or anyone complaining.
+    let out = stop(app);
+    let noises = [
+        "rules are gone",
+        "rules were lost",
+        "subscribing again",
+        "WARN",
+    ];
+    for noise in noises {
+        assert!(!out.stderr.contains(noise), "{}", out.stderr);
+    }
 
     // An HTTP filter: only requests with the header are stolen, per request on one
     // keep-alive connection.

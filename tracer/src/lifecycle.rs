@@ -59,7 +59,8 @@ fn should_forward(origin: &Origin) -> bool {
 }
 
 /// Waits for the main program to exit, forwarding signals meanwhile, then cleans up its
-/// leftover descendants (except the pids in `keep`, e.g. sctrace's own agent) and returns how
+/// leftover descendants (except the pids in `keep`, e.g. sctrace's own agent, and their own
+/// descendants) and returns how
 /// the main program ended.
 pub fn supervise(
     mut signals: Signals,
@@ -117,10 +118,9 @@ fn clean_up(main_pid: i32, keep: &HashSet<i32>) {
     let mut killed = false;
     loop {
         reap_until(main_pid);
-        let left: Vec<i32> = procfs::descendants(me)
-            .into_iter()
-            .filter(|p| !keep.contains(p))
-            .collect();
+        // sctrace's own processes (its agent) stay, and so do theirs: a local agent's
+        // helper that holds the target's redirect rules must outlive the session's end.
+        let left = procfs::descendants(me, keep);
         if left.is_empty() {
             return;
         }

@@ -91,9 +91,9 @@ fn state_and_parent(stat: &str) -> Option<(char, i32)> {
 }
 
 /// Every living process that descends from `root` (not including `root`), found by walking
-/// the parent links of all processes in /proc. Zombies are left out: they are gone already
-/// and only wait to be reaped.
-pub fn descendants(root: i32) -> Vec<i32> {
+/// the parent links of all processes in /proc, except the processes in `except` and their
+/// own descendants. Zombies are left out: they are gone already and only wait to be reaped.
+pub fn descendants(root: i32, except: &HashSet<i32>) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     let mut zombies = HashSet::new();
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -122,7 +122,7 @@ pub fn descendants(root: i32) -> Vec<i32> {
     let mut stack = vec![root];
     while let Some(p) = stack.pop() {
         for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            if seen.insert(c) {
+            if !except.contains(&c) && seen.insert(c) {
                 if !zombies.contains(&c) {
                     out.push(c);
                 }
@@ -170,9 +170,35 @@ mod tests {
             .arg("5")
             .spawn()
             .unwrap();
-        let found = descendants(std::process::id() as i32);
+        let found = descendants(std::process::id() as i32, &HashSet::new());
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(found.contains(&(child.id() as i32)));
+    }
+
+    #[test]
+    fn excepted_subtrees_are_left_out() {
+        // A child with a child of its own (the shell waits for its `sleep`).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 5 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let me = std::process::id() as i32;
+        let all = descendants(me, &HashSet::new());
+        let pruned = descendants(me, &HashSet::from([child.id() as i32]));
+        let _ = std::process::Command::new("kill")
+            .arg(grandchild.to_string())
+            .status();
+        child.wait().unwrap();
+        assert!(all.contains(&grandchild) && all.contains(&(child.id() as i32)));
+        assert!(!pruned.contains(&grandchild) && !pruned.contains(&(child.id() as i32)));
     }
 }
