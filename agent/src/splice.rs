@@ -25,20 +25,36 @@ pub struct Spliced {
     pub error: Option<io::Error>,
 }
 
-/// Relays `a` ⇄ `b` until both directions reach EOF or one fails.
+/// Relays `a` ⇄ `b` until both directions reach EOF or one fails. A failure ends the
+/// other direction at once: a peer that reset its connection (an app closing with
+/// SO_LINGER 0, say) resets the other side now, rather than when that side next sends.
 pub async fn relay(a: TcpStream, b: TcpStream) -> Spliced {
-    let (one, two) = tokio::join!(direction(&a, &b), direction(&b, &a));
-    let error = match (&one, &two) {
-        (Err(e), _) | (_, Err(e)) => Some(io::Error::new(e.kind(), e.to_string())),
-        _ => None,
+    let one = direction(&a, &b);
+    let two = direction(&b, &a);
+    tokio::pin!(one, two);
+    let (mut a_to_b, mut b_to_a) = (None, None);
+    let error = loop {
+        tokio::select! {
+            done = &mut one, if a_to_b.is_none() => match done {
+                Ok(n) => a_to_b = Some(n),
+                Err(e) => break Some(e),
+            },
+            done = &mut two, if b_to_a.is_none() => match done {
+                Ok(n) => b_to_a = Some(n),
+                Err(e) => break Some(e),
+            },
+        }
+        if a_to_b.is_some() && b_to_a.is_some() {
+            break None;
+        }
     };
     if error.is_some() {
         let _ = SockRef::from(&a).set_linger(Some(Duration::ZERO));
         let _ = SockRef::from(&b).set_linger(Some(Duration::ZERO));
     }
     Spliced {
-        a_to_b: one.unwrap_or(0),
-        b_to_a: two.unwrap_or(0),
+        a_to_b: a_to_b.unwrap_or(0),
+        b_to_a: b_to_a.unwrap_or(0),
         error,
     }
 }

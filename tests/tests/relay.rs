@@ -297,6 +297,38 @@ fn big_transfers_and_many_connections_arrive_intact() {
 }
 
 #[test]
+fn a_reset_by_the_app_reaches_the_server_at_once() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4();
+    // The app resets its connection (SO_LINGER 0) and lives on: the server must see the
+    // reset now, not when the session ends.
+    let script = format!(
+        "import socket, struct, time\nt = socket.create_connection(('{echo}', 7))\nt.sendall(b'x')\nassert t.recv(1) == b'x'\nt.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\nt.close()\nprint('reset', flush=True)\ntime.sleep(6)\n"
+    );
+    let mut child = world
+        .sctrace(None, None, Path::new("python3"), &["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = child.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+    assert_eq!(line.trim(), "reset");
+    let seen = world.servers[0].try_wait_log(
+        |l| l.starts_with("tcp error from") && l.contains("reset"),
+        Duration::from_secs(3),
+    );
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        still_running,
+        "the app ended too early for the test to mean anything"
+    );
+    assert!(seen.is_some(), "{}", world.servers[0].dump());
+}
+
+#[test]
 fn sockets_keep_their_identity_and_peer() {
     let world = World::new();
     let echo = world.cluster.service("echo").v4();
