@@ -297,7 +297,7 @@ fn big_transfers_and_many_connections_arrive_intact() {
 }
 
 #[test]
-fn a_reset_by_the_app_reaches_the_server_at_once() {
+fn a_reset_reaches_the_other_side_at_once() {
     let world = World::new();
     let echo = world.cluster.service("echo").v4();
     // The app resets its connection (SO_LINGER 0) and lives on: the server must see the
@@ -326,6 +326,30 @@ fn a_reset_by_the_app_reaches_the_server_at_once() {
         "the app ended too early for the test to mean anything"
     );
     assert!(seen.is_some(), "{}", world.servers[0].dump());
+
+    // The other way: a server resets while the app waits to read; the app sees the reset.
+    let server = format!(
+        "import socket, struct, time\nl = socket.socket()\nl.bind(('{echo}', 8))\nl.listen()\nprint('ready', flush=True)\nc, _ = l.accept()\ntime.sleep(0.5)\nc.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\nc.close()\n"
+    );
+    let mut server = world
+        .cluster
+        .cluster
+        .command("python3")
+        .args(["-c", &server])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    let stdout = server.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let client = format!(
+        "import socket\ns = socket.create_connection(('{echo}', 8))\ns.settimeout(5)\ntry:\n    print('read', s.recv(10))\nexcept OSError as e:\n    print(type(e).__name__)\n"
+    );
+    let out = world.run(None, Path::new("python3"), &["-c", &client]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(out.stdout.trim(), "ConnectionResetError", "{out}");
 }
 
 #[test]
