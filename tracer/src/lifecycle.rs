@@ -60,8 +60,7 @@ fn should_forward(origin: &Origin) -> bool {
 
 /// Waits for the main program to exit, forwarding signals meanwhile, then cleans up its
 /// leftover descendants (except the pids in `keep`, e.g. sctrace's own agent, and their own
-/// descendants) and returns how
-/// the main program ended.
+/// descendants) and returns how the main program ended.
 pub fn supervise(
     mut signals: Signals,
     main_pid: i32,
