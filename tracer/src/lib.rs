@@ -4,26 +4,31 @@
 //!  cli ─▶ session ─▶ launch (fork, filter, exec) ─▶ app
 //!            │                                        │ trapped socket calls
 //!            │          ┌─────────── supervisor ◀─────┘
-//!            │          │  ① receive (notification loop thread)
-//!            │          │  ② handlers: copy args, check id, decide → Action
-//!            │          │  ③ answer now, or defer to the tokio runtime and answer later
+//!            │          │  ① receive (notification loop thread) → trap::Notification
+//!            │          │  ② handlers: copy args, check id, decide → plan::Plan
+//!            │          │  ③ execute: carry the plan out (the only code acting on app sockets)
+//!            │          │  ④ answer now, or defer to the tokio runtime and answer later
 //!            │          └──▶ events (JSON lines / human lines)
 //!            └─▶ lifecycle: forward signals, reap, clean up, exit status
 //! ```
 //!
+//! Arrows point one way: supervisor → handlers → plan, supervisor → execute → plan, and
+//! all of them → trap (the copied-out call), remote (the relaying session's state), sys.
+//!
 //! All unsafe code lives in [`sys`]; everything else is safe Rust.
 #![deny(unsafe_code)]
 
-pub mod action;
 pub mod agent_link;
 pub mod cli;
 pub mod dns;
 pub mod env;
 pub mod errno;
 pub mod events;
+pub mod execute;
 pub mod handlers;
 pub mod launch;
 pub mod lifecycle;
+pub mod plan;
 pub mod procfs;
 pub mod progress;
 pub mod relay;
@@ -32,3 +37,4 @@ pub mod session;
 pub mod sockaddr;
 pub mod supervisor;
 pub mod sys;
+pub mod trap;

@@ -8,22 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sctrace_filter::config::Config;
-use sctrace_filter::OutgoingFilter;
 use thiserror::Error;
 
 use crate::agent_link::{self, AgentLink, LinkError};
-use crate::dns::names::NameCache;
-use crate::dns::DnsResponder;
 use crate::env::{self, EnvError, TargetEnv};
 use crate::events::{EventSink, Format, Writer};
+use crate::execute::Executor;
 use crate::handlers::Context;
 use crate::launch::{self, LaunchError};
 use crate::lifecycle::{self, Signals};
 use crate::progress::{Progress, Style};
-use crate::relay::parking::Parking;
-use crate::relay::tcp::TcpRelay;
-use crate::remote::incoming::Incoming;
-use crate::remote::{self, Remote};
+use crate::remote::Remote;
 use crate::supervisor;
 use crate::sys::notify;
 use crate::sys::pidfd;
@@ -164,7 +159,8 @@ impl Session {
             identities: Default::default(),
             remote: relay.as_ref().map(|(remote, _)| Arc::clone(remote)),
         });
-        let notify_loop = supervisor::start(Arc::clone(&ctx), runtime.handle().clone());
+        let executor = Executor::new(ctx.remote.clone());
+        let notify_loop = supervisor::start(Arc::clone(&ctx), executor, runtime.handle().clone());
         drop(ctx);
         let notify_loop = match notify_loop {
             Ok(handle) => handle,
@@ -216,35 +212,9 @@ async fn start_relay(
         progress,
     )
     .await?;
-    let resolv_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let filter = Arc::new(
-        OutgoingFilter::new(&config.feature.network)
-            .with_search_domains(remote::search_domains(&resolv_conf)),
-    );
-    let names = Arc::new(NameCache::default());
-    let dns = Arc::new(DnsResponder::new(
-        Arc::clone(&filter),
-        link.handle.clone(),
-        Arc::clone(&names),
-        events,
-    ));
-    let tcp = TcpRelay::start(Arc::clone(&dns), link.handoff.clone())
+    let remote = Remote::start(config, &mut link, events)
         .await
         .map_err(SessionError::Relay)?;
-    let parking = Parking::start().map_err(SessionError::Relay)?;
-    let remote = Arc::new(Remote::new(remote::Parts {
-        filter,
-        agent: link.handle.clone(),
-        tcp,
-        parking,
-        dns,
-        names,
-        nameservers: remote::nameservers(&resolv_conf),
-        incoming: Incoming::new(config.feature.network.incoming.clone(), link.handle.clone()),
-    }));
-    if let Some(requests) = link.requests.take() {
-        tokio::spawn(Arc::clone(&remote.incoming).serve(requests));
-    }
     let watched = Arc::clone(&remote);
     let handle = link.handle.clone();
     let address = link.address.clone();

@@ -1,9 +1,10 @@
-//! Socket addresses as the app passed them: parsing the raw `struct sockaddr` bytes copied
-//! from its memory, naming families and socket types, and formatting addresses for events
+//! Socket addresses: parsing the raw `struct sockaddr` bytes copied from the app's memory
+//! and encoding them back, the forms one address takes (IPv4 or v4-mapped IPv6, wildcard or
+//! loopback), naming families and socket types, and formatting addresses for events
 //! (`198.18.0.10:80`, `[::1]:53`, `/run/app.sock`, `@abstract-name`).
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 /// A socket address from the app, decoded as far as sctrace cares.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -111,6 +112,53 @@ impl fmt::Display for SockAddr {
     }
 }
 
+/// IPv4-mapped IPv6 addresses as IPv4: filter rules, nameserver lists and the name cache
+/// are written for the address, whichever socket family the app used.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// [`canonical`] for a socket address (the agent takes destinations in this form).
+pub fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(canonical(addr.ip()), addr.port())
+}
+
+/// `addr` as a socket of one family shows it: v4-mapped on an IPv6 socket (`v6`), IPv4 on
+/// an IPv4 socket; an IPv6 address that is not v4-mapped stays as it is.
+pub fn in_family(addr: SocketAddr, v6: bool) -> SocketAddr {
+    match (addr.ip(), v6) {
+        (IpAddr::V6(ip), false) => match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        (IpAddr::V4(ip), true) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), addr.port()),
+        _ => addr,
+    }
+}
+
+/// Where a socket bound to `bound` is reached from this machine, and the address a peer on
+/// loopback sees it by: a wildcard address becomes the loopback address of its family.
+pub fn loopback_if_wildcard(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+/// The wildcard address of a family (`0.0.0.0:0` or `[::]:0`).
+pub fn wildcard(v6: bool) -> SocketAddr {
+    if v6 {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 /// The events name of an address family (`SO_DOMAIN` value).
 pub fn family_name(family: i32) -> String {
     match family {
@@ -181,6 +229,44 @@ mod tests {
         assert_eq!(
             SockAddr::parse(&odd),
             Some(SockAddr::Other { family: 12345 })
+        );
+    }
+
+    #[test]
+    fn address_forms() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (v4, mapped, v6) = (
+            at("198.18.0.10:53"),
+            at("[::ffff:198.18.0.10]:53"),
+            at("[2001:2::1]:53"),
+        );
+        assert_eq!(in_family(mapped, false), v4);
+        assert_eq!(in_family(v4, true), mapped);
+        assert_eq!(in_family(v6, true), v6);
+        assert_eq!(in_family(v6, false), v6);
+        assert_eq!(in_family(v4, false), v4);
+        assert_eq!(canonical_addr(mapped), v4);
+        assert_eq!(
+            canonical(at("[2001:2::1]:0").ip()),
+            at("[2001:2::1]:0").ip()
+        );
+    }
+
+    #[test]
+    fn wildcards_are_reached_through_loopback() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            loopback_if_wildcard(at("0.0.0.0:4000")),
+            at("127.0.0.1:4000")
+        );
+        assert_eq!(loopback_if_wildcard(at("[::]:4000")), at("[::1]:4000"));
+        assert_eq!(
+            loopback_if_wildcard(at("127.0.0.5:4000")),
+            at("127.0.0.5:4000")
+        );
+        assert_eq!(
+            loopback_if_wildcard(at("198.18.0.1:80")),
+            at("198.18.0.1:80")
         );
     }
 

@@ -5,6 +5,7 @@
 //! Answers are remembered (for host-name filter rules) and each query is an event.
 
 pub mod names;
+pub mod resolv_conf;
 pub mod wire;
 
 use std::net::SocketAddr;

@@ -5,6 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
 
+use crate::sockaddr::canonical;
+
 /// Names remembered per address, most recent first.
 const NAMES_PER_ADDRESS: usize = 4;
 /// Addresses remembered at most; the cache starts over when full.
@@ -26,14 +28,6 @@ struct Resolved {
 /// The form names are kept in: lower case, without the root dot.
 pub fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
-}
-
-/// The form addresses are kept in: IPv4-mapped IPv6 addresses as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 impl NameCache {

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,17 +103,6 @@ impl TcpRelay {
             map.remove(&peer);
         }
     }
-}
-
-/// The address a listener sees for an app socket bound to `local`: a wildcard address
-/// becomes the loopback address the connection comes from.
-pub fn seen_as(local: SocketAddr) -> SocketAddr {
-    let ip = match local.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, local.port())
 }
 
 async fn accept_loop(
@@ -229,26 +218,5 @@ async fn serve_dns(mut conn: TcpStream, server: SocketAddr, asker: Asker, dns: A
         {
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wildcard_binds_are_seen_from_loopback() {
-        assert_eq!(
-            seen_as("0.0.0.0:4000".parse().unwrap()),
-            "127.0.0.1:4000".parse().unwrap()
-        );
-        assert_eq!(
-            seen_as("[::]:4000".parse().unwrap()),
-            "[::1]:4000".parse().unwrap()
-        );
-        assert_eq!(
-            seen_as("127.0.0.5:4000".parse().unwrap()),
-            "127.0.0.5:4000".parse().unwrap()
-        );
     }
 }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 
 use crate::dns::{Asker, DnsResponder};
+use crate::sockaddr::in_family;
 
 type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -265,7 +266,7 @@ impl UdpAssociation {
 
     async fn send_remote(self: &Arc<Self>, remote: SocketAddr, data: &[u8]) -> io::Result<()> {
         let (flow, flow_v6) = self.flow().await?;
-        flow.send_to(agent_form(remote, flow_v6), data).await
+        flow.send_to(in_family(remote, flow_v6), data).await
     }
 
     /// The agent flow, opened on first use (in the app socket's family when the target has
@@ -313,7 +314,7 @@ impl UdpAssociation {
                 }
             };
             self.touch();
-            let remote = app_form(src, self.app_v6);
+            let remote = in_family(src, self.app_v6);
             let delivered = async {
                 self.peer(remote, PeerKind::Remote).await?;
                 let peer = self
@@ -335,43 +336,17 @@ impl UdpAssociation {
     }
 }
 
+impl std::fmt::Debug for UdpAssociation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpAssociation")
+            .field("app_local", &self.app_local)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for UdpAssociation {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-/// `addr` as the agent's flow takes it: IPv4 for an IPv4 flow, v4-mapped for an IPv6 one.
-fn agent_form(addr: SocketAddr, flow_v6: bool) -> SocketAddr {
-    match (addr.ip(), flow_v6) {
-        (IpAddr::V6(ip), false) => match ip.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        (IpAddr::V4(ip), true) => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), addr.port()),
-        _ => addr,
-    }
-}
-
-/// `addr` as the app's socket shows it: v4-mapped on an IPv6 socket, IPv4 on an IPv4 one.
-pub fn app_form(addr: SocketAddr, app_v6: bool) -> SocketAddr {
-    agent_form(addr, app_v6)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn address_forms() {
-        let v4: SocketAddr = "198.18.0.10:53".parse().unwrap();
-        let mapped: SocketAddr = "[::ffff:198.18.0.10]:53".parse().unwrap();
-        let v6: SocketAddr = "[2001:2::1]:53".parse().unwrap();
-        assert_eq!(agent_form(mapped, false), v4);
-        assert_eq!(agent_form(v4, true), mapped);
-        assert_eq!(agent_form(v6, true), v6);
-        assert_eq!(app_form(v4, true), mapped);
-        assert_eq!(app_form(mapped, false), v4);
-        assert_eq!(app_form(v4, false), v4);
     }
 }

@@ -9,7 +9,7 @@
 //! redirecting; connections already delivered go on).
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ use sctrace_protocol::{
     SubscriptionEnd,
 };
 use tokio::io::AsyncReadExt;
+
+use crate::sockaddr::loopback_if_wildcard;
 
 /// How often a subscription's listener is looked for.
 const WATCH: Duration = Duration::from_secs(1);
@@ -70,24 +72,24 @@ impl Incoming {
         self.config.mode != Mode::Off
     }
 
-    /// The port to really bind when the app binds `port` (`listen_ports`), remembering it.
-    pub fn bind_port(&self, port: u16) -> u16 {
+    /// The local port to really bind when the app binds `port`, when `listen_ports` moves
+    /// it.
+    pub fn listen_port(&self, port: u16) -> Option<u16> {
         if !self.enabled() {
-            return port;
+            return None;
         }
-        match self
-            .config
+        self.config
             .listen_ports
             .iter()
-            .find(|(asked, _)| *asked == port)
-        {
-            Some(&(asked, local)) => {
-                if let Ok(mut st) = self.state.lock() {
-                    st.moved.insert(local, asked);
-                }
-                local
-            }
-            None => port,
+            .find(|(asked, local)| *asked == port && *local != port)
+            .map(|&(_, local)| local)
+    }
+
+    /// Remembers that the app's bind of port `asked` really bound `local` (`listen_ports`),
+    /// so that a listener on `local` subscribes the target's port `asked`.
+    pub fn note_moved(&self, local: u16, asked: u16) {
+        if let Ok(mut st) = self.state.lock() {
+            st.moved.insert(local, asked);
         }
     }
 
@@ -114,7 +116,7 @@ impl Incoming {
             IncomingMode::Steal => http_filter(&self.config.http_filter, port),
             IncomingMode::Mirror => None,
         };
-        let deliver_to = reachable(bound);
+        let deliver_to = loopback_if_wildcard(bound);
         {
             let Ok(mut st) = self.state.lock() else {
                 return;
@@ -337,17 +339,6 @@ fn target_port(config: &IncomingConfig, bound: SocketAddr, asked: Option<u16>) -
     )
 }
 
-/// Where sctrace connects to reach a listener bound to `bound` (a wildcard address is
-/// reached through loopback).
-fn reachable(bound: SocketAddr) -> SocketAddr {
-    let ip = match bound.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, bound.port())
-}
-
 /// The protocol's filter for `port`, from the config's (mirrord's) form.
 fn http_filter(config: &HttpFilterConfig, port: u16) -> Option<HttpFilter> {
     if !config.is_set()
@@ -467,22 +458,6 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n   1: 0100007F:1F41 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2\n";
         assert_eq!(listening_ports(text), [8000]);
         assert!(listening_ports("garbage\nmore garbage").is_empty());
-    }
-
-    #[test]
-    fn wildcards_are_reached_through_loopback() {
-        assert_eq!(
-            reachable("0.0.0.0:80".parse().unwrap()),
-            "127.0.0.1:80".parse().unwrap()
-        );
-        assert_eq!(
-            reachable("[::]:80".parse().unwrap()),
-            "[::1]:80".parse().unwrap()
-        );
-        assert_eq!(
-            reachable("198.18.0.1:80".parse().unwrap()),
-            "198.18.0.1:80".parse().unwrap()
-        );
     }
 
     #[test]

@@ -1,24 +1,30 @@
 //! A relaying session's shared state: the filter, the agent session, the relays, the DNS
 //! responder, and the app sockets sctrace manages (by socket cookie).
 //!
-//! Handlers ask it where a connection goes ([`Remote::route`]) and use its pieces to carry
-//! the call out; it never answers the kernel itself.
+//! Handlers ask it where a connection goes ([`Remote::route`]); the executor uses its
+//! pieces to carry remote decisions out. It never answers the kernel itself.
 
 pub mod incoming;
 pub mod sockets;
 
 use std::collections::HashSet;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use sctrace_filter::config::Config;
 use sctrace_filter::{Connection, OutgoingFilter, Protocol, Route};
 use sctrace_protocol::SessionHandle;
 
+use crate::agent_link::AgentLink;
 use crate::dns::names::NameCache;
-use crate::dns::DnsResponder;
+use crate::dns::{resolv_conf, DnsResponder};
+use crate::events::EventSink;
 use crate::relay::parking::Parking;
 use crate::relay::tcp::TcpRelay;
+use crate::sockaddr::canonical;
+use incoming::Incoming;
 use sockets::ManagedSockets;
 
 /// Where one connection goes, and why.
@@ -55,26 +61,6 @@ const RESOLVER_SOCKETS: &[&str] = &[
     "/run/nscd/socket",
 ];
 
-/// What a relaying session is made of (see [`Remote`]'s fields).
-pub struct Parts {
-    /// Local or remote decisions.
-    pub filter: Arc<OutgoingFilter>,
-    /// The agent.
-    pub agent: SessionHandle,
-    /// The TCP relay listeners.
-    pub tcp: TcpRelay,
-    /// Where sockets wait for a remote connect's outcome.
-    pub parking: Parking,
-    /// The DNS responder.
-    pub dns: Arc<DnsResponder>,
-    /// Names resolved in this session.
-    pub names: Arc<NameCache>,
-    /// The nameservers of the local resolv.conf.
-    pub nameservers: Vec<IpAddr>,
-    /// The target's incoming traffic.
-    pub incoming: Arc<incoming::Incoming>,
-}
-
 /// The relaying session.
 pub struct Remote {
     /// Local or remote decisions.
@@ -102,21 +88,45 @@ pub struct Remote {
 }
 
 impl Remote {
-    /// Assembles the session state.
-    pub fn new(parts: Parts) -> Remote {
-        Remote {
-            filter: parts.filter,
-            agent: parts.agent,
-            tcp: parts.tcp,
-            parking: parts.parking,
-            dns: parts.dns,
-            names: parts.names,
+    /// Assembles the session state around an open agent link: the filter (with the local
+    /// search list), the DNS responder, the relays, and the service of the agent's incoming
+    /// connections.
+    pub async fn start(
+        config: &Config,
+        link: &mut AgentLink,
+        events: EventSink,
+    ) -> io::Result<Arc<Remote>> {
+        let resolv_conf = std::fs::read_to_string(resolv_conf::PATH).unwrap_or_default();
+        let filter = Arc::new(
+            OutgoingFilter::new(&config.feature.network)
+                .with_search_domains(resolv_conf::search_domains(&resolv_conf)),
+        );
+        let names = Arc::new(NameCache::default());
+        let dns = Arc::new(DnsResponder::new(
+            Arc::clone(&filter),
+            link.handle.clone(),
+            Arc::clone(&names),
+            events,
+        ));
+        let tcp = TcpRelay::start(Arc::clone(&dns), link.handoff.clone()).await?;
+        let parking = Parking::start()?;
+        let remote = Arc::new(Remote {
+            filter,
+            agent: link.handle.clone(),
+            tcp,
+            parking,
+            dns,
+            names,
             sockets: Arc::default(),
-            incoming: parts.incoming,
-            nameservers: parts.nameservers,
+            incoming: Incoming::new(config.feature.network.incoming.clone(), link.handle.clone()),
+            nameservers: resolv_conf::nameservers(&resolv_conf),
             listening: Mutex::default(),
             lost: AtomicBool::new(false),
+        });
+        if let Some(requests) = link.requests.take() {
+            tokio::spawn(Arc::clone(&remote.incoming).serve(requests));
         }
+        Ok(remote)
     }
 
     /// Decides where a connection (or datagram) to `dst` goes.
@@ -189,65 +199,9 @@ fn reresolves(to: Destination, dst: SocketAddr) -> bool {
     to == Destination::Local && dst.port() != 0 && !canonical(dst.ip()).is_loopback()
 }
 
-/// IPv4-mapped IPv6 addresses as IPv4: filter rules and nameserver lists are written for
-/// the address, whichever socket family the app used.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
-
-/// The nameservers of a resolv.conf text (glibc uses 127.0.0.1 when there are none).
-pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
-    let found: Vec<IpAddr> = resolv_conf
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            match words.next() {
-                Some("nameserver") => words.next()?.split('%').next()?.parse().ok(),
-                _ => None,
-            }
-        })
-        .map(canonical)
-        .collect();
-    if found.is_empty() {
-        vec![IpAddr::from([127, 0, 0, 1])]
-    } else {
-        found
-    }
-}
-
-/// The search domains of a resolv.conf text (the last `search` or `domain` line wins).
-pub fn search_domains(resolv_conf: &str) -> Vec<String> {
-    let mut domains = Vec::new();
-    for line in resolv_conf.lines() {
-        let mut words = line.split_whitespace();
-        if let Some("search" | "domain") = words.next() {
-            domains = words.map(|w| w.trim_end_matches('.').to_string()).collect();
-        }
-    }
-    domains
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resolv_conf_is_read_like_glibc() {
-        let text = "# comment\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nsearch a.example b.example.\noptions ndots:2\n";
-        assert_eq!(
-            nameservers(text),
-            [
-                "127.0.0.53".parse::<IpAddr>().unwrap(),
-                "fe80::1".parse().unwrap()
-            ]
-        );
-        assert_eq!(search_domains(text), ["a.example", "b.example"]);
-        assert_eq!(nameservers(""), [IpAddr::from([127, 0, 0, 1])]);
-        assert_eq!(search_domains("domain x.example\n"), ["x.example"]);
-    }
 
     #[test]
     fn only_real_local_connections_are_reresolved() {
@@ -261,17 +215,5 @@ mod tests {
         assert!(!reresolves(Destination::Local, at("[::ffff:127.0.0.1]:80")));
         assert!(!reresolves(Destination::Remote, at("198.18.0.10:80")));
         assert!(!reresolves(Destination::Dns, at("198.18.0.2:53")));
-    }
-
-    #[test]
-    fn mapped_addresses_are_canonical() {
-        assert_eq!(
-            canonical("::ffff:198.18.0.10".parse().unwrap()),
-            "198.18.0.10".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            canonical("2001:2::1".parse().unwrap()),
-            "2001:2::1".parse::<IpAddr>().unwrap()
-        );
     }
 }

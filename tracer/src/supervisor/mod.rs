@@ -1,14 +1,13 @@
-//! The notification loop: ① receive a trapped call → ② hand it to its handler → ③ answer.
+//! The notification loop: ① receive a trapped call → ② its handler decides (a `Plan`) →
+//! ③ the executor carries the plan out → ④ answer.
 //!
-//! The loop runs on its own OS thread and never waits on anything but the listener: a
-//! handler either answers at once (cheap decisions, non-blocking calls) or returns deferred
-//! work, which runs on the tokio runtime and answers when done. So a slow decision for one
+//! The loop runs on its own OS thread and never waits on anything but the listener: a plan
+//! is either carried out at once (cheap decisions, non-blocking calls) or becomes deferred
+//! work, which runs on the tokio runtime and answers when done. So a slow call of one
 //! thread never holds up another thread's calls.
 //!
 //! Every received call is answered exactly once, whatever happens: a failed answer is logged
 //! (ENOENT — the caller was interrupted or died — is expected and silent).
-
-pub mod notification;
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
@@ -17,10 +16,11 @@ use std::thread;
 
 use tokio::runtime::Handle;
 
-use crate::action::{Action, Reply};
+use crate::execute::{Action, Executor};
 use crate::handlers::{self, Context};
+use crate::plan::Reply;
 use crate::sys::notify::NotifyFd;
-use notification::Notification;
+use crate::trap::Notification;
 
 /// Answers one call.
 fn respond(notify: &NotifyFd, id: u64, reply: Reply) {
@@ -72,7 +72,11 @@ impl Drop for PendingCall {
 
 /// Starts the loop on its own thread. It ends when no traced process is left (the listener
 /// reports hang-up) or the listener fails.
-pub fn start(ctx: Arc<Context>, runtime: Handle) -> io::Result<thread::JoinHandle<()>> {
+pub fn start(
+    ctx: Arc<Context>,
+    executor: Executor,
+    runtime: Handle,
+) -> io::Result<thread::JoinHandle<()>> {
     if ctx.notify.enable_sync_wakeup() {
         tracing::debug!("seccomp: synchronous wake-ups enabled");
     }
@@ -81,11 +85,11 @@ pub fn start(ctx: Arc<Context>, runtime: Handle) -> io::Result<thread::JoinHandl
         .spawn(move || {
             // Handlers start relay tasks and sockets that belong to the runtime.
             let _entered = runtime.enter();
-            run(&ctx, &runtime)
+            run(&ctx, &executor, &runtime)
         })
 }
 
-fn run(ctx: &Arc<Context>, runtime: &Handle) {
+fn run(ctx: &Context, executor: &Executor, runtime: &Handle) {
     loop {
         let raw = match ctx.notify.recv() {
             Ok(Some(raw)) => raw,
@@ -113,8 +117,12 @@ fn run(ctx: &Arc<Context>, runtime: &Handle) {
             id: raw.id,
             answered: false,
         };
-        // A bug in a handler must not stop the loop: every other call would hang.
-        match panic::catch_unwind(AssertUnwindSafe(|| handlers::handle(ctx, &n))) {
+        // A bug in a handler or the executor must not stop the loop: every other call would
+        // hang.
+        let carried = panic::catch_unwind(AssertUnwindSafe(|| {
+            executor.carry_out(handlers::decide(ctx, &n))
+        }));
+        match carried {
             Ok(Action::Now(reply)) => call.answer(reply),
             Ok(Action::Defer(work)) => {
                 runtime.spawn(async move {

@@ -6,6 +6,10 @@
 //! once with `"count": 1`, later ones are counted and written at most once a second as a
 //! single event whose `count` says how many calls it stands for.
 
+mod record;
+
+pub use record::{result_name, Record, UNKNOWN};
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime};

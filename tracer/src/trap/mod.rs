@@ -1,14 +1,15 @@
-//! A received notification, typed: which socket call it is, and the helpers that copy its
-//! pointer arguments out of the app (length-capped, with the fault the kernel would report).
+//! A trapped call as the supervisor first sees it: the notification, typed (which socket
+//! call it is), and everything copied out of the app for it — pointer arguments
+//! (length-capped, with the fault the kernel would report), message headers, and a copy of
+//! the app's socket. This is the bottom of the pipeline: handlers read it to decide, the
+//! executor reads it to carry the decision out, and it depends on neither.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+pub mod msghdr;
+pub mod socket;
 
-use crate::errno::Errno;
+use crate::sockaddr::SockAddr;
 use crate::sys::memory;
 use crate::sys::notify::RawNotification;
-use crate::sys::pidfd;
 
 /// The socket calls the filter sends to the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +107,34 @@ impl AddrArg {
         }
     }
 
+    /// Whether it names a Unix socket. Calls with one are left to the kernel: done from the
+    /// supervisor, a connect or send would carry sctrace's pid in SO_PEERCRED/SCM_CREDENTIALS,
+    /// and a bind would resolve its path against sctrace's working directory and create the
+    /// file with sctrace's umask.
+    pub fn is_unix(&self) -> bool {
+        self.family() == Some(libc::AF_UNIX)
+    }
+
+    /// The inet address it holds, if it is one.
+    pub fn inet(&self) -> Option<std::net::SocketAddr> {
+        self.bytes()
+            .and_then(SockAddr::parse)
+            .and_then(|a| a.inet())
+    }
+
+    /// How it reads in an event.
+    pub fn describe(&self) -> String {
+        match self {
+            AddrArg::Bytes(b) => match SockAddr::parse(b) {
+                Some(addr) => addr.to_string(),
+                None => "(short address)".into(),
+            },
+            AddrArg::Empty => "(empty)".into(),
+            AddrArg::BadLength => "(bad length)".into(),
+            AddrArg::Unreadable => "(unreadable)".into(),
+        }
+    }
+
     /// The bytes to pass when re-issuing the call (NULL for anything unreadable).
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
@@ -150,6 +179,25 @@ impl Notification {
         self.raw.args[i]
     }
 
+    /// Argument `i` as the kernel's `size_t` or `unsigned int` (lengths, vector sizes).
+    pub fn arg_u64(&self, i: usize) -> u64 {
+        self.raw.args[i]
+    }
+
+    /// Reads a native-endian `u64` at `addr` in the app; `None` where the kernel would fault.
+    pub fn read_u64(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        memory::read_exact(self.tid(), addr, &mut b).ok()?;
+        Some(u64::from_ne_bytes(b))
+    }
+
+    /// Reads a native-endian `i32` at `addr` in the app; `None` where the kernel would fault.
+    pub fn read_i32(&self, addr: u64) -> Option<i32> {
+        let mut b = [0u8; 4];
+        memory::read_exact(self.tid(), addr, &mut b).ok()?;
+        Some(i32::from_ne_bytes(b))
+    }
+
     /// Copies a `(pointer, int length)` address argument the way the kernel's
     /// `move_addr_to_kernel` would read it.
     pub fn copy_addr(&self, ptr: u64, len: i32) -> AddrArg {
@@ -164,39 +212,4 @@ impl Notification {
             Err(_) => AddrArg::Unreadable,
         }
     }
-
-    /// Copies the app's fd `fd` into the supervisor. The errno is what the kernel would say
-    /// about the fd (EBADF), or why we can't reach the thread (ESRCH, EPERM).
-    pub fn take_fd(&self, fd: i32) -> Result<OwnedFd, Errno> {
-        let tid = self.tid();
-        PIDFDS.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            if let Some(pidfd) = cache.get(&tid) {
-                match pidfd::get_fd(pidfd, fd) {
-                    // ESRCH: the cached thread died and its tid was reused; open it afresh.
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                        cache.remove(&tid);
-                    }
-                    other => return other.map_err(|e| Errno::from_io(&e)),
-                }
-            }
-            let pidfd = pidfd::open_thread(tid as i32).map_err(|e| Errno::from_io(&e))?;
-            let copied = pidfd::get_fd(&pidfd, fd).map_err(|e| Errno::from_io(&e));
-            if cache.len() >= PIDFD_CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(tid, pidfd);
-            copied
-        })
-    }
-}
-
-/// Pidfds of recently seen threads, per supervisor thread (in practice the notification
-/// loop's). A pidfd of a thread that died stays dead (ESRCH), so a recycled tid is never
-/// mistaken for the thread it used to name; validity of the call itself is checked with
-/// `id_valid` after copying, as always.
-const PIDFD_CACHE_MAX: usize = 1024;
-
-thread_local! {
-    static PIDFDS: RefCell<HashMap<u32, OwnedFd>> = RefCell::new(HashMap::new());
 }

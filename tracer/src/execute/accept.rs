@@ -1,0 +1,128 @@
+//! Emulated `accept`/`accept4` on a listener whose port is subscribed in the target.
+//! sctrace accepts on its copy of the listener, writes the client's address into the app's
+//! buffer (the remote client's, for connections sctrace delivered; a local client keeps its
+//! own), and installs the new socket in the app as the call's result
+//! (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SEND`, done by the supervisor when
+//! it answers). Its `getpeername` shows the client too. A blocking accept with nothing to
+//! accept waits off the notification loop.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use tokio::io::Interest;
+
+use crate::errno::Errno;
+use crate::plan::Reply;
+use crate::remote::sockets::Managed;
+use crate::remote::Remote;
+use crate::sockaddr::{in_family, SockAddr};
+use crate::sys::memory;
+use crate::sys::socket as sys;
+use crate::trap::socket::AppSocket;
+
+use super::receive::write_sockaddr;
+use super::Action;
+
+/// Where the accepted peer's address goes in the app.
+#[derive(Debug, Clone, Copy)]
+struct Destination {
+    tid: u32,
+    at: u64,
+    len_at: u64,
+}
+
+/// Accepts one connection for the app.
+pub fn accept(
+    remote: &Arc<Remote>,
+    tid: u32,
+    sock: AppSocket,
+    flags: i32,
+    at: u64,
+    len_at: u64,
+) -> Action {
+    let dest = Destination { tid, at, len_at };
+    let listener_flags = match sock.file_flags() {
+        Ok(f) => f,
+        Err(_) => return Reply::Continue.into(),
+    };
+    match accept_without_blocking(sock.fd.as_fd(), listener_flags, flags) {
+        Err(Errno(libc::EAGAIN)) if listener_flags & libc::O_NONBLOCK == 0 => {
+            let remote = Arc::clone(remote);
+            Action::Defer(Box::pin(async move {
+                match wait_and_accept(sock.fd, listener_flags, flags).await {
+                    Ok(accepted) => deliver(&remote, dest, flags, accepted),
+                    Err(err) => Reply::Fail(err),
+                }
+            }))
+        }
+        Err(err) => Reply::Fail(err).into(),
+        Ok(accepted) => deliver(remote, dest, flags, accepted).into(),
+    }
+}
+
+/// accept4 with the listener's O_NONBLOCK set for the call (restored after).
+fn accept_without_blocking(
+    fd: BorrowedFd<'_>,
+    listener_flags: i32,
+    flags: i32,
+) -> Result<(OwnedFd, Vec<u8>), Errno> {
+    if listener_flags & libc::O_NONBLOCK != 0 {
+        return sys::accept4(fd, flags);
+    }
+    sys::set_file_flags(fd, listener_flags | libc::O_NONBLOCK)?;
+    let accepted = sys::accept4(fd, flags);
+    let _ = sys::set_file_flags(fd, listener_flags);
+    accepted
+}
+
+async fn wait_and_accept(
+    fd: OwnedFd,
+    listener_flags: i32,
+    flags: i32,
+) -> Result<(OwnedFd, Vec<u8>), Errno> {
+    let watched = sys::watch(fd, Interest::READABLE).map_err(|e| Errno::from_io(&e))?;
+    loop {
+        let mut guard = watched.readable().await.map_err(|e| Errno::from_io(&e))?;
+        match accept_without_blocking(watched.get_ref().as_fd(), listener_flags, flags) {
+            Err(Errno(libc::EAGAIN)) => guard.clear_ready(),
+            other => return other,
+        }
+    }
+}
+
+/// Writes the peer's address (the remote client's, for connections sctrace delivered) and
+/// makes the answer that installs the socket.
+fn deliver(
+    remote: &Remote,
+    dest: Destination,
+    flags: i32,
+    (fd, peer): (OwnedFd, Vec<u8>),
+) -> Reply {
+    let peer_addr = SockAddr::parse(&peer).and_then(|a| a.inet());
+    let delivered = peer_addr.and_then(|p| remote.incoming.delivered(p));
+    let shown = match (delivered, &peer_addr) {
+        (Some(d), Some(p)) => SockAddr::encode_inet(in_family(d.client, p.is_ipv6())),
+        _ => peer,
+    };
+    if let Some(d) = delivered {
+        if let Ok(cookie) = sys::cookie(fd.as_fd()) {
+            remote
+                .sockets
+                .insert(cookie, Managed::Tcp { peer: d.client });
+        }
+    }
+    if dest.at != 0 && dest.len_at != 0 {
+        let mut room = [0u8; 4];
+        let written = memory::read_exact(dest.tid, dest.len_at, &mut room).and_then(|()| {
+            let room = i32::from_ne_bytes(room).max(0) as usize;
+            write_sockaddr(dest.tid, &shown, dest.at, room, Some(dest.len_at))
+        });
+        if written.is_err() {
+            return Reply::Fail(Errno(libc::EFAULT));
+        }
+    }
+    Reply::InstallFd {
+        fd,
+        cloexec: flags & libc::SOCK_CLOEXEC != 0,
+    }
+}

@@ -1,0 +1,158 @@
+//! ③ Carrying decisions out: the only code that acts on the app's sockets. The supervisor
+//! hands each [`Plan`] a handler made to [`Executor::carry_out`], which either knows the
+//! answer at once or returns work that may wait (a blocking connect, the agent), which the
+//! supervisor runs on the tokio runtime and answers when done.
+//!
+//! - [`local`]: calls carried out on this machine as the app asked (re-issued on the app's
+//!   socket, so the kernel gives its exact answer and sctrace sees it), and local
+//!   connections to names looked up again locally.
+//! - [`outgoing`]: remote decisions — the agent connects or sends in the target, and the
+//!   app's socket is joined to the TCP relay or its UDP association.
+//! - [`receive`]: emulated receives and `getpeername` on sockets sctrace manages.
+//! - [`accept`]: emulated accepts on listeners whose port is subscribed in the target.
+
+mod accept;
+mod local;
+mod outgoing;
+mod receive;
+
+use std::future::Future;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::errno::Errno;
+use crate::events::{result_name, Record, UNKNOWN};
+use crate::plan::{Plan, Reply, Work};
+use crate::remote::Remote;
+use crate::sys::socket as sys;
+
+/// Work that may wait (a blocking connect, the network) and so runs off the notification
+/// loop; it yields the reply when done.
+pub type Deferred = Pin<Box<dyn Future<Output = Reply> + Send + 'static>>;
+
+/// How a plan is answered.
+pub enum Action {
+    /// Answer now.
+    Now(Reply),
+    /// Answer when this work completes; other calls are served meanwhile.
+    Defer(Deferred),
+}
+
+impl From<Reply> for Action {
+    fn from(reply: Reply) -> Self {
+        Action::Now(reply)
+    }
+}
+
+impl std::fmt::Debug for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Now(r) => f.debug_tuple("Now").field(r).finish(),
+            Action::Defer(_) => f.write_str("Defer(..)"),
+        }
+    }
+}
+
+/// Carries plans out, with the relaying session when there is one.
+pub struct Executor {
+    remote: Option<Arc<Remote>>,
+}
+
+impl Executor {
+    /// An executor for a session (`remote`: the relaying session, if any).
+    pub fn new(remote: Option<Arc<Remote>>) -> Self {
+        Self { remote }
+    }
+
+    /// Carries `plan` out.
+    pub fn carry_out(&self, plan: Plan) -> Action {
+        let (sock, record, work) = match plan {
+            Plan::Answer(reply) => return reply.into(),
+            Plan::Kernel(records) => {
+                for record in records {
+                    record.finish(UNKNOWN.into());
+                }
+                return Reply::Continue.into();
+            }
+            Plan::Refuse(record, errno) => return answer(record, Err::<i64, _>(errno)).into(),
+            Plan::Socket { sock, record, work } => (sock, record, work),
+        };
+        let remote = self.remote.as_ref();
+        match (work, remote) {
+            (Work::Connect { addr, len }, _) => local::connect(sock, record, addr, len),
+            (Work::Dissolve { addr, len }, Some(remote)) => {
+                if let Ok(cookie) = sys::cookie(sock.fd.as_fd()) {
+                    remote.sockets.set_udp_peer(cookie, None);
+                }
+                local::connect(sock, record, addr, len)
+            }
+            (Work::ConnectReresolved { name, dst }, _) => {
+                local::connect_reresolved(sock, record, name, dst)
+            }
+            (Work::Bind { addr, len, moved }, remote) => {
+                local::bind(remote, sock, record, addr, len, moved)
+            }
+            (Work::Listen { backlog }, remote) => local::listen(remote, sock, record, backlog),
+            (Work::Send { msg, flags }, _) => local::send(sock, record, msg, flags),
+            (Work::ConnectRemote { dst }, Some(remote)) => {
+                outgoing::connect_tcp(remote, sock, dst, record)
+            }
+            (Work::ConnectDns { server, asker }, Some(remote)) => {
+                outgoing::connect_dns(remote, sock, server, asker, record)
+            }
+            (Work::ConnectDatagram { dst, peer, asker }, Some(remote)) => {
+                outgoing::connect_udp(remote, sock, dst, peer, asker, record)
+            }
+            (
+                Work::SendDatagram {
+                    dst,
+                    peer,
+                    payload,
+                    asker,
+                },
+                Some(remote),
+            ) => outgoing::send_datagram(remote, sock, dst, peer, payload, asker, record),
+            (
+                Work::Receive {
+                    tid,
+                    assoc,
+                    buffers,
+                    flags,
+                },
+                _,
+            ) => receive::receive(tid, sock, assoc, buffers, flags),
+            (
+                Work::PeerName {
+                    tid,
+                    peer,
+                    at,
+                    len_at,
+                },
+                _,
+            ) => receive::peer_name(tid, &sock, peer, at, len_at).into(),
+            (
+                Work::Accept {
+                    tid,
+                    flags,
+                    at,
+                    len_at,
+                },
+                Some(remote),
+            ) => accept::accept(remote, tid, sock, flags, at, len_at),
+            (work, None) => {
+                // Handlers plan remote work only in a relaying session.
+                tracing::error!("{work:?} planned without a relaying session; left to the kernel");
+                Reply::Continue.into()
+            }
+        }
+    }
+}
+
+/// Records the outcome (if recording) and turns it into the answer.
+pub fn answer<T: Into<i64>>(record: Option<Record>, result: Result<T, Errno>) -> Reply {
+    if let Some(record) = record {
+        record.finish(result_name(&result));
+    }
+    Reply::from_result(result)
+}

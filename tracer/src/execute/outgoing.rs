@@ -1,0 +1,366 @@
+//! Remote decisions for `connect` and address-carrying sends, carried out: where a remote
+//! connect is made.
+//!
+//! - **TCP connect, remote**: the agent connects to the destination first, so the app's
+//!   connect returns the real outcome (ECONNREFUSED, ETIMEDOUT, ENETUNREACH, ...). On
+//!   success the app's own socket (same fd, options, O_NONBLOCK and epoll registrations) is
+//!   connected to the TCP relay, which joins it to the agent stream. The call is held until
+//!   the remote outcome is known — for a non-blocking socket at most [`NONBLOCKING_HOLD`],
+//!   after which it returns EINPROGRESS and the socket waits in the parking
+//!   (`relay::parking`) until the agent answers.
+//! - **TCP connect to a nameserver**: connected to the relay, which answers DNS over TCP.
+//! - **UDP connect, remote or DNS**: the socket is connected to the relay socket standing
+//!   for the peer in its UDP association; `send()`/`write()` then go there untrapped.
+//! - **sendto/sendmsg to a remote peer or nameserver**: sctrace sends the datagram itself
+//!   (through the agent, or to the DNS responder) and returns its length; the app's socket
+//!   is bound first, as the kernel's autobind would, so replies can reach it.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sctrace_protocol::{OpenError, Stream};
+
+use crate::dns::Asker;
+use crate::errno::Errno;
+use crate::events::Record;
+use crate::relay::tcp::Arranged;
+use crate::relay::udp::{PeerKind, UdpAssociation};
+use crate::remote::sockets::{Managed, TCP_ENTRY_GRACE};
+use crate::remote::Remote;
+use crate::sockaddr::{canonical_addr, in_family, loopback_if_wildcard, wildcard, SockAddr};
+use crate::sys::socket as sys;
+use crate::trap::socket::AppSocket;
+use crate::trap::AddrArg;
+
+use super::local::connect_without_blocking;
+use super::{answer, Action};
+
+/// How long a non-blocking connect's call waits for the remote outcome before it returns
+/// EINPROGRESS (connects within a cluster usually complete well within it).
+pub const NONBLOCKING_HOLD: Duration = Duration::from_millis(50);
+
+/// The app socket's family and cookie, read once per call.
+struct Target {
+    family: i32,
+    cookie: u64,
+}
+
+impl Target {
+    fn of(sock: &AppSocket) -> Result<Target, Errno> {
+        Ok(Target {
+            family: sock.family()?,
+            cookie: sock.cookie()?,
+        })
+    }
+
+    fn v6(&self) -> bool {
+        self.family == libc::AF_INET6
+    }
+}
+
+/// A TCP connect routed remote.
+pub fn connect_tcp(
+    remote: &Arc<Remote>,
+    sock: AppSocket,
+    dst: SocketAddr,
+    record: Option<Record>,
+) -> Action {
+    let described = Target::of(&sock).and_then(|t| Ok((t, sock.file_flags()?)));
+    let (target, flags) = match described {
+        Ok(described) => described,
+        Err(err) => return answer(record, Err::<i64, _>(err)).into(),
+    };
+    let remote = Arc::clone(remote);
+    let nonblocking = flags & libc::O_NONBLOCK != 0;
+    Action::Defer(Box::pin(async move {
+        // How long the app's call waits for the remote outcome: a blocking connect until
+        // SO_SNDTIMEO (or the agent's own connect timeout), a non-blocking one briefly.
+        let hold = if nonblocking {
+            Some(NONBLOCKING_HOLD)
+        } else {
+            sys::send_timeout(sock.fd.as_fd()).ok().flatten()
+        };
+        let agent = remote.agent.clone();
+        let mut opening = Box::pin(async move { agent.connect_tcp(canonical_addr(dst)).await });
+        let outcome = match hold {
+            Some(limit) => tokio::time::timeout(limit, &mut opening).await.ok(),
+            None => Some(opening.as_mut().await),
+        };
+        match outcome {
+            Some(Ok(stream)) => {
+                let result = join_remote(&remote, &sock, &target, dst, stream);
+                answer(record, result.and_then(|()| connected_reply(nonblocking)))
+            }
+            Some(Err(err)) => answer(record, Err::<i64, _>(open_errno(&err))),
+            None => {
+                // Still under way: the call returns EINPROGRESS and the socket waits in
+                // the parking, to be settled when the agent answers.
+                let parked =
+                    connect_to_relay(sock.fd.as_fd(), remote.parking.black_hole(target.v6()));
+                if let Err(err) = parked {
+                    return answer(record, Err::<i64, _>(err));
+                }
+                tokio::spawn(async move {
+                    let outcome = opening.await;
+                    settle(&remote, sock, target, dst, outcome);
+                });
+                answer(record, Err::<i64, _>(Errno(libc::EINPROGRESS)))
+            }
+        }
+    }))
+}
+
+/// A TCP connect to a nameserver sctrace answers for: joined to the relay's DNS service.
+pub fn connect_dns(
+    remote: &Remote,
+    sock: AppSocket,
+    server: SocketAddr,
+    asker: Asker,
+    record: Option<Record>,
+) -> Action {
+    let result = Target::of(&sock).and_then(|target| {
+        let nonblocking = sock.file_flags()? & libc::O_NONBLOCK != 0;
+        join_relay(remote, &sock, &target, Arranged::Dns { server, asker })?;
+        connected_reply(nonblocking)
+    });
+    answer(record, result).into()
+}
+
+/// What a connect that reached its destination returns: 0 for a blocking socket;
+/// EINPROGRESS for a non-blocking one, as a connect to a remote host always does at first
+/// (the socket is writable at once).
+fn connected_reply(nonblocking: bool) -> Result<i64, Errno> {
+    if nonblocking {
+        Err(Errno(libc::EINPROGRESS))
+    } else {
+        Ok(0)
+    }
+}
+
+/// Joins the app socket to an agent stream that reached `dst`, and manages it (its
+/// `getpeername` shows `dst`).
+fn join_remote(
+    remote: &Remote,
+    sock: &AppSocket,
+    target: &Target,
+    dst: SocketAddr,
+    stream: Stream,
+) -> Result<(), Errno> {
+    // The managed-socket entry outlives the relay by a grace period, for `getpeername` on
+    // a socket whose peer closed.
+    let sockets = Arc::clone(&remote.sockets);
+    let cookie = target.cookie;
+    let on_end = Box::new(move || {
+        tokio::spawn(async move {
+            tokio::time::sleep(TCP_ENTRY_GRACE).await;
+            sockets.remove(cookie);
+        });
+    });
+    join_relay(remote, sock, target, Arranged::Remote { stream, on_end })?;
+    remote.sockets.insert(cookie, Managed::Tcp { peer: dst });
+    Ok(())
+}
+
+/// Registers the app socket with the relay and connects it there.
+fn join_relay(
+    remote: &Remote,
+    sock: &AppSocket,
+    target: &Target,
+    arranged: Arranged,
+) -> Result<(), Errno> {
+    let listener = relay_listener(remote, target.family)?;
+    let peer = ensure_bound(sock.fd.as_fd(), target.v6())?;
+    remote.tcp.expect(peer, arranged);
+    connect_to_relay(sock.fd.as_fd(), listener).inspect_err(|_| remote.tcp.forget(peer))
+}
+
+/// The TCP relay listener an app socket of `family` can connect to.
+fn relay_listener(remote: &Remote, family: i32) -> Result<SocketAddr, Errno> {
+    match remote.tcp.listener_for(family) {
+        Some(addr) => Ok(addr),
+        // No IPv6 loopback: a dual-stack socket reaches the IPv4 listener v4-mapped.
+        None => remote
+            .tcp
+            .listener_for(libc::AF_INET)
+            .map(|v4| in_family(v4, true))
+            .ok_or(Errno(libc::ENETUNREACH)),
+    }
+}
+
+/// Binds an unbound socket to the wildcard address of its family, as the kernel's autobind
+/// does on a first send; returns the address a relay on loopback sees it from.
+fn ensure_bound(fd: BorrowedFd<'_>, v6: bool) -> Result<SocketAddr, Errno> {
+    let current = SockAddr::parse(&sys::local_addr(fd)?).and_then(|a| a.inet());
+    let bound = match current {
+        Some(addr) if addr.port() != 0 => addr,
+        _ => {
+            let bytes = SockAddr::encode_inet(wildcard(v6));
+            sys::bind(fd, Some(&bytes), bytes.len() as i32)?;
+            SockAddr::parse(&sys::local_addr(fd)?)
+                .and_then(|a| a.inet())
+                .ok_or(Errno(libc::EINVAL))?
+        }
+    };
+    Ok(loopback_if_wildcard(bound))
+}
+
+/// Connects the app's socket to `to` (a loopback address of sctrace's) without blocking the
+/// notification loop. A connection still completing counts as done: loopback connections
+/// complete by themselves, and a non-blocking app socket learns it through SO_ERROR.
+fn connect_to_relay(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
+    let flags = sys::file_flags(fd)?;
+    let bytes = SockAddr::encode_inet(to);
+    let len = bytes.len() as i32;
+    match connect_without_blocking(fd, flags, &AddrArg::Bytes(bytes), len) {
+        Ok(_) | Err(Errno(libc::EALREADY | libc::EINPROGRESS)) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Dissolves a parked socket's pending connect (`connect(AF_UNSPEC)`).
+fn disconnect(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let mut unspec = [0u8; 16];
+    unspec[..2].copy_from_slice(&(libc::AF_UNSPEC as u16).to_ne_bytes());
+    sys::connect(fd, Some(&unspec), unspec.len() as i32)
+}
+
+/// Gives a parked socket the remote outcome (see `relay::parking`).
+fn settle(
+    remote: &Arc<Remote>,
+    sock: AppSocket,
+    target: Target,
+    dst: SocketAddr,
+    outcome: Result<Stream, OpenError>,
+) {
+    let v6 = target.v6();
+    let fd = sock.fd.as_fd();
+    let settled = disconnect(fd).and_then(|()| match outcome {
+        Ok(stream) => join_remote(remote, &sock, &target, dst, stream),
+        Err(err) if open_errno(&err) == Errno(libc::ECONNREFUSED) => {
+            connect_to_relay(fd, remote.parking.refusing(v6))
+        }
+        Err(_) => {
+            sys::set_syn_count(fd, 1)?;
+            connect_to_relay(fd, remote.parking.black_hole(v6))
+        }
+    });
+    if let Err(err) = settled {
+        tracing::debug!("cannot settle a pending connect to {dst}: {err}");
+    }
+}
+
+/// The errno an app socket reports for a failed remote open.
+fn open_errno(err: &OpenError) -> Errno {
+    Errno(err.errno())
+}
+
+/// The UDP association of the app socket, made on first use (binding the socket).
+fn association(
+    remote: &Arc<Remote>,
+    sock: &AppSocket,
+    target: &Target,
+    asker: Asker,
+) -> Result<Arc<UdpAssociation>, Errno> {
+    if let Some(Managed::Udp { assoc, .. }) = remote.sockets.get(target.cookie) {
+        return Ok(assoc);
+    }
+    let app_local = ensure_bound(sock.fd.as_fd(), target.v6())?;
+    let sockets = Arc::clone(&remote.sockets);
+    let cookie = target.cookie;
+    let slot: Arc<std::sync::Mutex<Option<std::sync::Weak<UdpAssociation>>>> = Arc::default();
+    let on_close_slot = Arc::clone(&slot);
+    let assoc = UdpAssociation::start(
+        app_local,
+        remote.agent.clone(),
+        Arc::clone(&remote.dns),
+        asker,
+        Box::new(move || {
+            let this = on_close_slot
+                .lock()
+                .ok()
+                .and_then(|s| s.as_ref().and_then(|w| w.upgrade()));
+            match this {
+                Some(assoc) => sockets.remove_association(cookie, &assoc),
+                None => sockets.remove(cookie),
+            }
+        }),
+    );
+    if let Ok(mut s) = slot.lock() {
+        *s = Some(Arc::downgrade(&assoc));
+    }
+    remote.sockets.insert(
+        target.cookie,
+        Managed::Udp {
+            assoc: Arc::clone(&assoc),
+            connected: None,
+        },
+    );
+    Ok(assoc)
+}
+
+/// The socket's family and cookie, and its UDP association (made on first use).
+fn associated(
+    remote: &Arc<Remote>,
+    sock: &AppSocket,
+    asker: Asker,
+) -> Result<(Target, Arc<UdpAssociation>), Errno> {
+    let target = Target::of(sock)?;
+    let assoc = association(remote, sock, &target, asker)?;
+    Ok((target, assoc))
+}
+
+/// A UDP connect routed remote or to a nameserver.
+pub fn connect_udp(
+    remote: &Arc<Remote>,
+    sock: AppSocket,
+    dst: SocketAddr,
+    peer: PeerKind,
+    asker: Asker,
+    record: Option<Record>,
+) -> Action {
+    let (target, assoc) = match associated(remote, &sock, asker) {
+        Ok(s) => s,
+        Err(err) => return answer(record, Err::<i64, _>(err)).into(),
+    };
+    let remote = Arc::clone(remote);
+    Action::Defer(Box::pin(async move {
+        let relay = match assoc.peer(in_family(dst, target.v6()), peer).await {
+            Ok(relay) => relay,
+            Err(err) => return answer(record, Err::<i64, _>(Errno::from_io(&err))),
+        };
+        let bytes = SockAddr::encode_inet(relay);
+        let result = sys::connect(sock.fd.as_fd(), Some(&bytes), bytes.len() as i32);
+        if result.is_ok() {
+            remote.sockets.set_udp_peer(target.cookie, Some(dst));
+        }
+        answer(record, result.map(|()| 0i64))
+    }))
+}
+
+/// A datagram the app sends to a remote peer or a nameserver with an address.
+pub fn send_datagram(
+    remote: &Arc<Remote>,
+    sock: AppSocket,
+    dst: SocketAddr,
+    peer: PeerKind,
+    payload: Vec<u8>,
+    asker: Asker,
+    record: Option<Record>,
+) -> Action {
+    let (target, assoc) = match associated(remote, &sock, asker) {
+        Ok(s) => s,
+        Err(err) => return answer(record, Err::<i64, _>(err)).into(),
+    };
+    Action::Defer(Box::pin(async move {
+        let len = payload.len() as i64;
+        match assoc
+            .send_from_app(in_family(dst, target.v6()), peer, payload)
+            .await
+        {
+            Ok(()) => answer(record, Ok(len)),
+            Err(err) => answer(record, Err::<i64, _>(Errno::from_io(&err))),
+        }
+    }))
+}

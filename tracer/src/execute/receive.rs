@@ -1,0 +1,185 @@
+//! Emulated receives on sockets with a UDP association, and `getpeername` on sockets
+//! sctrace manages.
+//!
+//! sctrace receives the datagram itself, on its copy of the app's socket with
+//! `MSG_DONTWAIT` (a blocking socket is awaited off the notification loop, bounded by
+//! SO_RCVTIMEO), writes the data, the source address translated from the relay socket's to
+//! the remote peer's, control data, lengths and flags into the app's buffers, and returns
+//! the length.
+//!
+//! Writing into the app's memory is safe here because the call is then answered with a
+//! value, never continued: the app can't observe a half-done call. A fault while writing is
+//! answered with EFAULT, as the kernel would (the datagram is consumed, as with the kernel).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use tokio::io::Interest;
+
+use crate::errno::Errno;
+use crate::plan::Reply;
+use crate::relay::udp::UdpAssociation;
+use crate::sockaddr::{in_family, SockAddr};
+use crate::sys::memory;
+use crate::sys::socket::{self as sys, ReceivedMessage};
+use crate::trap::msghdr::RecvBuffers;
+use crate::trap::socket::AppSocket;
+
+use super::Action;
+
+/// Receives one datagram for the app.
+pub fn receive(
+    tid: u32,
+    sock: AppSocket,
+    assoc: Arc<UdpAssociation>,
+    buffers: RecvBuffers,
+    flags: i32,
+) -> Action {
+    let blocking = match sock.file_flags() {
+        Ok(f) => f & libc::O_NONBLOCK == 0 && flags & libc::MSG_DONTWAIT == 0,
+        Err(_) => return Reply::Continue.into(),
+    };
+    let v6 = sock.is_v6();
+    let (capacity, control_room) = (buffers.capacity(), buffers.control_room());
+    let attempt = sys::recvmsg(
+        sock.fd.as_fd(),
+        capacity,
+        control_room,
+        flags | libc::MSG_DONTWAIT,
+    );
+    match attempt {
+        Err(Errno(libc::EAGAIN)) if blocking => Action::Defer(Box::pin(async move {
+            match wait_and_receive(sock.fd, capacity, control_room, flags).await {
+                Ok(msg) => deliver(tid, &assoc, v6, &buffers, msg),
+                Err(err) => Reply::Fail(err),
+            }
+        })),
+        Err(err) => Reply::Fail(err).into(),
+        Ok(msg) => deliver(tid, &assoc, v6, &buffers, msg).into(),
+    }
+}
+
+/// Waits until the socket is readable, bounded by SO_RCVTIMEO (then EAGAIN), and receives.
+async fn wait_and_receive(
+    fd: OwnedFd,
+    len: usize,
+    control: usize,
+    flags: i32,
+) -> Result<ReceivedMessage, Errno> {
+    let timeout = sys::receive_timeout(fd.as_fd()).ok().flatten();
+    let watched = sys::watch(fd, Interest::READABLE).map_err(|e| Errno::from_io(&e))?;
+    let wait = async {
+        loop {
+            let mut guard = watched.readable().await.map_err(|e| Errno::from_io(&e))?;
+            match sys::recvmsg(
+                watched.get_ref().as_fd(),
+                len,
+                control,
+                flags | libc::MSG_DONTWAIT,
+            ) {
+                Err(Errno(libc::EAGAIN)) => guard.clear_ready(),
+                other => return other,
+            }
+        }
+    };
+    match timeout {
+        Some(limit) => tokio::time::timeout(limit, wait)
+            .await
+            .unwrap_or(Err(Errno(libc::EAGAIN))),
+        None => wait.await,
+    }
+}
+
+/// The source address as the app must see it.
+fn translate(assoc: &UdpAssociation, v6: bool, name: &[u8]) -> Vec<u8> {
+    match SockAddr::parse(name).and_then(|a| a.inet()) {
+        Some(src) => match assoc.translate(src) {
+            Some(peer) => SockAddr::encode_inet(in_family(peer, v6)),
+            None => name.to_vec(),
+        },
+        None => name.to_vec(),
+    }
+}
+
+/// Writes a received message into the app's buffers and makes the answer.
+fn deliver(
+    tid: u32,
+    assoc: &UdpAssociation,
+    v6: bool,
+    buffers: &RecvBuffers,
+    msg: ReceivedMessage,
+) -> Reply {
+    let written = (|| -> std::io::Result<()> {
+        let mut rest: &[u8] = &msg.data;
+        for &(base, len) in &buffers.iov {
+            if rest.is_empty() {
+                break;
+            }
+            let take = len.min(rest.len());
+            memory::write_all(tid, base, &rest[..take])?;
+            rest = &rest[take..];
+        }
+        if let Some((at, room)) = buffers.name {
+            let name = translate(assoc, v6, &msg.name);
+            write_sockaddr(tid, &name, at, room, buffers.name_len_at)?;
+        } else if let Some(len_at) = buffers.name_len_at.filter(|_| buffers.flags_at.is_some()) {
+            // recvmsg without a name buffer: msg_namelen becomes 0.
+            memory::write_all(tid, len_at, &0u32.to_ne_bytes())?;
+        }
+        if let Some(len_at) = buffers.control_len_at {
+            if let Some((at, room)) = buffers.control {
+                let take = room.min(msg.control.len());
+                memory::write_all(tid, at, &msg.control[..take])?;
+                memory::write_all(tid, len_at, &(take as u64).to_ne_bytes())?;
+            } else {
+                memory::write_all(tid, len_at, &0u64.to_ne_bytes())?;
+            }
+        }
+        if let Some(at) = buffers.flags_at {
+            memory::write_all(tid, at, &msg.flags.to_ne_bytes())?;
+        }
+        if let Some(at) = buffers.msg_len_at {
+            memory::write_all(tid, at, &(msg.returned as u32).to_ne_bytes())?;
+        }
+        Ok(())
+    })();
+    match written {
+        Ok(()) if buffers.msg_len_at.is_some() => Reply::Return(1),
+        Ok(()) => Reply::Return(msg.returned as i64),
+        Err(_) => Reply::Fail(Errno(libc::EFAULT)),
+    }
+}
+
+/// Writes a socket address for the app as the kernel's `move_addr_to_user` does: at most
+/// `room` bytes of it at `at`, and its full length at `len_at`.
+pub fn write_sockaddr(
+    tid: u32,
+    addr: &[u8],
+    at: u64,
+    room: usize,
+    len_at: Option<u64>,
+) -> std::io::Result<()> {
+    memory::write_all(tid, at, &addr[..room.min(addr.len())])?;
+    if let Some(len_at) = len_at {
+        memory::write_all(tid, len_at, &(addr.len() as u32).to_ne_bytes())?;
+    }
+    Ok(())
+}
+
+/// Answers `getpeername` on a managed socket with `peer`, in the socket's family.
+pub fn peer_name(tid: u32, sock: &AppSocket, peer: SocketAddr, at: u64, len_at: u64) -> Reply {
+    let mut room = [0u8; 4];
+    if memory::read_exact(tid, len_at, &mut room).is_err() {
+        return Reply::Fail(Errno(libc::EFAULT));
+    }
+    let room = i32::from_ne_bytes(room);
+    if room < 0 {
+        return Reply::Fail(Errno(libc::EINVAL));
+    }
+    let bytes = SockAddr::encode_inet(in_family(peer, sock.is_v6()));
+    match write_sockaddr(tid, &bytes, at, room as usize, Some(len_at)) {
+        Ok(()) => Reply::Return(0),
+        Err(_) => Reply::Fail(Errno(libc::EFAULT)),
+    }
+}

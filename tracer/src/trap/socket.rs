@@ -1,0 +1,145 @@
+//! The app's socket as the supervisor holds it: a copy of the app's fd (`pidfd_getfd`),
+//! which shares the open file description — socket state, file flags, epoll interest —
+//! with the app. Handlers read what the socket is through it; only the executor acts on it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::errno::Errno;
+use crate::sockaddr::SockAddr;
+use crate::sys::notify::NotifyFd;
+use crate::sys::pidfd;
+use crate::sys::socket as sys;
+
+use super::Notification;
+
+/// A copy of one of the app's sockets.
+#[derive(Debug)]
+pub struct AppSocket {
+    /// The copy.
+    pub fd: OwnedFd,
+    /// The app's fd number.
+    pub app_fd: i32,
+}
+
+/// Why the app's socket could not be copied, and so how the call is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Untaken {
+    /// The fd is not open in the app: the kernel itself would answer EBADF (it checks the
+    /// fd first).
+    BadFd,
+    /// The call is no longer pending (the caller was interrupted or died).
+    Gone,
+    /// The caller can't be reached (it died meanwhile, or is not ours to inspect).
+    Unreachable(Errno),
+}
+
+impl AppSocket {
+    /// Copies the app's fd `app_fd` for call `n`, after the call's other arguments were
+    /// copied, and checks the call is still pending (the TOCTOU rule: what was copied
+    /// belongs to this very call).
+    pub fn take(notify: &NotifyFd, n: &Notification, app_fd: i32) -> Result<AppSocket, Untaken> {
+        let taken = copy_fd(n.tid(), app_fd);
+        if !notify.id_valid(n.raw.id) {
+            return Err(Untaken::Gone);
+        }
+        match taken {
+            Ok(fd) => Ok(AppSocket { fd, app_fd }),
+            Err(Errno(libc::EBADF)) => Err(Untaken::BadFd),
+            Err(err) => Err(Untaken::Unreachable(err)),
+        }
+    }
+
+    /// `SO_DOMAIN`: the socket's address family (ENOTSOCK for other files).
+    pub fn family(&self) -> Result<i32, Errno> {
+        sys::domain(self.fd.as_fd())
+    }
+
+    /// `SO_TYPE`: SOCK_STREAM, SOCK_DGRAM, ...
+    pub fn sock_type(&self) -> Result<i32, Errno> {
+        sys::sock_type(self.fd.as_fd())
+    }
+
+    /// `SO_COOKIE`: the socket's identity, shared by every fd of it.
+    pub fn cookie(&self) -> Result<u64, Errno> {
+        sys::cookie(self.fd.as_fd())
+    }
+
+    /// Whether it is an IPv6 socket.
+    pub fn is_v6(&self) -> bool {
+        self.family() == Ok(libc::AF_INET6)
+    }
+
+    /// The file status flags of its open file description (O_NONBLOCK, ...).
+    pub fn file_flags(&self) -> Result<i32, Errno> {
+        sys::file_flags(self.fd.as_fd())
+    }
+
+    /// Its own address (`getsockname`), when it can be read.
+    pub fn local_addr(&self) -> Option<SockAddr> {
+        sys::local_addr(self.fd.as_fd())
+            .ok()
+            .and_then(|b| SockAddr::parse(&b))
+    }
+
+    /// Its own inet address, when it has one.
+    pub fn local_inet(&self) -> Option<SocketAddr> {
+        self.local_addr().and_then(|a| a.inet())
+    }
+
+    /// Reads what the socket is (two getsockopt calls).
+    pub fn describe(&self) -> SocketDesc {
+        SocketDesc {
+            app_fd: self.app_fd,
+            family: self.family().ok(),
+            sock_type: self.sock_type().unwrap_or(0),
+        }
+    }
+}
+
+/// What one of the app's sockets is: enough to name it in an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketDesc {
+    /// The app's fd number.
+    pub app_fd: i32,
+    /// `SO_DOMAIN`, or `None` when the fd is not a socket.
+    pub family: Option<i32>,
+    /// `SO_TYPE`.
+    pub sock_type: i32,
+}
+
+/// Copies fd `fd` of thread `tid` into the supervisor. The errno is what the kernel would
+/// say about the fd (EBADF), or why we can't reach the thread (ESRCH, EPERM).
+fn copy_fd(tid: u32, fd: i32) -> Result<OwnedFd, Errno> {
+    PIDFDS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(pidfd) = cache.get(&tid) {
+            match pidfd::get_fd(pidfd, fd) {
+                // ESRCH: the cached thread died and its tid was reused; open it afresh.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                    cache.remove(&tid);
+                }
+                other => return other.map_err(|e| Errno::from_io(&e)),
+            }
+        }
+        let pidfd = pidfd::open_thread(tid as i32).map_err(|e| Errno::from_io(&e))?;
+        let copied = pidfd::get_fd(&pidfd, fd).map_err(|e| Errno::from_io(&e));
+        if cache.len() >= PIDFD_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(tid, pidfd);
+        copied
+    })
+}
+
+/// Pidfds of recently seen threads, per supervisor thread (in practice the notification
+/// loop's). A pidfd of a thread that died stays dead (ESRCH), so a recycled tid is never
+/// mistaken for the thread it used to name; validity of the call itself is checked with
+/// `id_valid` after copying, as always.
+const PIDFD_CACHE_MAX: usize = 1024;
+
+thread_local! {
+    static PIDFDS: RefCell<HashMap<u32, OwnedFd>> = RefCell::new(HashMap::new());
+}
