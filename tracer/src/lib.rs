@@ -33,6 +33,7 @@ pub mod procfs;
 pub mod progress;
 pub mod relay;
 pub mod remote;
+pub mod route;
 pub mod session;
 pub mod sockaddr;
 pub mod supervisor;

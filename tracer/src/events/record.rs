@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::errno::Errno;
 use crate::procfs::IdentityCache;
-use crate::remote::{Destination, Routed};
+use crate::route::{Destination, Routed};
 use crate::sockaddr::{family_name, sock_type_name};
 use crate::trap::socket::{AppSocket, SocketDesc};
 use crate::trap::Notification;

@@ -27,30 +27,7 @@ use crate::sockaddr::canonical;
 use incoming::Incoming;
 use sockets::ManagedSockets;
 
-/// Where one connection goes, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Routed {
-    /// Where.
-    pub to: Destination,
-    /// The rule that decided (`None` for DNS interception).
-    pub rule: Option<String>,
-    /// The name the app resolved the address from, if any.
-    pub host: Option<String>,
-    /// For a local connection to an address that came from a remote DNS answer: the name
-    /// to look up again locally (as mirrord does), since the address means nothing here.
-    pub reresolve: Option<String>,
-}
-
-/// The three ways a connection can go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Destination {
-    /// Made on this machine as the app asked.
-    Local,
-    /// Made in the target through the agent.
-    Remote,
-    /// A nameserver of the local resolv.conf: sctrace's DNS responder answers.
-    Dns,
-}
+pub use crate::route::{Destination, Routed};
 
 /// Unix sockets of local resolver services that would resolve names behind the intercept:
 /// connects to them fail with ENOENT (as if the service were not running), so glibc falls
