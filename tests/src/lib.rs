@@ -29,6 +29,7 @@ mod locate;
 mod netns;
 pub mod payload;
 mod process;
+mod pty;
 mod server;
 
 pub use cluster::{Cluster, Service};
@@ -37,4 +38,5 @@ pub use events::{parse_events, read_events};
 pub use locate::{bin, fixture, workspace_root};
 pub use netns::{require_root, Netns, NETNS_MARKER};
 pub use process::{run_with_input, run_with_timeout, Output};
+pub use pty::PtySession;
 pub use server::{Server, ServerSpec};

@@ -3,13 +3,15 @@
 //! laptop namespace of a local cluster, where cluster addresses exist only behind the agent.
 
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sctrace_tests::{
-    bin, fixture, read_events, require_root, run_with_timeout, Cluster, Output, Server, ServerSpec,
+    bin, fixture, read_events, require_root, run_with_timeout, Cluster, Output, PtySession, Server,
+    ServerSpec,
 };
 use serde_json::Value;
 
@@ -602,4 +604,82 @@ fn an_agent_with_another_token_refuses_the_session() {
             .contains("token"),
         "the agent logs the refusal"
     );
+}
+
+/// A program whose SIGINT and SIGTERM handler still talks to the cluster: it resolves `echo`
+/// and exchanges a line with its echo server, then exits 7.
+const HANDLER_TALKS_TO_THE_CLUSTER: &str = r#"
+import signal, socket, sys, time
+def on_int(sig, frame):
+    print('got', signal.Signals(sig).name, flush=True)
+    host, port = socket.getaddrinfo('echo', 7, socket.AF_INET, socket.SOCK_STREAM)[0][4][:2]
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b'still here\n')
+        print('echo says', s.recv(100).decode().strip(), flush=True)
+    sys.exit(7)
+signal.signal(signal.SIGINT, on_int)
+signal.signal(signal.SIGTERM, on_int)
+print('ready', flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn ctrl_c_leaves_sctrace_and_its_agent_working_for_the_programs_handler() {
+    let world = World::new();
+    let script = world.scratch("handler.py");
+    std::fs::write(&script, HANDLER_TALKS_TO_THE_CLUSTER).unwrap();
+    let mut pty = PtySession::start(&format!(
+        "ip netns exec {} {} run -q --target {} -- python3 {}",
+        world.cluster.laptop.name(),
+        bin("sctrace").display(),
+        world.target(),
+        script.display()
+    ));
+    pty.wait_for("ready", T);
+    pty.type_keys(b"\x03");
+    let out = pty.finish(T);
+    assert_eq!(out.stdout.matches("got SIGINT").count(), 1, "{out}");
+    assert!(out.stdout.contains("echo says still here"), "{out}");
+    assert!(!out.stdout.contains("lost the agent"), "{out}");
+    assert_eq!(out.code(), Some(7), "{out}");
+}
+
+#[test]
+fn a_signal_to_sctraces_group_leaves_the_agent_working_for_the_programs_handler() {
+    // As `timeout` and CI runners do: SIGTERM to the whole process group of sctrace.
+    let world = World::new();
+    let script = world.scratch("handler.py");
+    std::fs::write(&script, HANDLER_TALKS_TO_THE_CLUSTER).unwrap();
+    let mut cmd = world.cluster.laptop.command(bin("sctrace"));
+    cmd.args(["run", "-q", "--target", &world.target(), "--", "python3"])
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert_eq!(first.trim(), "ready");
+    // SAFETY: kill with the process group this test started.
+    assert_eq!(
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) },
+        0
+    );
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sctrace did not exit");
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(rest.matches("got SIGTERM").count(), 1, "{rest}{stderr}");
+    assert!(rest.contains("echo says still here"), "{rest}{stderr}");
+    assert_eq!(stderr, "", "nothing but the program's own output");
+    assert_eq!(status.code(), Some(7), "{rest}{stderr}");
 }

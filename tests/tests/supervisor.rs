@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sctrace_tests::{
     bin, fixture, read_events, require_root, run_with_input, run_with_timeout, Netns, Output,
-    ServerSpec,
+    PtySession, ServerSpec,
 };
 use serde_json::Value;
 
@@ -389,6 +390,120 @@ fn signals_sent_to_sctrace_reach_the_program() {
         ]
     );
     assert_eq!(status.code(), Some(42));
+}
+
+#[test]
+fn signals_sent_to_sctraces_process_group_reach_the_program_exactly_once() {
+    // `kill -SIG -PGID`, as `timeout`, CI runners and service managers do: sctrace and the
+    // program must not both be hit, or the program would see every signal twice.
+    let mut child = Command::new(bin("sctrace"))
+        .args(["run", "--"])
+        .arg(fixture("sigecho"))
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let pgid = child.id() as i32;
+    thread::sleep(Duration::from_millis(500));
+    for sig in [
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+    ] {
+        // SAFETY: kill with a process group we own and a valid signal number.
+        assert_eq!(unsafe { libc::kill(-pgid, sig) }, 0);
+        thread::sleep(Duration::from_millis(150));
+    }
+    let deadline = Instant::now() + T;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "sctrace did not exit");
+        thread::sleep(Duration::from_millis(20));
+    };
+    let lines = reader.join().unwrap();
+    assert_eq!(
+        lines,
+        [
+            "ready",
+            "got SIGUSR1",
+            "got SIGUSR2",
+            "got SIGHUP",
+            "got SIGINT",
+            "got SIGQUIT",
+            "got SIGTERM"
+        ]
+    );
+    assert_eq!(status.code(), Some(42));
+}
+
+/// A program whose SIGINT handler takes its time, then exits 7.
+const SLOW_SIGINT_HANDLER: &str = r#"
+import signal, sys, time
+def on_int(sig, frame):
+    print('got SIGINT', flush=True)
+    time.sleep(0.5)
+    print('handler done', flush=True)
+    sys.exit(7)
+signal.signal(signal.SIGINT, on_int)
+print('ready', flush=True)
+time.sleep(60)
+"#;
+
+#[test]
+fn ctrl_c_on_the_terminal_reaches_the_program_once_and_sctrace_waits_for_it() {
+    let dir = tempdir();
+    let script = dir.join("slow-handler.py");
+    std::fs::write(&script, SLOW_SIGINT_HANDLER).unwrap();
+    let mut pty = PtySession::start(&format!(
+        "{} run -- python3 {}",
+        bin("sctrace").display(),
+        script.display()
+    ));
+    pty.wait_for("ready", T);
+    pty.type_keys(b"\x03");
+    let out = pty.finish(T);
+    assert_eq!(out.stdout.matches("got SIGINT").count(), 1, "{out}");
+    assert!(out.stdout.contains("handler done"), "{out}");
+    assert_eq!(out.code(), Some(7), "{out}");
+}
+
+#[test]
+fn ctrl_z_stops_the_job_and_fg_resumes_it() {
+    let mut pty = PtySession::start("bash --norc -i");
+    pty.type_keys(b"PS1='$ '\n");
+    pty.type_keys(
+        format!(
+            "{} run -- python3 -c \"print('first' + '-line', flush=True); input(); print('second' + '-line')\"\n",
+            bin("sctrace").display()
+        )
+        .as_bytes(),
+    );
+    // (The terminal echoes the typed command: wait for what only the program prints.)
+    pty.wait_for("first-line", T);
+    pty.type_keys(b"\x1a");
+    pty.wait_for("Stopped", T);
+    pty.type_keys(b"fg\n");
+    // fg prints the job's command line; then the program reads the terminal again.
+    pty.wait_for("run -- python3", T);
+    thread::sleep(Duration::from_millis(300));
+    pty.type_keys(b"\n");
+    pty.wait_for("second-line", T);
+    pty.type_keys(b"exit 0\n");
+    let out = pty.finish(T);
+    assert_eq!(out.code(), Some(0), "{out}");
 }
 
 #[test]

@@ -25,6 +25,7 @@ pub mod env;
 pub mod errno;
 pub mod events;
 pub mod execute;
+pub mod features;
 pub mod handlers;
 pub mod launch;
 pub mod lifecycle;

@@ -1,10 +1,17 @@
-//! The app's lifetime as sctrace manages it: forwarding signals to it, reaping it and its
-//! orphaned descendants, and cleaning up after the main program exits.
+//! The app's lifetime as sctrace manages it: forwarding signals to it, following its job
+//! control, reaping it and its orphaned descendants, and cleaning up after the main program
+//! exits.
 //!
-//! The app stays in sctrace's process group, so the terminal's job control works as if it
-//! ran directly: Ctrl-C, Ctrl-\ and Ctrl-Z reach it from the terminal driver. Signals the
-//! kernel sent that way are therefore not forwarded again; signals sent to sctrace by
-//! another process (`kill`, a service manager, a CI runner) are forwarded to the main program.
+//! The app leads a process group of its own (see `sys::child`), which sctrace makes the
+//! terminal's foreground group when sctrace itself is in the foreground: the terminal's
+//! Ctrl-C, Ctrl-\ and Ctrl-Z reach the app's group directly, as they would without sctrace,
+//! and never sctrace or its agent, which must keep working while the app handles them.
+//! Every signal sctrace itself receives — from `kill`, from a CI runner or `timeout`
+//! signalling sctrace's group, from a service manager — is forwarded to the main program,
+//! so the program gets it exactly once. When the program stops (Ctrl-Z, reading the
+//! terminal in the background), sctrace takes the terminal back and stops the same way, so
+//! the shell sees its job stop; when the shell continues sctrace, sctrace gives the
+//! terminal back (if it is in the foreground again) and continues the program's group.
 //!
 //! When the main program exits, descendants it left behind get SIGTERM, then SIGKILL after
 //! [`GRACE`], and sctrace exits with the main program's status (128+N if killed by signal N).
@@ -16,15 +23,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use signal_hook::consts::signal::{
-    SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH,
+    SIGCHLD, SIGCONT, SIGHUP, SIGINT, SIGQUIT, SIGSTOP, SIGTERM, SIGTSTP, SIGTTIN, SIGTTOU,
+    SIGUSR1, SIGUSR2, SIGWINCH,
 };
 use signal_hook::iterator::exfiltrator::WithOrigin;
 use signal_hook::iterator::SignalsInfo;
-use signal_hook::low_level::siginfo::{Cause, Origin};
 
 use crate::procfs;
 use crate::sys::pidfd;
-use crate::sys::process::{self, Exit};
+use crate::sys::process::{self, Exit, MainState};
+use crate::sys::terminal::Terminal;
 
 /// How long leftover descendants get between SIGTERM and SIGKILL.
 pub const GRACE: Duration = Duration::from_secs(2);
@@ -44,49 +52,83 @@ impl Signals {
     /// Installs the handlers.
     pub fn install() -> io::Result<Self> {
         let mut set = FORWARDED.to_vec();
-        set.push(SIGCHLD);
+        set.extend([SIGCHLD, SIGCONT]);
         SignalsInfo::<WithOrigin>::new(set).map(Signals)
     }
 }
 
-/// Whether a signal should be passed on to the app.
-fn should_forward(origin: &Origin) -> bool {
-    if !FORWARDED.contains(&origin.signal) {
-        return false;
-    }
-    // The terminal driver signals the whole foreground process group, app included.
-    !matches!(origin.cause, Cause::Kernel)
+/// The app as the lifecycle follows it.
+pub struct App<'a> {
+    /// The main program's pid (also its process group id).
+    pub pid: i32,
+    /// A pidfd on it, for signals that can't reach a recycled pid.
+    pub pidfd: &'a OwnedFd,
+    /// The terminal the app's group was given, when sctrace had one in the foreground.
+    pub terminal: Option<&'a Terminal>,
 }
 
-/// Waits for the main program to exit, forwarding signals meanwhile, then cleans up its
-/// leftover descendants (except the pids in `keep`, e.g. sctrace's own agent, and their own
-/// descendants) and returns how the main program ended.
-pub fn supervise(
-    mut signals: Signals,
-    main_pid: i32,
-    main_pidfd: &OwnedFd,
-    keep: &HashSet<i32>,
-) -> Exit {
-    let exit = 'wait: loop {
-        for origin in signals.0.wait() {
-            if origin.signal == SIGCHLD {
-                continue;
-            }
-            if should_forward(&origin) {
-                if let Err(err) = pidfd::send_signal(main_pidfd, origin.signal) {
-                    tracing::debug!(
-                        "cannot forward signal {} to the program: {err}",
-                        origin.signal
-                    );
-                }
+impl App<'_> {
+    /// The program stopped: take the terminal back and stop sctrace the same way.
+    fn stopped(&self, signal: i32) {
+        if let Some(terminal) = self.terminal {
+            if let Err(err) = terminal.take_back() {
+                tracing::debug!("cannot take the terminal back: {err}");
             }
         }
-        // Reap after every wake-up: SIGCHLDs coalesce, so look for all exited children.
-        if let Some(exit) = reap_until(main_pid) {
+        let stop = match signal {
+            SIGTSTP | SIGTTIN | SIGTTOU => signal,
+            _ => SIGSTOP,
+        };
+        if let Err(err) = process::stop_self(stop) {
+            tracing::debug!("cannot stop with the program: {err}");
+        }
+    }
+
+    /// sctrace was continued: give the terminal back when in the foreground again, and
+    /// continue the program's group.
+    fn continued(&self) {
+        if let Some(terminal) = self.terminal.filter(|t| t.is_ours()) {
+            if let Err(err) = terminal.give_to(self.pid) {
+                tracing::debug!("cannot give the terminal to the program: {err}");
+            }
+        }
+        let _ = process::kill(-self.pid, SIGCONT);
+    }
+}
+
+/// Waits for the main program to exit, forwarding signals and following its job control
+/// meanwhile, then cleans up its leftover descendants (except the pids in `keep`, e.g.
+/// sctrace's own agent, and their own descendants) and returns how the main program ended.
+pub fn supervise(mut signals: Signals, app: &App<'_>, keep: &HashSet<i32>) -> Exit {
+    let exit = 'wait: loop {
+        for origin in signals.0.wait() {
+            match origin.signal {
+                SIGCHLD => {}
+                SIGCONT => app.continued(),
+                signal if FORWARDED.contains(&signal) => {
+                    if let Err(err) = pidfd::send_signal(app.pidfd, signal) {
+                        tracing::debug!("cannot forward signal {signal} to the program: {err}");
+                    }
+                }
+                _ => {}
+            }
+        }
+        // SIGCHLDs coalesce: after every wake-up, look at the main program, then reap every
+        // other exited child.
+        match process::poll_main(app.pid) {
+            Ok(MainState::Ended(exit)) => break 'wait exit,
+            Ok(MainState::Stopped(signal)) => app.stopped(signal),
+            Ok(MainState::Continued | MainState::Running) => {}
+            Err(err) => tracing::debug!("waitpid on the program failed: {err}"),
+        }
+        if let Some(exit) = reap_until(app.pid) {
             break 'wait exit;
         }
     };
-    clean_up(main_pid, keep);
+    if let Some(terminal) = app.terminal {
+        let _ = terminal.take_back();
+    }
+    clean_up(app.pid, keep);
     exit
 }
 

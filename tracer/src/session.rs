@@ -14,15 +14,16 @@ use crate::agent_link::{self, AgentLink, LinkError};
 use crate::env::{self, EnvError, TargetEnv};
 use crate::events::{EventSink, Format, Writer};
 use crate::execute::Executor;
+use crate::features::{self, Probe};
 use crate::handlers::Context;
 use crate::launch::{self, LaunchError};
 use crate::lifecycle::{self, Signals};
 use crate::progress::{Progress, Style};
 use crate::remote::Remote;
 use crate::supervisor;
-use crate::sys::notify;
 use crate::sys::pidfd;
 use crate::sys::process::{self, Exit};
+use crate::sys::terminal::{self, Terminal};
 
 /// What to run and where events go.
 pub struct Session {
@@ -43,9 +44,15 @@ pub enum SessionError {
     /// The kernel lacks seccomp user notification.
     #[error("this kernel does not support seccomp user notification ({0}); sctrace needs Linux 5.6 or later built with CONFIG_SECCOMP_FILTER")]
     NoUserNotification(#[source] io::Error),
+    /// seccomp itself is refused (a seccomp profile, a security module).
+    #[error("seccomp is refused here ({0}), e.g. by a container's seccomp profile that forbids the seccomp system call; sctrace needs to install a seccomp filter: run it where seccomp is allowed (Docker's default profile allows it)")]
+    SeccompRefused(#[source] io::Error),
     /// The kernel lacks pidfd_getfd.
-    #[error("this kernel lacks pidfd_getfd; sctrace needs Linux 5.6 or later")]
-    NoPidfdGetfd,
+    #[error("this kernel lacks pidfd_getfd ({0}); sctrace needs Linux 5.6 or later")]
+    NoPidfdGetfd(#[source] io::Error),
+    /// pidfd_getfd is refused (Docker's default seccomp profile without CAP_SYS_PTRACE).
+    #[error("pidfd_getfd is refused here ({0}), as Docker's and containerd's default seccomp profiles do without CAP_SYS_PTRACE; run the container with --cap-add=SYS_PTRACE (see `sctrace doctor`)")]
+    PidfdGetfdRefused(#[source] io::Error),
     /// sctrace could not make itself the subreaper of the app's processes.
     #[error("cannot become the child subreaper (prctl: {0})")]
     Subreaper(#[source] io::Error),
@@ -70,30 +77,82 @@ pub enum SessionError {
     /// The app's environment (`feature.env`) could not be assembled.
     #[error(transparent)]
     Env(#[from] EnvError),
+    /// A signal ended sctrace before the program started.
+    #[error("stopped by {} before the program started", signal_name(*.0))]
+    Interrupted(i32),
 }
 
 impl SessionError {
-    /// The exit status for this failure (127/126 like a shell, 125 for sctrace's own).
+    /// The exit status for this failure (127/126 like a shell, 128+N for a signal, 125 for
+    /// sctrace's own).
     pub fn exit_code(&self) -> i32 {
         match self {
             SessionError::Launch(e) => e.exit_code(),
+            SessionError::Interrupted(signal) => 128 + signal,
             _ => 125,
         }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
     }
 }
 
 /// How long sctrace waits, after the app is gone, for in-flight work to finish.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// Checks that this machine allows what the session needs, by trying it.
+fn check_features() -> Result<(), SessionError> {
+    match features::user_notification() {
+        Probe::Works => {}
+        Probe::Missing(err) => return Err(SessionError::NoUserNotification(err)),
+        Probe::Refused(err) => return Err(SessionError::SeccompRefused(err)),
+    }
+    match features::pidfd_getfd() {
+        Probe::Works => Ok(()),
+        Probe::Missing(err) => Err(SessionError::NoPidfdGetfd(err)),
+        Probe::Refused(err) => Err(SessionError::PidfdGetfdRefused(err)),
+    }
+}
+
+/// A relaying session's agent link and state; dropping it ends the session quietly (its
+/// end is not reported as a lost agent).
+struct Relay {
+    remote: Arc<Remote>,
+    link: AgentLink,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.remote.mark_lost();
+        self.link
+            .handle
+            .shutdown("sctrace is done: the program exited");
+        // Dropping the link (after this) stops the agent sctrace started.
+    }
+}
+
+/// What must be ready before the program starts.
+struct Started {
+    relay: Option<Relay>,
+    env: Option<TargetEnv>,
+}
+
 impl Session {
     /// Runs the program to completion and returns the status sctrace should exit with.
     pub fn run(self) -> Result<i32, SessionError> {
-        notify::user_notification_supported().map_err(SessionError::NoUserNotification)?;
-        if !pidfd::get_fd_supported() {
-            return Err(SessionError::NoPidfdGetfd);
-        }
+        check_features()?;
         if let Err(err) = process::raise_nofile_limit() {
             tracing::debug!("cannot raise the open-file limit: {err}");
+        }
+        // Before any other thread exists, so that all of them inherit the mask.
+        if let Err(err) = terminal::block_background_stops() {
+            tracing::debug!("cannot block SIGTTOU/SIGTTIN: {err}");
         }
         process::become_child_subreaper().map_err(SessionError::Subreaper)?;
         let signals = Signals::install().map_err(SessionError::Signals)?;
@@ -109,30 +168,45 @@ impl Session {
         let writer_task = writer.map(|w| runtime.spawn(w.run(writer_stopped)));
 
         // A relaying session reaches its agent, and takes the target's environment, before
-        // the app starts.
+        // the app starts. Every step is bounded, and SIGINT, SIGTERM or SIGHUP end it.
         let progress = match &self.relay {
             Some(_) => Progress::new(Style::detect(self.quiet)),
             None => Progress::quiet(),
         };
-        let relay = match &self.relay {
-            Some(config) => {
-                Some(runtime.block_on(start_relay(config, events.clone(), &progress))?)
+        let started = runtime.block_on(async {
+            let startup = async {
+                let relay = match &self.relay {
+                    Some(config) => Some(start_relay(config, events.clone(), &progress).await?),
+                    None => None,
+                };
+                let env = match (&self.relay, &relay) {
+                    (Some(config), Some(relay)) => Some(
+                        env::fetch(
+                            &relay.link.handle,
+                            config.target.path.as_ref(),
+                            &config.feature.env,
+                        )
+                        .await?,
+                    ),
+                    _ => None,
+                };
+                Ok::<_, SessionError>(Started { relay, env })
+            };
+            tokio::select! {
+                started = startup => started,
+                signal = startup_signal() => {
+                    progress.failed();
+                    Err(SessionError::Interrupted(signal))
+                }
             }
-            None => None,
-        };
-        let app_env: Option<TargetEnv> = match (&self.relay, &relay) {
-            (Some(config), Some((_, link))) => Some(runtime.block_on(env::fetch(
-                &link.handle,
-                config.target.path.as_ref(),
-                &config.feature.env,
-            ))?),
-            _ => None,
-        };
+        })?;
+        let Started {
+            relay,
+            env: app_env,
+        } = started;
         let mut keep = HashSet::new();
-        if let Some((_, link)) = &relay {
-            if let Some(agent) = &link.process {
-                keep.insert(agent.pid());
-            }
+        if let Some(agent) = relay.as_ref().and_then(|r| r.link.process.as_ref()) {
+            keep.insert(agent.pid());
         }
 
         let (program, args) = self
@@ -145,11 +219,23 @@ impl Session {
             receives: relay.is_some(),
         };
         let filter = launch::bpf::build(&launch::bpf::NATIVE, traps);
-        let app = launch::launch(&program, &args, filter, |cmd| {
-            if let Some(app_env) = &app_env {
-                app_env.apply(cmd);
-            }
-        })?;
+        let terminal = Terminal::foreground();
+        let app = launch::launch(
+            &program,
+            &args,
+            filter,
+            terminal.as_ref().map(Terminal::raw_fd),
+            |cmd| {
+                if let Some(app_env) = &app_env {
+                    app_env.apply(cmd);
+                }
+            },
+        )?;
+        if let Some(terminal) = &terminal {
+            // The program did this itself before exec; doing it here too closes the window
+            // in which sctrace could still see itself in the foreground (as shells do).
+            let _ = terminal.give_to(app.pid);
+        }
         progress.finish(&format!("started {}", program.to_string_lossy()));
         tracing::debug!("started {} as pid {}", program.to_string_lossy(), app.pid);
 
@@ -157,7 +243,7 @@ impl Session {
             notify: Arc::new(app.notify),
             events,
             identities: Default::default(),
-            remote: relay.as_ref().map(|(remote, _)| Arc::clone(remote)),
+            remote: relay.as_ref().map(|r| Arc::clone(&r.remote)),
         });
         let executor = Executor::new(ctx.remote.clone());
         let notify_loop = supervisor::start(Arc::clone(&ctx), executor, runtime.handle().clone());
@@ -171,7 +257,12 @@ impl Session {
             }
         };
 
-        let exit = lifecycle::supervise(signals, app.pid, &app.pidfd, &keep);
+        let followed = lifecycle::App {
+            pid: app.pid,
+            pidfd: &app.pidfd,
+            terminal: terminal.as_ref(),
+        };
+        let exit = lifecycle::supervise(signals, &followed, &keep);
         if exit == Exit::Signal(libc::SIGSYS) {
             eprintln!(
                 "sctrace: the program was killed by SIGSYS; sctrace kills programs that make system calls through another ABI (32-bit i386/arm or x32), which it cannot observe"
@@ -187,14 +278,37 @@ impl Session {
                 let _ = tokio::time::timeout(DRAIN, task).await;
             }
         });
-        if let Some((remote, link)) = relay {
-            remote.mark_lost();
-            link.handle.shutdown("sctrace is done: the program exited");
-            // Dropping the link stops the agent sctrace started.
-            drop(link);
-        }
+        drop(relay);
         runtime.shutdown_timeout(Duration::from_millis(100));
         Ok(lifecycle::shell_status(exit))
+    }
+}
+
+/// The first of SIGINT, SIGTERM, SIGHUP to arrive.
+async fn startup_signal() -> i32 {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    let listen = |number: i32| {
+        signal(SignalKind::from_raw(number))
+            .inspect_err(|err| tracing::debug!("cannot listen for signal {number}: {err}"))
+            .ok()
+    };
+    async fn arrival(stream: &mut Option<Signal>) {
+        match stream {
+            Some(stream) => {
+                stream.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    let (mut int, mut term, mut hup) = (
+        listen(libc::SIGINT),
+        listen(libc::SIGTERM),
+        listen(libc::SIGHUP),
+    );
+    tokio::select! {
+        () = arrival(&mut int) => libc::SIGINT,
+        () = arrival(&mut term) => libc::SIGTERM,
+        () = arrival(&mut hup) => libc::SIGHUP,
     }
 }
 
@@ -203,7 +317,7 @@ async fn start_relay(
     config: &Config,
     events: EventSink,
     progress: &Progress,
-) -> Result<(Arc<Remote>, AgentLink), SessionError> {
+) -> Result<Relay, SessionError> {
     let mut link = agent_link::open(
         config,
         std::env::var("SCTRACE_AGENT_TOKEN")
@@ -227,5 +341,5 @@ async fn start_relay(
         }
     });
     tracing::debug!("relaying through the agent at {}", link.address);
-    Ok((remote, link))
+    Ok(Relay { remote, link })
 }

@@ -8,6 +8,7 @@
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -118,6 +119,9 @@ impl LocalAgent {
             .arg("--handoff-socket")
             .arg(&handoff)
             .args(["--once", "--log-level", "warn"])
+            // Its own process group: the terminal's Ctrl-C and signals sent to sctrace's
+            // group must not stop the agent while the program still needs it.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -1,30 +1,39 @@
-//! Starting the app under the seccomp filter and taking the filter's listener.
+//! Starting the app under the seccomp filter and keeping the filter's listener.
 //!
 //! ```text
-//!  parent                                   child (after fork, before exec)
+//!  main thread                      launch thread                     app
 //!  build BPF program
-//!  spawn handoff thread ─┐                  prctl(NO_NEW_PRIVS)
-//!  Command::spawn ───────┼── fork ────────▶ seccomp(SET_MODE_FILTER, NEW_LISTENER)
-//!                        │◀── status pipe ─ (pid, listener fd)  or (failed step, errno)
-//!   pidfd_open(pid)      │
-//!   pidfd_getfd(listener)│
-//!                        └── ack pipe ───▶  read go-ahead, exec PROGRAM
-//!  spawn returns (exec succeeded or its errno)
+//!  spawn launch thread ───────────▶ prctl(NO_NEW_PRIVS)    (this thread only)
+//!                                   seccomp(SET_MODE_FILTER, NEW_LISTENER)
+//!                                     → listener fd, in sctrace's own fd table
+//!                                   Command::spawn ─── fork ─▶ (inherits the filter and
+//!                                                              no_new_privs)
+//!                                                              setpgid(0, 0), tcsetpgrp
+//!                                                              exec PROGRAM
+//!  join ◀──── (pid, listener) ───── exits
 //! ```
+//!
+//! `no_new_privs` and seccomp filters belong to a thread and are inherited by what it
+//! starts, so installing the filter on a short-lived thread of sctrace's puts the app under
+//! it while sctrace's other threads stay free — and the listener is created in sctrace's own
+//! fd table. No fd has to cross between processes (`pidfd_getfd`, which container seccomp
+//! profiles refuse, or SCM_RIGHTS, which the filter itself would trap), and there is no
+//! handshake that could wait forever. Nothing the launch thread does after installing the
+//! filter (fork, pipe, read, exit) is a call the filter traps.
 
 pub mod bpf;
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
-use std::process::Command;
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::process::{Child, Command};
 use std::thread;
 
 use thiserror::Error;
 
 use crate::errno::Errno;
-use crate::sys::child::{install_filter_before_exec, ChildReport, ACK_GO};
-use crate::sys::notify::{InstallStep, NotifyFd};
+use crate::sys::child::own_process_group;
+use crate::sys::notify::{install_filter_on_this_thread, InstallStep, NotifyFd};
 use crate::sys::pidfd;
 
 /// The started app: its main process and the supervisor's end of the filter.
@@ -62,10 +71,10 @@ pub enum LaunchError {
     /// The kernel refused the seccomp filter.
     #[error("{}", seccomp_refusal(.0))]
     Seccomp(Errno),
-    /// Taking the filter's listener from the child failed.
-    #[error("cannot take the seccomp listener from the child (pidfd_getfd: {source}); sctrace needs Linux 5.6 or later and permission to access its own children")]
-    TakeListener {
-        /// The pidfd error.
+    /// A pidfd on the started program could not be opened.
+    #[error("cannot open a pidfd on the program (pidfd_open: {source}); sctrace needs Linux 5.3 or later")]
+    Pidfd {
+        /// The pidfd_open error.
         #[source]
         source: io::Error,
     },
@@ -78,13 +87,11 @@ pub enum LaunchError {
         #[source]
         source: io::Error,
     },
-    /// The child/parent handshake broke.
-    #[error("cannot start {program}: the child did not report its seccomp listener ({reason})")]
-    Handoff {
+    /// The launch thread could not run.
+    #[error("cannot start {program}: the launch thread failed")]
+    Thread {
         /// The program as given.
         program: String,
-        /// What went wrong.
-        reason: String,
     },
 }
 
@@ -125,98 +132,58 @@ fn seccomp_refusal(errno: &Errno) -> String {
     }
 }
 
-/// What the handoff thread learned.
-enum Handoff {
-    Listener(i32, OwnedFd, OwnedFd),
-    Refused(InstallStep, i32),
-    Broken(String),
-    TakeFailed(io::Error),
-}
-
-/// Starts `program` with `args` under `filter`, inheriting stdio, environment and the
-/// process group (so the terminal's job control and signals reach it as usual).
+/// Starts `program` with `args` under `filter`, inheriting stdio, environment and
+/// working directory, in a process group of its own that takes over the terminal's
+/// foreground when `terminal` (sctrace's controlling terminal, sctrace in its foreground)
+/// is given.
 pub fn launch(
     program: &OsStr,
     args: &[OsString],
     filter: Vec<libc::sock_filter>,
+    terminal: Option<RawFd>,
     configure: impl FnOnce(&mut Command),
 ) -> Result<Launched, LaunchError> {
     let shown = program.to_string_lossy().into_owned();
-    let spawn_err = |source| LaunchError::Spawn {
-        program: shown.clone(),
-        source,
-    };
-    let (mut status_rx, status_tx) = io::pipe().map_err(spawn_err)?;
-    let (ack_rx, mut ack_tx) = io::pipe().map_err(spawn_err)?;
-
     let mut cmd = Command::new(program);
     cmd.args(args);
     configure(&mut cmd);
-    install_filter_before_exec(&mut cmd, filter, status_tx.as_fd(), ack_rx.as_fd());
+    own_process_group(&mut cmd, terminal);
 
-    let handoff = thread::Builder::new()
-        .name("sctrace-handoff".into())
-        .spawn(move || -> Handoff {
-            let mut buf = [0u8; ChildReport::SIZE];
-            if let Err(err) = status_rx.read_exact(&mut buf) {
-                return Handoff::Broken(format!("status pipe: {err}"));
-            }
-            match ChildReport::decode(&buf) {
-                Some(ChildReport::Listening { pid, listener }) => {
-                    let taken = pidfd::open_process(pid).and_then(|p| {
-                        let fd = pidfd::get_fd(&p, listener)?;
-                        Ok((p, fd))
-                    });
-                    match taken {
-                        Ok((p, fd)) => match ack_tx.write_all(&[ACK_GO]) {
-                            Ok(()) => Handoff::Listener(pid, p, fd),
-                            Err(err) => Handoff::Broken(format!("ack pipe: {err}")),
-                        },
-                        // Dropping ack_tx without the go-ahead makes the child give up.
-                        Err(err) => Handoff::TakeFailed(err),
-                    }
-                }
-                Some(ChildReport::Failed { step, errno }) => Handoff::Refused(step, errno),
-                None => Handoff::Broken("garbled status report".into()),
-            }
+    let started = thread::Builder::new()
+        .name("sctrace-launch".into())
+        .spawn(move || -> Result<(Child, OwnedFd), LaunchError> {
+            let listener =
+                install_filter_on_this_thread(&filter).map_err(|(step, errno)| match step {
+                    InstallStep::NoNewPrivs => LaunchError::NoNewPrivs(Errno(errno)),
+                    InstallStep::Seccomp => LaunchError::Seccomp(Errno(errno)),
+                })?;
+            let child = cmd
+                .spawn()
+                .map_err(|err| exec_error(program_name(&cmd), err))?;
+            Ok((child, listener))
         })
-        .map_err(spawn_err)?;
-
-    let spawned = cmd.spawn();
-    // Close the parent's copies of the child's ends so the handoff thread sees EOF if the
-    // child never reported (it died before installing the filter).
-    drop(cmd);
-    drop(status_tx);
-    drop(ack_rx);
-    let handoff = handoff
+        .map_err(|source| LaunchError::Spawn {
+            program: shown.clone(),
+            source,
+        })?
         .join()
-        .unwrap_or_else(|_| Handoff::Broken("handoff thread panicked".into()));
+        .map_err(|_| LaunchError::Thread {
+            program: shown.clone(),
+        })?;
+    let (child, listener) = started?;
+    let pid = child.id() as i32;
+    // The child is reaped by the lifecycle's waitpid loop, not through `Child`.
+    drop(child);
+    let pidfd = pidfd::open_process(pid).map_err(|source| LaunchError::Pidfd { source })?;
+    Ok(Launched {
+        pid,
+        pidfd,
+        notify: NotifyFd::new(listener),
+    })
+}
 
-    match (spawned, handoff) {
-        (_, Handoff::Refused(InstallStep::NoNewPrivs, errno)) => {
-            Err(LaunchError::NoNewPrivs(Errno(errno)))
-        }
-        (_, Handoff::Refused(InstallStep::Seccomp, errno)) => {
-            Err(LaunchError::Seccomp(Errno(errno)))
-        }
-        (_, Handoff::TakeFailed(source)) => Err(LaunchError::TakeListener { source }),
-        (Ok(child), Handoff::Listener(pid, pidfd, listener)) if child.id() as i32 == pid => {
-            Ok(Launched {
-                pid,
-                pidfd,
-                notify: NotifyFd::new(listener),
-            })
-        }
-        (Ok(_), Handoff::Listener(..)) => Err(LaunchError::Handoff {
-            program: shown,
-            reason: "the reporting process is not the spawned child".into(),
-        }),
-        (Ok(_), Handoff::Broken(reason)) => Err(LaunchError::Handoff {
-            program: shown,
-            reason,
-        }),
-        (Err(err), _) => Err(exec_error(shown, err)),
-    }
+fn program_name(cmd: &Command) -> String {
+    cmd.get_program().to_string_lossy().into_owned()
 }
 
 /// Maps an exec failure to what a shell would say and return.

@@ -11,6 +11,7 @@ pub mod notify;
 pub mod pidfd;
 pub mod process;
 pub mod socket;
+pub mod terminal;
 
 /// Runs a libc call that returns -1 on failure and turns that into an `io::Error` from errno.
 macro_rules! syscall {

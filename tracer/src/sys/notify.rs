@@ -1,5 +1,6 @@
-//! The seccomp user-notification interface: installing the filter in the child (between
-//! fork and exec) and, in the supervisor, receiving notifications and answering them.
+//! The seccomp user-notification interface: installing the filter (on the thread that then
+//! starts the app, so the listener lands in sctrace's own fd table) and receiving
+//! notifications and answering them.
 //!
 //! Kernel facts relied on (Documentation/userspace-api/seccomp_filter.rst):
 //! - `SECCOMP_FILTER_FLAG_NEW_LISTENER` returns the listener fd (close-on-exec).
@@ -13,7 +14,7 @@
 //!   app thread and the supervisor thread, which roughly halves the round trip.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use super::syscall;
 
@@ -216,33 +217,22 @@ pub fn user_notification_supported() -> io::Result<()> {
     .map(drop)
 }
 
-/// Why installing the filter in the child failed; sent to the parent as two integers.
+/// Which step of installing the filter failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i32)]
 pub enum InstallStep {
     /// `prctl(PR_SET_NO_NEW_PRIVS)` failed.
-    NoNewPrivs = 1,
+    NoNewPrivs,
     /// `seccomp(SECCOMP_SET_MODE_FILTER)` failed.
-    Seccomp = 2,
+    Seccomp,
 }
 
-impl InstallStep {
-    /// Decodes the step number the child sent.
-    pub fn from_raw(raw: i32) -> Option<Self> {
-        match raw {
-            1 => Some(Self::NoNewPrivs),
-            2 => Some(Self::Seccomp),
-            _ => None,
-        }
-    }
-}
-
-/// Installs `program` as a seccomp filter on the calling (child) process and returns the
-/// listener fd, or the failing step and errno.
-///
-/// Async-signal-safe: only raw system calls, no allocation, so it may run between `fork`
-/// and `exec` in a multi-threaded parent.
-pub fn install_filter_in_child(program: &[libc::sock_filter]) -> Result<RawFd, (InstallStep, i32)> {
+/// Installs `program` as a seccomp filter on the calling thread only (no TSYNC), after
+/// setting its `no_new_privs`, and returns the listener (close-on-exec), or the failing step
+/// and errno. Both are per-thread attributes inherited by the processes the thread starts,
+/// so the app it spawns next runs under the filter while sctrace's other threads do not.
+pub fn install_filter_on_this_thread(
+    program: &[libc::sock_filter],
+) -> Result<OwnedFd, (InstallStep, i32)> {
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
     let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     if ret != 0 {
@@ -265,7 +255,8 @@ pub fn install_filter_in_child(program: &[libc::sock_filter]) -> Result<RawFd, (
             )
         };
         if ret >= 0 {
-            return Ok(ret as RawFd);
+            // SAFETY: the kernel just returned this new fd; nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
         }
         let err = errno();
         // EINVAL with the newer flag means an older kernel: try again without it.

@@ -76,9 +76,12 @@ pub fn send_signal(pidfd: &OwnedFd, signal: i32) -> io::Result<()> {
     .map(drop)
 }
 
-/// Tells whether this kernel has `pidfd_getfd` (Linux 5.6), without side effects.
-pub fn get_fd_supported() -> bool {
-    // SAFETY: an invalid pidfd makes the call fail with EBADF where it exists.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_getfd, -1, 0, 0) };
-    !(ret == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+/// Tries `pidfd_open` and `pidfd_getfd` for real, on sctrace's own process (copying the
+/// pidfd's own fd): the errno tells a kernel without them (ENOSYS) from a seccomp profile or
+/// security module that refuses them (EPERM, EACCES), which a dry call with bad arguments
+/// could not tell.
+pub fn probe_get_fd() -> io::Result<()> {
+    // SAFETY: getpid has no arguments and cannot fail.
+    let me = open_process(unsafe { libc::getpid() })?;
+    get_fd(&me, me.as_raw_fd()).map(drop)
 }

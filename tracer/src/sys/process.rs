@@ -1,8 +1,7 @@
-//! Process control for the supervisor: reaping, signalling, the child-subreaper role,
-//! resource limits, and the raw pipe I/O the child uses between fork and exec.
+//! Process control for the supervisor: reaping, following the main program's stops and
+//! continues, signalling, the child-subreaper role, and resource limits.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::syscall;
 
@@ -45,6 +44,54 @@ pub fn reap_any() -> io::Result<Option<(i32, Exit)>> {
     Ok(Some((pid, exit)))
 }
 
+/// What became of the main program since it was last asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainState {
+    /// Nothing new.
+    Running,
+    /// It was stopped by this signal (job control: SIGTSTP, SIGTTIN, SIGTTOU, SIGSTOP).
+    Stopped(i32),
+    /// It was continued.
+    Continued,
+    /// It ended (and is reaped).
+    Ended(Exit),
+}
+
+/// Asks, without blocking, what became of process `pid` (a child), stops and continues
+/// included.
+pub fn poll_main(pid: i32) -> io::Result<MainState> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: `status` is valid for writes.
+    let ret = unsafe {
+        libc::waitpid(
+            pid,
+            &mut status,
+            libc::WNOHANG | libc::WUNTRACED | libc::WCONTINUED | libc::__WALL,
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(if ret == 0 {
+        MainState::Running
+    } else if libc::WIFSTOPPED(status) {
+        MainState::Stopped(libc::WSTOPSIG(status))
+    } else if libc::WIFCONTINUED(status) {
+        MainState::Continued
+    } else if libc::WIFSIGNALED(status) {
+        MainState::Ended(Exit::Signal(libc::WTERMSIG(status)))
+    } else {
+        MainState::Ended(Exit::Code(libc::WEXITSTATUS(status)))
+    })
+}
+
+/// Stops sctrace itself with `signal` (a job-control stop), as its stopped program did, so
+/// that the shell sees its job stop.
+pub fn stop_self(signal: i32) -> io::Result<()> {
+    // SAFETY: kill takes integers only.
+    syscall!(unsafe { libc::kill(libc::getpid(), signal) }).map(drop)
+}
+
 /// `kill(pid, signal)`; ESRCH (already gone) is not an error.
 pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes integers only.
@@ -76,53 +123,8 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// Writes all of `buf` to `fd`. Async-signal-safe (used in the child before exec).
-pub fn write_all_raw(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), i32> {
-    while !buf.is_empty() {
-        // SAFETY: `buf` is valid for reads of its length.
-        let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let err = last_errno();
-            if err == libc::EINTR {
-                continue;
-            }
-            return Err(err);
-        }
-        buf = &buf[n as usize..];
-    }
-    Ok(())
-}
-
-/// Reads exactly `buf.len()` bytes from `fd`; `Ok(false)` on end of file before that.
-/// Async-signal-safe (used in the child before exec).
-pub fn read_exact_raw(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<bool, i32> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: `rest` is valid for writes of its length.
-        let n = unsafe { libc::read(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len()) };
-        if n < 0 {
-            let err = last_errno();
-            if err == libc::EINTR {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Ok(false);
-        }
-        filled += n as usize;
-    }
-    Ok(true)
-}
-
 /// The calling process's id. Async-signal-safe.
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no arguments and cannot fail.
     unsafe { libc::getpid() }
-}
-
-fn last_errno() -> i32 {
-    // SAFETY: __errno_location returns a valid thread-local pointer.
-    unsafe { *libc::__errno_location() }
 }
