@@ -662,10 +662,8 @@ fn a_signal_to_sctraces_group_leaves_the_agent_working_for_the_programs_handler(
     std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
     assert_eq!(first.trim(), "ready");
     // SAFETY: kill with the process group this test started.
-    assert_eq!(
-        unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) },
-        0
-    );
+    let sent = unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+    assert_eq!(sent, 0);
     let deadline = Instant::now() + T;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
