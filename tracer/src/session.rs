@@ -244,6 +244,7 @@ impl Session {
             events,
             identities: Default::default(),
             remote: relay.as_ref().map(|r| Arc::clone(&r.remote)),
+            uninspectable: Default::default(),
         });
         let executor = Executor::new(ctx.remote.clone());
         let notify_loop = supervisor::start(Arc::clone(&ctx), executor, runtime.handle().clone());

@@ -15,7 +15,7 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     let Some(remote) = ctx.remote.as_ref().filter(|r| r.incoming.enabled()) else {
         return Reply::Continue.into();
     };
-    let sock = match ctx.take_socket(n, n.arg_int(0)) {
+    let sock = match ctx.take_socket(n, n.arg_int(0), None) {
         Ok(sock) => sock,
         Err(reply) => return reply.into(),
     };

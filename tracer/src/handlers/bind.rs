@@ -17,7 +17,7 @@ use super::Context;
 pub fn decide_bind(ctx: &Context, n: &Notification) -> Plan {
     let len = n.arg_int(2);
     let addr = n.copy_addr(n.arg_ptr(1), len);
-    let sock = match ctx.take_socket(n, n.arg_int(0)) {
+    let sock = match ctx.take_socket(n, n.arg_int(0), None) {
         Ok(sock) => sock,
         Err(reply) => return reply.into(),
     };
@@ -49,7 +49,7 @@ fn moved_bind(remote: &crate::remote::Remote, addr: &AddrArg) -> Option<MovedBin
 /// Decides one trapped listen.
 pub fn decide_listen(ctx: &Context, n: &Notification) -> Plan {
     let backlog = n.arg_int(1);
-    let sock = match ctx.take_socket(n, n.arg_int(0)) {
+    let sock = match ctx.take_socket(n, n.arg_int(0), None) {
         Ok(sock) => sock,
         Err(reply) => return reply.into(),
     };

@@ -29,7 +29,7 @@ use super::Context;
 pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     let len = n.arg_int(2);
     let addr = n.copy_addr(n.arg_ptr(1), len);
-    let sock = match ctx.take_socket(n, n.arg_int(0)) {
+    let sock = match ctx.take_socket(n, n.arg_int(0), Some(&addr)) {
         Ok(sock) => sock,
         Err(reply) => return reply.into(),
     };

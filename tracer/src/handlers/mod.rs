@@ -15,18 +15,21 @@ mod connect;
 mod recv;
 mod send;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use sctrace_filter::Protocol;
 
 use crate::dns::Asker;
 use crate::errno::Errno;
 use crate::events::{EventSink, Record};
 use crate::plan::{Plan, Reply};
 use crate::procfs::IdentityCache;
-use crate::remote::Remote;
+use crate::remote::{Destination, Remote};
 use crate::sockaddr::{family_name, sock_type_name};
 use crate::sys::notify::NotifyFd;
 use crate::trap::socket::{AppSocket, Untaken};
-use crate::trap::{Notification, Syscall};
+use crate::trap::{AddrArg, Notification, Syscall};
 
 /// What handlers share: the listener (for validity checks), events, and the relaying
 /// session when there is an agent.
@@ -39,6 +42,8 @@ pub struct Context {
     pub identities: IdentityCache,
     /// The relaying session, when there is an agent.
     pub remote: Option<Arc<Remote>>,
+    /// Processes already warned about as uninspectable.
+    pub uninspectable: Mutex<HashSet<i32>>,
 }
 
 impl Context {
@@ -48,21 +53,57 @@ impl Context {
     }
 
     /// Copies the app's socket `app_fd` for call `n` (after the call's other arguments were
-    /// copied). On failure, the answer to the call: EBADF as the kernel would (it checks
-    /// the fd first), or `Continue` when the caller is gone or can't be reached.
-    pub fn take_socket(&self, n: &Notification, app_fd: i32) -> Result<AppSocket, Reply> {
+    /// copied; `dest` is the destination the call carries, if any). On failure, the answer
+    /// to the call: EBADF as the kernel would (it checks the fd first), `Continue` when the
+    /// caller is gone, or what [`Context::uninspectable`] says.
+    pub fn take_socket(
+        &self,
+        n: &Notification,
+        app_fd: i32,
+        dest: Option<&AddrArg>,
+    ) -> Result<AppSocket, Reply> {
         AppSocket::take(&self.notify, n, app_fd).map_err(|untaken| match untaken {
             Untaken::BadFd => Reply::Fail(Errno(libc::EBADF)),
             Untaken::Gone => Reply::Continue,
-            Untaken::Unreachable(err) => {
-                tracing::debug!(
-                    "{}: cannot copy fd {app_fd} of thread {}: {err}; left to the kernel",
-                    n.call.name(),
-                    n.tid()
-                );
-                Reply::Continue
-            }
+            Untaken::Unreachable(err) => self.uninspectable(n, dest, err),
         })
+    }
+
+    /// The answer to a call whose process sctrace can't inspect (it made itself
+    /// non-dumpable, or a security module forbids access): without its socket sctrace can't
+    /// carry out a remote decision, and it must not let the traffic leave from this machine
+    /// instead. A call whose destination the filter keeps local whatever the protocol (or
+    /// that has none) runs in the kernel; one that could go to the target fails with EPERM
+    /// (as a local firewall rule would make it), and sctrace says so once per process.
+    fn uninspectable(&self, n: &Notification, dest: Option<&AddrArg>, err: Errno) -> Reply {
+        let stays_local = match (&self.remote, dest) {
+            (None, _) | (_, None) => true,
+            (Some(_), Some(addr)) if addr.is_unix() => true,
+            (Some(remote), Some(addr)) => addr.inet().is_some_and(|dst| {
+                [Protocol::Tcp, Protocol::Udp]
+                    .into_iter()
+                    .all(|p| remote.route(p, dst).to == Destination::Local)
+            }),
+        };
+        if stays_local {
+            tracing::debug!(
+                "{}: cannot copy a socket of thread {}: {err}; left to the kernel",
+                n.call.name(),
+                n.tid()
+            );
+            return Reply::Continue;
+        }
+        let tid = n.tid() as i32;
+        let id = self.identities.get(tid);
+        let pid = id.as_ref().map_or(tid, |i| i.pid);
+        let first = self.uninspectable.lock().map(|mut seen| seen.insert(pid));
+        if first.unwrap_or(false) {
+            let comm = id.map(|i| i.comm).unwrap_or_else(|| "?".into());
+            eprintln!(
+                "sctrace: process {pid} ({comm}) cannot be inspected ({err}: it made itself non-dumpable, or a security module forbids it); its connections and datagrams that may go to the target fail with EPERM"
+            );
+        }
+        Reply::Fail(Errno(libc::EPERM))
     }
 
     /// The event record of call `n` on `sock`, when events are recorded.

@@ -30,7 +30,7 @@ fn association(ctx: &Context, n: &Notification) -> Result<(AppSocket, Arc<UdpAss
     let Some(remote) = &ctx.remote else {
         return Err(Reply::Continue);
     };
-    let sock = ctx.take_socket(n, n.arg_int(0))?;
+    let sock = ctx.take_socket(n, n.arg_int(0), None)?;
     let cookie = sock.cookie().map_err(|_| Reply::Continue)?;
     match remote.sockets.get(cookie) {
         Some(Managed::Udp { assoc, .. }) => Ok((sock, assoc)),
@@ -130,7 +130,7 @@ pub fn decide_getpeername(ctx: &Context, n: &Notification) -> Plan {
     let Some(remote) = &ctx.remote else {
         return Reply::Continue.into();
     };
-    let sock = match ctx.take_socket(n, n.arg_int(0)) {
+    let sock = match ctx.take_socket(n, n.arg_int(0), None) {
         Ok(sock) => sock,
         Err(reply) => return reply.into(),
     };

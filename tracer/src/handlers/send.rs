@@ -88,7 +88,7 @@ fn datagram(
 pub fn decide_sendto(ctx: &Context, n: &Notification) -> Plan {
     let (buf, len, flags) = (n.arg_ptr(1), n.arg_u64(2), n.arg_int(3));
     let addr = n.copy_addr(n.arg_ptr(4), n.arg_int(5));
-    let sock = match ctx.take_socket(n, n.arg_int(0)) {
+    let sock = match ctx.take_socket(n, n.arg_int(0), Some(&addr)) {
         Ok(sock) => sock,
         Err(reply) => return reply.into(),
     };
@@ -123,7 +123,7 @@ pub fn decide_sendmsg(ctx: &Context, n: &Notification) -> Plan {
     };
     let flags = n.arg_int(2);
     let addr = n.copy_addr(hdr.name, hdr.name_len);
-    let sock = match ctx.take_socket(n, n.arg_int(0)) {
+    let sock = match ctx.take_socket(n, n.arg_int(0), Some(&addr)) {
         Ok(sock) => sock,
         Err(reply) => return reply.into(),
     };

@@ -60,7 +60,12 @@ impl PendingCall {
 
 impl Drop for PendingCall {
     fn drop(&mut self) {
-        if !self.answered {
+        if self.answered {
+            return;
+        }
+        // A call whose caller is gone (killed while waiting, e.g. in a blocking accept)
+        // needs no answer; one still waiting means deferred work was lost (a bug).
+        if self.notify.id_valid(self.id) {
             tracing::error!(
                 "a trapped call (id {}) lost its handler; letting the kernel run it",
                 self.id
