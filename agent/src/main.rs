@@ -11,6 +11,7 @@ mod cli;
 mod container;
 mod dns;
 mod environ;
+mod errno;
 mod handoff;
 mod incoming;
 mod listener;
