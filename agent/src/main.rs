@@ -6,6 +6,7 @@
 //!                          ▼
 //!          tcp / udp / dns ──sockets from──► netns thread (setns into the target once)
 //! ```
+#![deny(unsafe_code)]
 
 mod cli;
 mod container;
@@ -18,6 +19,7 @@ mod listener;
 mod netns;
 mod session;
 mod splice;
+mod sys;
 mod target;
 mod tcp;
 mod token;

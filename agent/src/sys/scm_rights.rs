@@ -1,0 +1,40 @@
+//! Receiving file descriptors passed over a Unix socket (`SCM_RIGHTS`), as owned fds.
+//!
+//! Kernel facts: the kernel installs each passed fd in our table when the message is read
+//! (close-on-exec here, `MSG_CMSG_CLOEXEC`); fds that do not fit (no room in the control
+//! buffer, or our fd limit reached) are dropped by the kernel and the message is flagged
+//! `MSG_CTRUNC`, while its bytes are still read.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+
+/// One `recvmsg(2)` on `conn` into `buf` with room for one passed fd: the number of bytes
+/// read (0 at end of file) and the fds that arrived with them (none when there were none, or
+/// when the kernel could not install them).
+pub fn recv_with_fds(conn: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    let mut fds = Vec::new();
+    // An error here is MSG_CTRUNC: the fd could not be installed; the bytes are still read.
+    for c in msg.cmsgs().into_iter().flatten() {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these fds in our table for this message;
+            // nothing else refers to them, so taking ownership is sound.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok((msg.bytes, fds))
+}
