@@ -38,3 +38,51 @@ pub fn recv_with_fds(conn: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Ve
     }
     Ok((msg.bytes, fds))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{IoSlice, Read, Write};
+
+    use nix::sys::socket::{sendmsg, ControlMessage};
+
+    use super::*;
+
+    fn send(conn: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
+        let iov = [IoSlice::new(bytes)];
+        let cmsgs: Vec<_> = if fds.is_empty() {
+            Vec::new()
+        } else {
+            vec![ControlMessage::ScmRights(fds)]
+        };
+        sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsgs, MsgFlags::empty(), None).unwrap();
+    }
+
+    #[test]
+    fn a_passed_socket_arrives_owned_and_usable() {
+        let (tx, rx) = UnixStream::pair().unwrap();
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        send(&tx, &[0, 0, 0, 7], &[theirs.as_raw_fd()]);
+        drop(theirs);
+
+        let mut buf = [0u8; 4];
+        let (bytes, fds) = recv_with_fds(&rx, &mut buf).unwrap();
+        assert_eq!((bytes, buf, fds.len()), (4, [0, 0, 0, 7], 1));
+        let mut received = UnixStream::from(fds.into_iter().next().unwrap());
+        received.write_all(b"hi").unwrap();
+        let mut got = [0u8; 2];
+        ours.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hi");
+    }
+
+    #[test]
+    fn bytes_without_fds_and_end_of_file() {
+        let (tx, rx) = UnixStream::pair().unwrap();
+        send(&tx, &[1, 2], &[]);
+        drop(tx);
+        let mut buf = [0u8; 4];
+        let (bytes, fds) = recv_with_fds(&rx, &mut buf).unwrap();
+        assert_eq!((bytes, fds.len()), (2, 0));
+        let (bytes, fds) = recv_with_fds(&rx, &mut buf).unwrap();
+        assert_eq!((bytes, fds.len()), (0, 0));
+    }
+}
