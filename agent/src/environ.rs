@@ -2,6 +2,7 @@
 //! `/proc/PID/environ` (the environment the process was started with; reading it needs the
 //! same ptrace access as its namespaces, which the agent has as root).
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -45,7 +46,7 @@ impl EnvSource {
                         tracing::warn!(error = %e, "cannot send the target's environment");
                     }
                 }
-                Err(message) => request.fail(&message),
+                Err(e) => request.fail(&e.to_string()),
             },
         }
     }
@@ -54,21 +55,37 @@ impl EnvSource {
 /// The variables in `path` (NUL-separated `NAME=VALUE`), and the names of those left out for
 /// being larger than one frame can carry. Entries without `=` or with an empty name (a
 /// process may write anything over its environment) are dropped.
-fn read(path: &Path) -> Result<(Vars, Vec<String>), String> {
-    let data = std::fs::read(path).map_err(|e| {
-        format!(
-            "cannot read the target's environment {}: {e}",
-            path.display()
-        )
+fn read(path: &Path) -> Result<(Vars, Vec<String>), ReadError> {
+    let data = std::fs::read(path).map_err(|source| ReadError::Read {
+        path: path.to_path_buf(),
+        source,
     })?;
     let (vars, skipped) = parse(&data);
     let total: usize = vars.iter().map(|(n, v)| n.len() + v.len()).sum();
     if total > MAX_ENV_BYTES {
-        return Err(format!(
-            "the target's environment is {total} bytes, above the {MAX_ENV_BYTES} bytes sctrace carries"
-        ));
+        return Err(ReadError::TooLarge { total });
     }
     Ok((vars, skipped))
+}
+
+/// Why the target's environment cannot be sent. The message goes back to sctrace as it is.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// The `environ` file could not be read.
+    #[error("cannot read the target's environment {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The environment is larger than the protocol carries.
+    #[error("the target's environment is {total} bytes, above the {MAX_ENV_BYTES} bytes sctrace carries")]
+    TooLarge {
+        /// Its size in bytes.
+        total: usize,
+    },
 }
 
 fn parse(data: &[u8]) -> (Vars, Vec<String>) {
@@ -119,6 +136,8 @@ mod tests {
             .iter()
             .any(|(n, v)| &n[..] == b"PATH" && v[..] == *path.as_bytes()));
         let err = read(Path::new("/proc/0/environ")).unwrap_err();
-        assert!(err.starts_with("cannot read the target's environment /proc/0/environ"));
+        assert!(err
+            .to_string()
+            .starts_with("cannot read the target's environment /proc/0/environ"));
     }
 }

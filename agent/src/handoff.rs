@@ -16,16 +16,17 @@
 //! token can hand sockets over; a wrong token closes the channel.
 
 use std::collections::HashMap;
-use std::io::{self, IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use sctrace_protocol::Token;
 use tokio::sync::oneshot;
+
+use crate::sys;
 
 /// How long a connected stream waits for its socket before giving up.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -159,34 +160,18 @@ fn receive(conn: &UnixStream) -> io::Result<Option<(u32, Option<OwnedFd>)>> {
     let mut id = [0u8; 4];
     let mut filled = 0;
     let mut fd = None;
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
     while filled < id.len() {
-        let mut iov = [IoSliceMut::new(&mut id[filled..])];
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(io::Error::from)?;
-        // An error here is MSG_CTRUNC: the fd could not be installed; the id is still read.
-        for c in msg.cmsgs().into_iter().flatten() {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                for raw in fds {
-                    // SAFETY: the kernel just installed this fd in our table for this message;
-                    // nothing else refers to it, so taking ownership is sound.
-                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-                    // More than one fd per message is not ours to keep: dropping closes it.
-                    if fd.is_none() {
-                        fd = Some(owned);
-                    }
-                }
+        let (bytes, fds) = sys::scm_rights::recv_with_fds(conn, &mut id[filled..])?;
+        for owned in fds {
+            // More than one fd per message is not ours to keep: dropping closes it.
+            if fd.is_none() {
+                fd = Some(owned);
             }
         }
-        if msg.bytes == 0 {
+        if bytes == 0 {
             return Ok(None);
         }
-        filled += msg.bytes;
+        filled += bytes;
     }
     Ok(Some((u32::from_be_bytes(id), fd)))
 }

@@ -6,17 +6,20 @@
 //!                          ▼
 //!          tcp / udp / dns ──sockets from──► netns thread (setns into the target once)
 //! ```
+#![deny(unsafe_code)]
 
 mod cli;
 mod container;
 mod dns;
 mod environ;
+mod errno;
 mod handoff;
 mod incoming;
 mod listener;
 mod netns;
 mod session;
 mod splice;
+mod sys;
 mod target;
 mod tcp;
 mod token;

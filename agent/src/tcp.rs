@@ -9,12 +9,8 @@ use sctrace_protocol::{ConnectTcpRequest, RelayEnd};
 use socket2::{Domain, SockRef, Type};
 use tokio::net::TcpStream;
 
+use crate::errno;
 use crate::netns::NetnsSockets;
-
-/// `ETIMEDOUT`: what a connect that ran out of time reports, as the kernel's own would.
-const ETIMEDOUT: i32 = 110;
-/// `EIO`: for failures that carry no errno.
-const EIO: i32 = 5;
 
 /// Connects from the target namespace, giving up after `timeout`.
 pub async fn connect(
@@ -22,7 +18,7 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<TcpStream, i32> {
-    let errno = |e: io::Error| e.raw_os_error().unwrap_or(EIO);
+    let errno = |e: io::Error| errno::of(&e);
     let socket = sockets
         .socket(Domain::for_address(addr), Type::STREAM)
         .await
@@ -31,7 +27,7 @@ pub async fn connect(
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(errno(e)),
-        Err(_) => Err(ETIMEDOUT),
+        Err(_) => Err(errno::ETIMEDOUT),
     }
 }
 

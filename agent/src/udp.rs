@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use sctrace_protocol::OpenUdpRequest;
 use socket2::{Domain, Type};
 
+use crate::errno;
 use crate::netns::NetnsSockets;
-
-const EIO: i32 = 5;
 
 async fn open(sockets: &NetnsSockets, bind: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
     let socket = sockets
@@ -27,7 +26,7 @@ pub async fn serve(request: OpenUdpRequest, sockets: NetnsSockets) {
         Ok(socket) => socket,
         Err(e) => {
             tracing::debug!(id, %bind, error = %e, "cannot open UDP socket");
-            request.reject(e.raw_os_error().unwrap_or(EIO));
+            request.reject(errno::of(&e));
             return;
         }
     };

@@ -22,8 +22,9 @@ mod error;
 mod explain;
 mod filter;
 mod overrides;
+mod sources;
 
-pub use config::{load, parse_str, resolve, Config, Loaded};
+pub use config::{Config, Loaded};
 pub use decision::{Decision, Protocol, Route, RuleRef};
 pub use document::{Format, Pos};
 pub use entry::{EntryError, FilterEntry, HostPattern, ProtocolMatch};
@@ -31,3 +32,4 @@ pub use error::{ConfigError, Diagnostic, Origin, Warning};
 pub use explain::{explain, ExplainError, ExplainHost, Explanation};
 pub use filter::{Connection, OutgoingFilter};
 pub use overrides::{apply_env, env_vars};
+pub use sources::{load, parse_str, resolve};

@@ -163,6 +163,35 @@ pub(crate) enum OfferKind {
     Subscribe,
 }
 
+impl OfferKind {
+    /// The frame that refuses request `stream` of this kind: `errno` for an open; `why` for
+    /// the others (a subscription refused with `EAGAIN` may be retried, `Failed`; any other
+    /// errno means it is not served, `Unsupported`).
+    pub(crate) fn refusal(self, stream: StreamId, errno: i32, why: &str) -> Frame {
+        match self {
+            OfferKind::Subscribe => Frame::SubscribeFailed {
+                stream,
+                kind: if errno == errno::EAGAIN {
+                    SubscribeFailureKind::Failed
+                } else {
+                    SubscribeFailureKind::Unsupported
+                },
+                message: why.to_string(),
+            },
+            OfferKind::Dns => Frame::DnsFailed {
+                stream,
+                kind: DnsFailureKind::Unavailable,
+                message: why.to_string(),
+            },
+            OfferKind::Env => Frame::EnvFailed {
+                stream,
+                message: why.to_string(),
+            },
+            OfferKind::Open => Frame::OpenFailed { stream, errno },
+        }
+    }
+}
+
 /// The part every request shares: which stream it is, and the peer's cancellation.
 pub(crate) struct Offer {
     pub(crate) shared: Arc<Shared>,
@@ -215,32 +244,33 @@ impl Offer {
         Ok(())
     }
 
+    /// Refuses the request with `kind`'s failure frame (see [`OfferKind::refusal`]).
     pub(crate) fn refuse(&mut self, errno: i32, why: &str) {
-        let reply = match self.kind {
-            OfferKind::Subscribe => Frame::SubscribeFailed {
-                stream: self.id,
-                kind: if errno == errno::EAGAIN {
-                    SubscribeFailureKind::Failed
-                } else {
-                    SubscribeFailureKind::Unsupported
-                },
-                message: why.to_string(),
-            },
-            OfferKind::Dns => Frame::DnsFailed {
-                stream: self.id,
-                kind: DnsFailureKind::Unavailable,
-                message: why.to_string(),
-            },
-            OfferKind::Env => Frame::EnvFailed {
-                stream: self.id,
-                message: why.to_string(),
-            },
-            OfferKind::Open => Frame::OpenFailed {
-                stream: self.id,
-                errno,
-            },
-        };
+        let reply = self.kind.refusal(self.id, errno, why);
         let _ = self.answer(None, reply);
+    }
+
+    /// Accepts an open (a connect, or an incoming connection): the slot becomes a stream
+    /// between `local` and `peer`, and the peer is told `Opened`.
+    pub(crate) fn accept_stream(
+        &mut self,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Stream, RespondError> {
+        let shared = self.shared.clone();
+        let state = StreamState::new(&shared.limits);
+        let id = self.id;
+        self.answer(
+            Some(Slot::Stream(state)),
+            Frame::Opened { stream: id, local },
+        )?;
+        Ok(Stream::new(shared, id, local, peer))
+    }
+
+    /// Rejects an open with a Linux errno (`OpenFailed`).
+    pub(crate) fn reject_open(&mut self, errno: i32) {
+        let id = self.id;
+        let _ = self.answer(None, Frame::OpenFailed { stream: id, errno });
     }
 
     pub(crate) async fn cancelled(&mut self) {
@@ -290,22 +320,12 @@ impl ConnectTcpRequest {
     /// The connection is established; `local` is the socket's local address. Returns the
     /// stream that carries the connection's bytes.
     pub fn accept(mut self, local: SocketAddr) -> Result<Stream, RespondError> {
-        let shared = self.offer.shared.clone();
-        let state = StreamState::new(&shared.limits);
-        let id = self.offer.id;
-        self.offer.answer(
-            Some(Slot::Stream(state)),
-            Frame::Opened { stream: id, local },
-        )?;
-        Ok(Stream::new(shared, id, local, self.addr))
+        self.offer.accept_stream(local, self.addr)
     }
 
     /// The connection failed with this Linux errno (e.g. 111 `ECONNREFUSED`).
     pub fn reject(mut self, errno: i32) {
-        let id = self.offer.id;
-        let _ = self
-            .offer
-            .answer(None, Frame::OpenFailed { stream: id, errno });
+        self.offer.reject_open(errno);
     }
 }
 
@@ -339,10 +359,7 @@ impl OpenUdpRequest {
 
     /// The socket could not be opened; this Linux errno says why.
     pub fn reject(mut self, errno: i32) {
-        let id = self.offer.id;
-        let _ = self
-            .offer
-            .answer(None, Frame::OpenFailed { stream: id, errno });
+        self.offer.reject_open(errno);
     }
 }
 

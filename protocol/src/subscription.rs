@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::frame::{Frame, StreamId};
 use crate::incoming::{HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
 use crate::request::{Offer, OfferKind, Request, RespondError};
-use crate::session::state::{register, Shared, Slot, StreamState, SubscriptionState};
+use crate::session::state::{register, Shared, Slot, SubscriptionState};
 use crate::session::CloseReason;
 use crate::stream::Stream;
 
@@ -288,22 +288,12 @@ impl IncomingRequest {
     /// Takes the connection; `local` is the address it is delivered to (the app's listener),
     /// for the agent's logs. Returns the stream: its reads are the client's bytes.
     pub fn accept(mut self, local: SocketAddr) -> Result<Stream, RespondError> {
-        let shared = self.offer.shared.clone();
-        let state = StreamState::new(&shared.limits);
-        let id = self.offer.id;
-        self.offer.answer(
-            Some(Slot::Stream(state)),
-            Frame::Opened { stream: id, local },
-        )?;
-        Ok(Stream::new(shared, id, local, self.client))
+        self.offer.accept_stream(local, self.client)
     }
 
     /// Declines the connection with a Linux errno (e.g. 111 `ECONNREFUSED` when the app no
     /// longer listens); the agent gives it to the target's own server instead.
     pub fn reject(mut self, errno: i32) {
-        let id = self.offer.id;
-        let _ = self
-            .offer
-            .answer(None, Frame::OpenFailed { stream: id, errno });
+        self.offer.reject_open(errno);
     }
 }

@@ -15,18 +15,29 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::serialize::binary::DecodeError;
+use hickory_proto::ProtoError;
 use sctrace_protocol::{DnsFailureKind, DnsRequest, DnsTransport};
 
 use crate::netns::NetnsSockets;
 use resolv_conf::ResolvConf;
 use upstream::UpstreamError;
 
-/// Why a query got no DNS answer at all.
+/// Why a query got no DNS answer at all. The message goes back to sctrace as it is.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    /// The query is not a DNS message with one question.
+    /// The query is not a DNS message.
     #[error("the query is not a usable DNS message: {0}")]
-    BadQuery(String),
+    Decode(#[source] DecodeError),
+    /// The query is a response.
+    #[error("the query is not a usable DNS message: it is a response")]
+    Response,
+    /// No name to search was left (the search list gave no candidate).
+    #[error("the query is not a usable DNS message: no name to search")]
+    NoName,
+    /// The answer could not be encoded.
+    #[error("the query is not a usable DNS message: cannot encode the answer: {0}")]
+    Encode(#[source] ProtoError),
     /// No nameserver answered.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -35,7 +46,10 @@ pub enum ResolveError {
 impl ResolveError {
     fn kind(&self) -> DnsFailureKind {
         match self {
-            ResolveError::BadQuery(_) => DnsFailureKind::BadQuery,
+            ResolveError::Decode(_)
+            | ResolveError::Response
+            | ResolveError::NoName
+            | ResolveError::Encode(_) => DnsFailureKind::BadQuery,
             ResolveError::Upstream(UpstreamError::Timeout { .. }) => DnsFailureKind::Timeout,
             ResolveError::Upstream(UpstreamError::Unreachable { .. }) => {
                 DnsFailureKind::Unreachable
@@ -92,10 +106,9 @@ impl Resolver {
         wire: &[u8],
         transport: DnsTransport,
     ) -> Result<Bytes, ResolveError> {
-        let original =
-            Message::from_vec(wire).map_err(|e| ResolveError::BadQuery(e.to_string()))?;
+        let original = Message::from_vec(wire).map_err(ResolveError::Decode)?;
         if original.metadata.message_type != MessageType::Query {
-            return Err(ResolveError::BadQuery("it is a response".into()));
+            return Err(ResolveError::Response);
         }
         if original.metadata.op_code != OpCode::Query || original.queries.len() != 1 {
             // Not a plain question: say so the way a server would.
@@ -136,9 +149,7 @@ impl Resolver {
                 break;
             }
         }
-        let (candidate, reply) = outcome
-            .finish()
-            .ok_or_else(|| ResolveError::BadQuery("no name to search".into()))?;
+        let (candidate, reply) = outcome.finish().ok_or(ResolveError::NoName)?;
         let presented = answer::present(&original, &candidate, reply);
         encode(&presented, &original, transport)
     }
@@ -160,9 +171,7 @@ fn encode(
             .as_ref()
             .map_or(512, |e| usize::from(e.max_payload()).max(512)),
     };
-    let bytes = reply
-        .to_vec()
-        .map_err(|e| ResolveError::BadQuery(format!("cannot encode the answer: {e}")))?;
+    let bytes = reply.to_vec().map_err(ResolveError::Encode)?;
     if bytes.len() <= limit {
         return Ok(Bytes::from(bytes));
     }
@@ -171,18 +180,13 @@ fn encode(
     partial.authorities.clear();
     partial.additionals.clear();
     while !partial.answers.is_empty() {
-        let bytes = partial
-            .to_vec()
-            .map_err(|e| ResolveError::BadQuery(format!("cannot encode the answer: {e}")))?;
+        let bytes = partial.to_vec().map_err(ResolveError::Encode)?;
         if bytes.len() <= limit {
             return Ok(Bytes::from(bytes));
         }
         partial.answers.pop();
     }
-    let truncated = reply
-        .truncate()
-        .to_vec()
-        .map_err(|e| ResolveError::BadQuery(format!("cannot encode the answer: {e}")))?;
+    let truncated = reply.truncate().to_vec().map_err(ResolveError::Encode)?;
     Ok(Bytes::from(truncated))
 }
 

@@ -34,15 +34,13 @@ use sctrace_protocol::{
 };
 use tokio::net::TcpStream;
 
+use crate::errno::EIO;
 use crate::netns::NetnsSockets;
 use http::filter::CompiledFilter;
 use intercept::Interceptor;
 use mirror::Tee;
 use nft::{Nft, NftError};
 use registry::{Registry, SubscriberKey};
-
-/// The errno a subscription ends with when its rules were lost.
-const EIO: i32 = 5;
 
 /// A subscription, as connections reach it.
 pub struct Subscriber {

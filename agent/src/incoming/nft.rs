@@ -28,11 +28,12 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sched::{setns, CloneFlags};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::pipe;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{oneshot, watch, Mutex};
+
+use crate::sys;
 
 /// The mark on the agent's own connections to the target's servers: the `output` chain lets
 /// them pass, so they are not redirected back to the agent. Chosen not to collide with the
@@ -397,12 +398,7 @@ impl NftProcess {
             .stdout(Stdio::from(write))
             .stderr(Stdio::from(write2))
             .kill_on_drop(true);
-        // SAFETY: the closure runs in the child between fork and exec, where only
-        // async-signal-safe calls are allowed: setns(2) is a single system call on a file
-        // descriptor opened before the fork, and nix's wrapper neither allocates nor locks.
-        unsafe {
-            cmd.pre_exec(move || setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from));
-        }
+        sys::process::enter_netns_before_exec(&mut cmd, ns);
         let mut child: Child = cmd.spawn().map_err(spawn_err)?;
         // Our copies of the pipe's write end go with `cmd`, so EOF means the child is gone.
         drop(cmd);

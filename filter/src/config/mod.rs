@@ -3,6 +3,7 @@
 //! the user reference; `docs/configuration.md` collects them.
 
 mod agent;
+mod conflicts;
 mod dns;
 mod env_vars;
 mod feature;
@@ -12,8 +13,6 @@ mod outgoing;
 mod target;
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
 
 use serde::Serialize;
 
@@ -99,9 +98,6 @@ impl PartialEq for Origins {
 }
 
 impl Eq for Origins {}
-
-/// Largest config file read (mirrord configs are a few kilobytes).
-const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 const ROOT_KEYS: &[KeySpec] = &[
     key("target"),
@@ -248,7 +244,7 @@ impl Config {
 
     /// The cross-key checks. With `target_final` false (checking a file on its own), a
     /// missing target is not yet "targetless": `--target` or the environment may add one.
-    fn check(&self, target_final: bool) -> Result<Vec<Warning>, ConfigError> {
+    pub(crate) fn check(&self, target_final: bool) -> Result<Vec<Warning>, ConfigError> {
         let mut warnings = Vec::new();
         let network = &self.feature.network;
         let incoming = &network.incoming;
@@ -370,86 +366,15 @@ impl Config {
                 ));
             }
         }
-        for conflict in crate::filter::dns_conflicts(network) {
+        for conflict in conflicts::dns_conflicts(network) {
             warnings.push(self.warning(&conflict.key, conflict.message));
         }
         Ok(warnings)
     }
 }
 
-/// Reads the config file at `path` (its format chosen by extension) and checks it. This is
-/// the only function of this crate that does I/O.
-pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let format = Format::from_path(path).map_err(|extension| ConfigError::Extension {
-        path: path.to_owned(),
-        extension,
-    })?;
-    let text = read_file(path)?;
-    parse_str(&text, format, &path.display().to_string())
-}
-
-fn read_file(path: &Path) -> Result<String, ConfigError> {
-    let read_error = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    let mut text = String::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(read_error)?;
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(read_error(std::io::Error::other(format!(
-            "the file is larger than {} MiB",
-            MAX_FILE_BYTES / 1024 / 1024
-        ))));
-    }
-    Ok(text)
-}
-
-/// Reads a config from text; `origin` names it in messages (usually the file name).
-/// Checks what can be checked from the text alone; a missing target is allowed (the
-/// environment or `--target` may give one). Use [`resolve`] to get the final config.
-pub fn parse_str(text: &str, format: Format, origin: &str) -> Result<Loaded, ConfigError> {
-    let mut loaded = decode_text(text, format, origin)?;
-    let more = loaded.config.check(false)?;
-    loaded.warnings.extend(more);
-    Ok(loaded)
-}
-
-/// The config a run uses: the file (if any), then environment variables (`lookup` returns a
-/// variable's value; see [`apply_env`](crate::apply_env) for precedence), then `target`
-/// (the `--target` option), then the checks of [`Config::validate`].
-pub fn resolve(
-    file: Option<&Path>,
-    lookup: impl Fn(&str) -> Option<String>,
-    target: Option<&str>,
-) -> Result<Loaded, ConfigError> {
-    let mut loaded = match file {
-        Some(path) => {
-            let format = Format::from_path(path).map_err(|extension| ConfigError::Extension {
-                path: path.to_owned(),
-                extension,
-            })?;
-            let text = read_file(path)?;
-            decode_text(&text, format, &path.display().to_string())?
-        }
-        None => Loaded {
-            config: Config::default(),
-            warnings: Vec::new(),
-        },
-    };
-    crate::overrides::apply_env(&mut loaded.config, lookup)?;
-    if let Some(target) = target {
-        loaded.config.set_target(target)?;
-    }
-    let more = loaded.config.validate()?;
-    loaded.warnings.extend(more);
-    Ok(loaded)
-}
-
 /// Parses and decodes, without the cross-key checks.
-fn decode_text(text: &str, format: Format, origin: &str) -> Result<Loaded, ConfigError> {
+pub(crate) fn decode_text(text: &str, format: Format, origin: &str) -> Result<Loaded, ConfigError> {
     let root = document::parse(text, format).map_err(|error| {
         ConfigError::Syntax(Diagnostic {
             origin: Origin::File {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use sctrace_protocol::Token;
+use sctrace_protocol::{Token, TokenError};
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -62,9 +62,32 @@ pub enum LocalAgentError {
         #[source]
         source: io::Error,
     },
+    /// The session token was refused (not reached: it is 64 hex digits).
+    #[error("sctrace-agent did not start: {0}")]
+    Token(#[source] TokenError),
     /// The agent exited or said nothing useful.
     #[error("sctrace-agent did not start: {0}")]
-    NotReady(String),
+    NotReady(#[source] NotListening),
+}
+
+/// Why the agent did not report that it listens.
+#[derive(Debug, Error)]
+pub enum NotListening {
+    /// Its stdout was not captured.
+    #[error("no stdout")]
+    NoStdout,
+    /// Reading its first line failed.
+    #[error("{0}")]
+    Read(#[source] io::Error),
+    /// It exited before saying anything.
+    #[error("it exited before listening (its messages are above)")]
+    Exited,
+    /// Its first line is not `listening …`.
+    #[error("unexpected first line {0:?}")]
+    Unexpected(String),
+    /// It said nothing within this time.
+    #[error("not listening after {} s", .0.as_secs())]
+    Timeout(Duration),
 }
 
 /// A running agent process that sctrace started.
@@ -108,8 +131,7 @@ impl LocalAgent {
             }
         })?;
         let secret = token_text.clone().into_bytes();
-        let token = Token::new(token_text.into_bytes())
-            .map_err(|e| LocalAgentError::NotReady(e.to_string()))?;
+        let token = Token::new(token_text.into_bytes()).map_err(LocalAgentError::Token)?;
 
         let mut cmd = Command::new(&agent);
         cmd.arg("--listen")
@@ -135,25 +157,25 @@ impl LocalAgent {
         })?;
         let stdout = child.stdout.take();
         let ready = async {
-            let stdout = stdout.ok_or_else(|| "no stdout".to_string())?;
+            let stdout = stdout.ok_or(NotListening::NoStdout)?;
             let stdout =
-                tokio::process::ChildStdout::from_std(stdout).map_err(|e| e.to_string())?;
+                tokio::process::ChildStdout::from_std(stdout).map_err(NotListening::Read)?;
             let mut line = String::new();
             BufReader::new(stdout)
                 .read_line(&mut line)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(NotListening::Read)?;
             if line.starts_with("listening ") {
                 Ok(())
             } else if line.is_empty() {
-                Err("it exited before listening (its messages are above)".to_string())
+                Err(NotListening::Exited)
             } else {
-                Err(format!("unexpected first line {:?}", line.trim_end()))
+                Err(NotListening::Unexpected(line.trim_end().to_owned()))
             }
         };
         let started = match tokio::time::timeout(READY_TIMEOUT, ready).await {
             Ok(result) => result,
-            Err(_) => Err(format!("not listening after {} s", READY_TIMEOUT.as_secs())),
+            Err(_) => Err(NotListening::Timeout(READY_TIMEOUT)),
         };
         let agent = LocalAgent {
             child,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sctrace_filter::config::{AgentAddress, Config, NetnsTarget, Target};
 use sctrace_protocol::{
-    Config as ProtocolConfig, HandshakeError, Requests, Session, SessionHandle, Token,
+    Config as ProtocolConfig, HandshakeError, Requests, Session, SessionHandle, Token, TokenError,
 };
 use thiserror::Error;
 use tokio::net::{TcpStream, UnixStream};
@@ -61,7 +61,7 @@ pub enum LinkError {
     NoToken,
     /// The token is unusable.
     #[error("the agent token is unusable: {0}")]
-    BadToken(String),
+    BadToken(#[source] TokenError),
     /// Starting the local agent failed.
     #[error(transparent)]
     Local(#[from] local::LocalAgentError),
@@ -102,8 +102,9 @@ pub async fn open(
     if let Some(address) = config.agent.address.as_ref() {
         let token = match (token_file, env_token) {
             (Some(path), _) => read_token(path)?,
-            (None, Some(text)) => Token::new(text.trim().as_bytes().to_vec())
-                .map_err(|e| LinkError::BadToken(e.to_string()))?,
+            (None, Some(text)) => {
+                Token::new(text.trim().as_bytes().to_vec()).map_err(LinkError::BadToken)?
+            }
             (None, None) => return Err(LinkError::NoToken),
         };
         progress.start(&format!("connecting to the agent at {address}"));
@@ -187,7 +188,7 @@ fn read_token(path: &Path) -> Result<Token, LinkError> {
         path: path.to_owned(),
         source,
     })?;
-    Token::from_file_contents(&bytes).map_err(|e| LinkError::BadToken(e.to_string()))
+    Token::from_file_contents(&bytes).map_err(LinkError::BadToken)
 }
 
 async fn connect(

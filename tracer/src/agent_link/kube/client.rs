@@ -32,13 +32,13 @@ pub async fn connect(config: &Config) -> Result<ClusterInfo, KubeError> {
             let origin = format!("kubeconfig {path}");
             let file = Kubeconfig::read_from(path).map_err(|e| KubeError::Config {
                 origin: origin.clone(),
-                message: e.to_string(),
+                source: e.into(),
             })?;
             let loaded = kube::Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(|e| KubeError::Config {
                     origin: origin.clone(),
-                    message: e.to_string(),
+                    source: e.into(),
                 });
             (loaded, origin)
         }
@@ -49,7 +49,7 @@ pub async fn connect(config: &Config) -> Result<ClusterInfo, KubeError> {
                     .await
                     .map_err(|e| KubeError::Config {
                         origin: origin.clone(),
-                        message: e.to_string(),
+                        source: e.into(),
                     });
             (loaded, origin)
         }
@@ -57,7 +57,7 @@ pub async fn connect(config: &Config) -> Result<ClusterInfo, KubeError> {
             let origin = "KUBECONFIG, ~/.kube/config or the in-cluster service account".to_owned();
             let loaded = kube::Config::infer().await.map_err(|e| KubeError::Config {
                 origin: origin.clone(),
-                message: e.to_string(),
+                source: e.into(),
             });
             (loaded, origin)
         }

@@ -3,19 +3,22 @@
 
 use std::io;
 
-use sctrace_protocol::HandshakeError;
+use sctrace_protocol::{HandshakeError, TokenError};
 use thiserror::Error;
+
+use super::forward::ForwardFailure;
 
 /// Why sctrace could not reach an agent in the cluster.
 #[derive(Debug, Error)]
 pub enum KubeError {
     /// No usable kubeconfig or in-cluster configuration.
-    #[error("cannot load the Kubernetes configuration ({origin}): {message}")]
+    #[error("cannot load the Kubernetes configuration ({origin}): {source}")]
     Config {
         /// Where it was looked for.
         origin: String,
-        /// Why it failed (kube's message, flattened: its error types are not `Clone`).
-        message: String,
+        /// Why it failed: kube's `KubeconfigError` or `InferConfigError`.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The client could not be built from the configuration (TLS, proxy, auth plugin).
     #[error("cannot set up the Kubernetes client for {url}: {source}")]
@@ -119,6 +122,10 @@ pub enum KubeError {
     /// Random bytes for the token or names could not be read.
     #[error("cannot read random bytes for the session token: {0}")]
     Random(#[source] io::Error),
+    /// The session token was refused (not reached: it is 64 hex digits). The message is
+    /// `Random`'s, which this case used to be reported as.
+    #[error("cannot read random bytes for the session token: {0}")]
+    Token(#[source] TokenError),
     /// The agent image cannot be pulled.
     #[error("the agent image {image} cannot be pulled ({reason}: {message}); check agent.image, your registry and agent.image_pull_secrets")]
     ImagePull {
@@ -167,7 +174,7 @@ pub enum KubeError {
         events: String,
     },
     /// The port-forward could not be opened or carried no session.
-    #[error("cannot port-forward to the agent (pod {namespace}/{pod} port {port}): {message}")]
+    #[error("cannot port-forward to the agent (pod {namespace}/{pod} port {port}): {why}")]
     PortForward {
         /// The agent pod.
         pod: String,
@@ -175,8 +182,9 @@ pub enum KubeError {
         namespace: String,
         /// The agent's port.
         port: u16,
-        /// Why.
-        message: String,
+        /// Why the last attempt failed.
+        #[source]
+        why: ForwardFailure,
     },
     /// The agent refused the session.
     #[error("the agent in pod {namespace}/{pod} refused the session: {source}")]

@@ -37,11 +37,11 @@ pub async fn connect(
 ) -> Result<(Session, Forward), KubeError> {
     let deadline = Instant::now() + timeout;
     let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &agent.namespace);
-    let failed = |message: String| KubeError::PortForward {
+    let failed = |why: ForwardFailure| KubeError::PortForward {
         pod: agent.pod.clone(),
         namespace: agent.namespace.clone(),
         port,
-        message,
+        why,
     };
     loop {
         let last = match attempt(&pods, agent, port, token, deadline).await {
@@ -59,7 +59,7 @@ pub async fn connect(
                 }
                 .error(err, &cluster.url);
                 match err {
-                    KubeError::Api { source, .. } => source.to_string(),
+                    KubeError::Api { source, .. } => ForwardFailure::Api(source),
                     other => return Err(other),
                 }
             }
@@ -71,9 +71,35 @@ pub async fn connect(
     }
 }
 
+/// Why one attempt at the port-forward and handshake failed; the last one is reported.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardFailure {
+    /// The API server said why on the forward's error channel.
+    #[error("{0}")]
+    Server(String),
+    /// The forwarder offered no stream for the port.
+    #[error("the port-forward has no stream for the port")]
+    NoStream,
+    /// The forward closed without a word from the API server.
+    #[error("the port-forward closed")]
+    Closed,
+    /// The agent closed the connection during the handshake.
+    #[error("the agent closed the connection during the handshake (not listening yet?)")]
+    AgentClosed,
+    /// The forwarded connection failed during the handshake.
+    #[error("the forwarded connection failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// The handshake did not complete before the startup deadline.
+    #[error("no handshake before the startup deadline")]
+    Deadline,
+    /// The API server refused the port-forward request.
+    #[error("{0}")]
+    Api(#[source] kube::Error),
+}
+
 enum Attempt {
     /// Try again (the agent may not listen yet).
-    Retry(String),
+    Retry(ForwardFailure),
     /// The API call failed; the caller decides.
     Api(kube::Error),
     /// Give up.
@@ -93,9 +119,7 @@ async fn attempt(
         .map_err(Attempt::Api)?;
     let (Some(stream), Some(errors)) = (forwarder.take_stream(port), forwarder.take_error(port))
     else {
-        return Err(Attempt::Retry(
-            "the port-forward has no stream for the port".into(),
-        ));
+        return Err(Attempt::Retry(ForwardFailure::NoStream));
     };
     let mut errors = Box::pin(errors);
     let handshake = Session::client(stream, token, ProtocolConfig::default());
@@ -103,7 +127,7 @@ async fn attempt(
         outcome = tokio::time::timeout_at(deadline, handshake) => outcome,
         message = &mut errors => {
             forwarder.abort();
-            return Err(Attempt::Retry(message.unwrap_or_else(|| "the port-forward closed".into())));
+            return Err(Attempt::Retry(message.map_or(ForwardFailure::Closed, ForwardFailure::Server)));
         }
     };
     match outcome {
@@ -121,20 +145,10 @@ async fn attempt(
             Ok((session, Forward { forwarder }))
         }
         Ok(Err(HandshakeError::Closed)) => Err(Attempt::Retry(
-            reason(
-                forwarder,
-                errors,
-                "the agent closed the connection during the handshake (not listening yet?)".into(),
-            )
-            .await,
+            reason(forwarder, errors, ForwardFailure::AgentClosed).await,
         )),
         Ok(Err(HandshakeError::Io(e))) => Err(Attempt::Retry(
-            reason(
-                forwarder,
-                errors,
-                format!("the forwarded connection failed: {e}"),
-            )
-            .await,
+            reason(forwarder, errors, ForwardFailure::Io(e)).await,
         )),
         Ok(Err(source)) => {
             forwarder.abort();
@@ -146,9 +160,7 @@ async fn attempt(
         }
         Err(_) => {
             forwarder.abort();
-            Err(Attempt::Retry(
-                "no handshake before the startup deadline".into(),
-            ))
+            Err(Attempt::Retry(ForwardFailure::Deadline))
         }
     }
 }
@@ -158,12 +170,12 @@ async fn attempt(
 async fn reason(
     forwarder: Portforwarder,
     errors: std::pin::Pin<Box<impl std::future::Future<Output = Option<String>>>>,
-    fallback: String,
-) -> String {
+    fallback: ForwardFailure,
+) -> ForwardFailure {
     let message = tokio::time::timeout(Duration::from_millis(500), errors).await;
     forwarder.abort();
     match message {
-        Ok(Some(message)) => message,
+        Ok(Some(message)) => ForwardFailure::Server(message),
         _ => fallback,
     }
 }

@@ -31,7 +31,7 @@ use sctrace_protocol::{Session, Token};
 
 pub use client::ClusterInfo;
 pub use error::KubeError;
-pub use forward::Forward;
+pub use forward::{Forward, ForwardFailure};
 pub use launch::{AgentKind, AgentPod, Timing};
 pub use resolve::TargetPod;
 
@@ -98,8 +98,7 @@ pub async fn open_with(
     }
 
     let token_text = random_hex(32).map_err(KubeError::Random)?;
-    let token = Token::new(token_text.clone().into_bytes())
-        .map_err(|e| KubeError::Random(std::io::Error::other(e.to_string())))?;
+    let token = Token::new(token_text.clone().into_bytes()).map_err(KubeError::Token)?;
     let suffix = random_hex(4).map_err(KubeError::Random)?;
     let params = spec::AgentParams::new(&config.agent, token_text, &suffix, &namespace);
 
