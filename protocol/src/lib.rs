@@ -27,6 +27,12 @@
 //!   sends it speaks a different version than it claimed.
 //! * **Errno values** on the wire are Linux's (both ends run Linux).
 //!
+//! # Versions
+//!
+//! Version 2 is version 1 (below) with additions; builds speak only version 2. Version 1
+//! is no longer spoken: its `Hello` carried the session token in the clear. What version 2
+//! adds is listed after the version 1 table.
+//!
 //! # Version 1
 //!
 //! | frame | stream | direction | meaning |

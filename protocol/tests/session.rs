@@ -193,7 +193,7 @@ async fn version_mismatch_is_refused_with_both_ranges() {
         Some(Frame::Refused { reason, message }) => {
             assert_eq!(reason, RefuseReason::UnsupportedVersion);
             assert!(
-                message.contains("1..=1") && message.contains("7..=9"),
+                message.contains("2..=2") && message.contains("7..=9"),
                 "{message}"
             );
         }
@@ -611,7 +611,7 @@ async fn keepalive_timeout_ends_a_session_with_a_silent_peer() {
     send_frame(
         &mut b,
         Frame::Welcome {
-            version: 1,
+            version: sctrace_protocol::PROTOCOL_VERSION,
             stream_window: 65536,
         },
     )
@@ -767,8 +767,8 @@ async fn raw_client() -> (Session, DuplexStream) {
     send_frame(
         &mut a,
         Frame::Hello {
-            min_version: 1,
-            max_version: 1,
+            min_version: sctrace_protocol::PROTOCOL_VERSION,
+            max_version: sctrace_protocol::PROTOCOL_VERSION,
             stream_window: 65536,
             token: Bytes::from_static(b"test-token"),
         },

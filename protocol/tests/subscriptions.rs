@@ -325,7 +325,7 @@ async fn raw_agent() -> (Session, DuplexStream, BytesMut) {
     send_frame(
         &mut b,
         Frame::Welcome {
-            version: 1,
+            version: sctrace_protocol::PROTOCOL_VERSION,
             stream_window: 65536,
         },
     )

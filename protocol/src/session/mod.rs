@@ -29,9 +29,10 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// The protocol version this build speaks natively.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version this build still speaks. Version 1 sent the session token
+/// in the clear and is no longer spoken (see the crate documentation).
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// Smallest per-stream window a peer may announce (smaller would make streams crawl).
 pub const MIN_STREAM_WINDOW: u32 = 4096;
