@@ -74,13 +74,22 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// An I/O error in words, without the "(os error N)" suffix the user has no use for.
+fn io_reason(err: &io::Error) -> String {
+    let text = err.to_string();
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text[..at].to_string(),
+        _ => text,
+    }
+}
+
 /// Why a config could not be used. The program must not start when one is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read (missing, unreadable, not UTF-8, too large).
-    #[error("{}: cannot read the config file", path.display())]
+    #[error("cannot read the config file {}: {}", path.display(), io_reason(source))]
     Read {
-        /// The file as given.
+        /// The file, as an absolute path (the one that was tried).
         path: PathBuf,
         /// The underlying I/O error.
         #[source]
@@ -181,11 +190,24 @@ mod tests {
         );
         let error = ConfigError::Read {
             path: "/nope/mirrord.json".into(),
-            source: io::Error::from(io::ErrorKind::NotFound),
+            source: io::Error::from_raw_os_error(libc_enoent()),
         };
         assert_eq!(
             error.to_string(),
-            "/nope/mirrord.json: cannot read the config file"
+            "cannot read the config file /nope/mirrord.json: No such file or directory"
         );
+        let error = ConfigError::Read {
+            path: "/etc/shadow.json".into(),
+            source: io::Error::other("the file is larger than 1 MiB"),
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot read the config file /etc/shadow.json: the file is larger than 1 MiB"
+        );
+    }
+
+    /// ENOENT, which is 2 on every Linux architecture.
+    fn libc_enoent() -> i32 {
+        2
     }
 }

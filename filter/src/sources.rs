@@ -62,8 +62,10 @@ fn read_file(path: &Path) -> Result<(Format, String), ConfigError> {
         path: path.to_owned(),
         extension,
     })?;
+    // The path as tried, so that a relative one says where it was looked for.
+    let tried = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     let read_error = |source| ConfigError::Read {
-        path: path.to_owned(),
+        path: tried.clone(),
         source,
     };
     let file = std::fs::File::open(path).map_err(read_error)?;

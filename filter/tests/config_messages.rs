@@ -359,8 +359,24 @@ fn read_errors() {
     assert!(matches!(error, ConfigError::Read { .. }));
     assert_eq!(
         error.to_string(),
-        "/nonexistent/sctrace/mirrord.json: cannot read the config file"
+        "cannot read the config file /nonexistent/sctrace/mirrord.json: No such file or directory"
     );
+    // A relative path is shown where it was looked for, with the reason.
+    let error = sctrace_filter::load(std::path::Path::new("no-such-dir/mirrord.json")).unwrap_err();
+    let cwd = std::env::current_dir().unwrap();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "cannot read the config file {}: No such file or directory",
+            cwd.join("no-such-dir/mirrord.json").display()
+        )
+    );
+    let dir = std::env::temp_dir().join(format!("sctrace-config-dir-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("config.json")).unwrap();
+    let error = sctrace_filter::load(&dir.join("config.json")).unwrap_err();
+    let text = error.to_string();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(text.ends_with(": Is a directory"), "{text}");
     let error = sctrace_filter::load(std::path::Path::new("mirrord.ini")).unwrap_err();
     assert_eq!(
         error.to_string(),
