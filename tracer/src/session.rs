@@ -333,11 +333,17 @@ async fn start_relay(
     let watched = Arc::clone(&remote);
     let handle = link.handle.clone();
     let address = link.address.clone();
+    let agent_log = link.process.as_ref().map(|agent| agent.log().clone());
     tokio::spawn(async move {
         let reason = handle.closed().await;
         if watched.mark_lost() {
+            let said = agent_log
+                .map(|log| log.tail())
+                .filter(|tail| !tail.is_empty())
+                .map(|tail| format!(" (the agent's last words: {})", tail.join("; ")))
+                .unwrap_or_default();
             eprintln!(
-                "sctrace: lost the agent at {address}: {reason}; the program's remote connections fail from now on, its local traffic is unaffected"
+                "sctrace: lost the agent at {address}: {reason}{said}; the program's remote connections fail from now on, its local traffic is unaffected"
             );
         }
     });

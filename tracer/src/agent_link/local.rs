@@ -5,12 +5,14 @@
 //! Entering another network namespace (setns) needs CAP_SYS_ADMIN, so local targets need
 //! sctrace to run as root; the app itself still runs with sctrace's own credentials.
 
+use std::collections::VecDeque;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sctrace_protocol::{Token, TokenError};
@@ -80,8 +82,8 @@ pub enum NotListening {
     #[error("{0}")]
     Read(#[source] io::Error),
     /// It exited before saying anything.
-    #[error("it exited before listening (its messages are above)")]
-    Exited,
+    #[error("it exited before listening{}", last_words(.0))]
+    Exited(Vec<String>),
     /// Its first line is not `listening …`.
     #[error("unexpected first line {0:?}")]
     Unexpected(String),
@@ -90,9 +92,59 @@ pub enum NotListening {
     Timeout(Duration),
 }
 
+/// `: LINE; LINE` of what the agent last said on stderr, or nothing.
+fn last_words(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", lines.join("; "))
+    }
+}
+
+/// The last lines the agent wrote on stderr (its log). They go to sctrace's own log at
+/// debug level rather than to the terminal, and into sctrace's messages when the agent
+/// fails; control characters are escaped.
+#[derive(Debug, Clone, Default)]
+pub struct AgentLog(Arc<Mutex<VecDeque<String>>>);
+
+/// Lines of the agent's log kept for messages.
+const LOG_TAIL: usize = 5;
+
+impl AgentLog {
+    /// Reads the agent's stderr until it closes.
+    fn follow(&self, stderr: std::process::ChildStderr) {
+        let tail = Arc::clone(&self.0);
+        let Ok(stderr) = tokio::process::ChildStderr::from_std(stderr) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line = line.escape_debug().to_string();
+                tracing::debug!("agent: {line}");
+                if let Ok(mut tail) = tail.lock() {
+                    if tail.len() == LOG_TAIL {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            }
+        });
+    }
+
+    /// The last lines, oldest first.
+    pub fn tail(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// A running agent process that sctrace started.
 pub struct LocalAgent {
     child: Child,
+    log: AgentLog,
     dir: PathBuf,
     socket: PathBuf,
     handoff: PathBuf,
@@ -146,7 +198,7 @@ impl LocalAgent {
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         match netns {
             Namespace::Path(path) => cmd.arg("--netns").arg(path),
             Namespace::Pid(pid) => cmd.arg("--pid").arg(pid.to_string()),
@@ -155,6 +207,10 @@ impl LocalAgent {
             agent: agent.clone(),
             source,
         })?;
+        let log = AgentLog::default();
+        if let Some(stderr) = child.stderr.take() {
+            log.follow(stderr);
+        }
         let stdout = child.stdout.take();
         let ready = async {
             let stdout = stdout.ok_or(NotListening::NoStdout)?;
@@ -168,7 +224,9 @@ impl LocalAgent {
             if line.starts_with("listening ") {
                 Ok(())
             } else if line.is_empty() {
-                Err(NotListening::Exited)
+                // Its last words come through the log task: give it a moment to read them.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(NotListening::Exited(log.tail()))
             } else {
                 Err(NotListening::Unexpected(line.trim_end().to_owned()))
             }
@@ -179,6 +237,7 @@ impl LocalAgent {
         };
         let agent = LocalAgent {
             child,
+            log,
             dir,
             socket,
             handoff,
@@ -189,6 +248,11 @@ impl LocalAgent {
             Ok(()) => Ok(agent),
             Err(reason) => Err(LocalAgentError::NotReady(reason)),
         }
+    }
+
+    /// The agent's log (its last lines, for messages).
+    pub fn log(&self) -> &AgentLog {
+        &self.log
     }
 
     /// The agent's Unix socket.
