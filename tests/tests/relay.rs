@@ -681,3 +681,54 @@ fn a_signal_to_sctraces_group_leaves_the_agent_working_for_the_programs_handler(
     assert_eq!(stderr, "", "nothing but the program's own output");
     assert_eq!(status.code(), Some(7), "{rest}{stderr}");
 }
+
+#[test]
+fn icmp_datagram_sockets_stay_on_this_machine_and_say_so() {
+    let world = World::new();
+    // Unprivileged ping sockets, in both namespaces (the default range allows nobody).
+    for ns in [&world.cluster.laptop, &world.cluster.cluster] {
+        let out = run_with_timeout(
+            ns.command("sysctl")
+                .args(["-qw", "net.ipv4.ping_group_range=0 2147483647"]),
+            T,
+        );
+        out.assert_success();
+    }
+    let echo = world.cluster.service("echo").v4();
+    let script = format!(
+        r#"
+import errno, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+echo_request = bytes([8, 0, 0, 0, 0, 1, 0, 1]) + b"sctrace"
+try:
+    s.sendto(echo_request, ("{echo}", 0))
+    s.settimeout(2)
+    print("reply", len(s.recv(100)) > 0)
+except OSError as e:
+    print("error", errno.errorcode[e.errno])
+"#
+    );
+    // In the cluster itself, the echo service answers the ping.
+    let direct = run_with_timeout(
+        world
+            .cluster
+            .cluster
+            .command("python3")
+            .args(["-c", &script]),
+        T,
+    );
+    direct.assert_success();
+    assert_eq!(direct.stdout.trim(), "reply True", "{direct}");
+    // Under sctrace the socket is not relayed as if it were UDP: it stays local (where the
+    // laptop has no route), and its event says why.
+    let events = world.scratch("icmp.events");
+    let out = world.run(Some(&events), Path::new("python3"), &["-c", &script]);
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), "error ENETUNREACH", "{out}");
+    let events = read_events(&events);
+    let sends = events_of(&events, "sendto");
+    assert_eq!(sends.len(), 1, "{events:?}");
+    assert_eq!(sends[0]["decision"], "local", "{events:?}");
+    assert_eq!(sends[0]["rule"], "not tcp or udp", "{events:?}");
+    assert_eq!(sends[0]["result"], "ENETUNREACH", "{events:?}");
+}

@@ -26,3 +26,19 @@ pub enum Destination {
     /// A nameserver of the local resolv.conf: sctrace's DNS responder answers.
     Dns,
 }
+
+impl Routed {
+    /// A socket of a protocol sctrace does not relay (ICMP, UDP-Lite, SCTP, raw): it stays
+    /// on this machine, whatever the filter says about its destination.
+    pub fn not_relayed() -> Routed {
+        Routed {
+            to: Destination::Local,
+            rule: Some(NOT_RELAYED.to_string()),
+            host: None,
+            reresolve: None,
+        }
+    }
+}
+
+/// The `rule` of events for sockets that are neither TCP nor UDP.
+pub const NOT_RELAYED: &str = "not tcp or udp";

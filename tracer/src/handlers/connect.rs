@@ -19,6 +19,7 @@ use crate::events::Record;
 use crate::plan::{Plan, Work};
 use crate::relay::udp::PeerKind;
 use crate::remote::Destination;
+use crate::route::Routed;
 use crate::sockaddr::SockAddr;
 use crate::trap::socket::AppSocket;
 use crate::trap::{AddrArg, Notification};
@@ -58,11 +59,11 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     let Some(dst) = addr.inet() else {
         return as_asked(sock, record, addr, len);
     };
-    let sock_type = sock.sock_type().unwrap_or(0);
-    let protocol = match sock_type {
-        libc::SOCK_STREAM => Protocol::Tcp,
-        libc::SOCK_DGRAM => Protocol::Udp,
-        _ => return as_asked(sock, record, addr, len),
+    let Some(protocol) = sock.transport() else {
+        if let Some(record) = record.as_mut() {
+            record.set_route(&Routed::not_relayed());
+        }
+        return as_asked(sock, record, addr, len);
     };
     let routed = remote.route(protocol, dst);
     if let Some(record) = record.as_mut() {

@@ -21,6 +21,7 @@ use sctrace_filter::Protocol;
 use crate::events::Record;
 use crate::plan::{Plan, Reply, Work};
 use crate::remote::Destination;
+use crate::route::Routed;
 use crate::sockaddr::SockAddr;
 use crate::sys::memory;
 use crate::sys::socket::OutgoingMessage;
@@ -51,7 +52,10 @@ fn datagram(
 ) -> Plan {
     let routed = ctx.remote.as_ref().and_then(|remote| {
         let dst = SockAddr::parse(&name)?.inet()?;
-        Some((dst, remote.route(Protocol::Udp, dst)))
+        match sock.transport() {
+            Some(Protocol::Udp) => Some((dst, remote.route(Protocol::Udp, dst))),
+            _ => Some((dst, Routed::not_relayed())),
+        }
     });
     if let Some((dst, routed)) = routed {
         if let Some(record) = record.as_mut() {

@@ -77,6 +77,11 @@ pub fn domain(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)
 }
 
+/// The socket's protocol (`SO_PROTOCOL`: IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, ...).
+pub fn protocol(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)
+}
+
 /// The socket's type (`SO_TYPE`: SOCK_STREAM, SOCK_DGRAM, ...).
 pub fn sock_type(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)

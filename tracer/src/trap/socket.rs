@@ -62,6 +62,24 @@ impl AppSocket {
         sys::sock_type(self.fd.as_fd())
     }
 
+    /// The transport the filter routes this socket by: TCP for stream sockets (TCP or
+    /// MPTCP), UDP for datagram sockets of protocol UDP; `None` for everything else — ICMP
+    /// datagram sockets (unprivileged ping), UDP-Lite, SCTP, raw sockets — which sctrace
+    /// does not relay.
+    pub fn transport(&self) -> Option<sctrace_filter::Protocol> {
+        match self.sock_type().ok()? {
+            libc::SOCK_STREAM => match sys::protocol(self.fd.as_fd()).ok()? {
+                libc::IPPROTO_TCP | libc::IPPROTO_MPTCP => Some(sctrace_filter::Protocol::Tcp),
+                _ => None,
+            },
+            libc::SOCK_DGRAM => match sys::protocol(self.fd.as_fd()).ok()? {
+                libc::IPPROTO_UDP => Some(sctrace_filter::Protocol::Udp),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// `SO_COOKIE`: the socket's identity, shared by every fd of it.
     pub fn cookie(&self) -> Result<u64, Errno> {
         sys::cookie(self.fd.as_fd())
