@@ -10,7 +10,7 @@ use crate::frame::{
     MAX_TOKEN_LEN,
 };
 use crate::incoming::{
-    tag, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind, MAX_FILTER_DEPTH,
+    tag, Families, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind, MAX_FILTER_DEPTH,
     MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
 };
 
@@ -399,6 +399,8 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
                 return Err("port 0");
             }
             let mode = IncomingMode::from_code(c.u8("missing mode")?).ok_or("unknown mode")?;
+            let families =
+                Families::from_code(c.u8("missing families")?).ok_or("unknown families")?;
             let filter = if c.0.is_empty() {
                 None
             } else {
@@ -408,6 +410,7 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
                 stream,
                 port,
                 mode,
+                families,
                 filter,
             }
         }
@@ -607,9 +610,14 @@ mod tests {
     }
 
     fn subscribe_payload(port: u16, mode: u8, filter: &[u8]) -> BytesMut {
-        let mut b = header(3 + filter.len() as u32, kind::SUBSCRIBE, 0, 1);
+        subscribe_payload_for(port, mode, 3, filter)
+    }
+
+    fn subscribe_payload_for(port: u16, mode: u8, families: u8, filter: &[u8]) -> BytesMut {
+        let mut b = header(4 + filter.len() as u32, kind::SUBSCRIBE, 0, 1);
         b.put_u16(port);
         b.put_u8(mode);
+        b.put_u8(families);
         b.put_slice(filter);
         b
     }
@@ -643,6 +651,7 @@ mod tests {
                 stream: 1,
                 port: 80,
                 mode: IncomingMode::Steal,
+                families: Families::BOTH,
                 filter: Some(HttpFilter::AllOf(vec![
                     HttpFilter::Header("^x-user: alice$".into()),
                     HttpFilter::Method("GET".into())
@@ -655,9 +664,30 @@ mod tests {
                 stream: 1,
                 port: 8080,
                 mode: IncomingMode::Mirror,
+                families: Families::BOTH,
                 filter: None
             }))
         );
+        assert_eq!(
+            decode(&mut subscribe_payload_for(8080, 2, 2, &[])),
+            Ok(Some(Frame::Subscribe {
+                stream: 1,
+                port: 8080,
+                mode: IncomingMode::Steal,
+                families: Families::IPV6,
+                filter: None
+            }))
+        );
+        for families in [0, 4, 0xff] {
+            assert_eq!(
+                decode(&mut subscribe_payload_for(80, 2, families, &[])),
+                Err(DecodeError::Malformed {
+                    frame: "Subscribe",
+                    problem: "unknown families"
+                }),
+                "{families}"
+            );
+        }
         let mut deep = header_leaf.clone();
         for _ in 0..=MAX_FILTER_DEPTH {
             deep = list(tag::ANY_OF, &[deep]);

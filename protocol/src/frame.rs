@@ -18,7 +18,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::incoming::{FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
+use crate::incoming::{
+    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind,
+};
 
 /// Length of the fixed frame header.
 pub const HEADER_LEN: usize = 10;
@@ -219,6 +221,8 @@ pub enum Frame {
         port: u16,
         /// Mirror or steal.
         mode: IncomingMode,
+        /// Whose clients are taken (version 2): the others' connections stay with the target.
+        families: Families,
         /// With steal: only the HTTP requests matching this are taken.
         filter: Option<HttpFilter>,
     },
@@ -666,10 +670,15 @@ impl Frame {
             }
             Frame::EnvFailed { message, .. } => put_message(dst, message),
             Frame::Subscribe {
-                port, mode, filter, ..
+                port,
+                mode,
+                families,
+                filter,
+                ..
             } => {
                 dst.put_u16(*port);
                 dst.put_u8(mode.code());
+                dst.put_u8(families.code());
                 if let Some(filter) = filter {
                     filter.put(dst);
                 }

@@ -11,7 +11,9 @@ use tokio::sync::oneshot;
 use crate::frame::{
     DnsFailureKind, DnsTransport, EncodeError, Frame, StreamId, MAX_DNS_MESSAGE_LEN,
 };
-use crate::incoming::{FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
+use crate::incoming::{
+    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind,
+};
 use crate::session::state::{DnsReply, EnvReply, OpenReply, Shared, Slot};
 use crate::session::{CloseReason, SessionClosed};
 use crate::stream::Stream;
@@ -328,11 +330,25 @@ impl SessionHandle {
     /// [`IncomingMode::Mirror`], copies of them do. They arrive as [`crate::Request::Incoming`]
     /// on this side's [`crate::Requests`]. The subscription lasts while the returned
     /// [`Subscription`] is held (dropping it unsubscribes) and ends with the session.
-    /// Dropping the future cancels the request.
+    /// Dropping the future cancels the request. Clients of both address families are
+    /// taken (see [`SessionHandle::subscribe_families`]).
     pub async fn subscribe(
         &self,
         port: u16,
         mode: IncomingMode,
+        filter: Option<HttpFilter>,
+    ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_families(port, mode, Families::BOTH, filter)
+            .await
+    }
+
+    /// [`SessionHandle::subscribe`] for the clients of `families` only: the other family's
+    /// connections stay with the target, as they would for a listener that can't take them.
+    pub async fn subscribe_families(
+        &self,
+        port: u16,
+        mode: IncomingMode,
+        families: Families,
         filter: Option<HttpFilter>,
     ) -> Result<Subscription, SubscribeError> {
         if port == 0 {
@@ -345,6 +361,7 @@ impl SessionHandle {
             stream,
             port,
             mode,
+            families,
             filter: filter.clone(),
         };
         // Checked here so that the frame queued below cannot fail to encode.

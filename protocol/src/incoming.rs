@@ -48,6 +48,57 @@ impl std::fmt::Display for IncomingMode {
     }
 }
 
+/// The address families whose clients a subscription takes (version 2). A listener that
+/// takes only one family (an IPv4 socket, or an IPv6 one with `IPV6_V6ONLY`) leaves the
+/// other family's clients to the target, as the kernel would never give them to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Families {
+    /// IPv4 clients (and IPv4 clients of a dual-stack target socket, v4-mapped).
+    pub ipv4: bool,
+    /// IPv6 clients.
+    pub ipv6: bool,
+}
+
+impl Families {
+    /// Both families: what a dual-stack IPv6 listener takes.
+    pub const BOTH: Families = Families {
+        ipv4: true,
+        ipv6: true,
+    };
+    /// IPv4 clients only.
+    pub const IPV4: Families = Families {
+        ipv4: true,
+        ipv6: false,
+    };
+    /// IPv6 clients only.
+    pub const IPV6: Families = Families {
+        ipv4: false,
+        ipv6: true,
+    };
+
+    pub(crate) fn code(self) -> u8 {
+        u8::from(self.ipv4) | (u8::from(self.ipv6) << 1)
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Families> {
+        match code {
+            1..=3 => Some(Families {
+                ipv4: code & 1 != 0,
+                ipv6: code & 2 != 0,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Both sets together.
+    pub fn union(self, other: Families) -> Families {
+        Families {
+            ipv4: self.ipv4 || other.ipv4,
+            ipv6: self.ipv6 || other.ipv6,
+        }
+    }
+}
+
 /// What an incoming stream (`IncomingTcp`, agent → sctrace) carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IncomingKind {

@@ -134,8 +134,8 @@ pub use frame::{
 };
 pub use handle::{DnsQueryError, EnvQueryError, OpenError, SessionHandle, SubscribeError};
 pub use incoming::{
-    FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind, MAX_FILTER_DEPTH,
-    MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
+    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind,
+    MAX_FILTER_DEPTH, MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
 };
 pub use relay::{relay, RelayEnd, RelayOutcome};
 pub use request::{

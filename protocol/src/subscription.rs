@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 use crate::frame::{Frame, StreamId};
-use crate::incoming::{HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
+use crate::incoming::{Families, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
 use crate::request::{Offer, OfferKind, Request, RespondError};
 use crate::session::state::{register, Shared, Slot, SubscriptionState};
 use crate::session::CloseReason;
@@ -130,6 +130,7 @@ impl Request {
         id: StreamId,
         port: u16,
         mode: IncomingMode,
+        families: Families,
         filter: Option<HttpFilter>,
         cancel: oneshot::Receiver<()>,
     ) -> Request {
@@ -137,6 +138,7 @@ impl Request {
             offer: Offer::new(shared, id, cancel, OfferKind::Subscribe),
             port,
             mode,
+            families,
             filter,
         })
     }
@@ -165,6 +167,7 @@ pub struct SubscribeRequest {
     offer: Offer,
     port: u16,
     mode: IncomingMode,
+    families: Families,
     filter: Option<HttpFilter>,
 }
 
@@ -186,6 +189,11 @@ impl SubscribeRequest {
     /// Mirror or steal.
     pub fn mode(&self) -> IncomingMode {
         self.mode
+    }
+
+    /// Whose clients to take: the other family's connections stay with the target.
+    pub fn families(&self) -> Families {
+        self.families
     }
 
     /// With steal: the requests to take (the others go to the target's server).

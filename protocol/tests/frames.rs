@@ -7,8 +7,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use sctrace_protocol::frame::{MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_PAYLOAD_LEN};
 use sctrace_protocol::{
-    decode, decode_eof, DecodeError, DnsFailureKind, DnsTransport, Frame, HttpFilter, IncomingKind,
-    IncomingMode, RefuseReason, SubscribeFailureKind,
+    decode, decode_eof, DecodeError, DnsFailureKind, DnsTransport, Families, Frame, HttpFilter,
+    IncomingKind, IncomingMode, RefuseReason, SubscribeFailureKind,
 };
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
@@ -129,9 +129,10 @@ fn frame() -> impl Strategy<Value = Frame> {
             stream(),
             1..=u16::MAX,
             any::<bool>(),
+            prop::sample::select(vec![Families::IPV4, Families::IPV6, Families::BOTH]),
             prop::option::of(http_filter())
         )
-            .prop_map(|(stream, port, steal, filter)| Frame::Subscribe {
+            .prop_map(|(stream, port, steal, families, filter)| Frame::Subscribe {
                 stream,
                 port,
                 mode: if steal {
@@ -139,6 +140,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 } else {
                     IncomingMode::Mirror
                 },
+                families,
                 filter,
             }),
         stream().prop_map(|stream| Frame::Subscribed { stream }),
@@ -305,6 +307,7 @@ fn encode_refuses_subscriptions_decode_would_reject() {
         stream: 1,
         port,
         mode: IncomingMode::Steal,
+        families: Families::BOTH,
         filter,
     };
     assert!(subscribe(0, None).encode(&mut buf).is_err());

@@ -444,3 +444,170 @@ fn a_killed_sctrace_gives_the_port_back_and_listen_ports_moves_the_local_listene
         thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A server that accepts `n` connections on `listen` (an IPv4 or IPv6 wildcard) and prints,
+/// for each, what accept, getpeername and getsockname say.
+fn address_printer(family: &str, listen: &str, port: u16, n: usize) -> String {
+    format!(
+        r#"
+import socket
+s = socket.socket(socket.{family})
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{listen}", {port}))
+s.listen()
+print("listening", flush=True)
+for _ in range({n}):
+    c, a = s.accept()
+    print("accepted", a[0], c.getpeername()[0], c.getsockname()[0], c.getsockname()[1], flush=True)
+    c.recv(100)
+    c.close()
+"#
+    )
+}
+
+/// Connects from inside the cluster to `addr` and says whether the connection was made.
+fn cluster_client(world: &World, host: &str, port: u16) -> String {
+    let script = format!(
+        r#"
+import socket
+try:
+    c = socket.create_connection(("{host}", {port}), timeout=5)
+    c.sendall(b"hello")
+    c.close()
+    print("connected")
+except OSError as e:
+    print("error", e.errno)
+"#
+    );
+    let out = run_with_timeout(
+        world
+            .cluster
+            .cluster
+            .command("python3")
+            .args(["-c", &script]),
+        T,
+    );
+    out.stdout.trim().to_string()
+}
+
+fn wait_for_line(child: &mut Child, want: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut reader = std::io::BufReader::new(stdout);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        lines.push(line.trim().to_string());
+        if line.starts_with(want) {
+            break;
+        }
+        line.clear();
+    }
+    lines
+}
+
+#[test]
+fn ipv4_and_ipv6_clients_meet_the_listener_the_kernel_would_give_them() {
+    let world = World::new();
+    let config = world.config("families.json", r#"{"mode": "steal"}"#);
+    let app6 = world.cluster.service("uwu-app").v6();
+    // An IPv4 listener: the IPv4 client is stolen and shown as itself, with the target's
+    // address as the connection's own; an IPv6 client can't reach an IPv4 listener, so it
+    // meets the target (where nothing else listens on the port: refused).
+    let mut v4 = world.run(
+        &config,
+        Path::new("python3"),
+        &["-c", &address_printer("AF_INET", "0.0.0.0", 8001, 1)],
+        &[],
+    );
+    wait_for_line(&mut v4, "listening");
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        cluster_client(&world, &format!("{app6}"), 8001),
+        format!("error {}", libc::ECONNREFUSED)
+    );
+    assert_eq!(cluster_client(&world, APP, 8001), "connected");
+    let lines = wait_for_line(&mut v4, "accepted");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(format!("accepted {APP} {APP} {APP} 8001").as_str()),
+        "{lines:?}"
+    );
+    stop(v4);
+    // A dual-stack IPv6 listener: the IPv4 client appears v4-mapped, the IPv6 one as itself.
+    let mut v6 = world.run(
+        &config,
+        Path::new("python3"),
+        &["-c", &address_printer("AF_INET6", "::", 8002, 2)],
+        &[],
+    );
+    wait_for_line(&mut v6, "listening");
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster_client(&world, APP, 8002), "connected");
+    let lines = wait_for_line(&mut v6, "accepted");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(format!("accepted ::ffff:{APP} ::ffff:{APP} ::ffff:{APP} 8002").as_str()),
+        "{lines:?}"
+    );
+    assert_eq!(
+        cluster_client(&world, &format!("{app6}"), 8002),
+        "connected"
+    );
+    let lines = wait_for_line(&mut v6, "accepted");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(format!("accepted {app6} {app6} {app6} 8002").as_str()),
+        "{lines:?}"
+    );
+    stop(v6);
+}
+
+#[test]
+fn an_ipv4_and_an_ipv6_only_listener_on_one_port_each_get_their_clients() {
+    // nginx's `listen 80; listen [::]:80;`: two sockets on one port, the IPv6 one IPv6-only.
+    let world = World::new();
+    let config = world.config("two-listeners.json", r#"{"mode": "steal"}"#);
+    let app6 = world.cluster.service("uwu-app").v6();
+    let server = r#"
+import select, socket
+v4 = socket.socket(socket.AF_INET)
+v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+v4.bind(("0.0.0.0", 8003))
+v4.listen()
+v6 = socket.socket(socket.AF_INET6)
+v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+v6.bind(("::", 8003))
+v6.listen()
+print("listening", flush=True)
+for _ in range(2):
+    ready, _, _ = select.select([v4, v6], [], [], 30)
+    s = ready[0]
+    c, a = s.accept()
+    print("v4-listener" if s is v4 else "v6-listener", "accepted", a[0], flush=True)
+    c.recv(100)
+    c.close()
+"#;
+    let mut child = world.run(&config, Path::new("python3"), &["-c", server], &[]);
+    wait_for_line(&mut child, "listening");
+    thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster_client(&world, APP, 8003), "connected");
+    let lines = wait_for_line(&mut child, "v");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(format!("v4-listener accepted {APP}").as_str()),
+        "{lines:?}"
+    );
+    assert_eq!(
+        cluster_client(&world, &format!("{app6}"), 8003),
+        "connected"
+    );
+    let lines = wait_for_line(&mut child, "v");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(format!("v6-listener accepted {app6}").as_str()),
+        "{lines:?}"
+    );
+    stop(child);
+}

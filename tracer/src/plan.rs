@@ -177,12 +177,13 @@ pub enum Work {
         /// The app's flags.
         flags: i32,
     },
-    /// `getpeername` on a socket sctrace manages: the peer the app asked for.
-    PeerName {
+    /// `getpeername` or `getsockname` on a socket sctrace manages: the address as it is in
+    /// the target (the peer the app asked for; the socket's own address there).
+    ShowAddress {
         /// The calling thread, whose memory receives the address.
         tid: u32,
-        /// The peer to show.
-        peer: SocketAddr,
+        /// The address to show.
+        addr: SocketAddr,
         /// The app's address buffer.
         at: u64,
         /// The app's length pointer.

@@ -30,7 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sctrace_protocol::{
-    IncomingMode, SessionHandle, StreamId, SubscribeFailureKind, SubscribeRequest, SubscriptionEnd,
+    Families, IncomingMode, SessionHandle, StreamId, SubscribeFailureKind, SubscribeRequest,
+    SubscriptionEnd,
 };
 use tokio::net::TcpStream;
 
@@ -147,7 +148,16 @@ impl Incoming {
                 }
             },
         };
-        let generation = match self.nft.ensure(port, interceptor.v4, interceptor.v6).await {
+        // A steal takes only the clients the app's listener can take; the others keep meeting
+        // the target's own server, untouched. (A mirror copies every connection: a copy
+        // sctrace can't deliver is declined, and the client is served by the target anyway.)
+        let families = match mode {
+            IncomingMode::Steal => request.families(),
+            IncomingMode::Mirror => Families::BOTH,
+        };
+        let v4 = interceptor.v4.filter(|_| families.ipv4);
+        let v6 = interceptor.v6.filter(|_| families.ipv6);
+        let generation = match self.nft.ensure(port, v4, v6).await {
             Ok(g) => g,
             Err(e) => {
                 let kind = match e {

@@ -106,9 +106,13 @@ fn deliver(
     };
     if let Some(d) = delivered {
         if let Ok(cookie) = sys::cookie(fd.as_fd()) {
-            remote
-                .sockets
-                .insert(cookie, Managed::Tcp { peer: d.client });
+            remote.sockets.insert(
+                cookie,
+                Managed::Tcp {
+                    peer: d.client,
+                    local: d.server,
+                },
+            );
         }
     }
     if dest.at != 0 && dest.len_at != 0 {

@@ -32,6 +32,7 @@ use tokio::io::Interest;
 use crate::errno::Errno;
 use crate::events::{Record, UNKNOWN};
 use crate::plan::{MovedBind, Reply};
+use crate::remote::incoming::AppListener;
 use crate::remote::Remote;
 use crate::sockaddr::{in_family, SockAddr};
 use crate::sys::socket::{self as sys, OutgoingMessage};
@@ -195,7 +196,10 @@ pub fn listen(
         note_listening(remote, &sock, Protocol::Tcp);
         if remote.incoming.enabled() {
             if let (Some(bound), Ok(cookie)) = (sock.local_inet(), sock.cookie()) {
-                remote.incoming.on_listen(cookie, bound);
+                let v6_only = bound.is_ipv6() && sys::v6_only(sock.fd.as_fd()).unwrap_or(false);
+                remote
+                    .incoming
+                    .on_listen(cookie, AppListener { bound, v6_only });
             }
         }
     }

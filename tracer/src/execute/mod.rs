@@ -123,14 +123,14 @@ impl Executor {
                 _,
             ) => receive::receive(tid, sock, assoc, buffers, flags),
             (
-                Work::PeerName {
+                Work::ShowAddress {
                     tid,
-                    peer,
+                    addr,
                     at,
                     len_at,
                 },
                 _,
-            ) => receive::peer_name(tid, &sock, peer, at, len_at).into(),
+            ) => receive::show_address(tid, &sock, addr, at, len_at).into(),
             (
                 Work::Accept {
                     tid,

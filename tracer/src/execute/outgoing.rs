@@ -150,6 +150,7 @@ fn join_remote(
 ) -> Result<(), Errno> {
     // The managed-socket entry outlives the relay by a grace period, for `getpeername` on
     // a socket whose peer closed.
+    let local = stream.local_addr();
     let sockets = Arc::clone(&remote.sockets);
     let cookie = target.cookie;
     let on_end = Box::new(move || {
@@ -159,7 +160,9 @@ fn join_remote(
         });
     });
     join_relay(remote, sock, target, Arranged::Remote { stream, on_end })?;
-    remote.sockets.insert(cookie, Managed::Tcp { peer: dst });
+    remote
+        .sockets
+        .insert(cookie, Managed::Tcp { peer: dst, local });
     Ok(())
 }
 

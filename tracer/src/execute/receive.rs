@@ -1,5 +1,5 @@
-//! Emulated receives on sockets with a UDP association, and `getpeername` on sockets
-//! sctrace manages.
+//! Emulated receives on sockets with a UDP association, and `getpeername`/`getsockname`
+//! on sockets sctrace manages.
 //!
 //! sctrace receives the datagram itself, on its copy of the app's socket with
 //! `MSG_DONTWAIT` (a blocking socket is awaited off the notification loop, bounded by
@@ -167,8 +167,9 @@ pub fn write_sockaddr(
     Ok(())
 }
 
-/// Answers `getpeername` on a managed socket with `peer`, in the socket's family.
-pub fn peer_name(tid: u32, sock: &AppSocket, peer: SocketAddr, at: u64, len_at: u64) -> Reply {
+/// Answers `getpeername`/`getsockname` on a managed socket with `addr`, in the socket's
+/// family.
+pub fn show_address(tid: u32, sock: &AppSocket, addr: SocketAddr, at: u64, len_at: u64) -> Reply {
     let mut room = [0u8; 4];
     if memory::read_exact(tid, len_at, &mut room).is_err() {
         return Reply::Fail(Errno(libc::EFAULT));
@@ -177,7 +178,7 @@ pub fn peer_name(tid: u32, sock: &AppSocket, peer: SocketAddr, at: u64, len_at: 
     if room < 0 {
         return Reply::Fail(Errno(libc::EINVAL));
     }
-    let bytes = SockAddr::encode_inet(in_family(peer, sock.is_v6()));
+    let bytes = SockAddr::encode_inet(in_family(addr, sock.is_v6()));
     match write_sockaddr(tid, &bytes, at, room as usize, Some(len_at)) {
         Ok(()) => Reply::Return(0),
         Err(_) => Reply::Fail(Errno(libc::EFAULT)),

@@ -144,6 +144,7 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         Syscall::RecvMsg => recv::decide_recvmsg(ctx, n),
         Syscall::RecvMmsg => recv::decide_recvmmsg(ctx, n),
         Syscall::GetPeerName => recv::decide_getpeername(ctx, n),
+        Syscall::GetSockName => recv::decide_getsockname(ctx, n),
         Syscall::Accept | Syscall::Accept4 => accept::decide(ctx, n),
         Syscall::Other(_) => Reply::Continue.into(),
     }

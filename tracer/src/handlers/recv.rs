@@ -7,18 +7,21 @@
 //!   the app's buffers). Resolvers that check where a reply came from (glibc, musl, c-ares)
 //!   then see the nameserver or peer they asked.
 //! - `getpeername` on a redirected TCP socket or a connected UDP socket with an association
-//!   shows the destination the app asked for, not the relay.
+//!   shows the destination the app asked for, not the relay; `getsockname` on a relayed or
+//!   delivered TCP connection shows its address in the target, not on loopback.
 //! - Every other socket's calls run in the kernel unchanged.
 //!
 //! Plans: `Answer` (`Continue`, EBADF, EINVAL for a negative address length), or work:
-//! `Receive`, `PeerName`.
+//! `Receive`, `ShowAddress`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::errno::Errno;
 use crate::plan::{Plan, Reply, Work};
 use crate::relay::udp::UdpAssociation;
 use crate::remote::sockets::Managed;
+use crate::remote::Remote;
 use crate::trap::msghdr::RecvBuffers;
 use crate::trap::socket::AppSocket;
 use crate::trap::Notification;
@@ -127,6 +130,20 @@ pub fn decide_recvmmsg(ctx: &Context, n: &Notification) -> Plan {
 
 /// Decides `getpeername(fd, addr, addrlen)`.
 pub fn decide_getpeername(ctx: &Context, n: &Notification) -> Plan {
+    show_managed_address(ctx, n, |remote, cookie| remote.sockets.peer_of(cookie))
+}
+
+/// Decides `getsockname(fd, addr, addrlen)`.
+pub fn decide_getsockname(ctx: &Context, n: &Notification) -> Plan {
+    show_managed_address(ctx, n, |remote, cookie| remote.sockets.local_of(cookie))
+}
+
+/// The address `of` says sctrace shows for the app's socket, if any; else the kernel's.
+fn show_managed_address(
+    ctx: &Context,
+    n: &Notification,
+    of: impl FnOnce(&Remote, u64) -> Option<SocketAddr>,
+) -> Plan {
     let Some(remote) = &ctx.remote else {
         return Reply::Continue.into();
     };
@@ -134,14 +151,13 @@ pub fn decide_getpeername(ctx: &Context, n: &Notification) -> Plan {
         Ok(sock) => sock,
         Err(reply) => return reply.into(),
     };
-    let peer = sock.cookie().ok().and_then(|c| remote.sockets.peer_of(c));
-    match peer {
-        Some(peer) => Plan::Socket {
+    match sock.cookie().ok().and_then(|c| of(remote, c)) {
+        Some(addr) => Plan::Socket {
             sock,
             record: None,
-            work: Work::PeerName {
+            work: Work::ShowAddress {
                 tid: n.tid(),
-                peer,
+                addr,
                 at: n.arg_ptr(1),
                 len_at: n.arg_ptr(2),
             },

@@ -6,11 +6,12 @@
 //!   load nr ────── nr ≥ 0x40000000 (x32 ABI, x86_64 only) ─────────▶ KILL_PROCESS
 //!      │
 //!      ├── io_uring_setup ─────────────────────────────────────────▶ ERRNO(ENOSYS)
-//!      ├── connect bind listen accept accept4 getpeername
+//!      ├── connect bind listen accept accept4
 //!      │   sendmsg sendmmsg ───────────────────────────────────────▶ USER_NOTIF
 //!      ├── sendto ─────── arg 4 (the address) ≠ NULL ──────────────▶ USER_NOTIF
 //!      │                  └─ NULL ─────────────────────────────────▶ ALLOW
-//!      ├── recvmsg recvmmsg                  (sessions that relay) ▶ USER_NOTIF
+//!      ├── recvmsg recvmmsg getpeername getsockname
+//!      │                                     (sessions that relay) ▶ USER_NOTIF
 //!      ├── recvfrom ───── arg 4 ≠ NULL       (sessions that relay) ▶ USER_NOTIF
 //!      └── anything else ──────────────────────────────────────────▶ ALLOW
 //! ```
@@ -25,11 +26,12 @@
 //! - `sendto`/`recvfrom` without an address (the common case on connected sockets) stay in
 //!   the kernel at full speed. `sendmsg`/`recvmsg` can't be filtered the same way: their
 //!   address sits inside a struct the filter can't dereference.
-//! - The receive side (`recvfrom` with an address, `recvmsg`, `recvmmsg`) is trapped only
-//!   when the session relays traffic: then sctrace must show replies as coming from the
-//!   remote peer. An observe-only session (`sctrace trace`) has nothing to do on receives,
-//!   and trapping them would cost a round trip to the supervisor on every `recvmsg` of
-//!   every socket (see docs/benchmarks.md).
+//! - The receive side (`recvfrom` with an address, `recvmsg`, `recvmmsg`) and the address
+//!   queries (`getpeername`, `getsockname`) are trapped only when the session relays
+//!   traffic: then sctrace must show replies as coming from the remote peer, and a relayed
+//!   socket's addresses as they are in the target. An observe-only session (`sctrace
+//!   trace`) has nothing to do on them, and trapping them would cost a round trip to the
+//!   supervisor on every `recvmsg` of every socket (see docs/benchmarks.md).
 //! - Everything else depends only on the system call number, so the kernel's seccomp action
 //!   cache (5.11+) lets it through without running this program at all.
 
@@ -76,12 +78,16 @@ const NOTIFY: &[i64] = &[
     libc::SYS_listen,
     libc::SYS_accept,
     libc::SYS_accept4,
-    libc::SYS_getpeername,
     libc::SYS_sendmsg,
     libc::SYS_sendmmsg,
 ];
 const NOTIFY_IF_ADDRESS: &[i64] = &[libc::SYS_sendto];
-const RECEIVE: &[i64] = &[libc::SYS_recvmsg, libc::SYS_recvmmsg];
+const RECEIVE: &[i64] = &[
+    libc::SYS_recvmsg,
+    libc::SYS_recvmmsg,
+    libc::SYS_getpeername,
+    libc::SYS_getsockname,
+];
 const RECEIVE_IF_ADDRESS: &[i64] = &[libc::SYS_recvfrom];
 const ENOSYS: &[i64] = &[libc::SYS_io_uring_setup];
 
@@ -132,7 +138,8 @@ enum Insn {
 /// Which optional groups of calls a session traps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Traps {
-    /// The receive side: `recvfrom` with an address, `recvmsg`, `recvmmsg`.
+    /// The receive side (`recvfrom` with an address, `recvmsg`, `recvmmsg`) and the
+    /// address queries (`getpeername`, `getsockname`), which relaying sessions emulate.
     pub receives: bool,
 }
 
@@ -295,7 +302,13 @@ mod tests {
     #[test]
     fn receives_stay_in_the_kernel_unless_the_session_relays() {
         let prog = build(&NATIVE, Traps::default());
-        for nr in [libc::SYS_recvmsg, libc::SYS_recvmmsg, libc::SYS_recvfrom] {
+        for nr in [
+            libc::SYS_recvmsg,
+            libc::SYS_recvmmsg,
+            libc::SYS_recvfrom,
+            libc::SYS_getpeername,
+            libc::SYS_getsockname,
+        ] {
             assert_eq!(
                 run(&prog, &call(nr, [3, 0x1000, 10, 0, 0x7fff_0000_1000, 16])),
                 RET_ALLOW,

@@ -17,12 +17,13 @@ use sctrace_filter::config::{
     HttpCondition, HttpFilterConfig, IncomingConfig, IncomingMode as Mode,
 };
 use sctrace_protocol::{
-    HttpFilter, IncomingKind, IncomingMode, IncomingRequest, Request, Requests, SessionHandle,
-    SubscriptionEnd,
+    Families, HttpFilter, IncomingKind, IncomingMode, IncomingRequest, Request, Requests,
+    SessionHandle, SubscribeError, SubscriptionEnd,
 };
 use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
 
-use crate::sockaddr::loopback_if_wildcard;
+use crate::sockaddr::{canonical, loopback_if_wildcard};
 
 /// How often a subscription's listener is looked for.
 const WATCH: Duration = Duration::from_secs(1);
@@ -34,14 +35,55 @@ const PEER_GRACE: Duration = Duration::from_secs(60);
 pub struct Delivered {
     /// The remote client.
     pub client: SocketAddr,
+    /// The target's address and port the client connected to.
+    pub server: SocketAddr,
     /// Stolen, mirrored, or one HTTP request.
     pub kind: IncomingKind,
 }
 
+/// Where a subscribed port's connections go: the app's listening socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppListener {
+    /// Its address as bound (a wildcard address is reached through loopback).
+    pub bound: SocketAddr,
+    /// An IPv6 listener that takes IPv6 clients only (`IPV6_V6ONLY`).
+    pub v6_only: bool,
+}
+
+impl AppListener {
+    /// The clients this listener can take.
+    pub fn families(&self) -> Families {
+        match self.bound {
+            SocketAddr::V4(_) => Families::IPV4,
+            SocketAddr::V6(_) if self.v6_only => Families::IPV6,
+            SocketAddr::V6(_) => Families::BOTH,
+        }
+    }
+
+    /// Whether the kernel could give this listener a connection from `client`: an IPv4
+    /// listener never sees an IPv6 client, an IPv6-only listener never an IPv4 one (an IPv6
+    /// listener sees IPv4 clients v4-mapped).
+    pub fn takes(&self, client: SocketAddr) -> bool {
+        let client_v4 = canonical(client.ip()).is_ipv4();
+        match self.bound {
+            SocketAddr::V4(_) => client_v4,
+            SocketAddr::V6(_) => !(self.v6_only && client_v4),
+        }
+    }
+}
+
+/// A subscribed port: the app's listeners on it (an IPv4 one and an IPv6-only one, as
+/// nginx's `listen 80; listen [::]:80;` makes), and the families they take together,
+/// which the subscription follows.
+struct SubscribedPort {
+    listeners: Vec<AppListener>,
+    families: watch::Sender<Families>,
+}
+
 #[derive(Default)]
 struct State {
-    /// Remote port → where its connections go (the app's listener).
-    subscribed: HashMap<u16, SocketAddr>,
+    /// Remote port → where its connections go (the app's listeners).
+    subscribed: HashMap<u16, SubscribedPort>,
     /// Listener cookie → remote port.
     listeners: HashMap<u64, u16>,
     /// sctrace's end of a delivered connection (as the app's listener sees it) → client.
@@ -103,8 +145,10 @@ impl Incoming {
         target_port(&self.config, bound, asked)
     }
 
-    /// The app listens on `bound` with the socket `cookie`: subscribe its port in the target.
-    pub fn on_listen(self: &Arc<Self>, cookie: u64, bound: SocketAddr) {
+    /// The app listens with the socket `cookie`: subscribe its port in the target (or take
+    /// more clients on a port already subscribed for another of the app's listeners).
+    pub fn on_listen(self: &Arc<Self>, cookie: u64, listener: AppListener) {
+        let bound = listener.bound;
         let Some(port) = self.remote_port(bound) else {
             return;
         };
@@ -116,21 +160,34 @@ impl Incoming {
             IncomingMode::Steal => http_filter(&self.config.http_filter, port),
             IncomingMode::Mirror => None,
         };
-        let deliver_to = loopback_if_wildcard(bound);
-        {
+        let families = {
             let Ok(mut st) = self.state.lock() else {
                 return;
             };
-            if st.subscribed.contains_key(&port) {
-                st.listeners.insert(cookie, port);
+            st.listeners.insert(cookie, port);
+            if let Some(subscribed) = st.subscribed.get_mut(&port) {
+                subscribed.listeners.push(listener);
+                let wider = subscribed.families.borrow().union(listener.families());
+                subscribed.families.send_if_modified(|families| {
+                    let changed = *families != wider;
+                    *families = wider;
+                    changed
+                });
                 return;
             }
-            st.subscribed.insert(port, deliver_to);
-            st.listeners.insert(cookie, port);
-        }
+            let (families, watched) = watch::channel(listener.families());
+            st.subscribed.insert(
+                port,
+                SubscribedPort {
+                    listeners: vec![listener],
+                    families,
+                },
+            );
+            watched
+        };
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            me.keep_subscribed(port, mode, filter, bound, deliver_to)
+            me.keep_subscribed(port, mode, filter, bound, families)
                 .await;
             if let Ok(mut st) = me.state.lock() {
                 st.subscribed.remove(&port);
@@ -139,26 +196,35 @@ impl Incoming {
         });
     }
 
-    /// Holds the subscription of `port` while the app listens on `bound`; subscribes again
-    /// if the agent ends it (its rules were lost) while the app still listens.
+    /// Holds the subscription of `port` while the app listens on `bound`, for the families
+    /// its listeners take; subscribes again when they take more, or when the agent ends it
+    /// (its rules were lost) while the app still listens.
     async fn keep_subscribed(
         &self,
         port: u16,
         mode: IncomingMode,
         filter: Option<HttpFilter>,
         bound: SocketAddr,
-        to: SocketAddr,
+        mut families: watch::Receiver<Families>,
     ) {
+        let to = loopback_if_wildcard(bound);
         loop {
-            let mut subscription = match self.agent.subscribe(port, mode, filter.clone()).await {
+            let asked = *families.borrow_and_update();
+            let subscribed = self
+                .agent
+                .subscribe_families(port, mode, asked, filter.clone())
+                .await;
+            let mut subscription = match subscribed {
                 Ok(subscription) => subscription,
+                // The session ended (the app exited as it started): nothing to say.
+                Err(SubscribeError::SessionClosed(_)) => return,
                 Err(err) => {
                     eprintln!("sctrace: cannot {mode} port {port} of the target: {err}");
                     return;
                 }
             };
-            tracing::info!("{mode}ing port {port} of the target to {to}");
-            loop {
+            tracing::info!("{mode}ing port {port} of the target to {to} ({asked:?})");
+            let again_at_once = loop {
                 tokio::select! {
                     end = subscription.ended() => {
                         match end {
@@ -169,7 +235,15 @@ impl Incoming {
                             // The session is gone: nothing to subscribe with.
                             SubscriptionEnd::SessionClosed(_) => return,
                         }
-                        break;
+                        break false;
+                    }
+                    changed = families.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        // Another listener takes more clients: the same port, wider.
+                        drop(subscription);
+                        break true;
                     }
                     () = tokio::time::sleep(WATCH) => {
                         if !listening(bound.port()) {
@@ -179,10 +253,12 @@ impl Incoming {
                         }
                     }
                 }
-            }
-            tokio::time::sleep(WATCH).await;
-            if !listening(bound.port()) {
-                return;
+            };
+            if !again_at_once {
+                tokio::time::sleep(WATCH).await;
+                if !listening(bound.port()) {
+                    return;
+                }
             }
         }
     }
@@ -216,17 +292,25 @@ impl Incoming {
 
     /// Connects one incoming connection to the app's listener and relays it.
     async fn deliver(self: Arc<Self>, request: IncomingRequest) {
-        let Some(to) = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|st| st.subscribed.get(&request.port()).copied())
-        else {
+        // The app's listener that can take this client; a client none of them could ever see
+        // (IPv6 on an IPv4 listener: a subscription made before a wider one) is left to the
+        // target.
+        let listener = self.state.lock().ok().and_then(|st| {
+            st.subscribed
+                .get(&request.port())?
+                .listeners
+                .iter()
+                .find(|l| l.takes(request.client()))
+                .copied()
+        });
+        let Some(listener) = listener else {
             request.reject(libc::ECONNREFUSED);
             return;
         };
+        let to = loopback_if_wildcard(listener.bound);
         let delivered = Delivered {
             client: request.client(),
+            server: request.server(),
             kind: request.kind(),
         };
         // Bind first and register the address before connecting: the app may accept the
@@ -458,6 +542,32 @@ mod tests {
         let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n   1: 0100007F:1F41 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2\n";
         assert_eq!(listening_ports(text), [8000]);
         assert!(listening_ports("garbage\nmore garbage").is_empty());
+    }
+
+    #[test]
+    fn listeners_take_the_clients_the_kernel_would_give_them() {
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (v4, mapped, v6) = (
+            at("198.18.0.9:5000"),
+            at("[::ffff:198.18.0.9]:5000"),
+            at("[2001:2::9]:5000"),
+        );
+        let v4_listener = AppListener {
+            bound: at("0.0.0.0:80"),
+            v6_only: false,
+        };
+        assert!(v4_listener.takes(v4) && v4_listener.takes(mapped));
+        assert!(!v4_listener.takes(v6));
+        let dual = AppListener {
+            bound: at("[::]:80"),
+            v6_only: false,
+        };
+        assert!(dual.takes(v4) && dual.takes(mapped) && dual.takes(v6));
+        let v6_only = AppListener {
+            bound: at("[::]:80"),
+            v6_only: true,
+        };
+        assert!(!v6_only.takes(v4) && !v6_only.takes(mapped) && v6_only.takes(v6));
     }
 
     #[test]

@@ -13,10 +13,14 @@ use crate::relay::udp::UdpAssociation;
 /// One managed socket.
 #[derive(Clone)]
 pub enum Managed {
-    /// A TCP socket connected to the relay on behalf of `peer`.
+    /// A TCP socket connected to the relay on behalf of `peer` (an outgoing connection), or
+    /// delivered by sctrace for the remote client `peer` (an incoming one).
     Tcp {
-        /// The destination the app asked for.
+        /// The destination the app asked for, or the remote client.
         peer: SocketAddr,
+        /// The connection's own address in the target (the agent's socket, or the target's
+        /// address the client connected to), shown by `getsockname`.
+        local: SocketAddr,
     },
     /// A UDP socket with an association.
     Udp {
@@ -94,8 +98,17 @@ impl ManagedSockets {
     /// The peer `getpeername` should show for `cookie`, if sctrace manages it.
     pub fn peer_of(&self, cookie: u64) -> Option<SocketAddr> {
         match self.get(cookie)? {
-            Managed::Tcp { peer } => Some(peer),
+            Managed::Tcp { peer, .. } => Some(peer),
             Managed::Udp { connected, .. } => connected,
+        }
+    }
+
+    /// The address `getsockname` should show for `cookie`, if sctrace manages it and knows
+    /// the address in the target.
+    pub fn local_of(&self, cookie: u64) -> Option<SocketAddr> {
+        match self.get(cookie)? {
+            Managed::Tcp { local, .. } => Some(local),
+            Managed::Udp { .. } => None,
         }
     }
 

@@ -82,6 +82,11 @@ pub fn protocol(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)
 }
 
+/// Whether an IPv6 socket takes IPv6 peers only (`IPV6_V6ONLY`).
+pub fn v6_only(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    getsockopt_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).map(|v| v != 0)
+}
+
 /// The socket's type (`SO_TYPE`: SOCK_STREAM, SOCK_DGRAM, ...).
 pub fn sock_type(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)

@@ -26,6 +26,8 @@ pub enum Syscall {
     Accept4,
     /// getpeername(fd, addr, addrlen)
     GetPeerName,
+    /// getsockname(fd, addr, addrlen)
+    GetSockName,
     /// sendto(fd, buf, len, flags, dest, addrlen), trapped only with a destination
     SendTo,
     /// recvfrom(fd, buf, len, flags, src, addrlen), trapped only with a source buffer
@@ -52,6 +54,7 @@ impl Syscall {
             libc::SYS_accept => Syscall::Accept,
             libc::SYS_accept4 => Syscall::Accept4,
             libc::SYS_getpeername => Syscall::GetPeerName,
+            libc::SYS_getsockname => Syscall::GetSockName,
             libc::SYS_sendto => Syscall::SendTo,
             libc::SYS_recvfrom => Syscall::RecvFrom,
             libc::SYS_sendmsg => Syscall::SendMsg,
@@ -71,6 +74,7 @@ impl Syscall {
             Syscall::Accept => "accept",
             Syscall::Accept4 => "accept4",
             Syscall::GetPeerName => "getpeername",
+            Syscall::GetSockName => "getsockname",
             Syscall::SendTo => "sendto",
             Syscall::RecvFrom => "recvfrom",
             Syscall::SendMsg => "sendmsg",

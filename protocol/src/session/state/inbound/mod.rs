@@ -99,8 +99,9 @@ impl State {
                 stream,
                 port,
                 mode,
+                families,
                 filter,
-            } => deliver.extend(self.on_subscribe(shared, stream, port, mode, filter)?),
+            } => deliver.extend(self.on_subscribe(shared, stream, port, mode, families, filter)?),
             Frame::Subscribed { stream } => self.on_subscribed(stream)?,
             Frame::SubscribeFailed {
                 stream,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::violation;
 use crate::frame::{Frame, StreamId};
-use crate::incoming::{HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
+use crate::incoming::{Families, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
 use crate::request::{OfferKind, Request};
 use crate::session::state::{errno, Shared, Slot, State, SubscriptionState};
 use crate::session::CloseReason;
@@ -20,11 +20,13 @@ impl State {
         stream: StreamId,
         port: u16,
         mode: IncomingMode,
+        families: Families,
         filter: Option<HttpFilter>,
     ) -> Result<Option<Request>, CloseReason> {
         let cancel = self.offer(stream, OfferKind::Subscribe)?;
-        Ok(cancel
-            .map(|cancel| Request::subscribe(shared.clone(), stream, port, mode, filter, cancel)))
+        Ok(cancel.map(|cancel| {
+            Request::subscribe(shared.clone(), stream, port, mode, families, filter, cancel)
+        }))
     }
 
     /// `Subscribed`: a subscription we asked for is in place.
