@@ -259,12 +259,17 @@ impl Running {
         })
     }
 
-    /// Waits until stdout contains a line equal to `line` (trailing `\r` ignored), at most
-    /// `timeout`; false if it did not come (the program ended or was too slow).
+    /// Waits until stdout contains a complete line (newline included: a program may write
+    /// a line in two steps) equal to `line` (trailing `\r` ignored), at most `timeout`;
+    /// false if it did not come (the program ended or was too slow).
     pub fn wait_line(&self, line: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         self.stdout.wait(
-            &|text| text.lines().any(|l| l.trim_end_matches('\r') == line),
+            &|text| {
+                text.split_inclusive('\n')
+                    .filter(|l| l.ends_with('\n'))
+                    .any(|l| l.trim_end_matches(['\n', '\r']) == line)
+            },
             deadline,
         )
     }

@@ -57,6 +57,9 @@ const KNOWN: &[(&str, &str)] = &[
 
 /// Bound of one program run (every case sets its own, shorter, bounds inside too).
 const RUN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long after a ready line a key is typed or a signal sent, as a person would: the
+/// program is then waiting, not still setting up what comes after its ready line.
+const REACTION: Duration = Duration::from_millis(100);
 /// How long a program may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -726,7 +729,7 @@ fn cases(w: &World) -> Vec<Case> {
     let killpg = |signals: &[Signal]| Kind::GroupSignal { ready: "ready".into(), signals: signals.to_vec() };
     let wrapped = |wrapper: &[&str]| Kind::Wrapped(argv(wrapper));
     v.push(case("signal-pty-ctrl-c-python-handler", &sigint).kind(ctrl_c.clone()));
-    v.push(case("signal-pty-ctrl-c-shell-trap", &["sh", "-c", "trap 'curl -sS -m 5 http://uwu-service/hello.txt; getent hosts uwu-service; exit 3' INT; echo ready; sleep 20"]).kind(ctrl_c.clone()));
+    v.push(case("signal-pty-ctrl-c-shell-trap", &["sh", "-c", "trap 'curl -sS -m 5 http://uwu-service/hello.txt; getent hosts uwu-service; exit 3' INT; echo ready; while :; do sleep 0.1; done"]).kind(ctrl_c.clone()));
     v.push(case("signal-pty-ctrl-c-default-action", &["sh", "-c", "echo ready; exec sleep 20"]).kind(ctrl_c));
     v.push(case("signal-killpg-int-python-handler", &sigint).kind(killpg(&[Signal::SIGINT])));
     v.push(case("signal-killpg-term-sigecho", &[&sigecho]).kind(killpg(&[Signal::SIGTERM])));
@@ -817,6 +820,7 @@ fn run_side(w: &World, c: &Case, side: Side) -> Vec<(String, Run)> {
             };
             let mut note = String::new();
             if running.wait_line(ready, READY_TIMEOUT) {
+                std::thread::sleep(REACTION);
                 if let Err(e) = running.type_on_terminal(input) {
                     note = format!("(harness: {e})");
                 }
@@ -836,9 +840,11 @@ fn run_side(w: &World, c: &Case, side: Side) -> Vec<(String, Run)> {
             let mut note = String::new();
             if running.wait_line(ready, READY_TIMEOUT) {
                 for (i, signal) in signals.iter().enumerate() {
-                    if i > 0 {
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
+                    std::thread::sleep(if i == 0 {
+                        REACTION
+                    } else {
+                        Duration::from_secs(1)
+                    });
                     running.signal_group(*signal);
                 }
             } else {
