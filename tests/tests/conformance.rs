@@ -437,7 +437,9 @@ mod norms {
     /// the nameserver answered is still compared.
     pub const NAMESERVER: Norm = Norm {
         name: "nameserver",
-        pattern: r"(?m)^(?P<what>;; SERVER: |Server:\s+|Address:\s+|Using domain server:\nName: )[0-9a-fA-F.:]+(?:#53)?(?:\(\S+\))?(?:\nAddress: \S+)?",
+        // dig's `;; SERVER: A#53(A)`, nslookup's `Server:<TAB>A` and `Address:<TAB>A#53`;
+        // nslookup's answers (`Address: A`, with a space) are kept.
+        pattern: r"(?m)^(?P<what>;; SERVER: |Server:\t+|Address:\t+)[0-9a-fA-F.:]+(?:#53)?(?:\(\S+\))?",
         replacement: "${what}<nameserver>",
         keep_if: None,
         why: "the program reads the laptop's resolv.conf: the nameserver it names is the laptop's",
