@@ -22,6 +22,8 @@
 //! side by side and a diff for each difference) is written to
 //! `target/conformance-report.txt`. `CONFORMANCE_ONLY=dig,steal` runs only the cases whose
 //! name contains one of the words; `CONFORMANCE_JOBS=N` runs N cases at once (default 2).
+//! The whole suite (218 cases, each run twice) takes about 95 s on a 2-core machine: every
+//! program has its own short timeouts and every run is bounded by [`RUN_TIMEOUT`].
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
