@@ -23,6 +23,7 @@
 //! ```
 
 mod cluster;
+pub mod conformance;
 mod dnsmasq;
 mod events;
 mod locate;

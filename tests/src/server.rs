@@ -236,6 +236,43 @@ impl Server {
         Server::start(label, owned, LogStream::Stdout, &|l| l == "ready")
     }
 
+    /// Starts any long-running program as a server in its own process group, logging
+    /// `stderr` (else stdout), and waits (at most 10 s) for a log line matching `ready`
+    /// (e.g. postgres's "ready to accept connections"). Dropping it kills its group.
+    ///
+    /// # Panics
+    /// If it exits or is not ready in time, showing its output.
+    pub fn spawn_logged(
+        label: &str,
+        cmd: Command,
+        log_on_stderr: bool,
+        ready: impl Fn(&str) -> bool,
+    ) -> Server {
+        let stream = if log_on_stderr {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        };
+        Server::start(label.to_string(), cmd, stream, &ready)
+    }
+
+    /// Sends `signal` to the server's process (not its group) and waits at most `timeout`
+    /// for it to exit, for servers that must shut down cleanly (a database removing its
+    /// shared memory); true if it exited. Dropping it afterwards kills what is left.
+    pub fn stop_with(&mut self, signal: nix::sys::signal::Signal, timeout: Duration) -> bool {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return true,
+                Ok(None) if Instant::now() >= deadline => return false,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
     fn log_lines(&self) -> &Arc<Lines> {
         match self.log_stream {
             LogStream::Stdout => &self.stdout,
