@@ -1,6 +1,7 @@
 //! Test harness for sctrace's end-to-end tests: network namespaces, real servers inside
 //! them (`sctrace-testsrv`, dnsmasq), the local cluster of `scripts/local-cluster`, and
-//! helpers to run the built binaries and read their events.
+//! helpers to run the built binaries and read their events, and `sctrace-confine` to run
+//! them under a container's seccomp filter ([`confined`]).
 //!
 //! Everything here panics with a message naming what failed: it is test code, and a
 //! panic with context is the most useful failure a test can report. Namespaces and
@@ -24,6 +25,7 @@
 
 mod cluster;
 pub mod conformance;
+mod confine;
 mod dnsmasq;
 mod events;
 mod locate;
@@ -34,6 +36,7 @@ mod pty;
 mod server;
 
 pub use cluster::{Cluster, Service};
+pub use confine::{confined, Confinement};
 pub use dnsmasq::{parse_dns_queries, DnsQuery};
 pub use events::{parse_events, read_events};
 pub use locate::{bin, fixture, workspace_root};
