@@ -17,6 +17,7 @@ mod handoff;
 mod incoming;
 mod listener;
 mod netns;
+mod route;
 mod session;
 mod splice;
 mod sys;

@@ -156,6 +156,16 @@ fn dispatch(request: Request, ctx: &Arc<Context>, session: &SessionInfo) {
             // Reading /proc is blocking file I/O.
             tokio::task::spawn_blocking(move || env.serve(r));
         }
+        Request::Route(r) => {
+            tokio::spawn(crate::route::serve(r, ctx.sockets.clone()));
+        }
+        Request::Resolver(r) => {
+            let ctx = ctx.clone();
+            // Reading the target's resolv.conf is blocking file I/O.
+            tokio::task::spawn_blocking(move || {
+                let _ = r.answer(&ctx.resolver.resolver_lines());
+            });
+        }
         // Kinds from newer protocol versions: dropping a request refuses it.
         _ => {}
     }

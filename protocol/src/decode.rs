@@ -149,6 +149,9 @@ fn describe(kind: u8) -> Option<(&'static str, usize)> {
         kind::SUBSCRIBED => ("Subscribed", 0),
         kind::SUBSCRIBE_FAILED => ("SubscribeFailed", MAX_PAYLOAD_LEN),
         kind::INCOMING_TCP => ("IncomingTcp", 5 + 2 * addr_max),
+        kind::ROUTE_QUERY => ("RouteQuery", addr_max),
+        kind::RESOLVER_QUERY => ("ResolverQuery", 0),
+        kind::RESOLVER_CONF => ("ResolverConf", MAX_PAYLOAD_LEN),
         _ => return None,
     })
 }
@@ -434,6 +437,15 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
                 server: c.addr()?,
             }
         }
+        kind::ROUTE_QUERY => Frame::RouteQuery {
+            stream,
+            addr: c.addr()?,
+        },
+        kind::RESOLVER_QUERY => Frame::ResolverQuery { stream },
+        kind::RESOLVER_CONF => Frame::ResolverConf {
+            stream,
+            text: c.text(),
+        },
         _ => return Err("unknown type"),
     };
     c.end()?;

@@ -255,6 +255,31 @@ pub enum Frame {
         /// The address the client connected to: the target's address and subscribed port.
         server: SocketAddr,
     },
+    /// Version 2. Asks where the receiver's kernel would send datagrams to `addr` from: it
+    /// connects a UDP socket of `addr`'s family there (what `connect` on a datagram socket
+    /// does: a route lookup, no packet). Answered by `Opened` with the socket's own address
+    /// (the route's source) or `OpenFailed` with the kernel's errno (`ENETUNREACH`, ...);
+    /// either ends the exchange.
+    RouteQuery {
+        /// The exchange.
+        stream: StreamId,
+        /// The destination.
+        addr: SocketAddr,
+    },
+    /// Version 2. Asks for the receiver's resolver configuration (its resolv.conf's search
+    /// list and options), answered by `ResolverConf`.
+    ResolverQuery {
+        /// The exchange.
+        stream: StreamId,
+    },
+    /// Version 2. The resolver configuration: `search` and `options` lines in resolv.conf
+    /// syntax, made from what the sender understood of its file (never the file's text).
+    ResolverConf {
+        /// The exchange.
+        stream: StreamId,
+        /// `search …` and `options …` lines.
+        text: String,
+    },
 }
 
 /// Why a handshake was refused.
@@ -392,6 +417,9 @@ pub(crate) mod kind {
     pub const SUBSCRIBED: u8 = 0x51;
     pub const SUBSCRIBE_FAILED: u8 = 0x52;
     pub const INCOMING_TCP: u8 = 0x53;
+    pub const ROUTE_QUERY: u8 = 0x14;
+    pub const RESOLVER_QUERY: u8 = 0x43;
+    pub const RESOLVER_CONF: u8 = 0x44;
 }
 
 /// Flag bit of `DnsQuery`: the application asked over TCP.
@@ -458,6 +486,9 @@ impl Frame {
             Frame::Subscribed { .. } => "Subscribed",
             Frame::SubscribeFailed { .. } => "SubscribeFailed",
             Frame::IncomingTcp { .. } => "IncomingTcp",
+            Frame::RouteQuery { .. } => "RouteQuery",
+            Frame::ResolverQuery { .. } => "ResolverQuery",
+            Frame::ResolverConf { .. } => "ResolverConf",
         }
     }
 
@@ -488,7 +519,10 @@ impl Frame {
             | Frame::Subscribe { stream, .. }
             | Frame::Subscribed { stream }
             | Frame::SubscribeFailed { stream, .. }
-            | Frame::IncomingTcp { stream, .. } => *stream,
+            | Frame::IncomingTcp { stream, .. }
+            | Frame::RouteQuery { stream, .. }
+            | Frame::ResolverQuery { stream }
+            | Frame::ResolverConf { stream, .. } => *stream,
         }
     }
 
@@ -592,6 +626,9 @@ impl Frame {
             Frame::Subscribed { .. } => kind::SUBSCRIBED,
             Frame::SubscribeFailed { .. } => kind::SUBSCRIBE_FAILED,
             Frame::IncomingTcp { .. } => kind::INCOMING_TCP,
+            Frame::RouteQuery { .. } => kind::ROUTE_QUERY,
+            Frame::ResolverQuery { .. } => kind::RESOLVER_QUERY,
+            Frame::ResolverConf { .. } => kind::RESOLVER_CONF,
         }
     }
 
@@ -700,6 +737,9 @@ impl Frame {
                 put_addr(dst, client);
                 put_addr(dst, server);
             }
+            Frame::RouteQuery { addr, .. } => put_addr(dst, addr),
+            Frame::ResolverQuery { .. } => {}
+            Frame::ResolverConf { text, .. } => put_message(dst, text),
         }
     }
 }

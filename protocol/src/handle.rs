@@ -268,6 +268,32 @@ impl SessionHandle {
         }
     }
 
+    /// Asks where the peer's kernel would send datagrams to `addr` from (version 2): the
+    /// source address a UDP socket connected to `addr` gets there, or the errno `connect`
+    /// gives (`ENETUNREACH`, ...) as [`OpenError::Failed`].
+    pub async fn probe_route(&self, addr: SocketAddr) -> Result<SocketAddr, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let mut guard = self.open(Slot::Routing { reply: tx }, |stream| Frame::RouteQuery {
+            stream,
+            addr,
+        })?;
+        let reply = self.wait_open(guard.id, rx).await;
+        guard.armed = false;
+        reply
+    }
+
+    /// Asks for the peer's resolver configuration (version 2): `search`/`options` lines in
+    /// resolv.conf syntax; empty when it has none (the defaults).
+    pub async fn resolver_conf(&self) -> Result<String, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let mut guard = self.open(Slot::Resolving { reply: tx }, |stream| {
+            Frame::ResolverQuery { stream }
+        })?;
+        let reply = rx.await;
+        guard.armed = false;
+        reply.map_err(|_| OpenError::SessionClosed(self.closed_error()))
+    }
+
     /// Asks for the environment variables of the peer's target process, as `(name, value)`
     /// pairs in the order the process holds them.
     pub async fn target_env(&self) -> Result<Vec<(Bytes, Bytes)>, EnvQueryError> {

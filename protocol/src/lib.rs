@@ -33,6 +33,12 @@
 //! is no longer spoken: its `Hello` carried the session token in the clear. What version 2
 //! adds is listed after the version 1 table.
 //!
+//! | frame (version 2) | stream | direction | meaning |
+//! |---|---|---|---|
+//! | `Subscribe` | new | tracer → agent | carries the address families whose clients it takes (IPv4, IPv6, both): a steal leaves the other family's connections to the target |
+//! | `RouteQuery` → `Opened`/`OpenFailed` | new | tracer → agent | where the target's kernel would send datagrams to an address from (a UDP connect there, no packet): the route's source address, or `connect`'s errno; the exchange ends with the answer |
+//! | `ResolverQuery` → `ResolverConf` | new | tracer → agent | the target's resolver configuration: `search` and `options` lines made from what the agent parsed of its resolv.conf |
+//!
 //! # Version 1
 //!
 //! | frame | stream | direction | meaning |
@@ -139,7 +145,8 @@ pub use incoming::{
 };
 pub use relay::{relay, RelayEnd, RelayOutcome};
 pub use request::{
-    ConnectTcpRequest, DnsRequest, EnvRequest, OpenUdpRequest, Request, Requests, RespondError,
+    ConnectTcpRequest, DnsRequest, EnvRequest, OpenUdpRequest, Request, Requests, ResolverRequest,
+    RespondError, RouteRequest,
 };
 pub use session::{
     refuse, CloseReason, Config, HandshakeError, Io, Session, SessionClosed, SessionTask,

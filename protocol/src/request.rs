@@ -57,6 +57,10 @@ pub enum Request {
     Subscribe(SubscribeRequest),
     /// Take an incoming connection of a subscription this side made (agent → sctrace).
     Incoming(IncomingRequest),
+    /// Tell where datagrams to an address would be routed from (version 2).
+    Route(RouteRequest),
+    /// Tell the target's resolver configuration (version 2).
+    Resolver(ResolverRequest),
 }
 
 /// Why a response could not be delivered.
@@ -126,8 +130,32 @@ impl Request {
         })
     }
 
+    pub(crate) fn route(
+        shared: Arc<Shared>,
+        id: StreamId,
+        addr: SocketAddr,
+        cancel: oneshot::Receiver<()>,
+    ) -> Request {
+        Request::Route(RouteRequest {
+            offer: Offer::new(shared, id, cancel, OfferKind::Open),
+            addr,
+        })
+    }
+
+    pub(crate) fn resolver(
+        shared: Arc<Shared>,
+        id: StreamId,
+        cancel: oneshot::Receiver<()>,
+    ) -> Request {
+        Request::Resolver(ResolverRequest {
+            offer: Offer::new(shared, id, cancel, OfferKind::Resolver),
+        })
+    }
+
     fn offer(&mut self) -> &mut Offer {
         match self {
+            Request::Route(r) => &mut r.offer,
+            Request::Resolver(r) => &mut r.offer,
             Request::ConnectTcp(r) => &mut r.offer,
             Request::OpenUdp(r) => &mut r.offer,
             Request::Dns(r) => &mut r.offer,
@@ -161,6 +189,8 @@ pub(crate) enum OfferKind {
     Env,
     /// `SubscribeFailed`.
     Subscribe,
+    /// `ResolverConf` with nothing (the defaults).
+    Resolver,
 }
 
 impl OfferKind {
@@ -188,6 +218,10 @@ impl OfferKind {
                 message: why.to_string(),
             },
             OfferKind::Open => Frame::OpenFailed { stream, errno },
+            OfferKind::Resolver => Frame::ResolverConf {
+                stream,
+                text: String::new(),
+            },
         }
     }
 }
@@ -507,4 +541,60 @@ fn check_env(vars: &[(Bytes, Bytes)]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The peer asks where this side's kernel would send datagrams to an address from (the
+/// source a UDP socket connected there gets).
+pub struct RouteRequest {
+    offer: Offer,
+    addr: SocketAddr,
+}
+
+impl RouteRequest {
+    /// The destination.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The route's source: the address a socket connected to [`RouteRequest::addr`] has.
+    pub fn answer(mut self, local: SocketAddr) -> Result<(), RespondError> {
+        let id = self.offer.id;
+        self.offer.answer(None, Frame::Opened { stream: id, local })
+    }
+
+    /// There is no route; this Linux errno says why (what `connect` said).
+    pub fn reject(mut self, errno: i32) {
+        self.offer.reject_open(errno);
+    }
+}
+
+/// The peer asks for this side's resolver configuration.
+pub struct ResolverRequest {
+    offer: Offer,
+}
+
+impl ResolverRequest {
+    /// Sends `search …`/`options …` lines (resolv.conf syntax), at most
+    /// [`crate::frame::MAX_MESSAGE_LEN`] bytes (longer text is cut at a line boundary).
+    pub fn answer(mut self, text: &str) -> Result<(), RespondError> {
+        let id = self.offer.id;
+        self.offer.answer(
+            None,
+            Frame::ResolverConf {
+                stream: id,
+                text: cut_at_line(text, crate::frame::MAX_MESSAGE_LEN).to_string(),
+            },
+        )
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a line end.
+fn cut_at_line(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    match text[..max].rfind('\n') {
+        Some(end) => &text[..=end],
+        None => "",
+    }
 }

@@ -168,6 +168,9 @@ fn frame() -> impl Strategy<Value = Frame> {
                 server,
             }
         ),
+        (stream(), socket_addr()).prop_map(|(stream, addr)| Frame::RouteQuery { stream, addr }),
+        stream().prop_map(|stream| Frame::ResolverQuery { stream }),
+        (stream(), text()).prop_map(|(stream, text)| Frame::ResolverConf { stream, text }),
     ]
 }
 
@@ -264,7 +267,7 @@ proptest! {
                 expect.extend_from_slice(&stream.to_be_bytes());
                 expect.extend_from_slice(&payload);
                 // Lossy text decoding may differ for invalid UTF-8 messages.
-                if !matches!(f, Frame::Refused { .. } | Frame::GoAway { .. } | Frame::DnsFailed { .. } | Frame::EnvFailed { .. } | Frame::SubscribeFailed { .. }) {
+                if !matches!(f, Frame::Refused { .. } | Frame::GoAway { .. } | Frame::DnsFailed { .. } | Frame::EnvFailed { .. } | Frame::SubscribeFailed { .. } | Frame::ResolverConf { .. }) {
                     prop_assert_eq!(again, expect);
                 }
             }

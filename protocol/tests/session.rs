@@ -1036,3 +1036,67 @@ async fn relay_passes_half_close_and_data_both_ways() {
     let _wr = w.await.unwrap();
     assert!(got == expected);
 }
+
+#[tokio::test]
+async fn route_and_resolver_queries_are_answered_once() {
+    let (client, server) = pair().await;
+    let Session {
+        handle,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    tokio::spawn(async move {
+        let _keep = handle;
+        while let Some(req) = requests.next().await {
+            match req {
+                Request::Route(r) if r.addr().port() == 53 => {
+                    r.answer(addr("198.18.0.9:40000")).unwrap()
+                }
+                Request::Route(r) if r.addr().port() == 1 => r.reject(101),
+                Request::Route(r) => drop(r),
+                Request::Resolver(r) => r
+                    .answer("search default.svc.cluster.local\noptions ndots:5\n")
+                    .unwrap(),
+                _ => {}
+            }
+        }
+    });
+    assert_eq!(
+        client
+            .handle
+            .probe_route(addr("198.18.0.2:53"))
+            .await
+            .unwrap(),
+        addr("198.18.0.9:40000")
+    );
+    let err = client
+        .handle
+        .probe_route(addr("198.18.9.9:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.errno(),
+        101,
+        "ENETUNREACH, as the target's connect said"
+    );
+    // Dropped without an answer: refused, not left hanging.
+    assert!(client
+        .handle
+        .probe_route(addr("198.18.0.2:2"))
+        .await
+        .is_err());
+    assert_eq!(
+        client.handle.resolver_conf().await.unwrap(),
+        "search default.svc.cluster.local\noptions ndots:5\n"
+    );
+    // Each exchange ended with its answer: the session is still healthy.
+    assert!(client.handle.close_reason().is_none());
+    client.handle.shutdown("done");
+    assert!(client
+        .handle
+        .probe_route(addr("198.18.0.2:53"))
+        .await
+        .is_err());
+}

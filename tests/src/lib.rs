@@ -24,8 +24,8 @@
 //! ```
 
 mod cluster;
-pub mod conformance;
 mod confine;
+pub mod conformance;
 mod dnsmasq;
 mod events;
 mod locate;

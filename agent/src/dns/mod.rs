@@ -79,6 +79,11 @@ impl Resolver {
         }
     }
 
+    /// The target's resolver configuration, as `search`/`options` lines.
+    pub fn resolver_lines(&self) -> String {
+        self.conf.current().resolver_lines()
+    }
+
     /// Serves one query from the session.
     pub async fn serve(&self, mut request: DnsRequest) {
         let query = request.message().clone();

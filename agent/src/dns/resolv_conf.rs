@@ -157,6 +157,35 @@ impl ResolvConf {
     }
 }
 
+impl ResolvConf {
+    /// The `search` and `options` lines an application's resolver needs to search names
+    /// as this configuration does (made from the parsed values, never the file's text).
+    pub fn resolver_lines(&self) -> String {
+        let mut text = String::new();
+        if !self.search.is_empty() {
+            let domains: Vec<String> = self
+                .search
+                .iter()
+                .map(|d| d.to_ascii().trim_end_matches('.').to_string())
+                .collect();
+            text.push_str(&format!("search {}\n", domains.join(" ")));
+        }
+        let mut options = vec![
+            format!("ndots:{}", self.ndots),
+            format!("timeout:{}", self.timeout.as_secs().max(1)),
+            format!("attempts:{}", self.attempts),
+        ];
+        if self.rotate {
+            options.push("rotate".into());
+        }
+        if self.use_vc {
+            options.push("use-vc".into());
+        }
+        text.push_str(&format!("options {}\n", options.join(" ")));
+        text
+    }
+}
+
 fn parse_nameserver(word: &str) -> Option<IpAddr> {
     // A link-local IPv6 server may carry a zone (`fe80::1%eth0`); the zone is dropped.
     let addr = word.split('%').next()?;
@@ -178,6 +207,21 @@ mod tests {
 
     fn name(s: &str) -> Name {
         Name::from_ascii(s).unwrap()
+    }
+
+    #[test]
+    fn resolver_lines_say_what_was_understood() {
+        let conf = ResolvConf::parse(
+            "nameserver 198.18.0.2\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5 rotate evil$(x)\n",
+        );
+        assert_eq!(
+            conf.resolver_lines(),
+            "search default.svc.cluster.local svc.cluster.local\noptions ndots:5 timeout:5 attempts:2 rotate\n"
+        );
+        assert_eq!(
+            ResolvConf::default().resolver_lines(),
+            "options ndots:1 timeout:5 attempts:2\n"
+        );
     }
 
     #[test]

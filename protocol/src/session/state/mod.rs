@@ -97,6 +97,14 @@ pub(crate) enum Slot {
     Subscribing {
         reply: oneshot::Sender<SubscribeReply>,
     },
+    /// We asked the peer where its kernel would route datagrams (answered like an open).
+    Routing {
+        reply: oneshot::Sender<OpenReply>,
+    },
+    /// We asked for the peer's resolver configuration.
+    Resolving {
+        reply: oneshot::Sender<String>,
+    },
     Stream(StreamState),
     Udp(UdpState),
     /// A subscription in place (made by either side).

@@ -11,6 +11,7 @@
 //! | `dns` | `DnsQuery`, `DnsAnswer`, `DnsFailed` | DNS exchanges |
 //! | `env` | `EnvQuery`, `EnvVars`, `EnvFailed` | environment requests |
 //! | `subscription` | `Subscribe`, `Subscribed`, `SubscribeFailed`, `IncomingTcp` | port subscriptions and their connections |
+//! | `query` | `RouteQuery`, `ResolverQuery`, `ResolverConf` (and the `Opened`/`OpenFailed` answering a route query) | one-shot questions about the target |
 //!
 //! Frames that open something on our side come back as a [`Request`] for our user (none
 //! when a limit refused it); the others only change the state. An error is a protocol
@@ -21,6 +22,7 @@ mod datagram;
 mod dns;
 mod env;
 mod open;
+mod query;
 mod reset;
 mod stream;
 mod subscription;
@@ -122,6 +124,14 @@ impl State {
                 client,
                 server,
             )?),
+
+            Frame::RouteQuery { stream, addr } => {
+                deliver.extend(self.on_route_query(shared, stream, addr)?)
+            }
+            Frame::ResolverQuery { stream } => {
+                deliver.extend(self.on_resolver_query(shared, stream)?)
+            }
+            Frame::ResolverConf { stream, text } => self.on_resolver_conf(stream, text)?,
         }
         Ok(())
     }

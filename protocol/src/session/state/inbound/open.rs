@@ -1,6 +1,6 @@
 //! Opening TCP streams and UDP flows: the peer's `ConnectTcp` and `OpenUdp` become requests
 //! for our user; `Opened` and `OpenFailed` answer the opens we asked for (and the incoming
-//! connections we handed over).
+//! connections we handed over, and the route queries we sent).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +53,11 @@ impl State {
                 let _ = reply.send(OpenReply::Opened(local));
                 Ok(())
             }
+            // The answer to a route query: the exchange ends with it.
+            Some(Slot::Routing { reply }) => {
+                let _ = reply.send(OpenReply::Opened(local));
+                Ok(())
+            }
             other => self.unexpected(stream, other, "Opened"),
         }
     }
@@ -64,7 +69,7 @@ impl State {
         errno: i32,
     ) -> Result<(), CloseReason> {
         match self.slots.remove(&stream) {
-            Some(Slot::Opening { reply, .. }) => {
+            Some(Slot::Opening { reply, .. } | Slot::Routing { reply }) => {
                 let _ = reply.send(OpenReply::Failed(errno));
                 Ok(())
             }

@@ -48,9 +48,17 @@ impl State {
                 // The peer gave up before we answered; dropping the slot tells our user.
                 self.remove(stream);
             }
-            Some(Slot::Opening { .. }) => {
-                if let Some(Slot::Opening { reply, .. }) = self.remove(stream) {
+            Some(Slot::Opening { .. } | Slot::Routing { .. }) => {
+                if let Some(Slot::Opening { reply, .. } | Slot::Routing { reply }) =
+                    self.remove(stream)
+                {
                     let _ = reply.send(OpenReply::Failed(errno));
+                }
+            }
+            Some(Slot::Resolving { .. }) => {
+                // The peer gave up: no configuration (the defaults) is the answer.
+                if let Some(Slot::Resolving { reply }) = self.remove(stream) {
+                    let _ = reply.send(String::new());
                 }
             }
             Some(Slot::Querying { .. }) => {
