@@ -13,7 +13,7 @@ use crate::relay::udp::{PeerKind, UdpAssociation};
 use crate::sys::socket::OutgoingMessage;
 use crate::trap::msghdr::RecvBuffers;
 use crate::trap::socket::AppSocket;
-use crate::trap::AddrArg;
+use crate::trap::{AddrArg, CallRef};
 
 /// The final answer to one trapped call.
 #[derive(Debug)]
@@ -168,6 +168,8 @@ pub enum Work {
     /// A receive on a socket with a UDP association, emulated so that the source shows
     /// the remote peer.
     Receive {
+        /// The call, checked before a datagram is taken for it.
+        call: CallRef,
         /// The calling thread, whose memory receives the message.
         tid: u32,
         /// The socket's association.
@@ -192,6 +194,8 @@ pub enum Work {
     /// `accept`/`accept4` on a listener whose port is subscribed in the target: the client
     /// is shown as the remote one.
     Accept {
+        /// The call, checked before a connection is taken for it.
+        call: CallRef,
         /// The calling thread, whose memory receives the client's address.
         tid: u32,
         /// accept4's flags (0 for accept).

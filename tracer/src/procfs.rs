@@ -76,6 +76,40 @@ impl IdentityCache {
     }
 }
 
+/// Whether a signal waits for thread `tid` that its process catches and the thread does not
+/// block, from `/proc/TID/status`: `Some(true)` for one sent to the thread itself (or to a
+/// single-threaded process: the thread is then sure to take it), `Some(false)` for one sent
+/// to a multi-threaded process (some thread takes it), `None` for none. Such a signal would
+/// interrupt the thread's blocking call in the kernel; a call sctrace is answering keeps the
+/// thread from taking it until answered (with WAIT_KILLABLE_RECV, only fatal signals wake it).
+pub fn caught_signal_pending(tid: u32) -> io::Result<Option<bool>> {
+    let status = fs::read_to_string(format!("/proc/{tid}/status"))?;
+    Ok(parse_pending(&status))
+}
+
+fn parse_pending(status: &str) -> Option<bool> {
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let threads: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1);
+    let wanted = mask("SigCgt:") & !mask("SigBlk:");
+    if mask("SigPnd:") & wanted != 0 {
+        Some(true)
+    } else if mask("ShdPnd:") & wanted != 0 {
+        Some(threads == 1)
+    } else {
+        None
+    }
+}
+
 /// The process (thread group) that thread `tid` belongs to.
 pub fn thread_group_of(tid: i32) -> io::Result<i32> {
     identity(tid).map(|id| id.pid)
@@ -131,6 +165,29 @@ pub fn descendants(root: i32, except: &HashSet<i32>) -> Vec<i32> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    const STATUS: &str = "Name:\tperl\nThreads:\t1\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000002000\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\nSigCgt:\t0000000000002000\n";
+
+    #[test]
+    fn a_caught_unblocked_pending_signal_is_seen() {
+        // SIGALRM (14: bit 13) sent to the process, caught, not blocked, one thread.
+        assert_eq!(parse_pending(STATUS), Some(true));
+        let many = STATUS.replace("Threads:\t1", "Threads:\t4");
+        assert_eq!(parse_pending(&many), Some(false));
+        let blocked = STATUS.replace("SigBlk:\t0000000000000000", "SigBlk:\t0000000000002000");
+        assert_eq!(parse_pending(&blocked), None);
+        let not_caught = STATUS.replace("SigCgt:\t0000000000002000", "SigCgt:\t0000000000000000");
+        assert_eq!(parse_pending(&not_caught), None);
+        let to_thread = many
+            .replace("ShdPnd:\t0000000000002000", "ShdPnd:\t0000000000000000")
+            .replace("SigPnd:\t0000000000000000", "SigPnd:\t0000000000002000");
+        assert_eq!(parse_pending(&to_thread), Some(true));
+    }
 }
 
 #[cfg(test)]

@@ -229,6 +229,9 @@ impl Session {
                 if let Some(app_env) = &app_env {
                     app_env.apply(cmd);
                 }
+                if let (Some(relay), Some(config)) = (&relay, &self.relay) {
+                    resolver_env(cmd, &relay.remote, config);
+                }
             },
         )?;
         if let Some(terminal) = &terminal {
@@ -282,6 +285,23 @@ impl Session {
         drop(relay);
         runtime.shutdown_timeout(Duration::from_millis(100));
         Ok(lifecycle::shell_status(exit))
+    }
+}
+
+/// Gives the app's resolver the target's search list and options (see
+/// [`crate::dns::resolv_conf::TargetResolver`]) when its names are resolved in the target,
+/// unless the config sets these variables itself (`feature.env.override`) or unsets them.
+fn resolver_env(cmd: &mut std::process::Command, remote: &Remote, config: &Config) {
+    if !config.feature.network.dns.enabled {
+        return;
+    }
+    let env = &config.feature.env;
+    for (name, value) in remote.target_resolver.env_vars() {
+        let chosen = env.overrides.contains_key(name)
+            || env.unset.iter().any(|u| u.eq_ignore_ascii_case(name));
+        if !chosen {
+            cmd.env(name, value);
+        }
     }
 }
 

@@ -1,11 +1,9 @@
-//! Choosing among the answers for each search candidate, and presenting the chosen one
-//! under the name the application asked (with CNAME chains flattened).
+//! Choosing among the answers for each search candidate, and presenting the chosen one as
+//! the answer to the name the application asked (an alias of the name found).
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
-
-/// Longest CNAME chain followed when flattening.
-const MAX_CHAIN: usize = 16;
+use hickory_proto::rr::rdata::CNAME;
+use hickory_proto::rr::{Name, RData, Record};
 
 /// Outcome of trying search candidates in order, following glibc's `res_nsearch`: a positive
 /// answer ends the search; NXDOMAIN and NODATA go on to the next candidate; SERVFAIL goes
@@ -62,8 +60,13 @@ impl Search {
 }
 
 /// Presents `reply` (the answer for `candidate`) as the answer to `original`: same id and
-/// question, records owned by `candidate` renamed to the asked name, and for ordinary types a
-/// CNAME chain replaced by the records it leads to (TTL: the chain's minimum).
+/// question. When the search list made `candidate` out of the asked name, a positive answer
+/// starts with a CNAME from the asked name to `candidate` — as a name server that knows the
+/// short name as an alias would answer — followed by the target's own records, unchanged
+/// (owners, CNAME chains, TTLs): the application's resolver then finds the same canonical
+/// name, addresses and TTLs as the target's resolver did. The CNAME's TTL is the smallest of
+/// the records it leads to. A negative answer (NXDOMAIN, NODATA) keeps its rcode and
+/// authority section.
 pub fn present(original: &Message, candidate: &Name, mut reply: Message) -> Message {
     reply.metadata.id = original.metadata.id;
     reply.metadata.recursion_desired = original.metadata.recursion_desired;
@@ -73,76 +76,25 @@ pub fn present(original: &Message, candidate: &Name, mut reply: Message) -> Mess
         return reply;
     };
     let asked = &question.name;
-    if asked.eq_ignore_root(candidate) && asked.is_fqdn() == candidate.is_fqdn() {
-        // Not renamed: only the question's spelling (e.g. 0x20 case) is restored.
+    if asked.eq_ignore_root(candidate) || reply.answers.is_empty() {
+        // Not renamed (only the question's spelling, e.g. 0x20 case, is restored), or
+        // nothing to lead to.
         return reply;
     }
-    let qtype = question.query_type;
-    if !matches!(qtype, RecordType::CNAME | RecordType::ANY) {
-        if let Some(flat) = flatten(&reply, candidate, qtype) {
-            reply.answers = flat
-                .into_iter()
-                .map(|mut r| {
-                    r.name = asked.clone();
-                    r
-                })
-                .collect();
-            return reply;
-        }
-    }
-    for record in &mut reply.answers {
-        if record.name.eq_ignore_root(candidate) {
-            record.name = asked.clone();
-        }
-    }
+    let ttl = reply.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
+    let mut target = candidate.clone();
+    target.set_fqdn(true);
+    let alias = Record::from_rdata(asked.clone(), ttl, RData::CNAME(CNAME(target)));
+    reply.answers.insert(0, alias);
     reply
-}
-
-/// The records of type `qtype` that `candidate` leads to through the answer's CNAMEs, with
-/// their TTLs lowered to the chain's minimum; `None` if the chain leads nowhere.
-fn flatten(
-    reply: &Message,
-    candidate: &Name,
-    qtype: RecordType,
-) -> Option<Vec<hickory_proto::rr::Record>> {
-    let mut current = candidate.clone();
-    let mut chain_ttl = u32::MAX;
-    for _ in 0..MAX_CHAIN {
-        let found: Vec<_> = reply
-            .answers
-            .iter()
-            .filter(|r| r.name.eq_ignore_root(&current) && r.record_type() == qtype)
-            .cloned()
-            .collect();
-        if !found.is_empty() {
-            return Some(
-                found
-                    .into_iter()
-                    .map(|mut r| {
-                        r.ttl = r.ttl.min(chain_ttl);
-                        r
-                    })
-                    .collect(),
-            );
-        }
-        let next = reply.answers.iter().find_map(|r| match &r.data {
-            RData::CNAME(target) if r.name.eq_ignore_root(&current) => {
-                Some((r.ttl, target.0.clone()))
-            }
-            _ => None,
-        })?;
-        chain_ttl = chain_ttl.min(next.0);
-        current = next.1;
-    }
-    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::rdata::{A, CNAME};
-    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::RecordType;
     use std::net::Ipv4Addr;
 
     fn name(s: &str) -> Name {
@@ -178,7 +130,7 @@ mod tests {
     }
 
     #[test]
-    fn renames_answers_to_the_asked_name() {
+    fn a_searched_name_is_an_alias_of_the_name_found() {
         let q = query("uwu-service.", RecordType::A);
         let cand = name("uwu-service.default.svc.cluster.local.");
         let r = response(
@@ -194,77 +146,73 @@ mod tests {
         let out = present(&q, &cand, r);
         assert_eq!(out.metadata.id, 4242);
         assert_eq!(out.queries, q.queries);
-        assert_eq!(out.answers.len(), 1);
-        assert_eq!(out.answers[0].name, name("uwu-service."));
-        assert_eq!(out.answers[0].ttl, 30);
+        assert_eq!(
+            out.answers,
+            [
+                cname("uwu-service.", 30, "uwu-service.default.svc.cluster.local."),
+                a(
+                    "uwu-service.default.svc.cluster.local.",
+                    30,
+                    [198, 18, 0, 7]
+                )
+            ]
+        );
     }
 
     #[test]
-    fn flattens_cname_chains_with_the_smallest_ttl() {
+    fn the_targets_chains_and_ttls_are_kept() {
         let q = query("web.", RecordType::A);
         let cand = name("web.default.svc.cluster.local.");
+        let records = vec![
+            cname("web.default.svc.cluster.local.", 20, "lb.example."),
+            cname("lb.example.", 300, "lb2.example."),
+            a("lb2.example.", 60, [198, 18, 0, 1]),
+            a("lb2.example.", 60, [198, 18, 0, 2]),
+        ];
         let r = response(
             "web.default.svc.cluster.local.",
             RecordType::A,
             ResponseCode::NoError,
-            vec![
-                cname("web.default.svc.cluster.local.", 20, "lb.example."),
-                cname("lb.example.", 300, "lb2.example."),
-                a("lb2.example.", 60, [198, 18, 0, 1]),
-                a("lb2.example.", 60, [198, 18, 0, 2]),
-            ],
+            records.clone(),
         );
         let out = present(&q, &cand, r);
-        assert_eq!(out.answers.len(), 2);
-        assert!(out
-            .answers
-            .iter()
-            .all(|r| r.name == name("web.") && r.ttl == 20));
-        assert!(out.answers.iter().all(|r| r.record_type() == RecordType::A));
+        assert_eq!(
+            out.answers[0],
+            cname("web.", 20, "web.default.svc.cluster.local.")
+        );
+        assert_eq!(out.answers[1..], records[..]);
     }
 
     #[test]
-    fn cname_queries_and_dead_chains_are_only_renamed() {
-        let q = query("web.", RecordType::A);
-        let cand = name("web.default.svc.cluster.local.");
+    fn answers_for_the_asked_name_and_negative_answers_are_unchanged() {
+        let q = query("UwU-Service.Default.Svc.Cluster.Local.", RecordType::A);
+        let cand = name("uwu-service.default.svc.cluster.local.");
+        let records = vec![a(
+            "uwu-service.default.svc.cluster.local.",
+            5,
+            [198, 18, 0, 7],
+        )];
         let r = response(
-            "web.default.svc.cluster.local.",
+            "uwu-service.default.svc.cluster.local.",
             RecordType::A,
             ResponseCode::NoError,
-            vec![cname("web.default.svc.cluster.local.", 20, "gone.example.")],
+            records.clone(),
         );
         let out = present(&q, &cand, r);
-        assert_eq!(out.answers.len(), 1);
-        assert_eq!(out.answers[0].name, name("web."));
-        assert_eq!(out.answers[0].record_type(), RecordType::CNAME);
+        assert_eq!(out.queries, q.queries, "the asked spelling comes back");
+        assert_eq!(out.answers, records);
 
-        let q = query("web.", RecordType::CNAME);
+        let q = query("v4-only.", RecordType::AAAA);
+        let cand = name("v4-only.default.svc.cluster.local.");
         let r = response(
-            "web.default.svc.cluster.local.",
-            RecordType::CNAME,
+            "v4-only.default.svc.cluster.local.",
+            RecordType::AAAA,
             ResponseCode::NoError,
-            vec![cname("web.default.svc.cluster.local.", 20, "x.example.")],
+            vec![],
         );
         let out = present(&q, &cand, r);
-        assert_eq!(out.answers[0].name, name("web."));
-        assert_eq!(out.answers[0].record_type(), RecordType::CNAME);
-    }
-
-    #[test]
-    fn cname_loop_does_not_hang() {
-        let q = query("loop.", RecordType::A);
-        let cand = name("loop.svc.");
-        let r = response(
-            "loop.svc.",
-            RecordType::A,
-            ResponseCode::NoError,
-            vec![
-                cname("loop.svc.", 5, "b.svc."),
-                cname("b.svc.", 5, "loop.svc."),
-            ],
-        );
-        let out = present(&q, &cand, r);
-        assert_eq!(out.answers.len(), 2, "kept as is, owner renamed");
+        assert!(out.answers.is_empty(), "NODATA stays NODATA");
+        assert_eq!(out.metadata.response_code, ResponseCode::NoError);
     }
 
     #[test]

@@ -132,11 +132,14 @@ impl ResolvConf {
 
     /// The names to try for `name`, in order, as glibc's `res_nsearch` does: the name as it is
     /// first when it has at least `ndots` dots, then each search domain appended, then the
-    /// name as it is (if not tried yet).
+    /// name as it is (if not tried yet). A name already under one of the search domains is
+    /// tried as it is only: it comes from a resolver that searched the target's list itself
+    /// (sctrace gives glibc and c-ares the list), and searching it again would only ask
+    /// names like `a.default.svc.cluster.local.default.svc.cluster.local`.
     pub fn candidates(&self, name: &Name) -> Vec<Name> {
         let mut as_is = name.clone();
         as_is.set_fqdn(true);
-        if name.is_root() {
+        if name.is_root() || self.search.iter().any(|domain| domain.zone_of(name)) {
             return vec![as_is];
         }
         let dots = name.num_labels().saturating_sub(1);
@@ -222,6 +225,23 @@ mod tests {
             ResolvConf::default().resolver_lines(),
             "options ndots:1 timeout:5 attempts:2\n"
         );
+    }
+
+    #[test]
+    fn names_under_a_search_domain_are_not_searched_again() {
+        let conf = ResolvConf::parse(
+            "search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n",
+        );
+        assert_eq!(
+            conf.candidates(&name("uwu-service.default.svc.cluster.local.")),
+            [name("uwu-service.default.svc.cluster.local.")]
+        );
+        assert_eq!(
+            conf.candidates(&name("x.Cluster.Local")),
+            [name("x.Cluster.Local.")],
+            "letter case does not matter"
+        );
+        assert_eq!(conf.candidates(&name("uwu-service.")).len(), 4);
     }
 
     #[test]

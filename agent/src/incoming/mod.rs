@@ -26,14 +26,15 @@ mod steal;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use sctrace_protocol::{
     Families, IncomingMode, SessionHandle, StreamId, SubscribeFailureKind, SubscribeRequest,
     SubscriptionEnd,
 };
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::errno::EIO;
 use crate::netns::NetnsSockets;
@@ -51,14 +52,42 @@ pub struct Subscriber {
     pub subscription: StreamId,
     /// With a filtered steal: which requests to take.
     pub filter: Option<CompiledFilter>,
-    alive: AtomicBool,
+    phase: watch::Sender<Phase>,
 }
+
+/// Where a subscriber is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Registered, its redirect rules going in, not yet confirmed to sctrace: a connection
+    /// redirected meanwhile waits for it.
+    Starting,
+    /// Confirmed: connections go to it.
+    Alive,
+    /// Ended (or never confirmed).
+    Ended,
+}
+
+/// How long a connection redirected while its subscriber starts waits for it.
+const START_WAIT: Duration = Duration::from_secs(2);
 
 impl Subscriber {
     /// False once the subscription has ended: its in-flight connections go on, but new
     /// requests on them go to the target's server.
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        *self.phase.borrow() == Phase::Alive
+    }
+
+    /// Waits (bounded) while the subscriber is starting; then whether it is alive.
+    async fn started(&self) -> bool {
+        let mut phase = self.phase.subscribe();
+        let settled = tokio::time::timeout(START_WAIT, phase.wait_for(|p| *p != Phase::Starting))
+            .await
+            .map(|seen| seen.map(|p| *p));
+        matches!(settled, Ok(Ok(Phase::Alive)))
+    }
+
+    fn set(&self, phase: Phase) {
+        self.phase.send_replace(phase);
     }
 }
 
@@ -157,6 +186,23 @@ impl Incoming {
         };
         let v4 = interceptor.v4.filter(|_| families.ipv4);
         let v6 = interceptor.v6.filter(|_| families.ipv6);
+        // Registered before its rules go in, so that no connection they redirect finds the
+        // port without it; such a connection waits until the subscription is confirmed.
+        let subscriber = Arc::new(Subscriber {
+            session: session.handle.clone(),
+            subscription: request.id(),
+            filter,
+            phase: watch::channel(Phase::Starting).0,
+        });
+        if let Err(conflict) =
+            self.registry()
+                .insert(port, mode, key, who.clone(), subscriber.clone())
+        {
+            // Not reached: `check` passed under the same `changes` lock.
+            tracing::warn!(port, "{conflict}");
+            request.reject(SubscribeFailureKind::PortInUse, &conflict.to_string());
+            return;
+        }
         let generation = match self.nft.ensure(port, v4, v6).await {
             Ok(g) => g,
             Err(e) => {
@@ -168,36 +214,24 @@ impl Incoming {
                     _ => SubscribeFailureKind::Failed,
                 };
                 tracing::warn!(port, %mode, %who, error = %e, "cannot redirect the port");
+                subscriber.set(Phase::Ended);
+                self.registry().remove(port, key);
                 request.reject(kind, &e.to_string());
                 return;
             }
         };
-        let subscription_id = request.id();
         let mut subscription = match request.accept() {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(port, error = %e, "subscription cancelled before it was in place");
-                if !self.registry().has(port) {
+                subscriber.set(Phase::Ended);
+                if self.registry().remove(port, key) {
                     self.remove_rules(port).await;
                 }
                 return;
             }
         };
-        let subscriber = Arc::new(Subscriber {
-            session: session.handle.clone(),
-            subscription: subscription_id,
-            filter,
-            alive: AtomicBool::new(true),
-        });
-        if let Err(conflict) =
-            self.registry()
-                .insert(port, mode, key, who.clone(), subscriber.clone())
-        {
-            // Not reached: `check` passed under the same `changes` lock.
-            subscription.end(EIO);
-            tracing::warn!(port, "{conflict}");
-            return;
-        }
+        subscriber.set(Phase::Alive);
         drop(changes);
         tracing::info!(port, %mode, filtered = subscriber.filter.is_some(), %who, "subscribed");
 
@@ -206,7 +240,7 @@ impl Incoming {
             end = subscription.ended() => Some(end),
             _ = lost.wait_for(|dead| *dead >= generation) => None,
         };
-        subscriber.alive.store(false, Ordering::Release);
+        subscriber.set(Phase::Ended);
         match &end {
             Some(SubscriptionEnd::Ended { .. }) => {
                 tracing::info!(port, %mode, %who, "unsubscribed")
@@ -236,13 +270,18 @@ impl Incoming {
     /// destination).
     async fn handle(self: Arc<Self>, conn: TcpStream, client: SocketAddr, server: SocketAddr) {
         let subscribers = self.registry().subscribers(server.port());
-        let mirrors: Vec<_> = subscribers
-            .mirrors
-            .into_iter()
-            .filter(|m| m.is_alive())
-            .collect();
+        let mut mirrors = Vec::new();
+        for mirror in subscribers.mirrors {
+            if mirror.started().await {
+                mirrors.push(mirror);
+            }
+        }
         let conn = Tee::new(conn, &mirrors, client, server);
-        match subscribers.stealer.filter(|s| s.is_alive()) {
+        let stealer = match subscribers.stealer {
+            Some(stealer) if stealer.started().await => Some(stealer),
+            _ => None,
+        };
+        match stealer {
             None => proxy::pass_through(conn, server, &self.sockets).await,
             Some(stealer) if stealer.filter.is_none() => {
                 steal::whole_connection(conn, stealer, client, server, &self.sockets).await

@@ -72,6 +72,7 @@ impl<S> Registry<S> {
     }
 
     /// Whether `port` has any subscriber (so its redirect rules exist).
+    #[cfg(test)]
     pub fn has(&self, port: u16) -> bool {
         self.ports.contains_key(&port)
     }

@@ -19,6 +19,7 @@ use crate::sockaddr::{in_family, SockAddr};
 use crate::sys::memory;
 use crate::sys::socket as sys;
 use crate::trap::socket::AppSocket;
+use crate::trap::CallRef;
 
 use super::receive::write_sockaddr;
 use super::Action;
@@ -34,6 +35,7 @@ struct Destination {
 /// Accepts one connection for the app.
 pub fn accept(
     remote: &Arc<Remote>,
+    call: CallRef,
     tid: u32,
     sock: AppSocket,
     flags: i32,
@@ -49,7 +51,7 @@ pub fn accept(
         Err(Errno(libc::EAGAIN)) if listener_flags & libc::O_NONBLOCK == 0 => {
             let remote = Arc::clone(remote);
             Action::Defer(Box::pin(async move {
-                match wait_and_accept(sock.fd, listener_flags, flags).await {
+                match wait_and_accept(&call, sock.fd, listener_flags, flags).await {
                     Ok(accepted) => deliver(&remote, dest, flags, accepted),
                     Err(err) => Reply::Fail(err),
                 }
@@ -75,7 +77,10 @@ fn accept_without_blocking(
     accepted
 }
 
+/// Waits for a connection and takes it, only while the call still waits for it (one taken
+/// for a call that is gone would be lost to the app).
 async fn wait_and_accept(
+    call: &CallRef,
     fd: OwnedFd,
     listener_flags: i32,
     flags: i32,
@@ -83,6 +88,9 @@ async fn wait_and_accept(
     let watched = sys::watch(fd, Interest::READABLE).map_err(|e| Errno::from_io(&e))?;
     loop {
         let mut guard = watched.readable().await.map_err(|e| Errno::from_io(&e))?;
+        if !call.pending() {
+            return Err(Errno(libc::EINTR));
+        }
         match accept_without_blocking(watched.get_ref().as_fd(), listener_flags, flags) {
             Err(Errno(libc::EAGAIN)) => guard.clear_ready(),
             other => return other,

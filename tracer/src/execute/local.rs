@@ -185,6 +185,8 @@ pub fn bind(
 }
 
 /// `listen`, then the port's subscription in the target (mirror or steal, as configured).
+/// The call returns once the subscription is in place (at most [`SUBSCRIBE_WAIT`]): in the
+/// target, a client connecting after the app's `listen` returned reaches the app.
 pub fn listen(
     remote: Option<&Arc<Remote>>,
     sock: AppSocket,
@@ -192,19 +194,29 @@ pub fn listen(
     backlog: i32,
 ) -> Action {
     let result = sys::listen(sock.fd.as_fd(), backlog);
+    let mut subscribed = None;
     if let (Ok(()), Some(remote)) = (&result, remote) {
         note_listening(remote, &sock, Protocol::Tcp);
         if remote.incoming.enabled() {
             if let (Some(bound), Ok(cookie)) = (sock.local_inet(), sock.cookie()) {
                 let v6_only = bound.is_ipv6() && sys::v6_only(sock.fd.as_fd()).unwrap_or(false);
-                remote
+                subscribed = remote
                     .incoming
                     .on_listen(cookie, AppListener { bound, v6_only });
             }
         }
     }
-    answer(record, result.map(|()| 0i64)).into()
+    match subscribed {
+        Some(in_place) => Action::Defer(Box::pin(async move {
+            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, in_place).await;
+            answer(record, result.map(|()| 0i64))
+        })),
+        None => answer(record, result.map(|()| 0i64)).into(),
+    }
 }
+
+/// How long a `listen` waits for its port's subscription in the target.
+pub const SUBSCRIBE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Tells the relaying session which port the app now serves (the filter keeps loopback
 /// connections to it local).

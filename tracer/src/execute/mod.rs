@@ -115,13 +115,14 @@ impl Executor {
             ) => outgoing::send_datagram(remote, sock, dst, peer, payload, asker, record),
             (
                 Work::Receive {
+                    call,
                     tid,
                     assoc,
                     buffers,
                     flags,
                 },
                 _,
-            ) => receive::receive(tid, sock, assoc, buffers, flags),
+            ) => receive::receive(call, tid, sock, assoc, buffers, flags),
             (
                 Work::ShowAddress {
                     tid,
@@ -133,13 +134,14 @@ impl Executor {
             ) => receive::show_address(tid, &sock, addr, at, len_at).into(),
             (
                 Work::Accept {
+                    call,
                     tid,
                     flags,
                     at,
                     len_at,
                 },
                 Some(remote),
-            ) => accept::accept(remote, tid, sock, flags, at, len_at),
+            ) => accept::accept(remote, call, tid, sock, flags, at, len_at),
             (work, None) => {
                 // Handlers plan remote work only in a relaying session.
                 tracing::error!("{work:?} planned without a relaying session; left to the kernel");

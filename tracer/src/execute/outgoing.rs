@@ -93,12 +93,18 @@ pub fn connect_tcp(
                 let result = join_remote(&remote, &sock, &target, dst, stream);
                 answer(record, result.and_then(|()| connected_reply(nonblocking)))
             }
+            // A non-blocking connect learns of a refusal (a RST) only after it returned
+            // EINPROGRESS, as the kernel reports it: the socket is settled to be refused.
+            // Errors found before any packet leaves (no route) come back at once.
+            Some(Err(err)) if nonblocking && reported_later(open_errno(&err)) => {
+                let parked = park_failure(&remote, sock.fd.as_fd(), target.v6(), &err);
+                answer(record, parked.and(Err::<i64, _>(Errno(libc::EINPROGRESS))))
+            }
             Some(Err(err)) => answer(record, Err::<i64, _>(open_errno(&err))),
             None => {
                 // Still under way: the call returns EINPROGRESS and the socket waits in
                 // the parking, to be settled when the agent answers.
-                let parked =
-                    connect_to_relay(sock.fd.as_fd(), remote.parking.black_hole(target.v6()));
+                let parked = start_connect(sock.fd.as_fd(), remote.parking.black_hole(target.v6()));
                 if let Err(err) = parked {
                     return answer(record, Err::<i64, _>(err));
                 }
@@ -222,6 +228,23 @@ fn connect_to_relay(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
     }
 }
 
+/// Starts connecting the app's socket to `to` (a parking place), once, without waiting: its
+/// outcome — a RST from the refusing port, nothing from the black hole — must stay in the
+/// socket for the app to read (SO_ERROR, poll), not be taken by sctrace asking again.
+fn start_connect(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
+    let flags = sys::file_flags(fd)?;
+    let bytes = SockAddr::encode_inet(to);
+    sys::set_file_flags(fd, flags | libc::O_NONBLOCK)?;
+    let started = sys::connect(fd, Some(&bytes), bytes.len() as i32);
+    if let Err(err) = sys::set_file_flags(fd, flags) {
+        tracing::warn!("cannot restore the flags of a connecting socket: {err}");
+    }
+    match started {
+        Ok(()) | Err(Errno(libc::EINPROGRESS)) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 /// Dissolves a parked socket's pending connect (`connect(AF_UNSPEC)`).
 fn disconnect(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     let mut unspec = [0u8; 16];
@@ -241,16 +264,38 @@ fn settle(
     let fd = sock.fd.as_fd();
     let settled = disconnect(fd).and_then(|()| match outcome {
         Ok(stream) => join_remote(remote, &sock, &target, dst, stream),
-        Err(err) if open_errno(&err) == Errno(libc::ECONNREFUSED) => {
-            connect_to_relay(fd, remote.parking.refusing(v6))
-        }
-        Err(_) => {
-            sys::set_syn_count(fd, 1)?;
-            connect_to_relay(fd, remote.parking.black_hole(v6))
-        }
+        Err(err) => park_failure(remote, fd, v6, &err),
     });
     if let Err(err) = settled {
         tracing::debug!("cannot settle a pending connect to {dst}: {err}");
+    }
+}
+
+/// Whether the kernel reports a failed connect with this errno only after a non-blocking
+/// connect returned EINPROGRESS (an answer from the network), rather than from connect
+/// itself (no route, no local address).
+fn reported_later(errno: Errno) -> bool {
+    matches!(
+        errno.0,
+        libc::ECONNREFUSED | libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ECONNRESET
+    )
+}
+
+/// Connects an unconnected app socket where it fails the way the remote connect did, for
+/// the app to learn through SO_ERROR: refused at once (a bound port with no listener, whose
+/// RST gives ECONNREFUSED), or otherwise timed out (the black hole, giving up after one SYN
+/// retry: ETIMEDOUT).
+fn park_failure(
+    remote: &Remote,
+    fd: BorrowedFd<'_>,
+    v6: bool,
+    err: &OpenError,
+) -> Result<(), Errno> {
+    if open_errno(err) == Errno(libc::ECONNREFUSED) {
+        start_connect(fd, remote.parking.refusing(v6))
+    } else {
+        sys::set_syn_count(fd, 1)?;
+        start_connect(fd, remote.parking.black_hole(v6))
     }
 }
 
@@ -314,7 +359,9 @@ fn associated(
     Ok((target, assoc))
 }
 
-/// A UDP connect routed remote or to a nameserver.
+/// A UDP connect routed remote or to a nameserver. A remote one fails as the target's own
+/// `connect` would (no route: ENETUNREACH, ...), and the socket's address in the target (the
+/// route's source) is what its `getsockname` shows.
 pub fn connect_udp(
     remote: &Arc<Remote>,
     sock: AppSocket,
@@ -329,6 +376,13 @@ pub fn connect_udp(
     };
     let remote = Arc::clone(remote);
     Action::Defer(Box::pin(async move {
+        let source = match peer {
+            PeerKind::Remote => match remote.routes.source(dst).await {
+                Ok(source) => Some(source),
+                Err(err) => return answer(record, Err::<i64, _>(err)),
+            },
+            PeerKind::Dns => None,
+        };
         let relay = match assoc.peer(in_family(dst, target.v6()), peer).await {
             Ok(relay) => relay,
             Err(err) => return answer(record, Err::<i64, _>(Errno::from_io(&err))),
@@ -336,7 +390,14 @@ pub fn connect_udp(
         let bytes = SockAddr::encode_inet(relay);
         let result = sys::connect(sock.fd.as_fd(), Some(&bytes), bytes.len() as i32);
         if result.is_ok() {
-            remote.sockets.set_udp_peer(target.cookie, Some(dst));
+            // The target picks the source address; the port is the app socket's own.
+            let local = source.and_then(|ip| {
+                let port = sock.local_inet()?.port();
+                Some(SocketAddr::new(ip, port))
+            });
+            remote
+                .sockets
+                .set_udp_peer(target.cookie, Some((dst, local)));
         }
         answer(record, result.map(|()| 0i64))
     }))

@@ -25,11 +25,13 @@ use crate::sys::memory;
 use crate::sys::socket::{self as sys, ReceivedMessage};
 use crate::trap::msghdr::RecvBuffers;
 use crate::trap::socket::AppSocket;
+use crate::trap::CallRef;
 
 use super::Action;
 
 /// Receives one datagram for the app.
 pub fn receive(
+    call: CallRef,
     tid: u32,
     sock: AppSocket,
     assoc: Arc<UdpAssociation>,
@@ -50,7 +52,7 @@ pub fn receive(
     );
     match attempt {
         Err(Errno(libc::EAGAIN)) if blocking => Action::Defer(Box::pin(async move {
-            match wait_and_receive(sock.fd, capacity, control_room, flags).await {
+            match wait_and_receive(&call, sock.fd, capacity, control_room, flags).await {
                 Ok(msg) => deliver(tid, &assoc, v6, &buffers, msg),
                 Err(err) => Reply::Fail(err),
             }
@@ -61,7 +63,11 @@ pub fn receive(
 }
 
 /// Waits until the socket is readable, bounded by SO_RCVTIMEO (then EAGAIN), and receives.
+///
+/// The datagram is taken only while the call still waits for it: one taken for a call
+/// that is gone (its caller was interrupted or died) would be lost to the app.
 async fn wait_and_receive(
+    call: &CallRef,
     fd: OwnedFd,
     len: usize,
     control: usize,
@@ -72,6 +78,9 @@ async fn wait_and_receive(
     let wait = async {
         loop {
             let mut guard = watched.readable().await.map_err(|e| Errno::from_io(&e))?;
+            if !call.pending() {
+                return Err(Errno(libc::EINTR));
+            }
             match sys::recvmsg(
                 watched.get_ref().as_fd(),
                 len,

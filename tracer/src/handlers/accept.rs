@@ -34,6 +34,7 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         sock,
         record: None,
         work: Work::Accept {
+            call: ctx.call_ref(n),
             tid: n.tid(),
             flags,
             at: n.arg_ptr(1),

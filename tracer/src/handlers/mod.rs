@@ -29,7 +29,7 @@ use crate::remote::{Destination, Remote};
 use crate::sockaddr::{family_name, sock_type_name};
 use crate::sys::notify::NotifyFd;
 use crate::trap::socket::{AppSocket, Untaken};
-use crate::trap::{AddrArg, Notification, Syscall};
+use crate::trap::{AddrArg, CallRef, Notification, Syscall};
 
 /// What handlers share: the listener (for validity checks), events, and the relaying
 /// session when there is an agent.
@@ -114,6 +114,11 @@ impl Context {
         addr: impl FnOnce() -> String,
     ) -> Option<Record> {
         Record::prepare(&self.events, &self.identities, n, sock, addr)
+    }
+
+    /// A handle on call `n`, for deferred work to check it still waits.
+    pub fn call_ref(&self, n: &Notification) -> CallRef {
+        CallRef::new(Arc::clone(&self.notify), n.raw.id)
     }
 
     /// Who owns `sock`, for the events of the DNS queries it carries.

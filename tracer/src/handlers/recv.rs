@@ -57,6 +57,7 @@ fn receive(
         sock,
         record: None,
         work: Work::Receive {
+            call: ctx.call_ref(n),
             tid: n.tid(),
             assoc,
             buffers,

@@ -343,7 +343,7 @@ mod tests {
             libc::SYS_openat,
             libc::SYS_socket,
             libc::SYS_close,
-            libc::SYS_getsockname,
+            libc::SYS_getsockopt,
         ] {
             assert_eq!(run(&prog, &call(nr, [0; 6])), RET_ALLOW, "nr {nr}");
         }

@@ -18,15 +18,19 @@ use sctrace_filter::config::{
 };
 use sctrace_protocol::{
     Families, HttpFilter, IncomingKind, IncomingMode, IncomingRequest, Request, Requests,
-    SessionHandle, SubscribeError, SubscriptionEnd,
+    SessionHandle, SubscribeError, SubscribeFailureKind, SubscriptionEnd,
 };
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::sockaddr::{canonical, loopback_if_wildcard};
 
 /// How often a subscription's listener is looked for.
 const WATCH: Duration = Duration::from_secs(1);
+/// How often, and how far apart, a subscription replaced by a wider one is tried again
+/// while the agent still holds the old one (about a second in all).
+const REPLACE_TRIES: u32 = 50;
+const REPLACE_PAUSE: Duration = Duration::from_millis(20);
 /// How long a delivered connection's client address is remembered for the app's accept.
 const PEER_GRACE: Duration = Duration::from_secs(60);
 
@@ -78,6 +82,8 @@ impl AppListener {
 struct SubscribedPort {
     listeners: Vec<AppListener>,
     families: watch::Sender<Families>,
+    /// Listens waiting for the subscription to be in place (see [`Incoming::on_listen`]).
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -147,11 +153,17 @@ impl Incoming {
 
     /// The app listens with the socket `cookie`: subscribe its port in the target (or take
     /// more clients on a port already subscribed for another of the app's listeners).
-    pub fn on_listen(self: &Arc<Self>, cookie: u64, listener: AppListener) {
+    ///
+    /// Returns what the app's `listen` waits for before it returns: the subscription in
+    /// place (or given up), so that, as in the target, a client connecting once the app
+    /// has listened reaches it. `None` when the port is not subscribed.
+    pub fn on_listen(
+        self: &Arc<Self>,
+        cookie: u64,
+        listener: AppListener,
+    ) -> Option<oneshot::Receiver<()>> {
         let bound = listener.bound;
-        let Some(port) = self.remote_port(bound) else {
-            return;
-        };
+        let port = self.remote_port(bound)?;
         let mode = match self.config.mode {
             Mode::Steal => IncomingMode::Steal,
             _ => IncomingMode::Mirror,
@@ -160,20 +172,24 @@ impl Incoming {
             IncomingMode::Steal => http_filter(&self.config.http_filter, port),
             IncomingMode::Mirror => None,
         };
+        let (ready, in_place) = oneshot::channel();
         let families = {
-            let Ok(mut st) = self.state.lock() else {
-                return;
-            };
+            let mut st = self.state.lock().ok()?;
             st.listeners.insert(cookie, port);
             if let Some(subscribed) = st.subscribed.get_mut(&port) {
                 subscribed.listeners.push(listener);
                 let wider = subscribed.families.borrow().union(listener.families());
-                subscribed.families.send_if_modified(|families| {
+                let widened = subscribed.families.send_if_modified(|families| {
                     let changed = *families != wider;
                     *families = wider;
                     changed
                 });
-                return;
+                // Unchanged, the subscription in place already takes this listener's clients.
+                if widened {
+                    subscribed.waiting.push(ready);
+                    return Some(in_place);
+                }
+                return None;
             }
             let (families, watched) = watch::channel(listener.families());
             st.subscribed.insert(
@@ -181,6 +197,7 @@ impl Incoming {
                 SubscribedPort {
                     listeners: vec![listener],
                     families,
+                    waiting: vec![ready],
                 },
             );
             watched
@@ -194,6 +211,53 @@ impl Incoming {
                 st.listeners.retain(|_, p| *p != port);
             }
         });
+        Some(in_place)
+    }
+
+    /// Subscribes `port` again right after dropping its subscription (to take more
+    /// families): the agent may not have let go of the old steal yet, and refuses a new one
+    /// until it has — so a refusal for that reason is retried for a moment.
+    async fn subscribe_again(
+        &self,
+        port: u16,
+        mode: IncomingMode,
+        families: Families,
+        filter: Option<HttpFilter>,
+    ) -> Result<sctrace_protocol::Subscription, SubscribeError> {
+        let mut tries = 0;
+        loop {
+            let subscribed = self
+                .agent
+                .subscribe_families(port, mode, families, filter.clone())
+                .await;
+            match subscribed {
+                Err(SubscribeError::Refused {
+                    kind: SubscribeFailureKind::PortInUse,
+                    ..
+                }) if tries < REPLACE_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(REPLACE_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Tells the listens waiting on `port` that its subscription is in place.
+    fn in_place(&self, port: u16) {
+        let waiting = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|mut st| {
+                st.subscribed
+                    .get_mut(&port)
+                    .map(|s| std::mem::take(&mut s.waiting))
+            })
+            .unwrap_or_default();
+        for listen in waiting {
+            let _ = listen.send(());
+        }
     }
 
     /// Holds the subscription of `port` while the app listens on `bound`, for the families
@@ -208,12 +272,17 @@ impl Incoming {
         mut families: watch::Receiver<Families>,
     ) {
         let to = loopback_if_wildcard(bound);
+        let mut replacing = false;
         loop {
             let asked = *families.borrow_and_update();
-            let subscribed = self
-                .agent
-                .subscribe_families(port, mode, asked, filter.clone())
-                .await;
+            let subscribed = if replacing {
+                self.subscribe_again(port, mode, asked, filter.clone())
+                    .await
+            } else {
+                self.agent
+                    .subscribe_families(port, mode, asked, filter.clone())
+                    .await
+            };
             let mut subscription = match subscribed {
                 Ok(subscription) => subscription,
                 // The session ended (the app exited as it started): nothing to say.
@@ -224,6 +293,7 @@ impl Incoming {
                 }
             };
             tracing::info!("{mode}ing port {port} of the target to {to} ({asked:?})");
+            self.in_place(port);
             let again_at_once = loop {
                 tokio::select! {
                     end = subscription.ended() => {
@@ -254,6 +324,7 @@ impl Incoming {
                     }
                 }
             };
+            replacing = again_at_once;
             if !again_at_once {
                 tokio::time::sleep(WATCH).await;
                 if !listening(bound.port()) {

@@ -5,6 +5,7 @@
 //! pieces to carry remote decisions out. It never answers the kernel itself.
 
 pub mod incoming;
+pub mod routes;
 pub mod sockets;
 
 use std::collections::HashSet;
@@ -19,12 +20,14 @@ use sctrace_protocol::SessionHandle;
 
 use crate::agent_link::AgentLink;
 use crate::dns::names::NameCache;
-use crate::dns::{resolv_conf, DnsResponder};
+use crate::dns::resolv_conf::{self, TargetResolver};
+use crate::dns::DnsResponder;
 use crate::events::EventSink;
 use crate::relay::parking::Parking;
 use crate::relay::tcp::TcpRelay;
 use crate::sockaddr::canonical;
 use incoming::Incoming;
+use routes::RouteSources;
 use sockets::ManagedSockets;
 
 pub use crate::route::{Destination, Routed};
@@ -56,6 +59,11 @@ pub struct Remote {
     pub sockets: Arc<ManagedSockets>,
     /// The target's incoming traffic.
     pub incoming: Arc<incoming::Incoming>,
+    /// Where the target routes datagrams from.
+    pub routes: RouteSources,
+    /// The target's resolver configuration (its search list and options), for the app's
+    /// own resolver.
+    pub target_resolver: TargetResolver,
     /// The nameservers of the local resolv.conf (port 53) whose queries sctrace answers.
     nameservers: Vec<IpAddr>,
     /// (protocol, port) the app listens on, for the filter's loopback rule.
@@ -74,9 +82,15 @@ impl Remote {
         events: EventSink,
     ) -> io::Result<Arc<Remote>> {
         let resolv_conf = std::fs::read_to_string(resolv_conf::PATH).unwrap_or_default();
+        let target_resolver = TargetResolver::ask(&link.handle).await;
+        // A name rule matches a name under the local search domains and under the target's
+        // (which the app's resolver now searches too, see TargetResolver).
         let filter = Arc::new(
-            OutgoingFilter::new(&config.feature.network)
-                .with_search_domains(resolv_conf::search_domains(&resolv_conf)),
+            OutgoingFilter::new(&config.feature.network).with_search_domains(
+                resolv_conf::search_domains(&resolv_conf)
+                    .into_iter()
+                    .chain(target_resolver.search.iter().cloned()),
+            ),
         );
         let names = Arc::new(NameCache::default());
         let dns = Arc::new(DnsResponder::new(
@@ -96,6 +110,8 @@ impl Remote {
             names,
             sockets: Arc::default(),
             incoming: Incoming::new(config.feature.network.incoming.clone(), link.handle.clone()),
+            routes: RouteSources::new(link.handle.clone()),
+            target_resolver,
             nameservers: resolv_conf::nameservers(&resolv_conf),
             listening: Mutex::default(),
             lost: AtomicBool::new(false),

@@ -26,8 +26,9 @@ pub enum Managed {
     Udp {
         /// Its relay state.
         assoc: Arc<UdpAssociation>,
-        /// The peer the app connected it to, if it did.
-        connected: Option<SocketAddr>,
+        /// The peer the app connected it to, if it did, and the socket's own address in the
+        /// target for that peer (the route's source), when known.
+        connected: Option<(SocketAddr, Option<SocketAddr>)>,
     },
 }
 
@@ -99,7 +100,7 @@ impl ManagedSockets {
     pub fn peer_of(&self, cookie: u64) -> Option<SocketAddr> {
         match self.get(cookie)? {
             Managed::Tcp { peer, .. } => Some(peer),
-            Managed::Udp { connected, .. } => connected,
+            Managed::Udp { connected, .. } => connected.map(|(peer, _)| peer),
         }
     }
 
@@ -108,12 +109,13 @@ impl ManagedSockets {
     pub fn local_of(&self, cookie: u64) -> Option<SocketAddr> {
         match self.get(cookie)? {
             Managed::Tcp { local, .. } => Some(local),
-            Managed::Udp { .. } => None,
+            Managed::Udp { connected, .. } => connected.and_then(|(_, local)| local),
         }
     }
 
-    /// Records the peer a managed UDP socket was connected to (or disconnected from).
-    pub fn set_udp_peer(&self, cookie: u64, peer: Option<SocketAddr>) {
+    /// Records the peer a managed UDP socket was connected to, and its own address for it in
+    /// the target (or that it was disconnected).
+    pub fn set_udp_peer(&self, cookie: u64, peer: Option<(SocketAddr, Option<SocketAddr>)>) {
         if let Ok(mut m) = self.map.lock() {
             if let Some(Managed::Udp { connected, .. }) = m.entries.get_mut(&cookie) {
                 *connected = peer;

@@ -16,9 +16,13 @@ use std::thread;
 
 use tokio::runtime::Handle;
 
+use std::time::Duration;
+
+use crate::errno::Errno;
 use crate::execute::{Action, Executor};
 use crate::handlers::{self, Context};
 use crate::plan::Reply;
+use crate::procfs;
 use crate::sys::notify::NotifyFd;
 use crate::trap::Notification;
 
@@ -52,6 +56,11 @@ struct PendingCall {
 }
 
 impl PendingCall {
+    /// The call needs no answer: its caller is gone.
+    fn forget(mut self) {
+        self.answered = true;
+    }
+
     fn answer(mut self, reply: Reply) {
         self.answered = true;
         respond(&self.notify, self.id, reply);
@@ -71,6 +80,47 @@ impl Drop for PendingCall {
                 self.id
             );
             respond(&self.notify, self.id, Reply::Continue);
+        }
+    }
+}
+
+/// What became of a call while its deferred work waited.
+enum Fate {
+    /// It is no longer pending: the caller died, or (without WAIT_KILLABLE_RECV) a signal
+    /// interrupted it and the kernel took it back.
+    Gone,
+    /// A signal the caller catches waits for it: the call must end as the kernel would end
+    /// a blocking call, so that the handler runs (`alarm(); accept();` and the like).
+    Interrupted(Errno),
+}
+
+/// How often a waiting call is looked at.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// `-ERESTARTSYS` (kernel-internal, include/linux/errno.h): the kernel restarts the call
+/// after a handler installed with SA_RESTART, and turns it into EINTR otherwise — exactly
+/// what an interrupted blocking call does.
+const ERESTARTSYS: i32 = 512;
+
+/// Watches a call whose answer waits on deferred work, until it is gone or a caught signal
+/// waits for its thread. Deferred work can wait long (a blocking accept or receive); with
+/// WAIT_KILLABLE_RECV the kernel keeps a call sctrace received from being interrupted by
+/// non-fatal signals, so sctrace does it.
+async fn watch(notify: &NotifyFd, id: u64, tid: u32) -> Fate {
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        if !notify.id_valid(id) {
+            return Fate::Gone;
+        }
+        match procfs::caught_signal_pending(tid) {
+            // Sent to this very thread: it takes it when the call ends, and the kernel
+            // restarts or interrupts the call as the handler's flags say.
+            Ok(Some(true)) => return Fate::Interrupted(Errno(ERESTARTSYS)),
+            // Sent to its multi-threaded process: this thread may not be the one that takes
+            // it, so the call ends plainly interrupted.
+            Ok(Some(false)) => return Fate::Interrupted(Errno(libc::EINTR)),
+            Ok(None) => {}
+            Err(_) => return Fate::Gone,
         }
     }
 }
@@ -130,9 +180,16 @@ fn run(ctx: &Context, executor: &Executor, runtime: &Handle) {
         match carried {
             Ok(Action::Now(reply)) => call.answer(reply),
             Ok(Action::Defer(work)) => {
+                let tid = n.tid();
                 runtime.spawn(async move {
-                    let reply = work.await;
-                    call.answer(reply);
+                    tokio::select! {
+                        reply = work => call.answer(reply),
+                        fate = watch(&call.notify, call.id, tid) => match fate {
+                            // Nobody waits for an answer any more; the work is dropped.
+                            Fate::Gone => call.forget(),
+                            Fate::Interrupted(errno) => call.answer(Reply::Fail(errno)),
+                        },
+                    }
                 });
             }
             Err(_) => {

@@ -7,6 +7,10 @@
 pub mod msghdr;
 pub mod socket;
 
+use std::sync::Arc;
+
+use crate::sys::notify::NotifyFd;
+
 use crate::sockaddr::SockAddr;
 use crate::sys::memory;
 use crate::sys::notify::RawNotification;
@@ -215,5 +219,26 @@ impl Notification {
             Ok(bytes) => AddrArg::Bytes(bytes),
             Err(_) => AddrArg::Unreadable,
         }
+    }
+}
+
+/// A handle on one pending call, for deferred work that must check the call still waits
+/// before it consumes something on the app's behalf (a datagram, a connection): a call
+/// that is gone would lose it.
+#[derive(Debug, Clone)]
+pub struct CallRef {
+    notify: Arc<NotifyFd>,
+    id: u64,
+}
+
+impl CallRef {
+    /// The handle on call `id` of `notify`.
+    pub fn new(notify: Arc<NotifyFd>, id: u64) -> Self {
+        Self { notify, id }
+    }
+
+    /// Whether the call is still waiting for its answer.
+    pub fn pending(&self) -> bool {
+        self.notify.id_valid(self.id)
     }
 }
