@@ -100,12 +100,22 @@ impl App<'_> {
 /// meanwhile, then cleans up its leftover descendants (except the pids in `keep`, e.g.
 /// sctrace's own agent, and their own descendants) and returns how the main program ended.
 pub fn supervise(mut signals: Signals, app: &App<'_>, keep: &HashSet<i32>) -> Exit {
+    let mut last_forwarded: Option<Forwarded> = None;
     let exit = 'wait: loop {
         for origin in signals.0.wait() {
             match origin.signal {
                 SIGCHLD => {}
                 SIGCONT => app.continued(),
                 signal if FORWARDED.contains(&signal) => {
+                    let this = Forwarded {
+                        signal,
+                        sender: origin.process.map(|p| p.pid),
+                        at: Instant::now(),
+                    };
+                    if last_forwarded.is_some_and(|last| last.merges(&this)) {
+                        continue;
+                    }
+                    last_forwarded = Some(this);
                     if let Err(err) = pidfd::send_signal(app.pidfd, signal) {
                         tracing::debug!("cannot forward signal {signal} to the program: {err}");
                     }
@@ -130,6 +140,31 @@ pub fn supervise(mut signals: Signals, app: &App<'_>, keep: &HashSet<i32>) -> Ex
     }
     clean_up(app.pid, keep);
     exit
+}
+
+/// A signal sctrace passed on to the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Forwarded {
+    signal: i32,
+    sender: Option<i32>,
+    at: Instant,
+}
+
+/// Within this time, the same signal from the same sender is passed on once.
+const MERGE_WITHIN: Duration = Duration::from_millis(50);
+
+impl Forwarded {
+    /// Whether `next` is the same signal sent again at once by the same process — as
+    /// `timeout` does, to sctrace and then to its process group. Sent to the program
+    /// directly, the two would arrive while the first is pending and the kernel would merge
+    /// them into one (a standard signal is pending at most once); forwarded one after the
+    /// other, the program could take both. So it is passed on once.
+    fn merges(&self, next: &Forwarded) -> bool {
+        self.signal == next.signal
+            && self.sender.is_some()
+            && self.sender == next.sender
+            && next.at.duration_since(self.at) < MERGE_WITHIN
+    }
 }
 
 /// Reaps every exited child; returns the main program's exit if it was among them.
@@ -202,6 +237,37 @@ pub fn shell_status(exit: Exit) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_sent_again_at_once_by_the_same_process_is_passed_on_once() {
+        let at = Instant::now();
+        let first = Forwarded {
+            signal: SIGINT,
+            sender: Some(42),
+            at,
+        };
+        let again = Forwarded {
+            at: at + Duration::from_millis(1),
+            ..first
+        };
+        assert!(first.merges(&again));
+        assert!(!first.merges(&Forwarded {
+            sender: Some(43),
+            ..again
+        }));
+        assert!(!first.merges(&Forwarded {
+            signal: SIGTERM,
+            ..again
+        }));
+        assert!(!first.merges(&Forwarded {
+            at: at + Duration::from_millis(200),
+            ..again
+        }));
+        assert!(!first.merges(&Forwarded {
+            sender: None,
+            ..first
+        }));
+    }
 
     #[test]
     fn shell_status_like_a_shell() {
