@@ -167,6 +167,27 @@ impl OutgoingFilter {
         )
     }
 
+    /// Decides where a route probe goes: a datagram socket connected to port 0 of `addr`
+    /// (glibc sorts `getaddrinfo`'s answers by such connects, RFC 6724). Nothing is ever sent
+    /// there, so the probe goes where traffic to the address would: step 1 and steps 3 and 4
+    /// with no port known (entries limited to a port don't match), not step 2's `port 0`.
+    pub fn decide_probe(&self, addr: IpAddr, hostnames: &[&str]) -> Decision {
+        let ip = canonical(addr);
+        if (ip.is_loopback() || ip.is_unspecified()) && self.ignore_localhost {
+            return Decision::new(Route::Local, RuleRef::IgnoreLocalhost);
+        }
+        self.decide_target(
+            Protocol::Udp,
+            &Target {
+                protocol: Some(Protocol::Udp),
+                ip: Some(ip),
+                port: None,
+                names: hostnames,
+                search: &self.search,
+            },
+        )
+    }
+
     /// Steps 3 and 4, also used by `explain` when the address or the port is not known.
     pub(crate) fn decide_target(&self, protocol: Protocol, target: &Target<'_>) -> Decision {
         match protocol {

@@ -385,6 +385,26 @@ fn port_zero_stays_local() {
 }
 
 #[test]
+fn route_probes_go_where_traffic_to_the_address_would() {
+    let probe = |f: &OutgoingFilter, ip: &str, names: &[&str]| {
+        let d = f.decide_probe(ip.parse().unwrap(), names);
+        (d.route, d.rule.to_string())
+    };
+    assert_eq!(probe(&filter("{}"), "198.18.0.1", &[]), remote("default"));
+    let f = outgoing(r#"{"local": ["messages-db", "198.18.5.0/24", ":5432"]}"#);
+    assert_eq!(probe(&f, "198.18.5.9", &[]), local("198.18.5.0/24"));
+    assert_eq!(
+        probe(&f, "198.18.0.9", &["messages-db"]),
+        local("messages-db")
+    );
+    // An entry limited to a port says nothing about a probe, which has none.
+    assert_eq!(probe(&f, "198.18.0.1", &[]), remote("default"));
+    let ignore = filter(r#"{"outgoing": {"ignore_localhost": true}}"#);
+    assert_eq!(probe(&ignore, "::1", &[]), local("ignore_localhost"));
+    assert_eq!(probe(&filter("{}"), "::", &[]), remote("default"));
+}
+
+#[test]
 fn dns_follows_outgoing_host_names() {
     // Names in a local outgoing list are resolved locally; the rest remotely.
     let f = outgoing(r#"{"local": ["messages-db", "tcp://10.0.0.0/8", ":5432"]}"#);

@@ -121,6 +121,13 @@ pub enum Work {
         /// Who asks, for DNS events.
         asker: Asker,
     },
+    /// A UDP connect to port 0 of a remote address: a route probe (glibc sorts
+    /// `getaddrinfo`'s answers by them, RFC 6724), answered with the target's route: its
+    /// error, or success and the target's source address for `getsockname`.
+    ProbeRoute {
+        /// The address probed.
+        dst: SocketAddr,
+    },
     /// A UDP connect to a remote peer or a nameserver: the socket is connected to the relay
     /// socket standing for the peer.
     ConnectDatagram {

@@ -83,7 +83,7 @@ impl Executor {
             (Work::Connect { addr, len }, _) => local::connect(sock, record, addr, len),
             (Work::Dissolve { addr, len }, Some(remote)) => {
                 if let Ok(cookie) = sys::cookie(sock.fd.as_fd()) {
-                    remote.sockets.set_udp_peer(cookie, None);
+                    remote.sockets.dissolve(cookie);
                 }
                 local::connect(sock, record, addr, len)
             }
@@ -97,6 +97,9 @@ impl Executor {
             (Work::Send { msg, flags }, _) => local::send(sock, record, msg, flags),
             (Work::ConnectRemote { dst }, Some(remote)) => {
                 outgoing::connect_tcp(remote, sock, dst, record)
+            }
+            (Work::ProbeRoute { dst }, Some(remote)) => {
+                outgoing::probe_route(remote, sock, dst, record)
             }
             (Work::ConnectDns { server, asker }, Some(remote)) => {
                 outgoing::connect_dns(remote, sock, server, asker, record)

@@ -118,6 +118,40 @@ pub fn connect_tcp(
     }))
 }
 
+/// A route probe (a UDP connect to port 0 of a remote address): it fails as the target's
+/// connect would, or succeeds with the target's source address recorded for `getsockname`.
+/// The kernel leaves a socket connected to port 0 without a peer (`getpeername`: ENOTCONN)
+/// and sends nothing; here the socket is only bound, as the connect would have bound it, to
+/// the wildcard address (so that it can still be connected anywhere).
+pub fn probe_route(
+    remote: &Arc<Remote>,
+    sock: AppSocket,
+    dst: SocketAddr,
+    record: Option<Record>,
+) -> Action {
+    let remote = Arc::clone(remote);
+    Action::Defer(Box::pin(async move {
+        let source = match remote.routes.source(dst).await {
+            Ok(source) => source,
+            Err(err) => return answer(record, Err::<i64, _>(err)),
+        };
+        let bound = Target::of(&sock)
+            .and_then(|target| Ok((target.cookie, ensure_bound(sock.fd.as_fd(), target.v6())?)));
+        match bound {
+            Ok((cookie, bound)) => {
+                remote.sockets.insert(
+                    cookie,
+                    Managed::Probe {
+                        local: SocketAddr::new(source, bound.port()),
+                    },
+                );
+                answer(record, Ok(0i64))
+            }
+            Err(err) => answer(record, Err::<i64, _>(err)),
+        }
+    }))
+}
+
 /// A TCP connect to a nameserver sctrace answers for: joined to the relay's DNS service.
 pub fn connect_dns(
     remote: &Remote,

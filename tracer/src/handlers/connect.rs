@@ -75,6 +75,8 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
             None => Work::Connect { addr, len },
         },
         (Destination::Remote, Protocol::Tcp) => Work::ConnectRemote { dst },
+        // Port 0: a route probe, nothing is ever sent (see ProbeRoute).
+        (Destination::Remote, Protocol::Udp) if dst.port() == 0 => Work::ProbeRoute { dst },
         (Destination::Dns, Protocol::Tcp) => Work::ConnectDns {
             server: dst,
             asker: ctx.asker(n, &sock, family_of(&sock), libc::SOCK_STREAM),

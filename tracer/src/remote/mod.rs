@@ -135,6 +135,19 @@ impl Remote {
         }
         let names = self.names.hostnames(ip);
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        if protocol == Protocol::Udp && dst.port() == 0 {
+            // A route probe: it goes where traffic to the address would.
+            let decision = self.filter.decide_probe(ip, &name_refs);
+            return Routed {
+                to: match decision.route {
+                    Route::Local => Destination::Local,
+                    Route::Remote => Destination::Remote,
+                },
+                rule: Some(decision.rule.to_string()),
+                host: names.into_iter().next(),
+                reresolve: None,
+            };
+        }
         let listens = self
             .listening
             .lock()

@@ -22,6 +22,12 @@ pub enum Managed {
         /// address the client connected to), shown by `getsockname`.
         local: SocketAddr,
     },
+    /// A datagram socket connected to port 0 of a remote address (a route probe): its
+    /// address in the target (it has no peer, as the kernel's own probe socket has none).
+    Probe {
+        /// The target's source address for the probed address, with the socket's own port.
+        local: SocketAddr,
+    },
     /// A UDP socket with an association.
     Udp {
         /// Its relay state.
@@ -42,8 +48,9 @@ pub struct ManagedSockets {
     map: Mutex<Table>,
 }
 
-/// Entries, and the order TCP entries came in (TCP connections handed to a local agent are
-/// never seen ending, so the table is bounded: the oldest go first).
+/// Entries, and the order TCP and probe entries came in (TCP connections handed to a local
+/// agent and probe sockets are never seen ending, so the table is bounded: the oldest go
+/// first).
 #[derive(Default)]
 struct Table {
     entries: HashMap<u64, Managed>,
@@ -65,11 +72,14 @@ impl ManagedSockets {
     /// Sets the entry for `cookie`.
     pub fn insert(&self, cookie: u64, managed: Managed) {
         let Ok(mut m) = self.map.lock() else { return };
-        if matches!(managed, Managed::Tcp { .. }) {
+        if matches!(managed, Managed::Tcp { .. } | Managed::Probe { .. }) {
             m.tcp_order.push_back(cookie);
             while m.tcp_order.len() > MAX_TCP_ENTRIES {
                 if let Some(old) = m.tcp_order.pop_front() {
-                    if matches!(m.entries.get(&old), Some(Managed::Tcp { .. })) {
+                    if matches!(
+                        m.entries.get(&old),
+                        Some(Managed::Tcp { .. } | Managed::Probe { .. })
+                    ) {
                         m.entries.remove(&old);
                     }
                 }
@@ -100,6 +110,7 @@ impl ManagedSockets {
     pub fn peer_of(&self, cookie: u64) -> Option<SocketAddr> {
         match self.get(cookie)? {
             Managed::Tcp { peer, .. } => Some(peer),
+            Managed::Probe { .. } => None,
             Managed::Udp { connected, .. } => connected.map(|(peer, _)| peer),
         }
     }
@@ -108,7 +119,7 @@ impl ManagedSockets {
     /// the address in the target.
     pub fn local_of(&self, cookie: u64) -> Option<SocketAddr> {
         match self.get(cookie)? {
-            Managed::Tcp { local, .. } => Some(local),
+            Managed::Tcp { local, .. } | Managed::Probe { local } => Some(local),
             Managed::Udp { connected, .. } => connected.and_then(|(_, local)| local),
         }
     }
@@ -119,6 +130,20 @@ impl ManagedSockets {
         if let Ok(mut m) = self.map.lock() {
             if let Some(Managed::Udp { connected, .. }) = m.entries.get_mut(&cookie) {
                 *connected = peer;
+            }
+        }
+    }
+
+    /// A datagram socket dissolved its connection (`connect(AF_UNSPEC)`): it has no peer
+    /// any more (a route probe's entry goes; an association stays, unconnected).
+    pub fn dissolve(&self, cookie: u64) {
+        if let Ok(mut m) = self.map.lock() {
+            match m.entries.get_mut(&cookie) {
+                Some(Managed::Udp { connected, .. }) => *connected = None,
+                Some(Managed::Probe { .. }) => {
+                    m.entries.remove(&cookie);
+                }
+                _ => {}
             }
         }
     }
