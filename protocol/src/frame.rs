@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::incoming::{FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
 
 /// Length of the fixed frame header.
@@ -251,6 +252,22 @@ pub enum Frame {
         /// The address the client connected to: the target's address and subscribed port.
         server: SocketAddr,
     },
+    /// Server → client, version 2, the answer to `Hello`: the server's nonce and its proof of
+    /// holding the token (see [`crate::auth`]). The client checks the proof before it sends
+    /// anything else.
+    AuthChallenge {
+        /// The server's nonce.
+        nonce: [u8; NONCE_LEN],
+        /// HMAC-SHA256 keyed by the token over the transcript ([`crate::auth::Proof::Agent`]).
+        proof: [u8; PROOF_LEN],
+    },
+    /// Client → server, version 2, after a challenge it verified: the client's proof of
+    /// holding the token; answered by `Welcome` or `Refused`.
+    AuthProof {
+        /// HMAC-SHA256 keyed by the token over the transcript and the server's proof
+        /// ([`crate::auth::Proof::Client`]).
+        proof: [u8; PROOF_LEN],
+    },
 }
 
 /// Why a handshake was refused.
@@ -388,6 +405,9 @@ pub(crate) mod kind {
     pub const SUBSCRIBED: u8 = 0x51;
     pub const SUBSCRIBE_FAILED: u8 = 0x52;
     pub const INCOMING_TCP: u8 = 0x53;
+    // Session-level authentication (version 2), stream 0.
+    pub const AUTH_CHALLENGE: u8 = 0x07;
+    pub const AUTH_PROOF: u8 = 0x08;
 }
 
 /// Flag bit of `DnsQuery`: the application asked over TCP.
@@ -454,6 +474,8 @@ impl Frame {
             Frame::Subscribed { .. } => "Subscribed",
             Frame::SubscribeFailed { .. } => "SubscribeFailed",
             Frame::IncomingTcp { .. } => "IncomingTcp",
+            Frame::AuthChallenge { .. } => "AuthChallenge",
+            Frame::AuthProof { .. } => "AuthProof",
         }
     }
 
@@ -465,7 +487,9 @@ impl Frame {
             | Frame::Refused { .. }
             | Frame::Ping { .. }
             | Frame::Pong { .. }
-            | Frame::GoAway { .. } => 0,
+            | Frame::GoAway { .. }
+            | Frame::AuthChallenge { .. }
+            | Frame::AuthProof { .. } => 0,
             Frame::ConnectTcp { stream, .. }
             | Frame::OpenUdp { stream, .. }
             | Frame::Opened { stream, .. }
@@ -539,6 +563,8 @@ impl Frame {
                 | Frame::Ping { .. }
                 | Frame::Pong { .. }
                 | Frame::GoAway { .. }
+                | Frame::AuthChallenge { .. }
+                | Frame::AuthProof { .. }
         )
     }
 
@@ -588,6 +614,8 @@ impl Frame {
             Frame::Subscribed { .. } => kind::SUBSCRIBED,
             Frame::SubscribeFailed { .. } => kind::SUBSCRIBE_FAILED,
             Frame::IncomingTcp { .. } => kind::INCOMING_TCP,
+            Frame::AuthChallenge { .. } => kind::AUTH_CHALLENGE,
+            Frame::AuthProof { .. } => kind::AUTH_PROOF,
         }
     }
 
@@ -691,6 +719,11 @@ impl Frame {
                 put_addr(dst, client);
                 put_addr(dst, server);
             }
+            Frame::AuthChallenge { nonce, proof } => {
+                dst.put_slice(nonce);
+                dst.put_slice(proof);
+            }
+            Frame::AuthProof { proof } => dst.put_slice(proof),
         }
     }
 }

@@ -166,6 +166,9 @@ fn frame() -> impl Strategy<Value = Frame> {
                 server,
             }
         ),
+        (any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(nonce, proof)| Frame::AuthChallenge { nonce, proof }),
+        any::<[u8; 32]>().prop_map(|proof| Frame::AuthProof { proof }),
     ]
 }
 
