@@ -9,6 +9,7 @@
 //! implementations) can play either side by hand.
 
 use std::fmt;
+use std::io::{self, Read, Write};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -132,6 +133,79 @@ pub fn handoff_transcript(client: &Nonce, server: &Nonce) -> Vec<u8> {
     t
 }
 
+/// Why the handoff channel's exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffAuthError {
+    /// The channel failed (or closed) during the exchange.
+    #[error("the handoff channel failed during authentication")]
+    Io(#[source] io::Error),
+    /// No random bytes for our nonce.
+    #[error(transparent)]
+    Random(#[from] RandomError),
+    /// The agent's proof did not verify (sctrace's side).
+    #[error("the agent at the other end of the handoff channel did not prove that it holds the session token")]
+    AgentNotAuthenticated,
+    /// sctrace's proof did not verify (the agent's side).
+    #[error("the handoff client did not prove that it holds the session token")]
+    ClientNotAuthenticated,
+}
+
+/// sctrace's side of the handoff channel's exchange, over a blocking stream:
+///
+/// ```text
+///  sctrace → agent   client nonce (32 bytes)
+///  agent → sctrace   agent nonce (32) ‖ agent proof (32)   [Proof::HandoffAgent]
+///  sctrace → agent   client proof (32)                     [Proof::HandoffClient, over the
+///                                                           transcript and the agent proof]
+///  agent → sctrace   1 (accepted)
+/// ```
+///
+/// sctrace sends its proof only once the agent proved itself.
+pub fn handoff_client<S: Read + Write>(
+    conn: &mut S,
+    token: &Token,
+) -> Result<(), HandoffAuthError> {
+    let client = Nonce::random()?;
+    conn.write_all(&client.0).map_err(HandoffAuthError::Io)?;
+    let mut answer = [0u8; NONCE_LEN + PROOF_LEN];
+    conn.read_exact(&mut answer).map_err(HandoffAuthError::Io)?;
+    let (server, agent_proof) = answer.split_at(NONCE_LEN);
+    let server = Nonce::from_slice(server).ok_or(HandoffAuthError::AgentNotAuthenticated)?;
+    let mut transcript = handoff_transcript(&client, &server);
+    if !token.verify(Proof::HandoffAgent, &transcript, agent_proof) {
+        return Err(HandoffAuthError::AgentNotAuthenticated);
+    }
+    transcript.extend_from_slice(agent_proof);
+    conn.write_all(&token.prove(Proof::HandoffClient, &transcript))
+        .map_err(HandoffAuthError::Io)?;
+    let mut accepted = [0u8; 1];
+    conn.read_exact(&mut accepted)
+        .map_err(HandoffAuthError::Io)?;
+    Ok(())
+}
+
+/// The agent's side of [`handoff_client`]'s exchange.
+pub fn handoff_agent<S: Read + Write>(conn: &mut S, token: &Token) -> Result<(), HandoffAuthError> {
+    let mut client = [0u8; NONCE_LEN];
+    conn.read_exact(&mut client).map_err(HandoffAuthError::Io)?;
+    let client = Nonce(client);
+    let server = Nonce::random()?;
+    let mut transcript = handoff_transcript(&client, &server);
+    let proof = token.prove(Proof::HandoffAgent, &transcript);
+    let mut answer = [0u8; NONCE_LEN + PROOF_LEN];
+    answer[..NONCE_LEN].copy_from_slice(&server.0);
+    answer[NONCE_LEN..].copy_from_slice(&proof);
+    conn.write_all(&answer).map_err(HandoffAuthError::Io)?;
+    let mut presented = [0u8; PROOF_LEN];
+    conn.read_exact(&mut presented)
+        .map_err(HandoffAuthError::Io)?;
+    transcript.extend_from_slice(&proof);
+    if !token.verify(Proof::HandoffClient, &transcript, &presented) {
+        return Err(HandoffAuthError::ClientNotAuthenticated);
+    }
+    conn.write_all(&[1]).map_err(HandoffAuthError::Io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +231,54 @@ mod tests {
         assert!(!t.verify(Proof::Agent, &transcript, &proof[..31]));
         // A proof does not contain the token.
         assert!(!proof.windows(6).any(|w| w == b"secret"));
+    }
+
+    #[test]
+    fn handoff_exchange_both_ways() {
+        use std::os::unix::net::UnixStream;
+        let run = |client_token: Token, agent_token: Token| {
+            let (mut a, mut b) = UnixStream::pair().unwrap();
+            // A mistake here must fail the test, not hang it.
+            a.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let agent = std::thread::spawn(move || {
+                let r = handoff_agent(&mut b, &agent_token);
+                drop(b);
+                r
+            });
+            let client = handoff_client(&mut a, &client_token);
+            drop(a);
+            (client, agent.join().unwrap())
+        };
+        let (client, agent) = run(token("secret"), token("secret"));
+        assert!(client.is_ok() && agent.is_ok(), "{client:?} {agent:?}");
+        // sctrace stops at the agent's proof: the agent sees the channel close.
+        let (client, agent) = run(token("secret"), token("other"));
+        assert!(matches!(
+            client,
+            Err(HandoffAuthError::AgentNotAuthenticated)
+        ));
+        assert!(matches!(agent, Err(HandoffAuthError::Io(_))));
+    }
+
+    #[test]
+    fn a_handoff_client_without_the_token_is_refused() {
+        use std::os::unix::net::UnixStream;
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let agent = std::thread::spawn(move || handoff_agent(&mut b, &token("secret")));
+        a.write_all(&[3; NONCE_LEN]).unwrap();
+        let mut answer = [0u8; NONCE_LEN + PROOF_LEN];
+        a.read_exact(&mut answer).unwrap();
+        // A proof made with another token (or replayed from another exchange).
+        a.write_all(&[9; PROOF_LEN]).unwrap();
+        assert!(matches!(
+            agent.join().unwrap(),
+            Err(HandoffAuthError::ClientNotAuthenticated)
+        ));
     }
 
     #[test]

@@ -149,7 +149,10 @@ async fn different_tokens_stop_the_client_before_it_proves_anything() {
         client.err()
     );
     // The server saw the client leave without a proof.
-    assert!(matches!(server.await.unwrap(), Err(HandshakeError::Closed)));
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(HandshakeError::ClientRejectedProof)
+    ));
 }
 
 #[tokio::test]

@@ -64,6 +64,10 @@ pub enum HandshakeError {
         /// The peer's explanation.
         message: String,
     },
+    /// The client closed the connection on the agent's proof: it holds another token (or
+    /// is not sctrace, or the proof was altered on the way).
+    #[error("the client left on seeing this agent's proof: its session token differs")]
+    ClientRejectedProof,
     /// The peer did not complete the handshake in time.
     #[error("no handshake from the peer within {0:?}")]
     Timeout(Duration),
@@ -244,7 +248,10 @@ async fn server_exchange<T: Io>(
         proof: agent_proof,
     };
     send(io, &challenge).await?;
-    let frame = read_or_refuse(io, &mut buf, kind::AUTH_PROOF).await?;
+    let frame = match read_or_refuse(io, &mut buf, kind::AUTH_PROOF).await {
+        Err(HandshakeError::Closed) => return Err(HandshakeError::ClientRejectedProof),
+        other => other?,
+    };
     let Frame::AuthProof { proof } = frame else {
         return Err(HandshakeError::Unexpected {
             frame: frame.name(),
