@@ -21,7 +21,7 @@ pub use agent::{
     Toleration,
 };
 pub use dns::DnsConfig;
-pub use env_vars::EnvConfig;
+pub use env_vars::{runs_code, EnvConfig, EnvFamily, RUNS_CODE};
 pub use feature::{FeatureConfig, NetworkConfig};
 pub use filter_list::{FilterList, ListKind, ListedEntry};
 pub use incoming::{
