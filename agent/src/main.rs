@@ -114,7 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let sockets = netns::NetnsSockets::enter(&target.netns)?;
-    tracing::info!(target = %target.description, resolv_conf = %target.resolv_conf.display(), "entered the target network namespace");
+    tracing::info!(target = %target.description, resolv_conf = %target.resolv_conf, "entered the target network namespace");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
