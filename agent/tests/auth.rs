@@ -224,19 +224,25 @@ fn tls_needs_a_tcp_listener_and_a_matching_key() {
     );
 }
 
+/// The agent on a TCP port of this namespace, reading its token from standard input.
+fn agent_reading_stdin(extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sctrace-agent"));
+    cmd.args([
+        "--listen",
+        "tcp:127.0.0.1:0",
+        "--netns",
+        "/proc/self/ns/net",
+        "--token-stdin",
+    ])
+    .args(extra);
+    cmd
+}
+
 #[test]
 fn the_token_can_come_on_standard_input() {
     use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sctrace-agent"))
-        .args([
-            "--listen",
-            "tcp:127.0.0.1:0",
-            "--netns",
-            "/proc/self/ns/net",
-            "--token-stdin",
-            "--once",
-        ])
+    use std::process::Stdio;
+    let mut child = agent_reading_stdin(&["--once"])
         .env_remove("SCTRACE_AGENT_TOKEN")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -267,16 +273,7 @@ fn the_token_can_come_on_standard_input() {
     let _ = child.wait();
     assert!(established);
     // Nothing on standard input within --idle-timeout: the agent gives up.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sctrace-agent"))
-        .args([
-            "--listen",
-            "tcp:127.0.0.1:0",
-            "--netns",
-            "/proc/self/ns/net",
-            "--token-stdin",
-            "--idle-timeout",
-            "1",
-        ])
+    let mut child = agent_reading_stdin(&["--idle-timeout", "1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -82,6 +82,17 @@ fn split(io: DuplexStream) -> (DuplexStream, DuplexStream) {
     (read_end, write_end)
 }
 
+/// A client handshaking in a task, and the raw end it talks to.
+fn client_and_its_peer() -> (
+    tokio::task::JoinHandle<Result<Session, HandshakeError>>,
+    DuplexStream,
+) {
+    let (client, peer) = tokio::io::duplex(1 << 16);
+    let connecting =
+        tokio::spawn(async move { Session::client(client, &token(), Config::default()).await });
+    (connecting, peer)
+}
+
 /// A successful handshake and a little traffic, as seen on the wire.
 async fn recorded_session() -> (Recording, Recording) {
     let (client, server, by_client, by_server) = tap();
@@ -176,9 +187,7 @@ async fn a_recorded_agent_handshake_replayed_to_sctrace_is_refused() {
 #[tokio::test]
 async fn the_client_proof_is_made_only_after_the_agent_proved_itself() {
     // An impostor that cannot prove itself gets sctrace's Hello (a nonce) and nothing more.
-    let (client, mut impostor) = tokio::io::duplex(1 << 16);
-    let connecting =
-        tokio::spawn(async move { Session::client(client, &token(), Config::default()).await });
+    let (connecting, mut impostor) = client_and_its_peer();
     let mut buf = BytesMut::new();
     let Some(Frame::Hello { token: nonce, .. }) = read_one_frame(&mut impostor, &mut buf).await
     else {
@@ -255,9 +264,7 @@ async fn before_authentication_the_agent_reads_only_handshake_sized_frames() {
 #[tokio::test]
 async fn before_authentication_sctrace_reads_only_handshake_sized_frames() {
     for (kind, len) in [(0x03u8, 60_000u32), (0x06, 100), (0x07, 65)] {
-        let (client, mut peer) = tokio::io::duplex(1 << 16);
-        let connecting =
-            tokio::spawn(async move { Session::client(client, &token(), Config::default()).await });
+        let (connecting, mut peer) = client_and_its_peer();
         let mut buf = BytesMut::new();
         assert!(matches!(
             read_one_frame(&mut peer, &mut buf).await,
@@ -284,28 +291,15 @@ async fn before_authentication_sctrace_reads_only_handshake_sized_frames() {
 async fn text_from_the_agent_is_escaped_when_shown() {
     let hostile = "busy\x1b]0;owned\x07\r\nsctrace: connected\x1b[2J";
     // In a refusal.
-    let (client, mut peer) = tokio::io::duplex(1 << 16);
-    let connecting =
-        tokio::spawn(async move { Session::client(client, &token(), Config::default()).await });
-    let mut buf = BytesMut::new();
-    read_one_frame(&mut peer, &mut buf).await;
-    send_frame(
-        &mut peer,
-        Frame::Refused {
-            reason: RefuseReason::Busy,
-            message: hostile.into(),
-        },
-    )
-    .await;
-    let shown = connecting.await.unwrap().err().unwrap().to_string();
+    let shown = refusal_of_a_hello(RefuseReason::Busy, hostile)
+        .await
+        .to_string();
     assert!(
         shown.ends_with("busy\\u{1b}]0;owned\\u{7}\\r\\nsctrace: connected\\u{1b}[2J"),
         "{shown}"
     );
     // In a GoAway that ends the session.
-    let (client, mut peer) = tokio::io::duplex(1 << 16);
-    let connecting =
-        tokio::spawn(async move { Session::client(client, &token(), Config::default()).await });
+    let (connecting, mut peer) = client_and_its_peer();
     let mut buf = BytesMut::new();
     accept_by_hand(&mut peer, &mut buf, &token()).await;
     let session = connecting.await.unwrap().unwrap();
@@ -328,23 +322,20 @@ async fn text_from_the_agent_is_escaped_when_shown() {
     );
 }
 
-#[tokio::test]
-async fn a_version_1_agent_is_named_as_too_old() {
-    let (client, mut peer) = tokio::io::duplex(1 << 16);
-    let connecting =
-        tokio::spawn(async move { Session::client(client, &token(), Config::default()).await });
+/// What a client says when its `Hello` is answered with `Refused`.
+async fn refusal_of_a_hello(reason: RefuseReason, message: &str) -> HandshakeError {
+    let (connecting, mut peer) = client_and_its_peer();
     let mut buf = BytesMut::new();
     read_one_frame(&mut peer, &mut buf).await;
+    let message = message.to_owned();
+    send_frame(&mut peer, Frame::Refused { reason, message }).await;
+    connecting.await.unwrap().err().unwrap()
+}
+
+#[tokio::test]
+async fn a_version_1_agent_is_named_as_too_old() {
     // A version 1 agent looked for the token in Hello and refused the nonce it found.
-    send_frame(
-        &mut peer,
-        Frame::Refused {
-            reason: RefuseReason::BadToken,
-            message: "bad session token".into(),
-        },
-    )
-    .await;
-    let err = connecting.await.unwrap().err().unwrap();
+    let err = refusal_of_a_hello(RefuseReason::BadToken, "bad session token").await;
     assert!(
         matches!(err, HandshakeError::PeerPredatesAuth { .. }),
         "{err}"

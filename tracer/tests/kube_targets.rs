@@ -436,13 +436,7 @@ async fn handle(
             st.attached.push(query);
             let shared = state.clone();
             tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        None,
-                    )
-                    .await;
+                if let Some(ws) = websocket(on_upgrade).await {
                     serve_attach(ws, shared).await;
                 }
             });
@@ -464,13 +458,7 @@ async fn handle(
                 rx
             };
             tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        None,
-                    )
-                    .await;
+                if let Some(ws) = websocket(on_upgrade).await {
                     serve_forward(ws, port, behaviour, agent, drop_rx).await;
                 }
             });
@@ -479,6 +467,14 @@ async fn handle(
         _ => status(404, "NotFound", &format!("the mock has no {method} {path}")),
     };
     Ok(response)
+}
+
+/// The server side of an upgraded WebSocket connection.
+async fn websocket(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let upgraded = on_upgrade.await.ok()?;
+    Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await)
 }
 
 fn switching_protocols(key: &[u8]) -> Response<Full<Bytes>> {
@@ -858,16 +854,11 @@ async fn rbac_refusals_name_the_verb_and_resource() {
         "{err}"
     );
 
-    let mock = Mock::start().await;
-    mock.set(|st| {
-        st.forbidden.push((
-            "PATCH".into(),
-            "/api/v1/namespaces/shop/pods/web/ephemeralcontainers".into(),
-        ))
-    });
-    let mut config = mock.config("pod/web");
-    config.agent.ephemeral = true;
-    let err = open(&config).await.err().unwrap();
+    let err = forbidden_for_an_ephemeral_agent(
+        "PATCH",
+        "/api/v1/namespaces/shop/pods/web/ephemeralcontainers",
+    )
+    .await;
     assert!(
         matches!(
             err,
@@ -989,16 +980,9 @@ async fn port_forward_failures_are_retried_then_reported() {
         "retried while the agent may still be starting ({attempts})"
     );
 
-    let mock = Mock::start().await;
-    mock.set(|st| {
-        st.forbidden.push((
-            "GET".into(),
-            "/api/v1/namespaces/shop/pods/web/portforward".into(),
-        ))
-    });
-    let mut config = mock.config("pod/web");
-    config.agent.ephemeral = true;
-    let err = open(&config).await.err().unwrap();
+    let err =
+        forbidden_for_an_ephemeral_agent("GET", "/api/v1/namespaces/shop/pods/web/portforward")
+            .await;
     assert!(
         matches!(
             err,
@@ -1148,18 +1132,20 @@ async fn an_agent_that_does_not_prove_the_token_gets_no_session() {
     );
 }
 
-#[tokio::test]
-async fn attach_refusals_name_the_verb_and_resource() {
+/// What opening an ephemeral agent for pod/web says when the mock's RBAC forbids `method`
+/// on `path`.
+async fn forbidden_for_an_ephemeral_agent(method: &str, path: &str) -> KubeError {
     let mock = Mock::start().await;
-    mock.set(|st| {
-        st.forbidden.push((
-            "GET".into(),
-            "/api/v1/namespaces/shop/pods/web/attach".into(),
-        ))
-    });
+    mock.set(|st| st.forbidden.push((method.into(), path.into())));
     let mut config = mock.config("pod/web");
     config.agent.ephemeral = true;
-    let err = open(&config).await.err().unwrap();
+    open(&config).await.err().unwrap()
+}
+
+#[tokio::test]
+async fn attach_refusals_name_the_verb_and_resource() {
+    let err =
+        forbidden_for_an_ephemeral_agent("GET", "/api/v1/namespaces/shop/pods/web/attach").await;
     assert!(
         matches!(
             err,

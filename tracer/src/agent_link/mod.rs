@@ -277,14 +277,12 @@ fn is_loopback(host: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
     use std::sync::{Arc, Mutex};
-    use std::task::{Context, Poll};
 
     use bytes::BytesMut;
     use sctrace_filter::config::AgentTrust;
     use sctrace_protocol::{decode, Frame};
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
@@ -315,42 +313,29 @@ mod tests {
         }
     }
 
-    /// Everything read through it is also kept in `seen`.
-    struct Recorder<T> {
-        inner: T,
+    /// Serves `stream` through an in-memory pipe, keeping every byte the peer sends in
+    /// `seen`; returns the pipe's end to run a session on.
+    fn recorded(
+        stream: tokio::net::TcpStream,
         seen: Arc<Mutex<Vec<u8>>>,
-    }
-
-    impl<T: AsyncRead + Unpin> AsyncRead for Recorder<T> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let before = buf.filled().len();
-            let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-            if let Poll::Ready(Ok(())) = polled {
-                let new = buf.filled()[before..].to_vec();
-                self.seen.lock().unwrap().extend_from_slice(&new);
+    ) -> tokio::io::DuplexStream {
+        let (mut from_peer, mut to_peer) = stream.into_split();
+        let (near, far) = tokio::io::duplex(1 << 16);
+        let (mut near_read, mut near_write) = tokio::io::split(near);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = from_peer.read(&mut buf).await {
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                if near_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
             }
-            polled
-        }
-    }
-
-    impl<T: AsyncWrite + Unpin> AsyncWrite for Recorder<T> {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.inner).poll_write(cx, buf)
-        }
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_flush(cx)
-        }
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.inner).poll_shutdown(cx)
-        }
+            let _ = near_write.shutdown().await;
+        });
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut near_read, &mut to_peer).await;
+        });
+        far
     }
 
     #[tokio::test]
@@ -404,14 +389,15 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let recorded = seen.clone();
+        let seen_by_agent = seen.clone();
         let agent = tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
-            let io = Recorder {
-                inner: s,
-                seen: recorded,
-            };
-            Session::server(io, &token(), ProtocolConfig::default()).await
+            Session::server(
+                recorded(s, seen_by_agent),
+                &token(),
+                ProtocolConfig::default(),
+            )
+            .await
         });
         let (handle, _requests) = connect(&tcp(port), &token(), None).await.unwrap();
         let server = agent.await.unwrap().unwrap();
