@@ -37,10 +37,27 @@ pub struct Cli {
     #[arg(long, value_name = "ID")]
     pub container_id: Option<String>,
 
-    /// File holding the session token (a trailing newline is ignored). Without it, the token
-    /// comes from the environment variable SCTRACE_AGENT_TOKEN.
-    #[arg(long, value_name = "FILE")]
+    /// File holding the session token (a trailing newline is ignored). Without it (or
+    /// --token-stdin), the token comes from the environment variable SCTRACE_AGENT_TOKEN.
+    /// The token is never sent on the wire: sctrace and the agent prove to each other that
+    /// they hold it.
+    #[arg(long, value_name = "FILE", conflicts_with = "token_stdin")]
     pub token_file: Option<PathBuf>,
+
+    /// Read the session token from the first line of standard input before listening (how
+    /// sctrace hands it to an agent in Kubernetes: through the API server's attach, so that
+    /// it is in no pod spec). Gives up after --idle-timeout when set.
+    #[arg(long)]
+    pub token_stdin: bool,
+
+    /// With --listen tcp:…, serve TLS 1.3 with this PEM certificate chain (the agent's own
+    /// certificate first). sctrace trusts it through `agent.tls` in its config.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Serve exactly one session, then exit. Other clients are refused as busy meanwhile.
     #[arg(long)]
@@ -148,5 +165,16 @@ mod tests {
         assert!(cli.once);
         assert_eq!(cli.idle_timeout, Some(30));
         assert_eq!(cli.connect_timeout, 75);
+        let tls = [&base[..], &["--pid", "1", "--tls-cert", "c.pem"]].concat();
+        assert!(
+            Cli::try_parse_from(tls).is_err(),
+            "a certificate needs its key"
+        );
+        let both = [
+            &base[..],
+            &["--pid", "1", "--token-stdin", "--token-file", "t"],
+        ]
+        .concat();
+        assert!(Cli::try_parse_from(both).is_err());
     }
 }

@@ -4,19 +4,20 @@
 //! session's multiplexed stream.
 //!
 //! Enabled with `--handoff-socket PATH` (and `--once`: handoffs belong to the one session).
-//! The channel is a Unix socket of its own; sctrace connects once and sends
+//! The channel is a Unix socket of its own; sctrace connects once, and both prove they hold
+//! the session token without sending it (fresh nonces from both, HMAC proofs: see
+//! `sctrace_protocol::auth::handoff_client`), the agent first; then sctrace sends
 //!
 //! ```text
-//!   u32 token length, token bytes      → the agent answers one byte, 1: accepted
 //!   u32 stream id  + SCM_RIGHTS(fd)     (repeated, one per connection)
 //! ```
 //!
 //! (big-endian). A connect request of the session then waits (bounded) for the socket of its
 //! stream id instead of relaying over the stream. Only the process holding the session
-//! token can hand sockets over; a wrong token closes the channel.
+//! token can hand sockets over; a failed proof closes the channel.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -119,26 +120,10 @@ pub fn listen(path: &Path, token: Token, handoffs: Arc<Handoffs>) -> io::Result<
     })
 }
 
-/// Largest token accepted on the channel.
-const MAX_TOKEN: u32 = 4096;
-
 fn serve(mut conn: UnixStream, token: &Token, handoffs: &Handoffs) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut len = [0u8; 4];
-    conn.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len);
-    if len > MAX_TOKEN {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "token too long"));
-    }
-    let mut presented = vec![0u8; len as usize];
-    conn.read_exact(&mut presented)?;
-    if !token.matches(&presented) {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "wrong token",
-        ));
-    }
-    conn.write_all(&[1])?;
+    sctrace_protocol::auth::handoff_agent(&mut conn, token)
+        .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
     conn.set_read_timeout(None)?;
     tracing::debug!("handoff channel open");
     loop {

@@ -1,20 +1,29 @@
-//! The listening socket (Unix or TCP, in the agent's own namespace) and the agent's
-//! lifetime: accepting sessions, `--once`, `--idle-timeout`, and a clean exit on SIGTERM or
-//! SIGINT that removes the Unix socket file.
+//! The listening socket (Unix or TCP, with or without TLS, in the agent's own namespace) and
+//! the agent's lifetime: accepting sessions, `--once`, `--idle-timeout`, and a clean exit on
+//! SIGTERM or SIGINT that removes the Unix socket file.
+//!
+//! Connections that have not finished their handshake are bounded: 64 at once, 8 from one
+//! peer (an IP address; a user on a Unix socket), and a connection that sends nothing within
+//! 3 s is closed (a client speaks first). A peer without the token can therefore hold at
+//! most a few slots, briefly, and never the whole agent.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sctrace_protocol::RefuseReason;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::cli::ListenAddr;
 use crate::session::{self, Context, Served};
@@ -22,6 +31,10 @@ use crate::session::{self, Context, Served};
 /// Connections allowed to be in their handshake at once; more are closed at once, so a flood
 /// of idle connections cannot exhaust the agent.
 const MAX_HANDSHAKES: usize = 64;
+/// Of those, how many one peer may hold.
+const MAX_HANDSHAKES_PER_PEER: usize = 8;
+/// A connection that has sent nothing after this long is closed.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long sessions get to say goodbye when the agent shuts down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -60,13 +73,22 @@ pub enum Listener {
         /// Its path.
         path: PathBuf,
     },
-    /// On TCP.
-    Tcp(TcpListener),
+    /// On TCP, with TLS when an acceptor is given.
+    Tcp {
+        /// The listener.
+        listener: TcpListener,
+        /// `--tls-cert`/`--tls-key`.
+        tls: Option<TlsAcceptor>,
+    },
 }
 
 impl Listener {
-    /// Binds `addr`. A stale Unix socket file (nothing accepts on it) is replaced.
-    pub async fn bind(addr: &ListenAddr) -> Result<Listener, ListenError> {
+    /// Binds `addr` (TCP with `tls` when given). A stale Unix socket file (nothing accepts on
+    /// it) is replaced.
+    pub async fn bind(
+        addr: &ListenAddr,
+        tls: Option<TlsAcceptor>,
+    ) -> Result<Listener, ListenError> {
         match addr {
             ListenAddr::Unix(path) => {
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -94,7 +116,13 @@ impl Listener {
                         addr: format!("tcp:{sa}"),
                         source,
                     })?;
-                Ok(Listener::Tcp(listener))
+                if tls.is_none() && !sa.ip().is_loopback() {
+                    tracing::warn!(
+                        addr = %sa,
+                        "listening on TCP without TLS: whoever can reach this port can try to connect, and whoever is on the network path can read and alter the sessions' traffic; see docs/security.md"
+                    );
+                }
+                Ok(Listener::Tcp { listener, tls })
             }
         }
     }
@@ -103,23 +131,33 @@ impl Listener {
     pub fn describe(&self) -> String {
         match self {
             Listener::Unix { path, .. } => format!("unix:{}", path.display()),
-            Listener::Tcp(l) => match l.local_addr() {
+            Listener::Tcp { listener, .. } => match listener.local_addr() {
                 Ok(a) => format!("tcp:{a}"),
                 Err(_) => "tcp:?".to_string(),
             },
         }
     }
 
-    async fn accept(&self) -> io::Result<(Conn, String)> {
+    async fn accept(&self) -> io::Result<(Accepted, Peer, String)> {
         match self {
             Listener::Unix { listener, path } => {
                 let (s, _) = listener.accept().await?;
-                Ok((Conn::Unix(s), format!("unix:{}", path.display())))
+                // Peers of a Unix socket are told apart by user.
+                let uid = s.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+                Ok((
+                    Accepted::Unix(s),
+                    Peer::User(uid),
+                    format!("unix:{} (uid {uid})", path.display()),
+                ))
             }
-            Listener::Tcp(l) => {
-                let (s, peer) = l.accept().await?;
+            Listener::Tcp { listener, tls } => {
+                let (s, peer) = listener.accept().await?;
                 let _ = s.set_nodelay(true);
-                Ok((Conn::Tcp(s), format!("tcp:{peer}")))
+                let accepted = match tls {
+                    Some(acceptor) => Accepted::Tls(s, acceptor.clone()),
+                    None => Accepted::Tcp(s),
+                };
+                Ok((accepted, Peer::Address(peer.ip()), format!("tcp:{peer}")))
             }
         }
     }
@@ -133,9 +171,140 @@ impl Drop for Listener {
     }
 }
 
+/// A connection as accepted, before its first byte and its TLS handshake.
+enum Accepted {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Tls(TcpStream, TlsAcceptor),
+}
+
+/// A connection ready for the protocol's handshake.
 enum Conn {
-    Unix(tokio::net::UnixStream),
-    Tcp(tokio::net::TcpStream),
+    Unix(UnixStream),
+    Tcp(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Accepted {
+    /// Waits (at most [`FIRST_BYTE_TIMEOUT`]) for the client's first byte, then completes
+    /// the TLS handshake if any (within `handshake`). `None`: the client said nothing in
+    /// time, or TLS failed.
+    async fn open(self, peer: &str, handshake: Duration) -> Option<Conn> {
+        let mut byte = [0u8; 1];
+        let first = match &self {
+            Accepted::Unix(s) => tokio::time::timeout(FIRST_BYTE_TIMEOUT, peek_unix(s))
+                .await
+                .map(drop),
+            Accepted::Tcp(s) | Accepted::Tls(s, _) => {
+                tokio::time::timeout(FIRST_BYTE_TIMEOUT, s.peek(&mut byte))
+                    .await
+                    .map(drop)
+            }
+        };
+        if first.is_err() {
+            tracing::debug!(%peer, "closed a connection that sent nothing");
+            return None;
+        }
+        match self {
+            Accepted::Unix(s) => Some(Conn::Unix(s)),
+            Accepted::Tcp(s) => Some(Conn::Tcp(s)),
+            Accepted::Tls(s, acceptor) => {
+                match tokio::time::timeout(handshake, acceptor.accept(s)).await {
+                    Ok(Ok(tls)) => Some(Conn::Tls(Box::new(tls))),
+                    Ok(Err(e)) => {
+                        tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!(%peer, "no TLS handshake within {handshake:?}");
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the peer of `s` has sent a byte (or closed), without taking it. (Readiness
+/// alone is not enough: tokio may report a new socket readable before anything arrived.)
+async fn peek_unix(s: &UnixStream) -> io::Result<()> {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    loop {
+        s.readable().await?;
+        let peeked = s.try_io(tokio::io::Interest::READABLE, || {
+            recv(s.as_raw_fd(), &mut [0u8; 1], MsgFlags::MSG_PEEK).map_err(io::Error::from)
+        });
+        match peeked {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Who a connection comes from, for the per-peer bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Peer {
+    Address(IpAddr),
+    User(u32),
+}
+
+/// A connection's place among those in their handshake; given back when dropped.
+pub struct HandshakeSlot {
+    _all: OwnedSemaphorePermit,
+    _peer: PeerSlot,
+}
+
+struct PeerSlot {
+    peer: Peer,
+    counts: Arc<Mutex<HashMap<Peer, usize>>>,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// The slots of connections in their handshake: [`MAX_HANDSHAKES`] in all,
+/// [`MAX_HANDSHAKES_PER_PEER`] per peer.
+#[derive(Clone)]
+struct HandshakeSlots {
+    all: Arc<Semaphore>,
+    per_peer: Arc<Mutex<HashMap<Peer, usize>>>,
+}
+
+impl HandshakeSlots {
+    fn new() -> Self {
+        HandshakeSlots {
+            all: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            per_peer: Arc::default(),
+        }
+    }
+
+    fn take(&self, peer: Peer) -> Option<HandshakeSlot> {
+        let all = self.all.clone().try_acquire_owned().ok()?;
+        let mut counts = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(peer).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            _all: all,
+            _peer: PeerSlot {
+                peer,
+                counts: self.per_peer.clone(),
+            },
+        })
+    }
 }
 
 /// Options of the serving loop.
@@ -162,7 +331,7 @@ pub async fn serve(
     }
     tracing::info!(addr = %listener.describe(), "listening");
 
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let slots = HandshakeSlots::new();
     let mut tasks: JoinSet<Served> = JoinSet::new();
     let mut idle_since = Instant::now();
     loop {
@@ -172,7 +341,7 @@ pub async fn serve(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         tokio::select! {
             accepted = listener.accept() => {
-                let (conn, peer) = match accepted {
+                let (accepted, from, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
                         // E.g. EMFILE: back off instead of spinning.
@@ -183,24 +352,29 @@ pub async fn serve(
                 };
                 let busy = lifetime.once
                     && ctx.once_claimed.as_ref().is_some_and(|c| c.load(Ordering::SeqCst));
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "too many connections in their handshake; closing this one");
+                let Some(slot) = slots.take(from) else {
+                    tracing::warn!(%peer, "too many connections in their handshake (from this peer or in all); closing this one");
                     continue;
                 };
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
+                    let Some(conn) = accepted.open(&peer, ctx.protocol.handshake_timeout).await else {
+                        return Served::NoSession;
+                    };
                     if busy {
                         let why = "this agent serves a single session (--once) and is busy";
                         match conn {
                             Conn::Unix(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
                             Conn::Tcp(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
+                            Conn::Tls(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
                         }
-                        drop(permit);
+                        drop(slot);
                         return Served::NoSession;
                     }
                     match conn {
-                        Conn::Unix(s) => session::serve(s, peer, ctx, permit).await,
-                        Conn::Tcp(s) => session::serve(s, peer, ctx, permit).await,
+                        Conn::Unix(s) => session::serve(s, peer, ctx, slot).await,
+                        Conn::Tcp(s) => session::serve(s, peer, ctx, slot).await,
+                        Conn::Tls(s) => session::serve(s, peer, ctx, slot).await,
                     }
                 });
             }

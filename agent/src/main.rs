@@ -23,6 +23,7 @@ mod splice;
 mod sys;
 mod target;
 mod tcp;
+mod tls;
 mod token;
 mod udp;
 
@@ -77,10 +78,24 @@ fn raise_nofile_limit() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     raise_nofile_limit();
-    let token = token::load(
-        cli.token_file.as_deref(),
-        std::env::var(token::TOKEN_ENV).ok(),
-    )?;
+    let token = if cli.token_stdin {
+        token::from_stdin(std::io::stdin(), cli.idle_timeout.map(Duration::from_secs))?
+    } else {
+        token::load(
+            cli.token_file.as_deref(),
+            std::env::var(token::TOKEN_ENV).ok(),
+        )?
+    };
+    // The token stays in this process: the programs it starts (nft) do not inherit it. No
+    // other thread reads the environment at this point.
+    std::env::remove_var(token::TOKEN_ENV);
+    let tls = match (&cli.tls_cert, &cli.tls_key, &cli.listen) {
+        (Some(cert), Some(key), cli::ListenAddr::Tcp(_)) => Some(tls::acceptor(cert, key)?),
+        (Some(_), _, cli::ListenAddr::Unix(_)) => anyhow::bail!(
+            "--tls-cert is for --listen tcp:…; a Unix socket is protected by its file's permissions"
+        ),
+        _ => None,
+    };
     let (target, env) = match (&cli.netns, cli.pid, &cli.container_id) {
         (Some(path), _, _) => (
             Target::netns(path),
@@ -100,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     let sockets = netns::NetnsSockets::enter(&target.netns)?;
-    tracing::info!(target = %target.description, resolv_conf = %target.resolv_conf.display(), "entered the target network namespace");
+    tracing::info!(target = %target.description, resolv_conf = %target.resolv_conf, "entered the target network namespace");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -117,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         _ => None,
     };
     runtime.block_on(async move {
-        let listener = listener::Listener::bind(&cli.listen).await?;
+        let listener = listener::Listener::bind(&cli.listen, tls).await?;
         let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let ctx = Arc::new(session::Context {
             token,

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sctrace_protocol::{Config, HandshakeError, Io, Request, Session, Token};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 
 use crate::dns::Resolver;
 use crate::environ::EnvSource;
 use crate::incoming::SessionInfo;
+use crate::listener::HandshakeSlot;
 use crate::netns::NetnsSockets;
 
 /// What every session shares.
@@ -71,7 +72,7 @@ pub async fn serve<T: Io>(
     io: T,
     peer: String,
     ctx: Arc<Context>,
-    handshake_slot: OwnedSemaphorePermit,
+    handshake_slot: HandshakeSlot,
 ) -> Served {
     let handshake = Session::server(io, &ctx.token, ctx.protocol.clone()).await;
     drop(handshake_slot);

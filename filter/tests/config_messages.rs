@@ -383,3 +383,42 @@ fn read_errors() {
         "mirrord.ini: unknown config file extension \".ini\" (use .json, .yaml, .yml or .toml)"
     );
 }
+
+#[test]
+fn agent_tls_takes_a_ca_or_a_pinned_certificate() {
+    use sctrace_filter::config::{AgentTls, AgentTrust};
+    let config = loaded(
+        r#"{"agent": {"address": "tcp:agent.example:7000", "tls": {"cert_file": "/etc/agent.pem"}}}"#,
+        Format::Json,
+    );
+    assert_eq!(
+        config.config.agent.tls,
+        Some(AgentTls {
+            trust: AgentTrust::Pinned("/etc/agent.pem".into()),
+            server_name: None
+        })
+    );
+    let config = loaded(
+        r#"{"agent": {"address": "tcp:10.0.0.5:7000", "tls": {"ca_file": "ca.pem", "server_name": "agent.example"}}}"#,
+        Format::Json,
+    );
+    assert_eq!(
+        config.config.agent.tls,
+        Some(AgentTls {
+            trust: AgentTrust::Ca("ca.pem".into()),
+            server_name: Some("agent.example".into())
+        })
+    );
+    assert_eq!(
+        json(r#"{"agent": {"tls": {"ca_file": "a", "cert_file": "b"}}}"#),
+        "mirrord.json:1:19: agent.tls: give either \"ca_file\" (the CA that signed the agent's certificate) or \"cert_file\" (the agent's own certificate), not both"
+    );
+    assert_eq!(
+        json(r#"{"agent": {"tls": {}}}"#),
+        "mirrord.json:1:19: agent.tls: missing \"ca_file\" (the CA that signed the agent's certificate) or \"cert_file\" (the agent's own certificate)"
+    );
+    assert_eq!(
+        warnings(r#"{"agent": {"address": "unix:/run/a.sock", "tls": {"cert_file": "c.pem"}}}"#),
+        vec!["mirrord.json:1:50: agent.tls: ignored: TLS is for an agent at a tcp: agent.address (a Unix socket is protected by its file's permissions, a Kubernetes agent by the API server's port-forward)"]
+    );
+}

@@ -4,6 +4,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::frame::{
     get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_DNS_TCP, FLAG_ENV_MORE,
     HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN, MAX_PAYLOAD_LEN,
@@ -73,7 +74,14 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     }
     let control = matches!(
         kind,
-        kind::HELLO | kind::WELCOME | kind::REFUSED | kind::PING | kind::PONG | kind::GO_AWAY
+        kind::HELLO
+            | kind::WELCOME
+            | kind::REFUSED
+            | kind::PING
+            | kind::PONG
+            | kind::GO_AWAY
+            | kind::AUTH_CHALLENGE
+            | kind::AUTH_PROOF
     );
     let malformed = |problem| DecodeError::Malformed {
         frame: name,
@@ -120,6 +128,11 @@ pub fn decode_eof(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     }
 }
 
+/// The name of frame type `kind`, if this version defines it.
+pub(crate) fn frame_name(kind: u8) -> Option<&'static str> {
+    describe(kind).map(|(name, _)| name)
+}
+
 /// Name and payload limit of each known frame type.
 fn describe(kind: u8) -> Option<(&'static str, usize)> {
     let addr_max = crate::frame::ADDR_V6_LEN;
@@ -152,6 +165,8 @@ fn describe(kind: u8) -> Option<(&'static str, usize)> {
         kind::ROUTE_QUERY => ("RouteQuery", addr_max),
         kind::RESOLVER_QUERY => ("ResolverQuery", 0),
         kind::RESOLVER_CONF => ("ResolverConf", MAX_PAYLOAD_LEN),
+        kind::AUTH_CHALLENGE => ("AuthChallenge", NONCE_LEN + PROOF_LEN),
+        kind::AUTH_PROOF => ("AuthProof", PROOF_LEN),
         _ => return None,
     })
 }
@@ -251,6 +266,11 @@ impl<'a> Cursor<'a> {
             }
             _ => Err("unknown filter tag"),
         }
+    }
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], &'static str> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N, what)?);
+        Ok(a)
     }
     fn end(&self) -> Result<(), &'static str> {
         if self.0.is_empty() {
@@ -445,6 +465,13 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
         kind::RESOLVER_CONF => Frame::ResolverConf {
             stream,
             text: c.text(),
+        },
+        kind::AUTH_CHALLENGE => Frame::AuthChallenge {
+            nonce: c.array("truncated nonce")?,
+            proof: c.array("truncated proof")?,
+        },
+        kind::AUTH_PROOF => Frame::AuthProof {
+            proof: c.array("truncated proof")?,
         },
         _ => return Err("unknown type"),
     };

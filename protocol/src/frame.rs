@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::incoming::{
     Families, FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind,
 };
@@ -280,6 +281,22 @@ pub enum Frame {
         /// `search …` and `options …` lines.
         text: String,
     },
+    /// Server → client, version 2, the answer to `Hello`: the server's nonce and its proof of
+    /// holding the token (see [`crate::auth`]). The client checks the proof before it sends
+    /// anything else.
+    AuthChallenge {
+        /// The server's nonce.
+        nonce: [u8; NONCE_LEN],
+        /// HMAC-SHA256 keyed by the token over the transcript ([`crate::auth::Proof::Agent`]).
+        proof: [u8; PROOF_LEN],
+    },
+    /// Client → server, version 2, after a challenge it verified: the client's proof of
+    /// holding the token; answered by `Welcome` or `Refused`.
+    AuthProof {
+        /// HMAC-SHA256 keyed by the token over the transcript and the server's proof
+        /// ([`crate::auth::Proof::Client`]).
+        proof: [u8; PROOF_LEN],
+    },
 }
 
 /// Why a handshake was refused.
@@ -420,6 +437,9 @@ pub(crate) mod kind {
     pub const ROUTE_QUERY: u8 = 0x14;
     pub const RESOLVER_QUERY: u8 = 0x43;
     pub const RESOLVER_CONF: u8 = 0x44;
+    // Session-level authentication (version 2), stream 0.
+    pub const AUTH_CHALLENGE: u8 = 0x07;
+    pub const AUTH_PROOF: u8 = 0x08;
 }
 
 /// Flag bit of `DnsQuery`: the application asked over TCP.
@@ -489,6 +509,8 @@ impl Frame {
             Frame::RouteQuery { .. } => "RouteQuery",
             Frame::ResolverQuery { .. } => "ResolverQuery",
             Frame::ResolverConf { .. } => "ResolverConf",
+            Frame::AuthChallenge { .. } => "AuthChallenge",
+            Frame::AuthProof { .. } => "AuthProof",
         }
     }
 
@@ -500,7 +522,9 @@ impl Frame {
             | Frame::Refused { .. }
             | Frame::Ping { .. }
             | Frame::Pong { .. }
-            | Frame::GoAway { .. } => 0,
+            | Frame::GoAway { .. }
+            | Frame::AuthChallenge { .. }
+            | Frame::AuthProof { .. } => 0,
             Frame::ConnectTcp { stream, .. }
             | Frame::OpenUdp { stream, .. }
             | Frame::Opened { stream, .. }
@@ -577,6 +601,8 @@ impl Frame {
                 | Frame::Ping { .. }
                 | Frame::Pong { .. }
                 | Frame::GoAway { .. }
+                | Frame::AuthChallenge { .. }
+                | Frame::AuthProof { .. }
         )
     }
 
@@ -629,6 +655,8 @@ impl Frame {
             Frame::RouteQuery { .. } => kind::ROUTE_QUERY,
             Frame::ResolverQuery { .. } => kind::RESOLVER_QUERY,
             Frame::ResolverConf { .. } => kind::RESOLVER_CONF,
+            Frame::AuthChallenge { .. } => kind::AUTH_CHALLENGE,
+            Frame::AuthProof { .. } => kind::AUTH_PROOF,
         }
     }
 
@@ -740,6 +768,11 @@ impl Frame {
             Frame::RouteQuery { addr, .. } => put_addr(dst, addr),
             Frame::ResolverQuery { .. } => {}
             Frame::ResolverConf { text, .. } => put_message(dst, text),
+            Frame::AuthChallenge { nonce, proof } => {
+                dst.put_slice(nonce);
+                dst.put_slice(proof);
+            }
+            Frame::AuthProof { proof } => dst.put_slice(proof),
         }
     }
 }

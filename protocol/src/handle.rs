@@ -18,6 +18,7 @@ use crate::session::state::{DnsReply, EnvReply, OpenReply, Shared, Slot};
 use crate::session::{CloseReason, SessionClosed};
 use crate::stream::Stream;
 use crate::subscription::Subscription;
+use crate::text::PeerText;
 use crate::udp::UdpFlow;
 
 /// Why a stream or flow could not be opened.
@@ -53,7 +54,7 @@ impl OpenError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DnsQueryError {
     /// The peer could not answer it at all.
-    #[error("DNS query failed ({kind}): {message}")]
+    #[error("DNS query failed ({kind}): {}", PeerText(message))]
     Failed {
         /// Why, as a code.
         kind: DnsFailureKind,
@@ -78,7 +79,7 @@ pub enum DnsQueryError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EnvQueryError {
     /// The peer could not read it (e.g. its target has no process).
-    #[error("{message}")]
+    #[error("{}", PeerText(message))]
     Failed {
         /// Why, for humans.
         message: String,
@@ -96,7 +97,10 @@ pub enum EnvQueryError {
 pub enum SubscribeError {
     /// The agent refused (the port is taken, the filter does not compile, it cannot
     /// redirect traffic there, …); `message` says why in words for the user.
-    #[error("cannot subscribe port {port} in the target ({kind}): {message}")]
+    #[error(
+        "cannot subscribe port {port} in the target ({kind}): {}",
+        PeerText(message)
+    )]
     Refused {
         /// The port asked for.
         port: u16,

@@ -15,8 +15,8 @@
 //! * **Negotiated:** the client's `Hello` offers a version range and the server picks the
 //!   highest version both speak. If there is none, the server answers
 //!   `Refused(UnsupportedVersion)` naming both ranges, and both sides report that message;
-//!   nothing else is sent. A wrong token is refused the same way (`Refused(BadToken)`), and
-//!   the server logs it.
+//!   nothing else is sent. A client that cannot prove it holds the token is refused the
+//!   same way (`Refused(BadToken)`), and the server logs it.
 //! * **Per version:** everything after the handshake — the set of frame types, their
 //!   payload layouts, flags and meanings, the flow-control rules — belongs to the agreed
 //!   version. A change to any of them gets a new version number; a build keeps speaking the
@@ -38,6 +38,40 @@
 //! | `Subscribe` | new | tracer → agent | carries the address families whose clients it takes (IPv4, IPv6, both): a steal leaves the other family's connections to the target |
 //! | `RouteQuery` → `Opened`/`OpenFailed` | new | tracer → agent | where the target's kernel would send datagrams to an address from (a UDP connect there, no packet): the route's source address, or `connect`'s errno; the exchange ends with the answer |
 //! | `ResolverQuery` → `ResolverConf` | new | tracer → agent | the target's resolver configuration: `search` and `options` lines made from what the agent parsed of its resolv.conf |
+//! ## Authentication (version 2)
+//!
+//! The token never goes on the wire. Both sides prove they hold it, each over fresh random
+//! nonces from both, so that nothing recorded from one exchange is accepted in another
+//! ([`auth`] has the primitives; the frames are 0x07 and 0x08, stream 0):
+//!
+//! 1. client → server: `Hello` — versions and window as always; the field that carried the
+//!    token in version 1 carries the client's 32-byte nonce `Nc`.
+//! 2. server → client: `Refused` if the versions, window or nonce do not fit (as before);
+//!    else `AuthChallenge { Ns, Pa }` — the server's 32-byte nonce and its proof
+//!    `Pa = HMAC-SHA256(token, "sctrace/2 agent proof\0" ‖ T)`, where the transcript
+//!    `T = "sctrace/2 session\0" ‖ min ‖ max ‖ window ‖ Nc ‖ Ns` (integers big-endian).
+//! 3. The client checks `Pa` in constant time. If it is wrong, the client closes the
+//!    connection: it has sent nothing but its `Hello`, so an impostor learns nothing it
+//!    could use, and the user is told the agent could not prove itself. Otherwise
+//!    client → server: `AuthProof { Pc }`, `Pc = HMAC-SHA256(token, "sctrace/2 client
+//!    proof\0" ‖ T ‖ Pa)`.
+//! 4. The server checks `Pc` in constant time and answers `Welcome` (the session starts) or
+//!    `Refused(BadToken)`.
+//!
+//! Before `Welcome` each side reads only the frame types that may come next, each no larger
+//! than that frame can be (`Hello` 1036 bytes, `Refused` 4101, `AuthChallenge` 64,
+//! `AuthProof` 32): an unauthenticated peer cannot make the other buffer more. A client
+//! whose `Hello` is answered with `Refused(BadToken)` is told that the agent predates
+//! version 2 (a version 1 agent looked for the token in `Hello`).
+//!
+//! What this gives and what it does not: the token is never disclosed, a fake agent is
+//! detected before sctrace sends it anything, and a recorded handshake (either side's) is
+//! refused when replayed. The session after the handshake is not encrypted or
+//! integrity-protected by the protocol: over a network someone can tamper with, carry it in
+//! TLS (the agent's `--tls-cert`, sctrace's `agent.tls`) or in the Kubernetes API server's
+//! port-forward. A token is a key for HMAC: sctrace's own are 32 random bytes; a token a
+//! person chooses must be as hard to guess, since the exchange lets anyone who connects
+//! test guesses offline.
 //!
 //! # Version 1
 //!
@@ -122,6 +156,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod auth;
 mod decode;
 pub mod frame;
 mod handle;
@@ -131,6 +166,7 @@ mod request;
 mod session;
 mod stream;
 mod subscription;
+mod text;
 mod token;
 mod udp;
 
@@ -154,5 +190,6 @@ pub use session::{
 };
 pub use stream::Stream;
 pub use subscription::{IncomingRequest, SubscribeRequest, Subscription, SubscriptionEnd};
+pub use text::PeerText;
 pub use token::{Token, TokenError};
 pub use udp::UdpFlow;

@@ -171,6 +171,9 @@ fn frame() -> impl Strategy<Value = Frame> {
         (stream(), socket_addr()).prop_map(|(stream, addr)| Frame::RouteQuery { stream, addr }),
         stream().prop_map(|stream| Frame::ResolverQuery { stream }),
         (stream(), text()).prop_map(|(stream, text)| Frame::ResolverConf { stream, text }),
+        (any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(nonce, proof)| Frame::AuthChallenge { nonce, proof }),
+        any::<[u8; 32]>().prop_map(|proof| Frame::AuthProof { proof }),
     ]
 }
 

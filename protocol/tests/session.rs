@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use sctrace_protocol::{
-    decode, CloseReason, Config, DnsFailureKind, DnsQueryError, DnsTransport, EnvQueryError, Frame,
+    CloseReason, Config, DnsFailureKind, DnsQueryError, DnsTransport, EnvQueryError, Frame,
     HandshakeError, OpenError, RefuseReason, Request, Session, Token,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+mod common;
+use common::{accept_by_hand, challenge_by_hand, connect_by_hand, read_one_frame, send_frame};
 
 fn token() -> Token {
     Token::new(&b"test-token"[..]).unwrap()
@@ -135,43 +138,59 @@ async fn handshake_agrees_on_version_and_echo_works() {
 }
 
 #[tokio::test]
-async fn bad_token_is_refused_on_both_sides() {
+async fn different_tokens_stop_the_client_before_it_proves_anything() {
     let (a, b) = tokio::io::duplex(1 << 16);
     let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
     let wrong = Token::new(&b"wrong-token"[..]).unwrap();
     let client = Session::client(a, &wrong, Config::default()).await;
-    match client {
-        Err(HandshakeError::RefusedByPeer { reason, message }) => {
+    assert!(
+        matches!(client, Err(HandshakeError::AgentNotAuthenticated)),
+        "{:?}",
+        client.err()
+    );
+    // The server saw the client leave without a proof.
+    assert!(matches!(
+        server.await.unwrap(),
+        Err(HandshakeError::ClientRejectedProof)
+    ));
+}
+
+#[tokio::test]
+async fn a_client_without_the_token_is_refused() {
+    let (mut a, b) = tokio::io::duplex(1 << 16);
+    let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
+    // The client believes in another token: it proves with that one (skipping the check of
+    // the agent's proof, which would stop it).
+    let mut buf = BytesMut::new();
+    let nonce = [7u8; 32];
+    send_frame(
+        &mut a,
+        Frame::Hello {
+            min_version: 2,
+            max_version: 2,
+            stream_window: 65536,
+            token: Bytes::copy_from_slice(&nonce),
+        },
+    )
+    .await;
+    let Some(Frame::AuthChallenge { .. }) = read_one_frame(&mut a, &mut buf).await else {
+        panic!("expected AuthChallenge");
+    };
+    send_frame(&mut a, Frame::AuthProof { proof: [0x55; 32] }).await;
+    match read_one_frame(&mut a, &mut buf).await {
+        Some(Frame::Refused { reason, message }) => {
             assert_eq!(reason, RefuseReason::BadToken);
             assert!(message.contains("token"), "{message}");
         }
-        Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("bad token accepted"),
+        other => panic!("expected Refused, got {other:?}"),
     }
     match server.await.unwrap() {
         Err(HandshakeError::RefusedPeer { reason, .. }) => {
             assert_eq!(reason, RefuseReason::BadToken)
         }
         Err(e) => panic!("unexpected error {e}"),
-        Ok(_) => panic!("bad token accepted"),
+        Ok(_) => panic!("bad proof accepted"),
     }
-}
-
-async fn read_one_frame(io: &mut DuplexStream, buf: &mut BytesMut) -> Option<Frame> {
-    loop {
-        if let Some(f) = decode(buf).unwrap() {
-            return Some(f);
-        }
-        if io.read_buf(buf).await.unwrap() == 0 {
-            return None;
-        }
-    }
-}
-
-async fn send_frame(io: &mut DuplexStream, frame: Frame) {
-    let mut b = BytesMut::new();
-    frame.encode(&mut b).unwrap();
-    io.write_all(&b).await.unwrap();
 }
 
 #[tokio::test]
@@ -213,10 +232,7 @@ async fn client_rejects_a_welcome_outside_its_range() {
     let (a, mut b) = tokio::io::duplex(1 << 16);
     let client = tokio::spawn(async move { Session::client(a, &token(), Config::default()).await });
     let mut buf = BytesMut::new();
-    assert!(matches!(
-        read_one_frame(&mut b, &mut buf).await,
-        Some(Frame::Hello { .. })
-    ));
+    challenge_by_hand(&mut b, &mut buf, &token()).await;
     send_frame(
         &mut b,
         Frame::Welcome {
@@ -604,18 +620,7 @@ async fn keepalive_timeout_ends_a_session_with_a_silent_peer() {
     };
     let client = tokio::spawn(async move { Session::client(a, &token(), cfg).await });
     let mut buf = BytesMut::new();
-    assert!(matches!(
-        read_one_frame(&mut b, &mut buf).await,
-        Some(Frame::Hello { .. })
-    ));
-    send_frame(
-        &mut b,
-        Frame::Welcome {
-            version: sctrace_protocol::PROTOCOL_VERSION,
-            stream_window: 65536,
-        },
-    )
-    .await;
+    accept_by_hand(&mut b, &mut buf, &token()).await;
     let session = client.await.unwrap().unwrap();
     let started = std::time::Instant::now();
     let run = tokio::spawn(session.task.run());
@@ -764,19 +769,9 @@ async fn an_environment_above_the_limit_ends_the_session() {
 async fn raw_client() -> (Session, DuplexStream) {
     let (mut a, b) = tokio::io::duplex(1 << 16);
     let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
-    send_frame(
-        &mut a,
-        Frame::Hello {
-            min_version: sctrace_protocol::PROTOCOL_VERSION,
-            max_version: sctrace_protocol::PROTOCOL_VERSION,
-            stream_window: 65536,
-            token: Bytes::from_static(b"test-token"),
-        },
-    )
-    .await;
     let mut buf = BytesMut::new();
     assert!(matches!(
-        read_one_frame(&mut a, &mut buf).await,
+        connect_by_hand(&mut a, &mut buf, &token()).await,
         Some(Frame::Welcome { .. })
     ));
     (server.await.unwrap().unwrap(), a)

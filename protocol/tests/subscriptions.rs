@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sctrace_protocol::{
-    decode, Config, Frame, HttpFilter, IncomingKind, IncomingMode, OpenError, Request, Requests,
-    Session, SessionHandle, SubscribeError, SubscribeFailureKind, SubscribeRequest,
-    SubscriptionEnd, Token,
+    Config, Frame, HttpFilter, IncomingKind, IncomingMode, OpenError, Request, Requests, Session,
+    SessionHandle, SubscribeError, SubscribeFailureKind, SubscribeRequest, SubscriptionEnd, Token,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+mod common;
+use common::{read_one_frame, send_frame};
 
 fn token() -> Token {
     Token::new(&b"test-token"[..]).unwrap()
@@ -318,36 +320,8 @@ async fn raw_agent() -> (Session, DuplexStream, BytesMut) {
     let (a, mut b) = tokio::io::duplex(1 << 16);
     let client = tokio::spawn(async move { Session::client(a, &token(), Config::default()).await });
     let mut buf = BytesMut::new();
-    assert!(matches!(
-        read_one_frame(&mut b, &mut buf).await,
-        Some(Frame::Hello { .. })
-    ));
-    send_frame(
-        &mut b,
-        Frame::Welcome {
-            version: sctrace_protocol::PROTOCOL_VERSION,
-            stream_window: 65536,
-        },
-    )
-    .await;
+    common::accept_by_hand(&mut b, &mut buf, &token()).await;
     (client.await.unwrap().unwrap(), b, buf)
-}
-
-async fn read_one_frame(io: &mut DuplexStream, buf: &mut BytesMut) -> Option<Frame> {
-    loop {
-        if let Some(f) = decode(buf).unwrap() {
-            return Some(f);
-        }
-        if io.read_buf(buf).await.unwrap() == 0 {
-            return None;
-        }
-    }
-}
-
-async fn send_frame(io: &mut DuplexStream, frame: Frame) {
-    let mut b = BytesMut::new();
-    frame.encode(&mut b).unwrap();
-    io.write_all(&b).await.unwrap();
 }
 
 async fn expect_frame(io: &mut DuplexStream, buf: &mut BytesMut) -> Frame {

@@ -578,7 +578,7 @@ fn an_agent_with_another_token_refuses_the_session() {
     let out = run_with_timeout(&mut cmd, T);
     assert_eq!(out.code(), Some(125), "{out}");
     assert!(
-        out.stderr.contains("refused the session") && out.stderr.contains("token"),
+        out.stderr.contains("did not prove") && out.stderr.contains("token"),
         "{out}"
     );
     assert!(!marker.exists(), "the program ran without its agent");

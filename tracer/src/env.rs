@@ -2,6 +2,11 @@
 //! agent from the target process) are laid over this machine's, filtered by `include` /
 //! `exclude`; then the `env_file`'s variables, then `override`; `unset` removes last.
 //!
+//! The target's variables that would make a program here load or run something
+//! ([`RUNS_CODE`](sctrace_filter::config::RUNS_CODE): `LD_PRELOAD`, `BASH_ENV`, `NODE_OPTIONS`, `PATH`, …) are not copied unless
+//! `include` names them exactly: the target may be compromised, and sets its own
+//! environment. sctrace lists the ones it left out, once, on stderr.
+//!
 //! [`compose`] is the whole rule as a pure function; [`fetch`] asks the agent and reads the
 //! env file; [`TargetEnv::apply`] hands the result to the command that starts the app.
 
@@ -11,21 +16,19 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use sctrace_filter::config::{EnvConfig, Target};
-use sctrace_protocol::{EnvQueryError, SessionHandle};
+use sctrace_filter::config::{runs_code, EnvConfig, Target};
+use sctrace_protocol::{EnvQueryError, PeerText, SessionHandle};
 use thiserror::Error;
 
 /// Variables as `(name, value)` pairs.
 pub type Vars = Vec<(OsString, OsString)>;
 
-/// Variables never copied from the target unless `include` names them: they describe the
-/// target's file system, shell, user or machine, and the app runs on this machine.
+/// Variables never copied from the target unless `include` matches them: they describe the
+/// target's file system, user or machine, and the app runs on this machine. (Those that
+/// would also run code here are in [`RUNS_CODE`](sctrace_filter::config::RUNS_CODE), which is stricter.)
 pub const NEVER_COPIED: &[&str] = &[
-    "PATH",
-    "HOME",
     "PWD",
     "OLDPWD",
-    "SHELL",
     "SHLVL",
     "USER",
     "LOGNAME",
@@ -33,20 +36,12 @@ pub const NEVER_COPIED: &[&str] = &[
     "TERM",
     "TMPDIR",
     "_",
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-    "JAVA_HOME",
-    "JAVA_TOOL_OPTIONS",
-    "PYTHONPATH",
-    "PYTHONHOME",
     "VIRTUAL_ENV",
-    "GOROOT",
-    "GOPATH",
-    "NODE_PATH",
-    "RUBYLIB",
-    "GEM_HOME",
-    "GEM_PATH",
 ];
+
+/// Variables of [`RUNS_CODE`](sctrace_filter::config::RUNS_CODE) that every target has and that were never copied (as in
+/// mirrord): left out without a word, to keep the list on stderr to what is unusual.
+const QUIETLY_LEFT_OUT: &[&str] = &["PATH", "HOME", "SHELL", "JAVA_HOME", "GOROOT", "GOPATH"];
 
 /// Why the app's environment could not be assembled.
 #[derive(Debug, Error)]
@@ -88,6 +83,9 @@ pub struct TargetEnv {
     pub vars: Vars,
     /// How many of them came from the target.
     pub from_target: usize,
+    /// The target's variables left out because they would run code here ([`RUNS_CODE`](sctrace_filter::config::RUNS_CODE)),
+    /// to tell the user; those of [`QUIETLY_LEFT_OUT`] are not listed.
+    pub left_out: Vec<OsString>,
 }
 
 impl TargetEnv {
@@ -110,11 +108,23 @@ pub fn compose(
 ) -> TargetEnv {
     let mut vars: BTreeMap<OsString, OsString> = local.into_iter().collect();
     let mut from_target = 0;
+    let mut left_out = Vec::new();
     if config.enabled {
         for (name, value) in target {
-            if copies(name, config) {
-                vars.insert(name.clone(), value.clone());
-                from_target += 1;
+            match copies(name, config) {
+                Import::Yes => {
+                    vars.insert(name.clone(), value.clone());
+                    from_target += 1;
+                }
+                Import::No => {}
+                Import::RunsCode => {
+                    if !QUIETLY_LEFT_OUT
+                        .iter()
+                        .any(|n| n.as_bytes() == name.as_bytes())
+                    {
+                        left_out.push(name.clone());
+                    }
+                }
             }
         }
     }
@@ -135,23 +145,63 @@ pub fn compose(
     TargetEnv {
         vars: vars.into_iter().collect(),
         from_target,
+        left_out,
     }
 }
 
+/// Whether a target variable is copied.
+#[derive(Debug, PartialEq, Eq)]
+enum Import {
+    Yes,
+    No,
+    /// `include`/`exclude` would copy it, but it would run code here.
+    RunsCode,
+}
+
 /// Whether the target's variable `name` is copied under `config`.
-fn copies(name: &OsStr, config: &EnvConfig) -> bool {
+fn copies(name: &OsStr, config: &EnvConfig) -> Import {
     let name = name.as_bytes();
     let matches_any = |patterns: &[String]| patterns.iter().any(|p| glob(p.as_bytes(), name));
-    if let Some(include) = &config.include {
-        return matches_any(include);
+    let wanted = match (&config.include, &config.exclude) {
+        (Some(include), _) => matches_any(include),
+        (None, _) if NEVER_COPIED.iter().any(|n| n.as_bytes() == name) => false,
+        (None, Some(exclude)) => !matches_any(exclude),
+        (None, None) => true,
+    };
+    if !wanted {
+        return Import::No;
     }
-    if NEVER_COPIED.iter().any(|n| n.as_bytes() == name) {
-        return false;
+    if runs_code(name).is_none() {
+        return Import::Yes;
     }
-    match &config.exclude {
-        Some(exclude) => !matches_any(exclude),
-        None => true,
+    // Only a name written out in `include` brings one of these: a pattern is not a choice
+    // of this very variable.
+    let named = config
+        .include
+        .iter()
+        .flatten()
+        .any(|pattern| pattern.as_bytes() == name);
+    if named {
+        Import::Yes
+    } else {
+        Import::RunsCode
     }
+}
+
+/// The line that tells the user which of the target's variables were left out, if any.
+pub fn left_out_message(env: &TargetEnv) -> Option<String> {
+    if env.left_out.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = env
+        .left_out
+        .iter()
+        .map(|n| PeerText(&n.to_string_lossy()).to_string())
+        .collect();
+    Some(format!(
+        "feature.env: not imported from the target, because they would make programs on this machine load or run what the target chose: {}; name one in feature.env.include to import it anyway (docs/security.md)",
+        names.join(", ")
+    ))
 }
 
 /// Whether `text` matches `pattern`, where `*` is any run of bytes and `?` one byte.
@@ -307,12 +357,11 @@ pub async fn fetch(
         }
         None => Vec::new(),
     };
-    Ok(compose(
-        std::env::vars_os().collect(),
-        &target_vars,
-        &file,
-        config,
-    ))
+    let env = compose(std::env::vars_os().collect(), &target_vars, &file, config);
+    if let Some(message) = left_out_message(&env) {
+        eprintln!("sctrace: {message}");
+    }
+    Ok(env)
 }
 
 #[cfg(test)]
@@ -368,6 +417,85 @@ mod tests {
         assert_eq!(get(&env, "API_URL"), Some("http://api"));
         assert_eq!(get(&env, "DB"), Some("pg"));
         assert_eq!(env.from_target, 2);
+        assert!(env.left_out.is_empty(), "PATH and HOME go unsaid");
+    }
+
+    #[test]
+    fn variables_that_run_code_here_are_left_out_and_listed() {
+        let target = vars(&[
+            ("BASH_ENV", "/tmp/x.sh"),
+            ("ENV", "/tmp/x.sh"),
+            ("LD_AUDIT", "/tmp/x.so"),
+            ("LD_PRELOAD", "/tmp/x.so"),
+            ("NODE_OPTIONS", "--require /tmp/x.js"),
+            ("PYTHONSTARTUP", "/tmp/x.py"),
+            ("PERL5OPT", "-Mx"),
+            ("RUBYOPT", "-rx"),
+            ("_JAVA_OPTIONS", "-javaagent:/tmp/x.jar"),
+            ("JDK_JAVA_OPTIONS", "-javaagent:/tmp/x.jar"),
+            ("GCONV_PATH", "/tmp"),
+            ("GIT_SSH_COMMAND", "sh /tmp/x"),
+            ("BASH_FUNC_ls%%", "() { sh /tmp/x; }"),
+            ("PATH", "/tmp:/usr/bin"),
+            ("DATABASE_URL", "pg://db"),
+            ("NODE_ENV", "production"),
+        ]);
+        let local = vars(&[
+            ("PATH", "/usr/bin"),
+            ("NODE_OPTIONS", "--max-old-space-size=4096"),
+        ]);
+        let env = compose(local, &target, &[], &EnvConfig::default());
+        assert_eq!(get(&env, "DATABASE_URL"), Some("pg://db"));
+        assert_eq!(get(&env, "NODE_ENV"), Some("production"));
+        assert_eq!(get(&env, "PATH"), Some("/usr/bin"));
+        assert_eq!(
+            get(&env, "NODE_OPTIONS"),
+            Some("--max-old-space-size=4096"),
+            "ours stays"
+        );
+        for (name, _) in target[..13].iter().filter(|(n, _)| n != "NODE_OPTIONS") {
+            assert_eq!(get(&env, name.to_str().unwrap()), None, "{name:?}");
+        }
+        assert_eq!(env.from_target, 2);
+        assert_eq!(env.left_out.len(), 13, "all but PATH: {:?}", env.left_out);
+        let message = left_out_message(&env).unwrap();
+        assert!(
+            message.contains("BASH_ENV, ENV, LD_AUDIT, LD_PRELOAD, NODE_OPTIONS"),
+            "{message}"
+        );
+        // A pattern that matches them is not enough; naming one is.
+        for include in [vec!["*".to_owned()], vec!["LD_*".to_owned()]] {
+            let config = EnvConfig {
+                include: Some(include),
+                ..EnvConfig::default()
+            };
+            let env = compose(Vec::new(), &target, &[], &config);
+            assert_eq!(get(&env, "LD_PRELOAD"), None);
+        }
+        let config = EnvConfig {
+            include: Some(vec!["LD_PRELOAD".into(), "DATABASE_*".into()]),
+            ..EnvConfig::default()
+        };
+        let env = compose(Vec::new(), &target, &[], &config);
+        assert_eq!(get(&env, "LD_PRELOAD"), Some("/tmp/x.so"));
+        assert_eq!(get(&env, "LD_AUDIT"), None);
+        assert!(env.left_out.is_empty(), "include did not want the others");
+        // exclude: the rest of the family is still left out.
+        let config = EnvConfig {
+            exclude: Some(vec!["NODE_*".into()]),
+            ..EnvConfig::default()
+        };
+        let env = compose(Vec::new(), &target, &[], &config);
+        assert_eq!(get(&env, "BASH_ENV"), None);
+        assert!(!env.left_out.iter().any(|n| n == "NODE_OPTIONS"));
+    }
+
+    #[test]
+    fn left_out_names_are_shown_escaped() {
+        let target = vec![(OsString::from("LD_\x1b[2J"), OsString::from("x"))];
+        let env = compose(Vec::new(), &target, &[], &EnvConfig::default());
+        let message = left_out_message(&env).unwrap();
+        assert!(message.contains("LD_\\u{1b}[2J"), "{message}");
     }
 
     #[test]
@@ -492,6 +620,7 @@ mod tests {
         let env = TargetEnv {
             vars: vars(&[("ONLY", "this")]),
             from_target: 1,
+            left_out: Vec::new(),
         };
         let mut cmd = Command::new("true");
         cmd.env("GONE", "x");

@@ -203,3 +203,56 @@ fn a_namespace_target_has_no_environment_and_says_so() {
         format!("sctrace: warning: feature.env: the target netns/{} has no process, so no variables come from it; override, unset and env_file still apply\n", ns.0)
     );
 }
+
+#[test]
+fn a_hostile_target_environment_runs_nothing_here() {
+    require_root();
+    require_agent();
+    let ns = Netns::new("hostile");
+    // What a compromised target would set: a script bash runs at startup, a library every
+    // program loads, options that make node, python and git run its code.
+    let marker = std::env::temp_dir().join(format!("sctrace-env-ran-{}", std::process::id()));
+    let evil = std::env::temp_dir().join(format!("sctrace-env-evil-{}.sh", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    std::fs::write(&evil, format!("touch {}\n", marker.display())).unwrap();
+    let target = target_process(
+        &ns,
+        &[
+            &format!("BASH_ENV={}", evil.display()),
+            "LD_PRELOAD=/nonexistent/sctrace-evil.so",
+            "NODE_OPTIONS=--require /nonexistent/evil.js",
+            "PYTHONSTARTUP=/nonexistent/evil.py",
+            "GIT_SSH_COMMAND=sh /nonexistent/evil",
+            "BASH_FUNC_ls%%=() { touch /nonexistent/evil; }",
+            "SAFE=kept",
+        ],
+    );
+    let config = write_config("hostile", "{}");
+    let script = r#"bash -c 'printf "%s|%s|%s|%s\n" "${LD_PRELOAD-unset}" "${NODE_OPTIONS-unset}" "${BASH_ENV-unset}" "$SAFE"'"#;
+    let out = run(&config, &format!("pid/{}", target.0.id()), script, &[]);
+    let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&evil);
+    let ran = marker.exists();
+    let _ = std::fs::remove_file(&marker);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sctrace failed: {stderr}");
+    assert!(!ran, "bash ran the target's BASH_ENV script");
+    assert_eq!(stdout, "unset|unset|unset|kept\n", "stderr: {stderr}");
+    // Said once, naming each variable left out.
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for name in [
+        "BASH_ENV",
+        "LD_PRELOAD",
+        "NODE_OPTIONS",
+        "PYTHONSTARTUP",
+        "GIT_SSH_COMMAND",
+        "BASH_FUNC_ls%%",
+    ] {
+        assert!(stderr.contains(name), "{name} not listed: {stderr}");
+    }
+    assert!(
+        stderr.starts_with("sctrace: feature.env: not imported from the target"),
+        "{stderr}"
+    );
+}

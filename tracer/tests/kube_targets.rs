@@ -53,6 +53,8 @@ enum ForwardBehaviour {
     Agent,
     /// An upgrade whose error channel says this, then the close.
     Error(String),
+    /// A forward to an agent that holds another token.
+    Impostor,
 }
 
 struct MockState {
@@ -65,8 +67,11 @@ struct MockState {
     forward: ForwardBehaviour,
     /// Every request: method, path and query, body.
     log: Vec<(String, String, Value)>,
-    /// The agent's token and port, from the spec sctrace sent.
+    /// The agent's token, as written to its standard input through the attach.
     token: Option<String>,
+    /// The containers attached to, with the query of each attach.
+    attached: Vec<String>,
+    /// The agent's port, from the spec sctrace sent.
     port: Option<u16>,
     looks: usize,
     /// The environment the in-process agent gives.
@@ -134,6 +139,7 @@ impl Mock {
             forward: ForwardBehaviour::Agent,
             log: Vec::new(),
             token: None,
+            attached: Vec::new(),
             port: None,
             looks: 0,
             env: vec![
@@ -279,13 +285,8 @@ fn agent_status(name: &str, state: Value) -> Value {
     json!({"name": name, "image": "agent", "imageID": "", "ready": false, "restartCount": 0, "state": state})
 }
 
-/// Takes the token and port out of the agent container sctrace sent.
+/// Takes the port out of the agent container sctrace sent.
 fn remember_agent(state: &mut MockState, container: &Value) {
-    state.token = container["env"]
-        .as_array()
-        .and_then(|env| env.iter().find(|e| e["name"] == "SCTRACE_AGENT_TOKEN"))
-        .and_then(|e| e["value"].as_str())
-        .map(str::to_owned);
     state.port = container["command"]
         .as_array()
         .and_then(|c| {
@@ -424,6 +425,23 @@ async fn handle(
                 .collect();
             list("EventList", items)
         }
+        ("GET", ["api", "v1", "namespaces", NS, "pods", name, "attach"]) if upgrade => {
+            if !st.pods.contains_key(*name) {
+                return Ok(status(404, "NotFound", "no pod"));
+            }
+            let (Some(key), Some(on_upgrade)) = (key, on_upgrade) else {
+                return Ok(status(400, "BadRequest", "no websocket key"));
+            };
+            let query = req_query_string(&q);
+            st.attached.push(query);
+            let shared = state.clone();
+            tokio::spawn(async move {
+                if let Some(ws) = websocket(on_upgrade).await {
+                    serve_attach(ws, shared).await;
+                }
+            });
+            switching_protocols(&key)
+        }
         ("GET", ["api", "v1", "namespaces", NS, "pods", name, "portforward"]) if upgrade => {
             let port: u16 = q.get("ports").and_then(|p| p.parse().ok()).unwrap_or(0);
             if !st.pods.contains_key(*name) {
@@ -440,28 +458,61 @@ async fn handle(
                 rx
             };
             tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    let ws = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        None,
-                    )
-                    .await;
+                if let Some(ws) = websocket(on_upgrade).await {
                     serve_forward(ws, port, behaviour, agent, drop_rx).await;
                 }
             });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("upgrade", "websocket")
-                .header("connection", "Upgrade")
-                .header("sec-websocket-accept", derive_accept_key(&key))
-                .header("sec-websocket-protocol", "v4.channel.k8s.io")
-                .body(Full::new(Bytes::new()))
-                .unwrap()
+            switching_protocols(&key)
         }
         _ => status(404, "NotFound", &format!("the mock has no {method} {path}")),
     };
     Ok(response)
+}
+
+/// The server side of an upgraded WebSocket connection.
+async fn websocket(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let upgraded = on_upgrade.await.ok()?;
+    Some(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await)
+}
+
+fn switching_protocols(key: &[u8]) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", derive_accept_key(key))
+        .header("sec-websocket-protocol", "v4.channel.k8s.io")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+/// The query of a request as `k=v` pairs in name order, for assertions.
+fn req_query_string(q: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join("&")
+}
+
+/// The server side of a v4.channel.k8s.io attach: the first line written on the standard
+/// input channel (0) is the agent's token.
+async fn serve_attach(ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, state: Shared) {
+    let (_tx, mut rx) = ws.split();
+    let mut line = Vec::new();
+    while let Some(Ok(message)) = rx.next().await {
+        match message {
+            Message::Binary(data) if data.first() == Some(&0) => {
+                line.extend_from_slice(&data[1..]);
+                if let Some(end) = line.iter().position(|b| *b == b'\n') {
+                    let token = String::from_utf8_lossy(&line[..end]).into_owned();
+                    state.lock().unwrap().token = Some(token);
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
 }
 
 /// The server side of a v4.channel.k8s.io port-forward: announce the data (0) and error (1)
@@ -483,10 +534,10 @@ async fn serve_forward(
     let _ = tx.send(Message::binary(vec![1, p[0], p[1]])).await;
     let refused = match &behaviour {
         ForwardBehaviour::Error(message) => Some(message.clone()),
-        ForwardBehaviour::Agent if Some(port) != agent_port => Some(format!(
+        ForwardBehaviour::Agent | ForwardBehaviour::Impostor if Some(port) != agent_port => Some(format!(
             "error forwarding port {port}: nothing listens there (the agent listens on {agent_port:?})"
         )),
-        ForwardBehaviour::Agent => None,
+        ForwardBehaviour::Agent | ForwardBehaviour::Impostor => None,
     };
     if let Some(message) = refused {
         let mut frame = vec![1];
@@ -496,6 +547,11 @@ async fn serve_forward(
         return;
     }
     let Some(token) = token else { return };
+    let token = if behaviour == ForwardBehaviour::Impostor {
+        "an-impostor's-token".to_owned()
+    } else {
+        token
+    };
     let (mut near, far) = tokio::io::duplex(1 << 20);
     tokio::spawn(run_agent(far, token, env));
     let mut buf = vec![0u8; 64 * 1024];
@@ -631,8 +687,19 @@ async fn ephemeral_agent_happy_path() {
         .collect();
     assert_eq!(&command[command.len() - 2..], ["--container-id", APP_ID]);
     assert!(command.contains(&"--once"));
-    let token = container["env"][0]["value"].as_str().unwrap();
+    // The token is not in the spec: the agent reads it from its standard input, written
+    // through the attach.
+    assert!(command.contains(&"--token-stdin"));
+    assert_eq!(container.get("env"), None);
+    assert_eq!(container["stdin"], true);
+    assert_eq!(container["stdinOnce"], true);
+    let (token, attached) = {
+        let st = mock.state.lock().unwrap();
+        (st.token.clone().unwrap(), st.attached.clone())
+    };
     assert_eq!(token.len(), 64, "a fresh 32-byte token");
+    let name = container["name"].as_str().unwrap();
+    assert_eq!(attached, [format!("container={name}&stdin=true")]);
     let port = mock.state.lock().unwrap().port.unwrap();
     let (forward, _) = mock
         .request("GET", "/api/v1/namespaces/shop/pods/web/portforward")
@@ -787,16 +854,11 @@ async fn rbac_refusals_name_the_verb_and_resource() {
         "{err}"
     );
 
-    let mock = Mock::start().await;
-    mock.set(|st| {
-        st.forbidden.push((
-            "PATCH".into(),
-            "/api/v1/namespaces/shop/pods/web/ephemeralcontainers".into(),
-        ))
-    });
-    let mut config = mock.config("pod/web");
-    config.agent.ephemeral = true;
-    let err = open(&config).await.err().unwrap();
+    let err = forbidden_for_an_ephemeral_agent(
+        "PATCH",
+        "/api/v1/namespaces/shop/pods/web/ephemeralcontainers",
+    )
+    .await;
     assert!(
         matches!(
             err,
@@ -918,16 +980,9 @@ async fn port_forward_failures_are_retried_then_reported() {
         "retried while the agent may still be starting ({attempts})"
     );
 
-    let mock = Mock::start().await;
-    mock.set(|st| {
-        st.forbidden.push((
-            "GET".into(),
-            "/api/v1/namespaces/shop/pods/web/portforward".into(),
-        ))
-    });
-    let mut config = mock.config("pod/web");
-    config.agent.ephemeral = true;
-    let err = open(&config).await.err().unwrap();
+    let err =
+        forbidden_for_an_ephemeral_agent("GET", "/api/v1/namespaces/shop/pods/web/portforward")
+            .await;
     assert!(
         matches!(
             err,
@@ -1018,4 +1073,103 @@ async fn progress_lines_for_each_step() {
     );
     assert_eq!(lines[3], "sctrace: agent running in pod shop/web");
     assert_eq!(lines[4], "sctrace: connected to the agent");
+}
+
+/// Every request sctrace made to the API server, and every object the mock stores, as text.
+fn everything_the_cluster_saw(mock: &Mock) -> String {
+    let st = mock.state.lock().unwrap();
+    let mut text = String::new();
+    for (method, path, body) in &st.log {
+        text.push_str(&format!("{method} {path} {body}\n"));
+    }
+    for pod in st.pods.values() {
+        text.push_str(&pod.to_string());
+    }
+    text
+}
+
+#[tokio::test]
+async fn the_token_is_in_no_object_of_the_cluster() {
+    for ephemeral in [true, false] {
+        let mock = Mock::start().await;
+        let mut config = mock.config("pod/web");
+        config.agent.ephemeral = ephemeral;
+        let link = open(&config).await.unwrap();
+        assert_eq!(env_through(link).await.len(), 2, "the session works");
+        let token = mock.state.lock().unwrap().token.clone().unwrap();
+        let seen = everything_the_cluster_saw(&mock);
+        assert!(
+            seen.contains("sctrace-agent"),
+            "the agent was created: {seen}"
+        );
+        assert!(
+            !seen.contains(&token),
+            "ephemeral {ephemeral}: the token is readable in the cluster: {seen}"
+        );
+        assert!(!seen.contains("SCTRACE_AGENT_TOKEN"), "{seen}");
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_does_not_prove_the_token_gets_no_session() {
+    // The pod's port answers with an agent holding another token (say, something else in
+    // the pod bound the port first).
+    let mock = Mock::start().await;
+    mock.set(|st| st.forward = ForwardBehaviour::Impostor);
+    let mut config = mock.config("pod/web");
+    config.agent.ephemeral = true;
+    config.agent.startup_timeout = 1;
+    let err = open(&config).await.err().unwrap();
+    assert!(
+        matches!(
+            err,
+            KubeError::Handshake {
+                source: sctrace_protocol::HandshakeError::AgentNotAuthenticated,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// What opening an ephemeral agent for pod/web says when the mock's RBAC forbids `method`
+/// on `path`.
+async fn forbidden_for_an_ephemeral_agent(method: &str, path: &str) -> KubeError {
+    let mock = Mock::start().await;
+    mock.set(|st| st.forbidden.push((method.into(), path.into())));
+    let mut config = mock.config("pod/web");
+    config.agent.ephemeral = true;
+    open(&config).await.err().unwrap()
+}
+
+#[tokio::test]
+async fn attach_refusals_name_the_verb_and_resource() {
+    let err =
+        forbidden_for_an_ephemeral_agent("GET", "/api/v1/namespaces/shop/pods/web/attach").await;
+    assert!(
+        matches!(
+            err,
+            KubeError::Forbidden {
+                verb: "get/create",
+                resource: "pods/attach",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn text_from_the_cluster_is_escaped() {
+    let mock = Mock::start().await;
+    mock.set(|st| st.forward = ForwardBehaviour::Error("refused\x1b]0;owned\x07\x1b[2J".into()));
+    let mut config = mock.config("pod/web");
+    config.agent.ephemeral = true;
+    config.agent.startup_timeout = 1;
+    let text = open(&config).await.err().unwrap().to_string();
+    assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
+    assert!(
+        text.ends_with("refused\\u{1b}]0;owned\\u{7}\\u{1b}[2J"),
+        "{text}"
+    );
 }

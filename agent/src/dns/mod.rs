@@ -8,7 +8,6 @@ mod upstream;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -20,6 +19,7 @@ use hickory_proto::ProtoError;
 use sctrace_protocol::{DnsFailureKind, DnsRequest, DnsTransport};
 
 use crate::netns::NetnsSockets;
+use crate::target::ResolvConfFile;
 use resolv_conf::ResolvConf;
 use upstream::UpstreamError;
 
@@ -68,12 +68,12 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver using the resolv.conf at `path` (re-read when it changes) and sockets in
-    /// the target namespace.
-    pub fn new(sockets: NetnsSockets, path: &Path) -> Resolver {
+    /// A resolver using the target's resolv.conf `file` (re-read when it changes) and
+    /// sockets in the target namespace.
+    pub fn new(sockets: NetnsSockets, file: &ResolvConfFile) -> Resolver {
         Resolver {
             sockets,
-            conf: ConfFile::new(path),
+            conf: ConfFile::new(file),
             rotation: AtomicUsize::new(0),
             ids: QueryIds::default(),
         }
@@ -197,50 +197,66 @@ fn encode(
 
 /// The target's resolv.conf, re-read when its modification time changes.
 struct ConfFile {
-    path: PathBuf,
+    file: ResolvConfFile,
     cached: Mutex<(Option<SystemTime>, Arc<ResolvConf>)>,
 }
 
 impl ConfFile {
-    fn new(path: &Path) -> ConfFile {
-        let file = ConfFile {
-            path: path.to_path_buf(),
+    fn new(file: &ResolvConfFile) -> ConfFile {
+        let conf_file = ConfFile {
+            file: file.clone(),
             cached: Mutex::new((None, Arc::new(ResolvConf::default()))),
         };
-        let conf = file.current();
+        let conf = conf_file.current();
         tracing::info!(
-            path = %path.display(),
+            file = %file,
             nameservers = ?conf.nameservers,
             search = ?conf.search.iter().map(|n| n.to_ascii()).collect::<Vec<_>>(),
             ndots = conf.ndots,
             "target resolver configuration"
         );
-        file
+        conf_file
     }
 
     fn current(&self) -> Arc<ResolvConf> {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if mtime.is_some() && cached.0 != mtime {
-            match std::fs::read(&self.path) {
-                Ok(bytes) => {
-                    let conf = ResolvConf::parse(&String::from_utf8_lossy(&bytes));
-                    for line in &conf.skipped {
-                        tracing::warn!(path = %self.path.display(), line, "ignored a resolv.conf line");
+        // Nothing of the file's contents is logged: the target wrote it.
+        match self.file.open() {
+            Ok((file, mtime)) if mtime.is_none() || cached.0 != mtime => {
+                match ResolvConfFile::read(file) {
+                    Ok(bytes) => {
+                        let conf = ResolvConf::parse(&String::from_utf8_lossy(&bytes));
+                        for skipped in &conf.skipped {
+                            tracing::warn!(file = %self.file, line = skipped.line, why = skipped.why, "ignored a resolv.conf line");
+                        }
+                        *cached = (mtime, Arc::new(conf));
                     }
-                    *cached = (mtime, Arc::new(conf));
-                }
-                Err(e) => {
-                    tracing::warn!(path = %self.path.display(), error = %e, "cannot read resolv.conf; keeping the last one");
+                    Err(e) => {
+                        tracing::warn!(file = %self.file, error = %e, "cannot read resolv.conf; keeping the last one");
+                    }
                 }
             }
-        } else if mtime.is_none() && cached.0.is_none() {
-            tracing::warn!(path = %self.path.display(), "no resolv.conf; using 127.0.0.1 as glibc would");
-            cached.0 = Some(SystemTime::UNIX_EPOCH);
+            Ok(_) => {}
+            Err(e) if cached.0.is_none() => {
+                if e.is_missing() {
+                    tracing::warn!(file = %self.file, "no resolv.conf; using 127.0.0.1 as glibc would");
+                } else {
+                    let error = tracing_error(&e);
+                    tracing::warn!(file = %self.file, %error, "unusable resolv.conf; using 127.0.0.1 as glibc would");
+                }
+                cached.0 = Some(SystemTime::UNIX_EPOCH);
+            }
+            Err(_) => {}
         }
         cached.1.clone()
+    }
+}
+
+/// An error and its cause, for a log line.
+fn tracing_error(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
 }
 

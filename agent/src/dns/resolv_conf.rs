@@ -1,6 +1,8 @@
 //! Parsing resolv.conf the way glibc reads it: `nameserver` (first three), `search` /
 //! `domain` (the last one wins), and `options ndots: timeout: attempts: rotate use-vc`.
-//! Unusable lines are skipped, never fatal: a target with an odd file still resolves.
+//! Unusable lines are skipped, never fatal: a target with an odd file still resolves. What
+//! was skipped is kept as line numbers and reasons, not text: the target wrote the file, and
+//! its contents do not belong in the agent's log.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
@@ -32,8 +34,17 @@ pub struct ResolvConf {
     pub rotate: bool,
     /// Query over TCP only.
     pub use_vc: bool,
-    /// Lines that were skipped, for the log.
-    pub skipped: Vec<String>,
+    /// Lines (or options) that were skipped, for the log.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A line, or an option on an `options` line, that was not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// 1-based line number.
+    pub line: usize,
+    /// Why.
+    pub why: &'static str,
 }
 
 impl Default for ResolvConf {
@@ -58,7 +69,11 @@ impl ResolvConf {
             nameservers: Vec::new(),
             ..ResolvConf::default()
         };
-        for raw in text.lines() {
+        for (index, raw) in text.lines().enumerate() {
+            let skip = |why| Skipped {
+                line: index + 1,
+                why,
+            };
             // Comments: glibc only knows them at the start of a line; an inline `#` is taken
             // as one too, which is what every file that has one means.
             let line = raw.split(['#', ';']).next().unwrap_or("");
@@ -71,10 +86,8 @@ impl ResolvConf {
                     Some(ip) if conf.nameservers.len() < MAX_NAMESERVERS => {
                         conf.nameservers.push(ip)
                     }
-                    Some(_) => conf
-                        .skipped
-                        .push(format!("{raw} (more than 3 nameservers)")),
-                    None => conf.skipped.push(raw.to_string()),
+                    Some(_) => conf.skipped.push(skip("more than 3 nameservers")),
+                    None => conf.skipped.push(skip("not a nameserver address")),
                 },
                 "domain" => {
                     conf.search = words.next().and_then(parse_domain).into_iter().collect();
@@ -85,11 +98,11 @@ impl ResolvConf {
                 "options" => {
                     for option in words {
                         if !conf.apply_option(option) {
-                            conf.skipped.push(format!("options {option}"));
+                            conf.skipped.push(skip("an unknown option"));
                         }
                     }
                 }
-                _ => conf.skipped.push(raw.to_string()),
+                _ => conf.skipped.push(skip("an unknown keyword")),
             }
         }
         if conf.nameservers.is_empty() {
@@ -320,11 +333,18 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(1));
         assert_eq!(c.attempts, 5);
         assert!(c.rotate && c.use_vc);
-        assert!(c.skipped.iter().any(|s| s.contains("not-an-ip")));
-        assert!(c.skipped.iter().any(|s| s.contains("more than 3")));
-        assert!(c.skipped.iter().any(|s| s.contains("bogus")));
-        assert!(c.skipped.iter().any(|s| s.contains("ndots:x")));
-        assert!(c.skipped.iter().any(|s| s.contains("sortlist")));
+        let skipped: Vec<(usize, &str)> = c.skipped.iter().map(|s| (s.line, s.why)).collect();
+        assert_eq!(
+            skipped,
+            [
+                (4, "not a nameserver address"),
+                (7, "more than 3 nameservers"),
+                (10, "an unknown option"),
+                (10, "an unknown option"),
+                (12, "an unknown keyword"),
+                (13, "not a nameserver address"),
+            ]
+        );
     }
 
     #[test]

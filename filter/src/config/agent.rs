@@ -90,6 +90,35 @@ impl Serialize for AgentAddress {
     }
 }
 
+/// `agent.tls` (sctrace only): how sctrace checks the certificate of an agent that serves
+/// TLS at a `tcp:` address (`sctrace-agent --listen tcp:… --tls-cert FILE --tls-key FILE`).
+/// One of `ca_file` or `cert_file`:
+///
+/// ```json
+/// { "agent": { "address": "tcp:agent.example:7000", "token_file": "token",
+///              "tls": { "cert_file": "agent.pem" } } }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AgentTls {
+    /// Which certificates are trusted.
+    pub trust: AgentTrust,
+    /// `server_name`: with `ca_file`, the name the agent's certificate must carry; default:
+    /// the host of `address`.
+    pub server_name: Option<String>,
+}
+
+/// Which certificates sctrace trusts for the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentTrust {
+    /// `ca_file`: a PEM file of the certificate authorities that may sign the agent's
+    /// certificate; the certificate must be valid now and name the agent's host.
+    Ca(PathBuf),
+    /// `cert_file`: a PEM file holding the agent's own certificate. Exactly that certificate
+    /// is trusted (pinned), whatever name, issuer or dates it carries.
+    Pinned(PathBuf),
+}
+
 /// The agent's container image.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -176,6 +205,10 @@ pub struct AgentConfig {
     /// `token_file` (sctrace only): file holding the session token the agent at `address`
     /// expects. Environment: `SCTRACE_AGENT_TOKEN_FILE`.
     pub token_file: Option<PathBuf>,
+    /// `tls` (sctrace only): speak TLS to the agent at a `tcp:` `address`, trusting the
+    /// certificate as this says ([`AgentTls`]). Without it a `tcp:` session is not
+    /// encrypted.
+    pub tls: Option<AgentTls>,
     /// `log_level`: the agent's log filter (`"info"`, `"debug"`, `"sctrace_agent=trace"`, …).
     /// Default `"info"`. Environment: `SCTRACE_AGENT_LOG_LEVEL`, `MIRRORD_AGENT_RUST_LOG`.
     pub log_level: String,
@@ -252,6 +285,7 @@ impl Default for AgentConfig {
         Self {
             address: None,
             token_file: None,
+            tls: None,
             log_level: "info".to_owned(),
             json_log: false,
             namespace: None,
@@ -282,6 +316,7 @@ impl Default for AgentConfig {
 const KEYS: &[KeySpec] = &[
     key("address"),
     key("token_file"),
+    key("tls"),
     key("log_level"),
     key("json_log"),
     key("namespace"),
@@ -375,6 +410,9 @@ pub(crate) fn decode(d: &mut Decoder, value: &Value<'_>) -> Result<AgentConfig, 
         );
     }
     config.token_file = opt_text(d, fields.take("token_file"))?.map(PathBuf::from);
+    if let Some(v) = fields.take("tls") {
+        config.tls = Some(tls(d, &v)?);
+    }
     if let Some(level) = opt_text(d, fields.take("log_level"))? {
         config.log_level = level;
     }
@@ -450,6 +488,35 @@ pub(crate) fn decode(d: &mut Decoder, value: &Value<'_>) -> Result<AgentConfig, 
         }
     }
     Ok(config)
+}
+
+fn tls(d: &mut Decoder, value: &Value<'_>) -> Result<AgentTls, ConfigError> {
+    let mut fields = d.object(
+        value,
+        &[key("ca_file"), key("cert_file"), key("server_name")],
+    )?;
+    let ca = opt_text(d, fields.take("ca_file"))?;
+    let pinned = opt_text(d, fields.take("cert_file"))?;
+    let trust = match (ca, pinned) {
+        (Some(ca), None) => AgentTrust::Ca(PathBuf::from(ca)),
+        (None, Some(cert)) => AgentTrust::Pinned(PathBuf::from(cert)),
+        (Some(_), Some(_)) => {
+            return Err(d.error(
+                value,
+                "give either \"ca_file\" (the CA that signed the agent's certificate) or \"cert_file\" (the agent's own certificate), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(d.error(
+                value,
+                "missing \"ca_file\" (the CA that signed the agent's certificate) or \"cert_file\" (the agent's own certificate)",
+            ))
+        }
+    };
+    Ok(AgentTls {
+        trust,
+        server_name: opt_text(d, fields.take("server_name"))?,
+    })
 }
 
 fn image(d: &mut Decoder, value: &Value<'_>) -> Result<AgentImage, ConfigError> {

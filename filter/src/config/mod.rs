@@ -17,10 +17,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 pub use agent::{
-    AgentAddress, AgentConfig, AgentDnsConfig, AgentImage, AgentResources, Toleration,
+    AgentAddress, AgentConfig, AgentDnsConfig, AgentImage, AgentResources, AgentTls, AgentTrust,
+    Toleration,
 };
 pub use dns::DnsConfig;
-pub use env_vars::EnvConfig;
+pub use env_vars::{runs_code, EnvConfig, EnvFamily, RUNS_CODE};
 pub use feature::{FeatureConfig, NetworkConfig};
 pub use filter_list::{FilterList, ListKind, ListedEntry};
 pub use incoming::{
@@ -279,6 +280,13 @@ impl Config {
                     "ignored: for a local target sctrace starts the agent on this machine",
                 ));
             }
+        }
+        if self.agent.tls.is_some() && !matches!(self.agent.address, Some(AgentAddress::Tcp { .. }))
+        {
+            warnings.push(self.warning(
+                "agent.tls",
+                "ignored: TLS is for an agent at a tcp: agent.address (a Unix socket is protected by its file's permissions, a Kubernetes agent by the API server's port-forward)",
+            ));
         }
         if self.agent.namespace.is_some() {
             if self.agent.ephemeral && !local_target {

@@ -20,6 +20,7 @@ pub use task::SessionTask;
 use crate::decode::DecodeError;
 use crate::handle::SessionHandle;
 use crate::request::Requests;
+use crate::text::PeerText;
 use crate::token::Token;
 use state::{Limits, Shared};
 
@@ -114,7 +115,7 @@ impl fmt::Display for CloseReason {
         match self {
             CloseReason::PeerClosed => f.write_str("the peer closed the connection"),
             CloseReason::PeerShutdown { message } => {
-                write!(f, "the peer closed the session: {message}")
+                write!(f, "the peer closed the session: {}", PeerText(message))
             }
             CloseReason::LocalShutdown { message } => write!(f, "session closed: {message}"),
             CloseReason::KeepaliveTimeout { silent_for } => write!(
@@ -158,8 +159,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Runs the client handshake over `io`: offers this build's versions and `token`, and
-    /// returns the session once the server welcomes it.
+    /// Runs the client handshake over `io`: offers this build's versions, checks that the
+    /// server proves it holds `token` before sending anything more, proves the same in turn,
+    /// and returns the session once the server welcomes it. The token itself is never sent.
     pub async fn client<T: Io>(
         mut io: T,
         token: &Token,
@@ -169,8 +171,9 @@ impl Session {
         Ok(Session::start(io, agreed, config, true))
     }
 
-    /// Runs the server handshake over `io`: checks the client's versions and token (in
-    /// constant time) and refuses the session, telling the client why, when they do not fit.
+    /// Runs the server handshake over `io`: checks the client's versions, proves that it
+    /// holds `token`, checks the client's proof (in constant time) and refuses the session,
+    /// telling the client why, when something does not fit.
     pub async fn server<T: Io>(
         mut io: T,
         token: &Token,

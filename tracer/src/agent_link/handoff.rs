@@ -4,14 +4,20 @@
 //! The bytes then go kernel to kernel, not through sctrace and the session's stream.
 //! The channel format is described in the agent's `handoff` module.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
+use std::time::Duration;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use sctrace_protocol::auth::handoff_client;
+use sctrace_protocol::Token;
+
+/// How long the agent may take to answer the channel's authentication.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where handed-over sockets go; cheap to share.
 #[derive(Debug, Clone)]
@@ -20,20 +26,14 @@ pub struct Handoff {
 }
 
 impl Handoff {
-    /// Connects to the agent's handoff socket and authenticates with `token`.
-    pub fn connect(path: &Path, token: &[u8]) -> io::Result<Handoff> {
+    /// Connects to the agent's handoff socket; the agent and sctrace prove to each other that
+    /// they hold `token` (the agent first) without sending it.
+    pub fn connect(path: &Path, token: &Token) -> io::Result<Handoff> {
         let mut conn = UnixStream::connect(path)?;
-        let len = u32::try_from(token.len()).map_err(|_| io::Error::other("token too long"))?;
-        conn.write_all(&len.to_be_bytes())?;
-        conn.write_all(token)?;
-        let mut ack = [0u8; 1];
-        conn.read_exact(&mut ack)?;
-        if ack[0] != 1 {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "the agent refused the handoff channel",
-            ));
-        }
+        conn.set_read_timeout(Some(AUTH_TIMEOUT))?;
+        handoff_client(&mut conn, token)
+            .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
+        conn.set_read_timeout(None)?;
         let (tx, rx) = mpsc::channel::<(u32, OwnedFd)>();
         thread::Builder::new()
             .name("sctrace-handoff".into())

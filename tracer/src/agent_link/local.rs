@@ -149,7 +149,6 @@ pub struct LocalAgent {
     socket: PathBuf,
     handoff: PathBuf,
     token: Token,
-    secret: Vec<u8>,
 }
 
 /// How long the agent may take to start listening.
@@ -182,7 +181,6 @@ impl LocalAgent {
                 source,
             }
         })?;
-        let secret = token_text.clone().into_bytes();
         let token = Token::new(token_text.into_bytes()).map_err(LocalAgentError::Token)?;
 
         let mut cmd = Command::new(&agent);
@@ -242,7 +240,6 @@ impl LocalAgent {
             socket,
             handoff,
             token,
-            secret,
         };
         match started {
             Ok(()) => Ok(agent),
@@ -263,11 +260,6 @@ impl LocalAgent {
     /// The agent's handoff socket.
     pub fn handoff_socket(&self) -> &Path {
         &self.handoff
-    }
-
-    /// The session token's bytes, for the handoff channel.
-    pub fn secret(&self) -> &[u8] {
-        &self.secret
     }
 
     /// The session token.

@@ -6,12 +6,13 @@
 mod handoff;
 pub mod kube;
 mod local;
+mod tls;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sctrace_filter::config::{AgentAddress, Config, NetnsTarget, Target};
+use sctrace_filter::config::{AgentAddress, AgentTls, Config, NetnsTarget, Target};
 use sctrace_protocol::{
     Config as ProtocolConfig, HandshakeError, Requests, Session, SessionHandle, Token, TokenError,
 };
@@ -20,6 +21,7 @@ use tokio::net::{TcpStream, UnixStream};
 
 pub use handoff::Handoff;
 pub use local::LocalAgent;
+pub use tls::TlsSetupError;
 
 use crate::progress::Progress;
 
@@ -74,8 +76,21 @@ pub enum LinkError {
         #[source]
         source: io::Error,
     },
-    /// The handshake failed (wrong token, version mismatch, not an agent).
-    #[error("the agent at {address} refused the session: {source}")]
+    /// `agent.tls` cannot be used.
+    #[error(transparent)]
+    TlsSetup(#[from] TlsSetupError),
+    /// The TLS handshake with the agent failed (e.g. its certificate is not the trusted one).
+    #[error("TLS with the agent at {address} failed: {source}")]
+    Tls {
+        /// Where.
+        address: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The handshake failed (the agent could not prove it holds the token, or refused us:
+    /// wrong token, version mismatch, not an agent).
+    #[error("no session with the agent at {address}: {source}")]
     Handshake {
         /// Where.
         address: String,
@@ -108,7 +123,7 @@ pub async fn open(
             (None, None) => return Err(LinkError::NoToken),
         };
         progress.start(&format!("connecting to the agent at {address}"));
-        let (handle, requests) = connect(address, &token)
+        let (handle, requests) = connect(address, &token, config.agent.tls.as_ref())
             .await
             .inspect_err(|_| progress.failed())?;
         progress.done(&format!("connected to the agent at {address}"));
@@ -134,13 +149,13 @@ pub async fn open(
     let started = async {
         let agent = LocalAgent::start(&netns).await?;
         let address = AgentAddress::Unix(agent.socket().to_path_buf());
-        let (handle, requests) = connect(&address, agent.token()).await?;
+        let (handle, requests) = connect(&address, agent.token(), None).await?;
         Ok::<_, LinkError>((agent, address, handle, requests))
     };
     let (agent, address, handle, requests) = started.await.inspect_err(|_| progress.failed())?;
     progress.done(&format!("agent started for {shown}"));
     // Without the channel, connections are relayed over the session: slower, but the same.
-    let handoff = match Handoff::connect(agent.handoff_socket(), agent.secret()) {
+    let handoff = match Handoff::connect(agent.handoff_socket(), agent.token()) {
         Ok(handoff) => Some(handoff),
         Err(err) => {
             tracing::warn!(
@@ -191,9 +206,12 @@ fn read_token(path: &Path) -> Result<Token, LinkError> {
     Token::from_file_contents(&bytes).map_err(LinkError::BadToken)
 }
 
+/// Connects to the agent at `address` (over TLS as `tls` says, for `tcp:`) and runs the
+/// handshake: the agent proves it holds `token` before sctrace sends anything more.
 async fn connect(
     address: &AgentAddress,
     token: &Token,
+    tls: Option<&AgentTls>,
 ) -> Result<(SessionHandle, Requests), LinkError> {
     let shown = address.to_string();
     let connect_err = |source| LinkError::Connect {
@@ -211,13 +229,34 @@ async fn connect(
             Session::client(io, token, config).await
         }
         AgentAddress::Tcp { host, port } => {
+            // Checked before connecting: a config mistake is reported as such.
+            let tls = tls.map(|tls| tls::connector(tls, host)).transpose()?;
             let io =
                 tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
                     .await
                     .map_err(|_| connect_err(timed_out()))?
                     .map_err(connect_err)?;
             let _ = io.set_nodelay(true);
-            Session::client(io, token, config).await
+            match tls {
+                Some((connector, name)) => {
+                    let io = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, io))
+                        .await
+                        .map_err(|_| connect_err(timed_out()))?
+                        .map_err(|source| LinkError::Tls {
+                            address: shown.clone(),
+                            source,
+                        })?;
+                    Session::client(io, token, config).await
+                }
+                None => {
+                    if !is_loopback(host) {
+                        eprintln!(
+                            "sctrace: warning: the session with the agent at {shown} is not encrypted: whoever is on the network path can read and alter the program's remote traffic; serve TLS from the agent (--tls-cert) and set agent.tls (see docs/security.md)"
+                        );
+                    }
+                    Session::client(io, token, config).await
+                }
+            }
         }
     };
     let session = session.map_err(|source| LinkError::Handshake {
@@ -226,4 +265,254 @@ async fn connect(
     })?;
     tokio::spawn(session.task.run());
     Ok((session.handle, session.requests))
+}
+
+/// Whether `host` names this machine's loopback, where no one else is on the path.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use bytes::BytesMut;
+    use sctrace_filter::config::AgentTrust;
+    use sctrace_protocol::{decode, Frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const SECRET: &str = "tracer-test-token-0123456789abcdef";
+
+    fn token() -> Token {
+        Token::new(SECRET.as_bytes().to_vec()).unwrap()
+    }
+
+    fn tls_data(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/data/tls")
+            .join(name)
+    }
+
+    fn leaks_token(bytes: &[u8]) -> bool {
+        SECRET
+            .as_bytes()
+            .windows(8)
+            .any(|piece| bytes.windows(8).any(|w| w == piece))
+    }
+
+    fn tcp(port: u16) -> AgentAddress {
+        AgentAddress::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// Serves `stream` through an in-memory pipe, keeping every byte the peer sends in
+    /// `seen`; returns the pipe's end to run a session on.
+    fn recorded(
+        stream: tokio::net::TcpStream,
+        seen: Arc<Mutex<Vec<u8>>>,
+    ) -> tokio::io::DuplexStream {
+        let (mut from_peer, mut to_peer) = stream.into_split();
+        let (near, far) = tokio::io::duplex(1 << 16);
+        let (mut near_read, mut near_write) = tokio::io::split(near);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = from_peer.read(&mut buf).await {
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                if near_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = near_write.shutdown().await;
+        });
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut near_read, &mut to_peer).await;
+        });
+        far
+    }
+
+    #[tokio::test]
+    async fn an_impostor_agent_gets_a_greeting_and_nothing_else() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let impostor = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = BytesMut::new();
+            while decode(&mut got.clone()).unwrap().is_none() {
+                s.read_buf(&mut got).await.unwrap();
+            }
+            // It does not hold the token: its "proof" is made up.
+            let mut challenge = BytesMut::new();
+            Frame::AuthChallenge {
+                nonce: [1; 32],
+                proof: [2; 32],
+            }
+            .encode(&mut challenge)
+            .unwrap();
+            s.write_all(&challenge).await.unwrap();
+            s.read_buf(&mut got).await.unwrap();
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+            got.extend_from_slice(&rest);
+            got
+        });
+        let err = connect(&tcp(port), &token(), None).await.err().unwrap();
+        assert!(
+            matches!(
+                err,
+                LinkError::Handshake {
+                    source: HandshakeError::AgentNotAuthenticated,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("did not prove"), "{err}");
+        let mut got = impostor.await.unwrap();
+        assert!(!leaks_token(&got), "the token went to the impostor");
+        assert!(
+            matches!(decode(&mut got).unwrap(), Some(Frame::Hello { .. })),
+            "a Hello first"
+        );
+        assert!(got.is_empty(), "sctrace sent more than its Hello: {got:?}");
+    }
+
+    #[tokio::test]
+    async fn the_agent_sees_proofs_never_the_token() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen_by_agent = seen.clone();
+        let agent = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            Session::server(
+                recorded(s, seen_by_agent),
+                &token(),
+                ProtocolConfig::default(),
+            )
+            .await
+        });
+        let (handle, _requests) = connect(&tcp(port), &token(), None).await.unwrap();
+        let server = agent.await.unwrap().unwrap();
+        tokio::spawn(server.task.run());
+        handle.shutdown("done");
+        let _ = tokio::time::timeout(Duration::from_secs(5), server.handle.closed()).await;
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.len() > 10 + 12 + 32,
+            "the Hello and the proof at least"
+        );
+        assert!(!leaks_token(&seen), "sctrace sent the token");
+    }
+
+    /// An agent serving TLS with `cert`/`key` for one connection: its session, or the error.
+    fn tls_agent(
+        listener: TcpListener,
+        cert: &str,
+        key: &str,
+    ) -> tokio::task::JoinHandle<Result<Session, String>> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = vec![CertificateDer::from_pem_file(tls_data(cert)).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(tls_data(key)).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.map_err(|e| e.to_string())?;
+            let tls = acceptor.accept(s).await.map_err(|e| e.to_string())?;
+            Session::server(tls, &token(), ProtocolConfig::default())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    async fn connect_tls(
+        tls: AgentTls,
+        served_cert: &str,
+        served_key: &str,
+    ) -> (Result<(), LinkError>, Result<Session, String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let agent = tls_agent(listener, served_cert, served_key);
+        let client = connect(&tcp(port), &token(), Some(&tls)).await.map(|_| ());
+        let agent = tokio::time::timeout(Duration::from_secs(10), agent)
+            .await
+            .unwrap()
+            .unwrap();
+        (client, agent)
+    }
+
+    #[tokio::test]
+    async fn tls_with_a_pinned_certificate() {
+        let pinned = AgentTls {
+            trust: AgentTrust::Pinned(tls_data("agent.pem")),
+            server_name: None,
+        };
+        let (client, agent) = connect_tls(pinned.clone(), "agent.pem", "agent-key.pem").await;
+        assert!(client.is_ok(), "{:?}", client.err());
+        assert!(agent.is_ok());
+        // Another agent's certificate (same names, other key): refused in TLS, before the
+        // session's own handshake.
+        let (client, agent) = connect_tls(pinned, "other.pem", "other-key.pem").await;
+        let err = client.err().unwrap();
+        assert!(matches!(err, LinkError::Tls { .. }), "{err}");
+        assert!(agent.is_err());
+    }
+
+    #[tokio::test]
+    async fn tls_with_a_ca_checks_the_name() {
+        let ca = |name: Option<&str>| AgentTls {
+            trust: AgentTrust::Ca(tls_data("ca.pem")),
+            server_name: name.map(str::to_owned),
+        };
+        // The certificate names 127.0.0.1 (the address's host) and agent.test.
+        let (client, _) = connect_tls(ca(None), "agent.pem", "agent-key.pem").await;
+        assert!(client.is_ok(), "{:?}", client.err());
+        let (client, _) = connect_tls(ca(Some("agent.test")), "agent.pem", "agent-key.pem").await;
+        assert!(client.is_ok(), "{:?}", client.err());
+        let (client, _) =
+            connect_tls(ca(Some("elsewhere.test")), "agent.pem", "agent-key.pem").await;
+        assert!(matches!(client, Err(LinkError::Tls { .. })));
+        // Not signed by the CA.
+        let (client, _) = connect_tls(ca(None), "other.pem", "other-key.pem").await;
+        assert!(matches!(client, Err(LinkError::Tls { .. })));
+    }
+
+    #[tokio::test]
+    async fn tls_settings_are_checked_before_connecting() {
+        let missing = AgentTls {
+            trust: AgentTrust::Pinned("/nonexistent/agent.pem".into()),
+            server_name: None,
+        };
+        let err = connect(&tcp(1), &token(), Some(&missing))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, LinkError::TlsSetup(_)), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("agent.tls: cannot read PEM certificates from /nonexistent/agent.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        assert!(is_loopback("127.0.0.1") && is_loopback("::1") && is_loopback("localhost"));
+        assert!(!is_loopback("10.0.0.1") && !is_loopback("agent.example"));
+    }
 }

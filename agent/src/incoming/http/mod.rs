@@ -21,7 +21,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 
 use super::proxy::{pass_through, ClientConn};
@@ -33,6 +33,9 @@ use sniff::{sniff, Prefixed, Speaks};
 /// How long a client may stay silent before the agent decides it is not an HTTP client
 /// (server-speaks-first protocols) and hands it to the target's server as it is.
 const SNIFF_WAIT: Duration = Duration::from_secs(10);
+/// How long an HTTP/1 request's headers may take to arrive, whole: a client that sends them
+/// a byte at a time (or stops halfway) does not hold the connection and its task forever.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -63,14 +66,7 @@ pub async fn serve<C: ClientConn + 'static>(
         client,
         server,
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .preserve_header_case(true)
-        .half_close(true)
-        .auto_date_header(false)
-        .header_read_timeout(None);
-    builder.http2().auto_date_header(false);
+    let builder = http_server(HEADER_READ_TIMEOUT);
     let service = service_fn(move |req| {
         let route = route.clone();
         async move { Ok::<_, Infallible>(route.handle(req).await) }
@@ -81,6 +77,21 @@ pub async fn serve<C: ClientConn + 'static>(
     {
         tracing::debug!(%client, %server, error = %e, "filtered connection ended with an error");
     }
+}
+
+/// The HTTP server of filtered connections: HTTP/1.x with keep-alive, half-close and the
+/// client's header case kept, its headers due within `header_timeout`; HTTP/2.
+fn http_server(header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .preserve_header_case(true)
+        .half_close(true)
+        .auto_date_header(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().auto_date_header(false);
+    builder
 }
 
 /// One client connection's routing.
@@ -158,4 +169,55 @@ fn bad_gateway(target: &str) -> Response<Body> {
     );
     *response.status_mut() = StatusCode::BAD_GATEWAY;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_client_whose_headers_do_not_arrive_is_cut_off() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        let serving = tokio::spawn(async move {
+            let service = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            http_server(Duration::from_millis(300))
+                .serve_connection_with_upgrades(TokioIo::new(server), service)
+                .await
+                .is_err()
+        });
+        // Half a request, then nothing.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: target\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection was kept open");
+        assert!(serving.await.unwrap(), "the server ended it with an error");
+        // A whole request is served as before.
+        let (mut client, server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let service = service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = http_server(Duration::from_millis(300))
+                .serve_connection_with_upgrades(TokioIo::new(server), service)
+                .await;
+        });
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: target\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200 OK"),
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
 }

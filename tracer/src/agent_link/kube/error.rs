@@ -3,7 +3,7 @@
 
 use std::io;
 
-use sctrace_protocol::{HandshakeError, TokenError};
+use sctrace_protocol::{HandshakeError, PeerText, TokenError};
 use thiserror::Error;
 
 use super::forward::ForwardFailure;
@@ -39,13 +39,13 @@ pub enum KubeError {
         source: kube::Error,
     },
     /// The API server refused the credentials.
-    #[error("the Kubernetes API server refused sctrace's credentials (401 Unauthorized: {message}); log in again or check the kubeconfig's user")]
+    #[error("the Kubernetes API server refused sctrace's credentials (401 Unauthorized: {}); log in again or check the kubeconfig's user", PeerText(message))]
     Unauthorized {
         /// The server's message.
         message: String,
     },
     /// RBAC denied an operation.
-    #[error("forbidden: your Kubernetes user may not {verb} {resource} in namespace {namespace} ({message}); docs/kubernetes.md lists the permissions sctrace needs")]
+    #[error("forbidden: your Kubernetes user may not {verb} {resource} in namespace {namespace} ({}); docs/kubernetes.md lists the permissions sctrace needs", PeerText(message))]
     Forbidden {
         /// The verb, e.g. `get`, `create`, `patch`.
         verb: &'static str,
@@ -97,7 +97,7 @@ pub enum KubeError {
         containers: String,
     },
     /// The target is not running.
-    #[error("{what} is not running ({state})")]
+    #[error("{what} is not running ({})", PeerText(state))]
     NotRunning {
         /// E.g. `pod default/web` or `container app of pod default/web`.
         what: String,
@@ -105,7 +105,7 @@ pub enum KubeError {
         state: String,
     },
     /// A workload has no pod to target.
-    #[error("{kind} {namespace}/{name} has no running pod ({seen})")]
+    #[error("{kind} {namespace}/{name} has no running pod ({})", PeerText(seen))]
     NoRunningPod {
         /// `deployment` or `statefulset`.
         kind: &'static str,
@@ -127,7 +127,7 @@ pub enum KubeError {
     #[error("cannot read random bytes for the session token: {0}")]
     Token(#[source] TokenError),
     /// The agent image cannot be pulled.
-    #[error("the agent image {image} cannot be pulled ({reason}: {message}); check agent.image, your registry and agent.image_pull_secrets")]
+    #[error("the agent image {image} cannot be pulled ({}: {}); check agent.image, your registry and agent.image_pull_secrets", PeerText(reason), PeerText(message))]
     ImagePull {
         /// The image.
         image: String,
@@ -138,7 +138,11 @@ pub enum KubeError {
     },
     /// The agent container could not start (e.g. `CreateContainerConfigError`) or was not
     /// admitted.
-    #[error("the agent container in pod {namespace}/{pod} cannot start ({reason}: {message})")]
+    #[error(
+        "the agent container in pod {namespace}/{pod} cannot start ({}: {})",
+        PeerText(reason),
+        PeerText(message)
+    )]
     AgentBlocked {
         /// The pod.
         pod: String,
@@ -150,7 +154,11 @@ pub enum KubeError {
         message: String,
     },
     /// The agent container exited before the session.
-    #[error("the agent in pod {namespace}/{pod} exited with code {code} ({reason}): {message}")]
+    #[error(
+        "the agent in pod {namespace}/{pod} exited with code {code} ({}): {}",
+        PeerText(reason),
+        PeerText(message)
+    )]
     AgentExited {
         /// The pod.
         pod: String,
@@ -164,7 +172,10 @@ pub enum KubeError {
         message: String,
     },
     /// The agent did not run in time.
-    #[error("the agent {what} was not running after {seconds} s (agent.startup_timeout); events: {events}")]
+    #[error(
+        "the agent {what} was not running after {seconds} s (agent.startup_timeout); events: {}",
+        PeerText(events)
+    )]
     AgentNotReady {
         /// `pod NS/NAME` or `job NS/NAME (no pod yet)`.
         what: String,
@@ -186,8 +197,19 @@ pub enum KubeError {
         #[source]
         why: ForwardFailure,
     },
-    /// The agent refused the session.
-    #[error("the agent in pod {namespace}/{pod} refused the session: {source}")]
+    /// The session token could not be written to the agent's standard input.
+    #[error("cannot hand the session token to the agent in pod {namespace}/{pod} through the attach: {source}")]
+    TokenDelivery {
+        /// The agent pod.
+        pod: String,
+        /// Its namespace.
+        namespace: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent refused the session (or could not prove it holds the token).
+    #[error("no session with the agent in pod {namespace}/{pod}: {source}")]
     Handshake {
         /// The agent pod.
         pod: String,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Portforwarder};
-use sctrace_protocol::{Config as ProtocolConfig, HandshakeError, Session, Token};
+use sctrace_protocol::{Config as ProtocolConfig, HandshakeError, PeerText, Session, Token};
 use tokio::time::Instant;
 
 use super::client::ClusterInfo;
@@ -75,7 +75,7 @@ pub async fn connect(
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardFailure {
     /// The API server said why on the forward's error channel.
-    #[error("{0}")]
+    #[error("{}", PeerText(.0))]
     Server(String),
     /// The forwarder offered no stream for the port.
     #[error("the port-forward has no stream for the port")]
@@ -138,7 +138,8 @@ async fn attempt(
             tokio::spawn(async move {
                 if let Some(message) = errors.await {
                     eprintln!(
-                        "sctrace: the port-forward to the agent ({shown}) dropped: {message}"
+                        "sctrace: the port-forward to the agent ({shown}) dropped: {}",
+                        PeerText(&message)
                     );
                 }
             });

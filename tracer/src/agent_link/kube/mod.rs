@@ -10,13 +10,18 @@
 //!                  launch (patch pods/ephemeralcontainers | create the Job; wait until the
 //!                          agent container runs; image-pull failures, exits, events)
 //!                              │
+//!                  attach (pods/attach → the token on the agent's standard input)
+//!                              │
 //!                  forward (pods/portforward WebSocket → byte stream → protocol handshake)
 //! ```
 //!
-//! The agent listens on 127.0.0.1 in its pod for exactly one session (`--once`), checks the
-//! per-session token from its `SCTRACE_AGENT_TOKEN` variable, and exits if no session
-//! connects in time (`--idle-timeout`); a Job is deleted by Kubernetes after its TTL.
+//! The agent gets the per-session token on its standard input, written by sctrace through
+//! the API server's attach (see [`attach`]): it is in no pod spec. It then listens on
+//! 127.0.0.1 in its pod for exactly one session (`--once`) that proves it holds the token,
+//! and exits if no session connects in time (`--idle-timeout`); a Job is deleted by
+//! Kubernetes after its TTL.
 
+mod attach;
 mod client;
 mod error;
 mod forward;
@@ -100,7 +105,7 @@ pub async fn open_with(
     let token_text = random_hex(32).map_err(KubeError::Random)?;
     let token = Token::new(token_text.clone().into_bytes()).map_err(KubeError::Token)?;
     let suffix = random_hex(4).map_err(KubeError::Random)?;
-    let params = spec::AgentParams::new(&config.agent, token_text, &suffix, &namespace);
+    let params = spec::AgentParams::new(&config.agent, &suffix, &namespace);
 
     progress.start("creating the agent");
     let agent = launch::create(&cluster, &params, pod.as_ref())
@@ -125,7 +130,17 @@ pub async fn open_with(
     ));
 
     progress.start("connecting through the port-forward");
+    let attached = match attach::deliver_token(&cluster, &agent, &token_text).await {
+        Ok(attached) => attached,
+        Err(err) => {
+            progress.failed();
+            launch::abandon(&cluster, &agent).await;
+            return Err(err);
+        }
+    };
     let connected = forward::connect(&cluster, &agent, params.port, &token, timing, deadline).await;
+    // The agent has read its token (or will never use it): its standard input can close.
+    attached.detach();
     let (session, forward) = match connected {
         Ok(pair) => pair,
         Err(err) => {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EphemeralContainer, LocalObjectReference, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SecurityContext, Toleration as KubeToleration,
+    Capabilities, Container, EphemeralContainer, LocalObjectReference, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SecurityContext, Toleration as KubeToleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -24,8 +24,6 @@ pub const DEFAULT_IMAGE_TAG: &str = env!("CARGO_PKG_VERSION");
 pub const AGENT_LABEL: &str = "sctrace.dev/agent";
 /// Where the agent binary is in the image (custom images must put it there too).
 pub const AGENT_PATH: &str = "/usr/local/bin/sctrace-agent";
-/// The variable the agent reads its session token from.
-pub const TOKEN_ENV: &str = "SCTRACE_AGENT_TOKEN";
 /// The capabilities the agent asks for: SYS_ADMIN to enter the target's network namespace,
 /// SYS_PTRACE to open another process's /proc entries (namespace, root, environ), NET_ADMIN
 /// for redirecting incoming traffic.
@@ -45,8 +43,6 @@ pub struct AgentParams {
     pub image: String,
     /// The port the agent listens on (127.0.0.1 in its pod).
     pub port: u16,
-    /// The session token.
-    pub token: String,
     /// Seconds the agent waits for a session before it exits.
     pub idle_timeout: u64,
     /// The rest of the `agent` config.
@@ -55,8 +51,10 @@ pub struct AgentParams {
 
 impl AgentParams {
     /// Parameters for a session: `suffix` (random hex) makes the name unique and picks the
-    /// port; `target_namespace` is where the target lives.
-    pub fn new(agent: &AgentConfig, token: String, suffix: &str, target_namespace: &str) -> Self {
+    /// port; `target_namespace` is where the target lives. The session token is in none of
+    /// the objects: the agent reads it from its standard input, which sctrace writes to
+    /// through the API server's attach once the agent runs.
+    pub fn new(agent: &AgentConfig, suffix: &str, target_namespace: &str) -> Self {
         let n = u32::from_str_radix(suffix.get(..4).unwrap_or("0"), 16).unwrap_or(0);
         Self {
             name: format!("sctrace-agent-{suffix}"),
@@ -70,7 +68,6 @@ impl AgentParams {
             // 30000-59999: above the well-known and most registered ports an app in the
             // target pod (whose network an ephemeral agent shares) might use.
             port: 30_000 + (n % 30_000) as u16,
-            token,
             idle_timeout: u64::from(agent.ttl).max(MIN_IDLE_TIMEOUT_SECS),
             agent: agent.clone(),
         }
@@ -83,6 +80,7 @@ impl AgentParams {
             "--listen".to_owned(),
             format!("tcp:127.0.0.1:{}", self.port),
             "--once".to_owned(),
+            "--token-stdin".to_owned(),
             "--idle-timeout".to_owned(),
             self.idle_timeout.to_string(),
             "--log-level".to_owned(),
@@ -93,14 +91,6 @@ impl AgentParams {
             None => args.extend(["--netns".to_owned(), "/proc/self/ns/net".to_owned()]),
         }
         args
-    }
-
-    fn env(&self) -> Vec<EnvVar> {
-        vec![EnvVar {
-            name: TOKEN_ENV.to_owned(),
-            value: Some(self.token.clone()),
-            value_from: None,
-        }]
     }
 
     /// Root with the agent's capabilities (minus `disabled_capabilities`), or privileged.
@@ -162,7 +152,10 @@ impl AgentParams {
             image: Some(self.image.clone()),
             image_pull_policy: Some(self.agent.image_pull_policy.clone()),
             command: Some(self.command(Some(target))),
-            env: Some(self.env()),
+            // The token comes on stdin, through the attach (see `new`); stdinOnce closes it
+            // when sctrace detaches, so no one can write to it after.
+            stdin: Some(true),
+            stdin_once: Some(true),
             security_context: Some(self.security_context()),
             target_container_name: Some(target.container.clone()),
             termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
@@ -179,7 +172,8 @@ impl AgentParams {
             image: Some(self.image.clone()),
             image_pull_policy: Some(self.agent.image_pull_policy.clone()),
             command: Some(self.command(target)),
-            env: Some(self.env()),
+            stdin: Some(true),
+            stdin_once: Some(true),
             security_context: Some(self.security_context()),
             resources: self.agent.resources.as_ref().map(|r| ResourceRequirements {
                 requests: quantities(&r.requests),
@@ -283,7 +277,7 @@ mod tests {
     }
 
     fn params(agent: AgentConfig) -> AgentParams {
-        AgentParams::new(&agent, "t0k3n".into(), "1f2e3d4c", "shop")
+        AgentParams::new(&agent, "1f2e3d4c", "shop")
     }
 
     #[test]
@@ -311,7 +305,7 @@ mod tests {
         assert_eq!(p.image, "registry.example/me/agent:dev");
         // Any suffix gives a port in range.
         for suffix in ["0000", "ffff", "7530", "x", ""] {
-            let port = AgentParams::new(&AgentConfig::default(), String::new(), suffix, "n").port;
+            let port = AgentParams::new(&AgentConfig::default(), suffix, "n").port;
             assert!((30_000..60_000).contains(&port), "{suffix}: {port}");
         }
     }
@@ -329,10 +323,11 @@ mod tests {
                 "imagePullPolicy": "IfNotPresent",
                 "command": [
                     "/usr/local/bin/sctrace-agent", "--listen", format!("tcp:127.0.0.1:{port}"), "--once",
-                    "--idle-timeout", "30", "--log-level", "info",
+                    "--token-stdin", "--idle-timeout", "30", "--log-level", "info",
                     "--container-id", "containerd://0123456789abcdef"
                 ],
-                "env": [{"name": "SCTRACE_AGENT_TOKEN", "value": "t0k3n"}],
+                "stdin": true,
+                "stdinOnce": true,
                 "securityContext": {
                     "capabilities": {"add": ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN"]},
                     "runAsUser": 0,
@@ -365,7 +360,7 @@ mod tests {
             c["securityContext"]["capabilities"],
             json!({"add": ["SYS_ADMIN"]})
         );
-        assert_eq!(c["command"][7], "debug");
+        assert_eq!(c["command"][8], "debug");
     }
 
     #[test]
@@ -420,10 +415,11 @@ mod tests {
                                 "imagePullPolicy": "Always",
                                 "command": [
                                     "/usr/local/bin/sctrace-agent", "--listen", format!("tcp:127.0.0.1:{port}"),
-                                    "--once", "--idle-timeout", "30", "--log-level", "info",
+                                    "--once", "--token-stdin", "--idle-timeout", "30", "--log-level", "info",
                                     "--container-id", "containerd://0123456789abcdef"
                                 ],
-                                "env": [{"name": "SCTRACE_AGENT_TOKEN", "value": "t0k3n"}],
+                                "stdin": true,
+                                "stdinOnce": true,
                                 "resources": {
                                     "requests": {"cpu": "10m"},
                                     "limits": {"memory": "64Mi"}
@@ -476,8 +472,8 @@ mod tests {
         assert_eq!(spec["serviceAccountName"], "sctrace");
         assert_eq!(spec["automountServiceAccountToken"], true);
         let command = &spec["containers"][0]["command"];
-        assert_eq!(command[8], "--netns");
-        assert_eq!(command[9], "/proc/self/ns/net");
+        assert_eq!(command[9], "--netns");
+        assert_eq!(command[10], "/proc/self/ns/net");
         let none = params(AgentConfig {
             tolerations: Some(Vec::new()),
             ..AgentConfig::default()

@@ -51,9 +51,11 @@ impl State {
         deliver: &mut Vec<Request>,
     ) -> Result<(), CloseReason> {
         match frame {
-            Frame::Hello { .. } | Frame::Welcome { .. } | Frame::Refused { .. } => {
-                return Err(control::late_handshake())
-            }
+            Frame::Hello { .. }
+            | Frame::Welcome { .. }
+            | Frame::Refused { .. }
+            | Frame::AuthChallenge { .. }
+            | Frame::AuthProof { .. } => return Err(control::late_handshake()),
             Frame::Ping { nonce } => self.on_ping(nonce),
             Frame::Pong { .. } => {}
             Frame::GoAway { message } => return Err(control::go_away(message)),
