@@ -507,16 +507,16 @@ fn a_lost_agent_fails_remote_sockets_fast_and_local_traffic_goes_on() {
         .status()
         .unwrap()
         .success());
+    // The shell creates the file before `date` writes into it: wait for a whole line.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !done.exists() {
+    let ended: f64 = loop {
+        let written = std::fs::read_to_string(&done).unwrap_or_default();
+        if written.ends_with('\n') {
+            break written.trim().parse().unwrap();
+        }
         assert!(Instant::now() < deadline, "the remote transfer did not end");
         thread::sleep(Duration::from_millis(20));
-    }
-    let ended: f64 = std::fs::read_to_string(&done)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    };
     let killed = killed_at
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
