@@ -152,11 +152,12 @@ pub fn launch(
     let started = thread::Builder::new()
         .name("sctrace-launch".into())
         .spawn(move || -> Result<(Child, OwnedFd), LaunchError> {
-            let listener =
-                install_filter_on_this_thread(&filter).map_err(|(step, errno)| match step {
+            let listener = install_filter_on_this_thread(&filter, killable_wait()).map_err(
+                |(step, errno)| match step {
                     InstallStep::NoNewPrivs => LaunchError::NoNewPrivs(Errno(errno)),
                     InstallStep::Seccomp => LaunchError::Seccomp(Errno(errno)),
-                })?;
+                },
+            )?;
             let child = cmd
                 .spawn()
                 .map_err(|err| exec_error(program_name(&cmd), err))?;
@@ -180,6 +181,13 @@ pub fn launch(
         pidfd,
         notify: NotifyFd::new(listener),
     })
+}
+
+/// Whether to ask for `WAIT_KILLABLE_RECV` (5.19+). The environment variable
+/// `SCTRACE_TEST_NO_KILLABLE_WAIT` (any value) leaves it out, so that the tests exercise
+/// what older kernels do: a signal interrupts a call sctrace is still answering.
+fn killable_wait() -> bool {
+    std::env::var_os("SCTRACE_TEST_NO_KILLABLE_WAIT").is_none()
 }
 
 fn program_name(cmd: &Command) -> String {

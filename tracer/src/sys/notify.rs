@@ -230,8 +230,12 @@ pub enum InstallStep {
 /// setting its `no_new_privs`, and returns the listener (close-on-exec), or the failing step
 /// and errno. Both are per-thread attributes inherited by the processes the thread starts,
 /// so the app it spawns next runs under the filter while sctrace's other threads do not.
+///
+/// `killable_wait: false` leaves out `WAIT_KILLABLE_RECV` even where the kernel has it, as
+/// on kernels before 5.19 (the tests use it to exercise that path).
 pub fn install_filter_on_this_thread(
     program: &[libc::sock_filter],
+    killable_wait: bool,
 ) -> Result<OwnedFd, (InstallStep, i32)> {
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
     let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
@@ -243,7 +247,12 @@ pub fn install_filter_on_this_thread(
         filter: program.as_ptr() as *mut libc::sock_filter,
     };
     let base = libc::SECCOMP_FILTER_FLAG_NEW_LISTENER;
-    for flags in [base | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, base] {
+    let attempts: &[u64] = if killable_wait {
+        &[base | libc::SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, base]
+    } else {
+        &[base]
+    };
+    for &flags in attempts {
         // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies
         // the program before returning.
         let ret = unsafe {
