@@ -215,7 +215,8 @@ fn join_relay(
 ) -> Result<(), Errno> {
     let listener = relay_listener(remote, target.family)?;
     let peer = ensure_bound(sock.fd.as_fd(), target.v6())?;
-    remote.tcp.expect(peer, arranged);
+    let app = sock.fd.try_clone().map_err(|e| Errno::from_io(&e))?;
+    remote.tcp.expect(peer, app, arranged);
     connect_to_relay(sock.fd.as_fd(), listener).inspect_err(|_| remote.tcp.forget(peer))
 }
 

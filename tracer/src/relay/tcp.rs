@@ -4,15 +4,20 @@
 //!
 //! Only connections sctrace arranged get through. Before connecting an app socket here,
 //! sctrace registers the socket's own address (it binds the socket first when it is
-//! unbound); an accepted connection whose peer address is not registered is reset at once.
-//! Two live connections to one listener can't share a peer address, so another local
-//! process can't pose as the app's socket.
+//! unbound) with a copy of the socket; an accepted connection is joined only when its peer
+//! address is registered *and* the registered socket itself is the connection's other end
+//! (its own address is the peer's, its peer is this listener: two established connections
+//! can't share those four addresses). Anything else is reset at once — including another
+//! local user's socket that shares the app socket's address (both with SO_REUSEADDR) and
+//! connects first; the expectation then stays for the app's own connection. Expectations
+//! that no connection comes for expire.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sctrace_protocol::{relay, DnsTransport, RelayEnd, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,6 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::agent_link::Handoff;
 use crate::dns::{Asker, DnsResponder};
+use crate::sockaddr::{canonical_addr, SockAddr};
+use crate::sys::socket as sys;
 
 /// What an arranged connection is joined to.
 pub enum Arranged {
@@ -39,11 +46,26 @@ pub enum Arranged {
     },
 }
 
+/// A connection sctrace expects: what it is joined to, and the app's socket that must be
+/// its other end.
+struct Expected {
+    arranged: Arranged,
+    app: OwnedFd,
+    since: Instant,
+}
+
+/// Expected connections, by the app socket's address as a listener sees it.
+type ExpectedMap = Arc<Mutex<HashMap<SocketAddr, Expected>>>;
+
+/// How long an expectation waits for its connection (a loopback connect takes microseconds;
+/// one that never comes was abandoned).
+const EXPECT_FOR: Duration = Duration::from_secs(10);
+
 /// The listeners and the connections expected on them.
 pub struct TcpRelay {
     v4: SocketAddr,
     v6: Option<SocketAddr>,
-    expected: Arc<Mutex<HashMap<SocketAddr, Arranged>>>,
+    expected: ExpectedMap,
 }
 
 /// How long one DNS-over-TCP connection may sit idle.
@@ -54,7 +76,7 @@ impl TcpRelay {
     /// accepting. With `handoff` (an agent on this machine), remote connections are handed
     /// to the agent instead of relayed here.
     pub async fn start(dns: Arc<DnsResponder>, handoff: Option<Handoff>) -> io::Result<TcpRelay> {
-        let expected: Arc<Mutex<HashMap<SocketAddr, Arranged>>> = Arc::default();
+        let expected: ExpectedMap = Arc::default();
         let v4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let v4_addr = v4.local_addr()?;
         tokio::spawn(accept_loop(
@@ -90,10 +112,19 @@ impl TcpRelay {
     }
 
     /// Expects a connection from `peer` (the app socket's address as the listener will see
-    /// it) and joins it to `arranged`.
-    pub fn expect(&self, peer: SocketAddr, arranged: Arranged) {
+    /// it) that is `app` (a copy of the app's socket), and joins it to `arranged`.
+    pub fn expect(&self, peer: SocketAddr, app: OwnedFd, arranged: Arranged) {
         if let Ok(mut map) = self.expected.lock() {
-            map.insert(peer, arranged);
+            let now = Instant::now();
+            map.retain(|_, e| now.duration_since(e.since) < EXPECT_FOR);
+            map.insert(
+                peer,
+                Expected {
+                    arranged,
+                    app,
+                    since: now,
+                },
+            );
         }
     }
 
@@ -105,12 +136,32 @@ impl TcpRelay {
     }
 }
 
+/// Whether `app` (a copy of the app's socket) is the other end of a connection accepted
+/// from `peer` on the listener at `listener`.
+fn is_other_end(app: BorrowedFd<'_>, peer: SocketAddr, listener: SocketAddr) -> bool {
+    let local = sys::local_addr(app)
+        .ok()
+        .and_then(|b| SockAddr::parse(&b))
+        .and_then(|a| a.inet());
+    let remote = sys::peer_addr(app)
+        .ok()
+        .and_then(|b| SockAddr::parse(&b))
+        .and_then(|a| a.inet());
+    let same = |a: Option<SocketAddr>, b: SocketAddr| {
+        a.is_some_and(|a| canonical_addr(a) == canonical_addr(b))
+    };
+    same(local, peer) && same(remote, listener)
+}
+
 async fn accept_loop(
     listener: TcpListener,
-    expected: Arc<Mutex<HashMap<SocketAddr, Arranged>>>,
+    expected: ExpectedMap,
     dns: Arc<DnsResponder>,
     handoff: Option<Handoff>,
 ) {
+    let Ok(listening_at) = listener.local_addr() else {
+        return;
+    };
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -121,7 +172,18 @@ async fn accept_loop(
                 continue;
             }
         };
-        let arranged = expected.lock().ok().and_then(|mut map| map.remove(&peer));
+        let arranged = expected.lock().ok().and_then(|mut map| {
+            let entry = map.remove(&peer)?;
+            if is_other_end(entry.app.as_fd(), peer, listening_at) {
+                return Some(entry.arranged);
+            }
+            tracing::warn!(
+                "relay: refused a connection from {peer}: not the app's socket registered there"
+            );
+            // The app's own connection may still come.
+            map.insert(peer, entry);
+            None
+        });
         match arranged {
             Some(Arranged::Remote { stream, on_end }) => match &handoff {
                 Some(handoff) => hand_over(handoff, conn, stream, on_end),
@@ -218,5 +280,48 @@ async fn serve_dns(mut conn: TcpStream, server: SocketAddr, asker: Asker, dns: A
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpStream as StdTcpStream;
+
+    fn bound_reusable(addr: SocketAddr) -> socket2::Socket {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s
+    }
+
+    #[test]
+    fn only_the_registered_socket_is_taken_for_its_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        // The app's socket and an intruder's share one address (both SO_REUSEADDR).
+        let app = bound_reusable("127.0.0.1:0".parse().unwrap());
+        let shared: SocketAddr = app.local_addr().unwrap().as_socket().unwrap();
+        let intruder = bound_reusable(shared);
+        intruder.connect(&at.into()).unwrap();
+        let (_first, from) = listener.accept().unwrap();
+        assert_eq!(from, shared);
+        let app_fd = OwnedFd::from(app.try_clone().unwrap());
+        assert!(
+            !is_other_end(app_fd.as_fd(), from, at),
+            "the intruder connected first: it is not the app's socket"
+        );
+        drop(intruder);
+        drop(_first);
+        // (A fresh address: the intruder's connection holds the first in TIME_WAIT.)
+        let app = bound_reusable("127.0.0.1:0".parse().unwrap());
+        let app_fd = OwnedFd::from(app.try_clone().unwrap());
+        let app = StdTcpStream::from({
+            app.connect(&at.into()).unwrap();
+            std::os::fd::OwnedFd::from(app)
+        });
+        let (_conn, from) = listener.accept().unwrap();
+        assert!(is_other_end(app_fd.as_fd(), from, at));
+        drop(app);
     }
 }

@@ -133,6 +133,15 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
     Ok(buf[..(len as usize).min(buf.len())].to_vec())
 }
 
+/// The socket's peer address (`getpeername`), as raw bytes.
+pub fn peer_addr(fd: BorrowedFd<'_>) -> Result<Vec<u8>, Errno> {
+    let mut buf = [0u8; 128];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` and `len` are valid for writes; the kernel writes at most `len` bytes.
+    check(unsafe { libc::getpeername(fd.as_raw_fd(), buf.as_mut_ptr().cast(), &mut len) })?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
 /// Sets `TCP_SYNCNT`: how many SYN retransmits before a connect gives up with ETIMEDOUT.
 pub fn set_syn_count(fd: BorrowedFd<'_>, count: i32) -> Result<(), Errno> {
     // SAFETY: `count` is a valid int for the call's duration.
