@@ -37,6 +37,7 @@ pub mod remote;
 pub mod route;
 pub mod session;
 pub mod sockaddr;
+pub mod socket_table;
 pub mod supervisor;
 pub mod sys;
 pub mod trap;

@@ -8,7 +8,7 @@
 //! socket once a second, and when it is gone the subscription is dropped (the agent stops
 //! redirecting; connections already delivered go on).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +24,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::sockaddr::{canonical, loopback_if_wildcard};
+use crate::socket_table::{self, Protocol, TCP_LISTEN};
 
 /// How often a subscription's listener is looked for.
 const WATCH: Duration = Duration::from_secs(1);
@@ -527,31 +528,11 @@ fn http_filter(config: &HttpFilterConfig, port: u16) -> Option<HttpFilter> {
         .map(|any| HttpFilter::AnyOf(any.iter().map(condition).collect()))
 }
 
-/// Whether some socket of this network namespace listens on TCP `port` (from
-/// /proc/net/tcp and tcp6, state 0A).
+/// Whether some socket of this network namespace listens on TCP `port`.
 fn listening(port: u16) -> bool {
-    let ports: BTreeSet<u16> = ["/proc/net/tcp", "/proc/net/tcp6"]
+    socket_table::sockets(Protocol::Tcp)
         .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .flat_map(|text| listening_ports(&text))
-        .collect();
-    ports.contains(&port)
-}
-
-/// The local ports of the LISTEN sockets in a /proc/net/tcp text.
-fn listening_ports(text: &str) -> Vec<u16> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            let state = fields.nth(1)?;
-            if state != "0A" {
-                return None;
-            }
-            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
-        })
-        .collect()
+        .any(|e| e.state == TCP_LISTEN && e.local_port == port)
 }
 
 #[cfg(test)]
@@ -606,13 +587,6 @@ mod tests {
             target_port(&c, "0.0.0.0:4480".parse().unwrap(), Some(80)),
             Some(80)
         );
-    }
-
-    #[test]
-    fn listeners_are_found_in_proc_net_tcp() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n   1: 0100007F:1F41 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 2\n";
-        assert_eq!(listening_ports(text), [8000]);
-        assert!(listening_ports("garbage\nmore garbage").is_empty());
     }
 
     #[test]
