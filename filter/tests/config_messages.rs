@@ -43,7 +43,7 @@ fn typo_in_a_key() {
 }"#;
     assert_eq!(
         json(text),
-        "mirrord.json:5:9: feature.network.outgoing.fitler: unknown key, did you mean \"filter\"? (known keys: tcp, udp, ignore_localhost, filter, unix_streams)"
+        "mirrord.json:5:9: feature.network.outgoing.fitler: unknown key, did you mean \"filter\"? (known keys: tcp, udp, ignore_localhost, filter, udp_replies, unix_streams)"
     );
 }
 
@@ -225,7 +225,7 @@ fn toml_errors_have_positions() {
     let text = "[feature.network.outgoing]\nfiltre = { local = [\"db\"] }\n";
     assert_eq!(
         error(text, Format::Toml),
-        "mirrord.toml:2:1: feature.network.outgoing.filtre: unknown key, did you mean \"filter\"? (known keys: tcp, udp, ignore_localhost, filter, unix_streams)"
+        "mirrord.toml:2:1: feature.network.outgoing.filtre: unknown key, did you mean \"filter\"? (known keys: tcp, udp, ignore_localhost, filter, udp_replies, unix_streams)"
     );
     let text = "target = \"pod/a\"\n[agent\n";
     let message = error(text, Format::Toml);
@@ -421,4 +421,25 @@ fn agent_tls_takes_a_ca_or_a_pinned_certificate() {
         warnings(r#"{"agent": {"address": "unix:/run/a.sock", "tls": {"cert_file": "c.pem"}}}"#),
         vec!["mirrord.json:1:50: agent.tls: ignored: TLS is for an agent at a tcp: agent.address (a Unix socket is protected by its file's permissions, a Kubernetes agent by the API server's port-forward)"]
     );
+}
+
+#[test]
+fn udp_replies_are_peers_or_any() {
+    let config =
+        |json: &str| sctrace_filter::parse_str(json, sctrace_filter::Format::Json, "mirrord.json");
+    let loaded =
+        config(r#"{"feature": {"network": {"outgoing": {"udp_replies": "any"}}}}"#).unwrap();
+    assert_eq!(
+        loaded.config.feature.network.outgoing.udp_replies,
+        sctrace_filter::config::UdpReplies::Any
+    );
+    let loaded = config("{}").unwrap();
+    assert_eq!(
+        loaded.config.feature.network.outgoing.udp_replies,
+        sctrace_filter::config::UdpReplies::Peers
+    );
+    let err = config(r#"{"feature": {"network": {"outgoing": {"udp_replies": "all"}}}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"peers\" or \"any\""), "{err}");
 }

@@ -850,3 +850,210 @@ fn an_interrupted_receive_loses_no_datagram_with_or_without_killable_waits() {
         );
     }
 }
+
+/// A server in the cluster that answers each datagram from its own port and then from
+/// `SCATTER` more sockets of its own (as a TFTP server answers from a new port, or as
+/// anyone who found the agent's port could flood it from forged sources).
+const SCATTER_SERVER: &str = r#"
+import socket, sys, time
+addr = (sys.argv[1], int(sys.argv[2]))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(addr)
+print("ready", flush=True)
+while True:
+    data, client = s.recvfrom(100)
+    s.sendto(b"server", client)
+    others = []  # all open at once: each from a port of its own
+    for i in range(int(sys.argv[3])):
+        o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        o.bind((sys.argv[1], 0))
+        o.sendto(b"other", client)
+        others.append(o)
+        time.sleep(0.002)
+    for o in others:
+        o.close()
+"#;
+
+/// Asks once and counts the distinct sources of what arrives within 3 s of quiet.
+const SCATTER_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+s.settimeout(3)
+sources = set()
+try:
+    while True:
+        data, src = s.recvfrom(100)
+        sources.add((data, src))
+except socket.timeout:
+    pass
+print("from server", sum(1 for d, _ in sources if d == b"server"))
+print("from others", sum(1 for d, _ in sources if d == b"other"))
+"#;
+
+#[test]
+fn udp_replies_come_from_peers_the_program_sent_to_and_peers_are_bounded() {
+    const SCATTER: usize = 300;
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let mut server_cmd = world.cluster.cluster.command("python3");
+    server_cmd.args(["-c", SCATTER_SERVER, &echo, "6969", &SCATTER.to_string()]);
+    let _server = Server::spawn_command(&mut server_cmd);
+    let client_args = ["-c", SCATTER_CLIENT, &echo, "6969"];
+
+    // In the target itself, every source gets through.
+    let direct = run_with_timeout(
+        world.cluster.cluster.command("python3").args(client_args),
+        T,
+    );
+    direct.assert_success();
+    assert_eq!(
+        direct.stdout,
+        format!("from server 1\nfrom others {SCATTER}\n"),
+        "{direct}"
+    );
+
+    // By default, as through a NAT: only the peer the program sent to.
+    let events = world.scratch("udp-peers.jsonl");
+    let out = world.run(Some(&events), Path::new("python3"), &client_args);
+    out.assert_success();
+    assert_eq!(out.stdout, "from server 1\nfrom others 0\n", "{out}");
+    let drops = read_events(&events);
+    let drops = events_of(&drops, "drop");
+    let dropped: u64 = drops
+        .iter()
+        .map(|e| {
+            assert_eq!(e["rule"], "not a peer the program sent to", "{e}");
+            e["count"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(dropped, SCATTER as u64, "{drops:?}");
+
+    // "any": every source, up to the cap on relay sockets (the server is one of them).
+    let config = world.config(
+        "udp-any.json",
+        r#"{"feature": {"network": {"outgoing": {"udp_replies": "any"}}}}"#,
+    );
+    let events = world.scratch("udp-any.jsonl");
+    let out = run_with_timeout(
+        &mut world.sctrace(
+            Some(&events),
+            Some(&config),
+            Path::new("python3"),
+            &client_args,
+        ),
+        T,
+    );
+    out.assert_success();
+    let peers = 256;
+    assert_eq!(
+        out.stdout,
+        format!("from server 1\nfrom others {}\n", peers - 1),
+        "{out}"
+    );
+    let all = read_events(&events);
+    let dropped: u64 = events_of(&all, "drop")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["rule"], "peer limit", "{e}");
+            e["count"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(dropped, (SCATTER + 1 - peers) as u64, "{all:?}");
+}
+
+/// A program whose datagram socket lets others bind its address (SO_REUSEADDR), talking to
+/// the cluster's echo server: it shows its port and the relay socket it is connected to,
+/// waits for a line on stdin, sends again and prints everything that comes back.
+const SHARED_PORT_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0))
+s.connect((sys.argv[1], 7))
+s.send(b"ping")
+print(s.recv(100).decode(), flush=True)
+port = s.getsockname()[1]
+relay = None
+for line in open("/proc/net/udp").read().splitlines()[1:]:
+    f = line.split()
+    if int(f[1].split(":")[1], 16) == port and f[2] != "00000000:0000":
+        relay = int(f[2].split(":")[1], 16)
+print(port, relay, flush=True)
+sys.stdin.readline()
+s.send(b"pong")
+s.settimeout(2)
+try:
+    while True:
+        print(s.recv(100).decode(), flush=True)
+except socket.timeout:
+    pass
+"#;
+
+/// Another user binding the program's address and sending to its relay socket.
+const INTRUDER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("bound", flush=True)
+s.sendto(b"evil", ("127.0.0.1", int(sys.argv[2])))
+"#;
+
+#[test]
+fn another_user_sharing_the_programs_udp_port_gets_nothing_into_the_cluster() {
+    use std::io::{BufRead, BufReader, Write};
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let events = world.scratch("shared-port.jsonl");
+    let mut app = world
+        .sctrace(
+            Some(&events),
+            None,
+            Path::new("python3"),
+            &["-c", SHARED_PORT_CLIENT, &echo],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(app.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ping\n");
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let ports: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(ports.len(), 2, "{line}");
+    assert_ne!(
+        ports[1], "None",
+        "the program socket is connected to a relay socket"
+    );
+
+    let intruder = run_with_timeout(
+        world.cluster.laptop.command("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            // Debian's: a python3 earlier in root's PATH may not be readable by others.
+            "/usr/bin/python3",
+            "-c",
+            INTRUDER,
+            ports[0],
+            ports[1],
+        ]),
+        T,
+    );
+    intruder.assert_success();
+    assert_eq!(intruder.stdout, "bound\n", "the intruder shares the port");
+
+    app.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(app.wait().unwrap().success());
+    assert_eq!(rest, "pong\n", "only the program's own datagram was echoed");
+    let all = read_events(&events);
+    let drops = events_of(&all, "drop");
+    assert_eq!(drops.len(), 1, "{all:?}");
+    assert_eq!(drops[0]["rule"], "another user shares the program's port");
+}

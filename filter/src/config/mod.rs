@@ -27,7 +27,7 @@ pub use filter_list::{FilterList, ListKind, ListedEntry};
 pub use incoming::{
     ConcurrentSteal, HttpCondition, HttpFilterConfig, IncomingConfig, IncomingMode,
 };
-pub use outgoing::OutgoingConfig;
+pub use outgoing::{OutgoingConfig, UdpReplies};
 pub use target::{NetnsTarget, Target, TargetConfig};
 
 pub(crate) use env_vars::split_patterns;

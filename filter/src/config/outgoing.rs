@@ -58,7 +58,26 @@ pub struct OutgoingConfig {
     /// Entries: `[tcp://|udp://|any://][host | a.b.c.d | [ipv6]][/prefix][:port]`, e.g.
     /// `"messages-db"`, `"tcp://10.0.0.0/8:5432"`, `"[fd00::1]:80"`, `":8888"`, `"udp://"`.
     pub filter: Option<FilterList>,
+    /// `feature.network.outgoing.udp_replies` (sctrace's own key): which datagrams from the
+    /// target reach a UDP socket of the app. `"peers"` (default): only those from addresses
+    /// the socket sent to, as behind a NAT, so that nobody in the cluster can flood the
+    /// app's machine through the agent; `"any"`: every source, for apps that expect
+    /// datagrams from peers they never sent to (some peer-to-peer and discovery protocols).
+    pub udp_replies: UdpReplies,
 }
+
+/// Which datagrams from the target reach the app's UDP sockets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpReplies {
+    /// Only from the addresses a socket sent to.
+    #[default]
+    Peers,
+    /// From any address.
+    Any,
+}
+
+const UDP_REPLIES: &str = "\"peers\" or \"any\"";
 
 impl Default for OutgoingConfig {
     fn default() -> Self {
@@ -74,6 +93,7 @@ impl OutgoingConfig {
             udp: enabled,
             ignore_localhost: false,
             filter: None,
+            udp_replies: UdpReplies::Peers,
         }
     }
 }
@@ -83,6 +103,7 @@ const KEYS: &[crate::decode::KeySpec] = &[
     key("udp"),
     key("ignore_localhost"),
     key("filter"),
+    key("udp_replies"),
     ignored(
         "unix_streams",
         "ignored: sctrace leaves connections to Unix sockets local",
@@ -106,6 +127,13 @@ pub(crate) fn decode(d: &mut Decoder, value: &Value<'_>) -> Result<OutgoingConfi
             }
             if let Some(v) = fields.take("filter") {
                 config.filter = Some(filter_list::decode(d, &v, ListUse::Outgoing)?);
+            }
+            if let Some(v) = fields.take("udp_replies") {
+                config.udp_replies = match &v.node.kind {
+                    NodeKind::Str(name) if name == "peers" => UdpReplies::Peers,
+                    NodeKind::Str(name) if name == "any" => UdpReplies::Any,
+                    _ => return Err(d.expected(&v, UDP_REPLIES)),
+                };
             }
             Ok(config)
         }

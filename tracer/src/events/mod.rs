@@ -4,7 +4,8 @@
 //! The JSON schema is a stable interface, documented in the README. Repeated sends from one
 //! socket to the same destination with the same outcome are folded: the first is written at
 //! once with `"count": 1`, later ones are counted and written at most once a second as a
-//! single event whose `count` says how many calls it stands for.
+//! single event whose `count` says how many calls it stands for. Dropped datagrams fold the
+//! same way, by socket and reason.
 
 mod record;
 
@@ -28,7 +29,8 @@ pub struct Event {
     pub tid: i32,
     /// Command name of the calling thread.
     pub comm: String,
-    /// The system call (`connect`, `bind`, `listen`, `sendto`, `sendmsg`, `sendmmsg`).
+    /// The system call (`connect`, `bind`, `listen`, `sendto`, `sendmsg`, `sendmmsg`), or
+    /// `drop` for datagrams from the target sctrace did not deliver.
     pub syscall: &'static str,
     /// The app's fd number of the socket.
     pub fd: i32,
@@ -45,7 +47,7 @@ pub struct Event {
     /// `ok`, the errno name (`ECONNREFUSED`), or `unknown` when the kernel ran the call
     /// itself and sctrace did not see the outcome (Unix sockets).
     pub result: String,
-    /// For sends: how many calls this event stands for.
+    /// For sends and drops: how many calls (datagrams) this event stands for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
     /// The name the app resolved the destination from, when it did (the latest one).
@@ -72,8 +74,9 @@ impl Event {
         humantime::format_rfc3339_micros(SystemTime::now()).to_string()
     }
 
-    fn is_send(&self) -> bool {
-        self.syscall.starts_with("send")
+    /// Whether repeated events of this kind are folded: sends, and datagrams dropped.
+    fn folds(&self) -> bool {
+        self.syscall.starts_with("send") || self.syscall == DROP
     }
 
     /// The human-readable line `sctrace trace` prints.
@@ -112,6 +115,10 @@ impl Event {
         line
     }
 }
+
+/// The `syscall` of an event that counts datagrams from the target that sctrace did not
+/// deliver to the app (see `relay::udp`).
+pub const DROP: &str = "drop";
 
 /// Where events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,14 +184,20 @@ const FOLD_FORGET: Duration = Duration::from_secs(5);
 impl Folder {
     /// Returns the event to write now, if any.
     fn offer(&mut self, mut event: Event, now: Instant) -> Option<Event> {
-        if !event.is_send() {
+        if !event.folds() {
             return Some(event);
         }
         let key = FoldKey {
             pid: event.pid,
             fd: event.fd,
             syscall: event.syscall,
-            addr: event.addr.clone(),
+            // Drops fold by reason whatever their source (a flood has many); sends by
+            // destination.
+            addr: if event.syscall == DROP {
+                event.rule.clone().unwrap_or_default()
+            } else {
+                event.addr.clone()
+            },
             decision: event.decision,
             result: event.result.clone(),
         };

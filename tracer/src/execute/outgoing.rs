@@ -26,7 +26,7 @@ use crate::dns::Asker;
 use crate::errno::Errno;
 use crate::events::Record;
 use crate::relay::tcp::Arranged;
-use crate::relay::udp::{PeerKind, UdpAssociation};
+use crate::relay::udp::{AppEnd, PeerKind, SharedPort, UdpAssociation};
 use crate::remote::sockets::{Managed, TCP_ENTRY_GRACE};
 use crate::remote::Remote;
 use crate::sockaddr::{canonical_addr, in_family, loopback_if_wildcard, wildcard, SockAddr};
@@ -339,6 +339,16 @@ fn open_errno(err: &OpenError) -> Errno {
     Errno(err.errno())
 }
 
+/// The identity a relay checks datagrams against when the socket lets others bind its
+/// address (None otherwise, or when the socket cannot be inspected).
+fn shared_port(fd: BorrowedFd<'_>) -> Option<SharedPort> {
+    if !sys::shares_address(fd).unwrap_or(false) {
+        return None;
+    }
+    let (inode, uid) = sys::inode_and_owner(fd).ok()?;
+    Some(SharedPort { inode, uid })
+}
+
 /// The UDP association of the app socket, made on first use (binding the socket).
 fn association(
     remote: &Arc<Remote>,
@@ -355,10 +365,14 @@ fn association(
     let slot: Arc<std::sync::Mutex<Option<std::sync::Weak<UdpAssociation>>>> = Arc::default();
     let on_close_slot = Arc::clone(&slot);
     let assoc = UdpAssociation::start(
-        app_local,
+        AppEnd {
+            local: app_local,
+            shared: shared_port(sock.fd.as_fd()),
+        },
         remote.agent.clone(),
         Arc::clone(&remote.dns),
         asker,
+        remote.udp_policy.clone(),
         Box::new(move || {
             let this = on_close_slot
                 .lock()

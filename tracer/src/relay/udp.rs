@@ -13,6 +13,17 @@
 //! kernel accepts datagrams on it only from the app socket, and reports ECONNREFUSED once
 //! the app socket is gone — which ends the association. An association with no traffic for
 //! [`IDLE`] ends too, as a NAT's binding would.
+//!
+//! Like a NAT, an association takes datagrams from the target only from the peers the app
+//! sent to (unless `feature.network.outgoing.udp_replies` is `"any"`), and keeps at most
+//! [`MAX_PEERS`] relay sockets: anyone in the cluster who finds the agent's port could
+//! otherwise make sctrace open a socket per forged source. Datagrams left out are counted in
+//! `drop` events.
+//!
+//! An app socket with `SO_REUSEADDR` or `SO_REUSEPORT` may share its port with another
+//! user's socket, whose datagrams to a relay socket would look like the app's: for such a
+//! socket each datagram is forwarded only while no other user's socket holds the port (a
+//! look at /proc/net/udp, ~0.1 ms, paid only by those sockets).
 
 use std::collections::HashMap;
 use std::io;
@@ -26,8 +37,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 
+use sctrace_filter::config::UdpReplies;
+
 use crate::dns::{Asker, DnsResponder};
-use crate::sockaddr::in_family;
+use crate::events::{Event, EventSink, DROP};
+use crate::sockaddr::{canonical_addr, in_family};
+use crate::socket_table::{self, Protocol};
 
 type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -35,6 +50,46 @@ type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 pub const IDLE: Duration = Duration::from_secs(180);
 /// Largest datagram relayed.
 const MAX_DATAGRAM: usize = 65_536;
+/// Relay sockets (peers) one association keeps at most.
+pub const MAX_PEERS: usize = 256;
+/// Peers the app sent to, remembered per association at most (the oldest are forgotten).
+const MAX_SENT_TO: usize = 4096;
+
+/// Which datagrams from the target an association takes, and where it counts the others.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Only from the peers the app sent to, or from any source.
+    pub replies: UdpReplies,
+    /// Where `drop` events go.
+    pub events: EventSink,
+}
+
+/// The app socket an association serves.
+#[derive(Debug, Clone, Copy)]
+pub struct AppEnd {
+    /// Its bound address (wildcard replaced by loopback).
+    pub local: SocketAddr,
+    /// Set when the socket lets others bind its address too.
+    pub shared: Option<SharedPort>,
+}
+
+/// The identity of an app socket that shares its port (see the module notes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedPort {
+    /// The socket's inode.
+    pub inode: u64,
+    /// Its owner.
+    pub uid: u32,
+}
+
+impl SharedPort {
+    /// Whether another user's UDP socket holds `port` now.
+    fn intruded(&self, port: u16) -> bool {
+        socket_table::sockets(Protocol::Udp)
+            .iter()
+            .any(|e| e.local_port == port && e.inode != self.inode && e.uid != self.uid)
+    }
+}
 
 /// Whom a relay socket stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,9 +110,13 @@ struct Peer {
 pub struct UdpAssociation {
     app_local: SocketAddr,
     app_v6: bool,
+    app_shared: Option<SharedPort>,
     agent: SessionHandle,
     dns: Arc<DnsResponder>,
     asker: Asker,
+    policy: Policy,
+    /// The remote peers the app sent to (canonical form), oldest first.
+    sent_to: Mutex<std::collections::VecDeque<SocketAddr>>,
     flow: OnceCell<(Arc<UdpFlow>, bool)>,
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     by_relay: Mutex<HashMap<SocketAddr, SocketAddr>>,
@@ -68,21 +127,24 @@ pub struct UdpAssociation {
 }
 
 impl UdpAssociation {
-    /// Starts an association for the app socket reachable at `app_local` (its bound address,
-    /// wildcard replaced by loopback); `on_close` runs once when it ends.
+    /// Starts an association for the app socket `app`; `on_close` runs once when it ends.
     pub fn start(
-        app_local: SocketAddr,
+        app: AppEnd,
         agent: SessionHandle,
         dns: Arc<DnsResponder>,
         asker: Asker,
+        policy: Policy,
         on_close: Box<dyn FnOnce() + Send>,
     ) -> Arc<UdpAssociation> {
         let assoc = Arc::new(UdpAssociation {
-            app_local,
-            app_v6: app_local.is_ipv6(),
+            app_local: app.local,
+            app_v6: app.local.is_ipv6(),
+            app_shared: app.shared,
             agent,
             dns,
             asker,
+            policy,
+            sent_to: Mutex::default(),
             flow: OnceCell::new(),
             peers: Mutex::default(),
             by_relay: Mutex::default(),
@@ -199,6 +261,12 @@ impl UdpAssociation {
         loop {
             match peer.sock.recv(&mut buf).await {
                 Ok(n) => {
+                    if let Some(shared) = &self.app_shared {
+                        if shared.intruded(self.app_local.port()) {
+                            self.dropped(peer.remote, "another user shares the program's port");
+                            continue;
+                        }
+                    }
                     self.touch();
                     let data = buf[..n].to_vec();
                     match peer.kind {
@@ -265,8 +333,73 @@ impl UdpAssociation {
     }
 
     async fn send_remote(self: &Arc<Self>, remote: SocketAddr, data: &[u8]) -> io::Result<()> {
+        self.note_sent_to(remote);
         let (flow, flow_v6) = self.flow().await?;
         flow.send_to(in_family(remote, flow_v6), data).await
+    }
+
+    /// Remembers that the app sent to `remote`: its replies are taken.
+    fn note_sent_to(&self, remote: SocketAddr) {
+        let remote = canonical_addr(remote);
+        if let Ok(mut sent) = self.sent_to.lock() {
+            if !sent.contains(&remote) {
+                if sent.len() >= MAX_SENT_TO {
+                    sent.pop_front();
+                }
+                sent.push_back(remote);
+            }
+        }
+    }
+
+    /// Why a datagram from `remote` is not delivered, if it is not: a source the app never
+    /// sent to (unless any source is taken), or one more peer than an association keeps.
+    fn refusal(&self, remote: SocketAddr) -> Option<&'static str> {
+        let known = self
+            .peers
+            .lock()
+            .map(|peers| peers.contains_key(&remote))
+            .unwrap_or(false);
+        if known {
+            return None;
+        }
+        let sent_to = self
+            .sent_to
+            .lock()
+            .map(|sent| sent.contains(&canonical_addr(remote)))
+            .unwrap_or(false);
+        if self.policy.replies == UdpReplies::Peers && !sent_to {
+            return Some("not a peer the program sent to");
+        }
+        let full = self
+            .peers
+            .lock()
+            .map(|peers| peers.len() >= MAX_PEERS)
+            .unwrap_or(true);
+        full.then_some("peer limit")
+    }
+
+    /// Counts a datagram from `remote` that is not delivered, in a `drop` event.
+    fn dropped(&self, remote: SocketAddr, why: &'static str) {
+        tracing::debug!("udp relay: dropped a datagram from {remote}: {why}");
+        if !self.policy.events.enabled() {
+            return;
+        }
+        let asker = &self.asker;
+        self.policy.events.record(Event {
+            ts: Event::now(),
+            pid: asker.pid,
+            tid: asker.tid,
+            comm: asker.comm.clone(),
+            syscall: DROP,
+            fd: asker.fd,
+            family: asker.family.clone(),
+            sock_type: asker.sock_type.clone(),
+            addr: remote.to_string(),
+            decision: "remote",
+            rule: Some(why.to_string()),
+            result: "dropped".to_string(),
+            ..Event::default()
+        });
     }
 
     /// The agent flow, opened on first use (in the app socket's family when the target has
@@ -313,8 +446,12 @@ impl UdpAssociation {
                     return;
                 }
             };
-            self.touch();
             let remote = in_family(src, self.app_v6);
+            if let Some(why) = self.refusal(remote) {
+                self.dropped(remote, why);
+                continue;
+            }
+            self.touch();
             let delivered = async {
                 self.peer(remote, PeerKind::Remote).await?;
                 let peer = self
@@ -348,5 +485,38 @@ impl std::fmt::Debug for UdpAssociation {
 impl Drop for UdpAssociation {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_port_is_intruded_only_by_another_users_socket() {
+        let app = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = app.local_addr().unwrap().port();
+        let (inode, uid) = crate::sys::socket::inode_and_owner(app.as_fd()).unwrap();
+        let me = SharedPort { inode, uid };
+        assert!(!me.intruded(port), "the app's own socket");
+        let other_socket_same_user = SharedPort {
+            inode: inode + 1,
+            uid,
+        };
+        assert!(!other_socket_same_user.intruded(port));
+        let someone_else = SharedPort {
+            inode: inode + 1,
+            uid: uid.wrapping_add(1),
+        };
+        assert!(
+            someone_else.intruded(port),
+            "another user's socket on the port"
+        );
+        drop(app);
+        assert!(
+            !someone_else.intruded(port),
+            "nobody holds the port any more"
+        );
     }
 }

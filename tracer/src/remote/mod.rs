@@ -25,6 +25,7 @@ use crate::dns::DnsResponder;
 use crate::events::EventSink;
 use crate::relay::parking::Parking;
 use crate::relay::tcp::TcpRelay;
+use crate::relay::udp::Policy;
 use crate::sockaddr::canonical;
 use incoming::Incoming;
 use routes::RouteSources;
@@ -61,6 +62,8 @@ pub struct Remote {
     pub incoming: Arc<incoming::Incoming>,
     /// Where the target routes datagrams from.
     pub routes: RouteSources,
+    /// Which datagrams from the target UDP associations take.
+    pub udp_policy: Policy,
     /// The target's resolver configuration (its search list and options), for the app's
     /// own resolver.
     pub target_resolver: TargetResolver,
@@ -97,7 +100,7 @@ impl Remote {
             Arc::clone(&filter),
             link.handle.clone(),
             Arc::clone(&names),
-            events,
+            events.clone(),
         ));
         let tcp = TcpRelay::start(Arc::clone(&dns), link.handoff.clone()).await?;
         let parking = Parking::start()?;
@@ -111,6 +114,10 @@ impl Remote {
             sockets: Arc::default(),
             incoming: Incoming::new(config.feature.network.incoming.clone(), link.handle.clone()),
             routes: RouteSources::new(link.handle.clone()),
+            udp_policy: Policy {
+                replies: config.feature.network.outgoing.udp_replies,
+                events,
+            },
             target_resolver,
             nameservers: resolv_conf::nameservers(&resolv_conf),
             listening: Mutex::default(),

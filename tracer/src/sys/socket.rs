@@ -92,6 +92,21 @@ pub fn sock_type(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
 }
 
+/// Whether other sockets may bind the socket's address too (`SO_REUSEADDR` or
+/// `SO_REUSEPORT` set).
+pub fn shares_address(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    Ok(
+        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)? != 0
+            || getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 0,
+    )
+}
+
+/// The socket's inode number and owner (as /proc/net tables list them).
+pub fn inode_and_owner(fd: BorrowedFd<'_>) -> Result<(u64, u32), Errno> {
+    let stat = nix::sys::stat::fstat(fd).map_err(|e| Errno(e as i32))?;
+    Ok((stat.st_ino, stat.st_uid))
+}
+
 /// One datagram to send on the app's behalf: destination bytes and payload pieces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
