@@ -876,7 +876,7 @@ while True:
 
 /// Asks once and counts the distinct sources of what arrives within 3 s of quiet.
 const SCATTER_CLIENT: &str = r#"
-import socket, sys
+import os, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
 s.settimeout(3)
@@ -889,17 +889,20 @@ except socket.timeout:
     pass
 print("from server", sum(1 for d, _ in sources if d == b"server"))
 print("from others", sum(1 for d, _ in sources if d == b"other"))
+if len(sys.argv) > 3:  # under sctrace: the supervisor's open files
+    print("supervisor fds", len(os.listdir("/proc/%d/fd" % os.getppid())))
 "#;
 
 #[test]
 fn udp_replies_come_from_peers_the_program_sent_to_and_peers_are_bounded() {
-    const SCATTER: usize = 300;
+    const SCATTER: usize = 600;
     let world = World::new();
     let echo = world.cluster.service("echo").v4().to_string();
     let mut server_cmd = world.cluster.cluster.command("python3");
     server_cmd.args(["-c", SCATTER_SERVER, &echo, "6969", &SCATTER.to_string()]);
     let _server = Server::spawn_command(&mut server_cmd);
     let client_args = ["-c", SCATTER_CLIENT, &echo, "6969"];
+    let traced_args = ["-c", SCATTER_CLIENT, &echo, "6969", "fds"];
 
     // In the target itself, every source gets through.
     let direct = run_with_timeout(
@@ -915,9 +918,11 @@ fn udp_replies_come_from_peers_the_program_sent_to_and_peers_are_bounded() {
 
     // By default, as through a NAT: only the peer the program sent to.
     let events = world.scratch("udp-peers.jsonl");
-    let out = world.run(Some(&events), Path::new("python3"), &client_args);
+    let out = world.run(Some(&events), Path::new("python3"), &traced_args);
     out.assert_success();
-    assert_eq!(out.stdout, "from server 1\nfrom others 0\n", "{out}");
+    let (replies, fds) = out.stdout.split_once("supervisor fds ").expect("fd count");
+    assert_eq!(replies, "from server 1\nfrom others 0\n", "{out}");
+    let baseline: usize = fds.trim().parse().unwrap();
     let drops = read_events(&events);
     let drops = events_of(&drops, "drop");
     let dropped: u64 = drops
