@@ -481,6 +481,8 @@ fn a_lost_agent_fails_remote_sockets_fast_and_local_traffic_goes_on() {
     );
     let child = world
         .sctrace(None, Some(&config), Path::new("/bin/sh"), &["-c", &script])
+        // Relayed connections: a socket of the target would live on without the agent.
+        .env("SCTRACE_DIRECT_SOCKETS", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -945,16 +947,23 @@ fn udp_replies_come_from_peers_the_program_sent_to_and_peers_are_bounded() {
             Some(&events),
             Some(&config),
             Path::new("python3"),
-            &client_args,
+            &traced_args,
         ),
         T,
     );
     out.assert_success();
     let peers = 256;
+    let (replies, fds) = out.stdout.split_once("supervisor fds ").expect("fd count");
     assert_eq!(
-        out.stdout,
+        replies,
         format!("from server 1\nfrom others {}\n", peers - 1),
         "{out}"
+    );
+    // One relay socket per peer, however many sources there were.
+    let fds: usize = fds.trim().parse().unwrap();
+    assert!(
+        fds <= baseline + peers,
+        "{fds} open files, {baseline} with one peer\n{out}"
     );
     let all = read_events(&events);
     let dropped: u64 = events_of(&all, "drop")
@@ -1061,4 +1070,103 @@ fn another_user_sharing_the_programs_udp_port_gets_nothing_into_the_cluster() {
     let drops = events_of(&all, "drop");
     assert_eq!(drops.len(), 1, "{all:?}");
     assert_eq!(drops[0]["rule"], "another user shares the program's port");
+}
+
+/// Remote connects in every way a program makes them, for a program run in the target and
+/// under sctrace to print the same.
+const CONNECTS: &str = r#"
+import errno, os, selectors, socket, struct, sys
+echo, blackhole = sys.argv[1], sys.argv[2]
+def show(label, f):
+    try:
+        print(label, f())
+    except OSError as e:
+        print(label, errno.errorcode[e.errno])
+s = socket.socket()
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+inheritable = os.get_inheritable(s.fileno())
+s.connect((echo, 7))
+print("options", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+      s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+      s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+      os.get_inheritable(s.fileno()) == inheritable)
+print("addresses", s.getsockname()[0], s.getpeername())
+show("again", lambda: s.connect((echo, 7)))
+s.sendall(b"ping")
+print("echo", s.recv(4))
+n = socket.socket()
+n.setblocking(False)
+show("nonblocking", lambda: n.connect((echo, 8)))
+sel = selectors.DefaultSelector()
+sel.register(n, selectors.EVENT_WRITE)
+sel.select(5)
+print("so_error", errno.errorcode.get(n.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+b = socket.socket()
+b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))
+show("blackhole", lambda: b.connect((blackhole, 80)))
+show("unreachable", lambda: socket.socket().connect(("198.19.255.1", 80)))
+e = socket.socket()
+e.setblocking(False)
+watch = selectors.EpollSelector()
+watch.register(e, selectors.EVENT_WRITE)
+show("watched", lambda: e.connect((echo, 7)))
+print("watched ready", len(watch.select(5)) == 1)
+e.setblocking(True)
+e.sendall(b"pong")
+print("echo", e.recv(4))
+"#;
+
+#[test]
+fn remote_connects_use_sockets_of_the_target_where_that_is_safe() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let blackhole = world.cluster.service("blackhole").v4().to_string();
+    let args = ["-c", CONNECTS, &echo, &blackhole];
+    let direct = run_with_timeout(world.cluster.cluster.command("python3").args(args), T);
+    direct.assert_success();
+    assert!(direct.stdout.contains("so_error ECONNREFUSED"), "{direct}");
+    assert!(direct.stdout.contains("blackhole EINPROGRESS"), "{direct}");
+
+    let events = world.scratch("direct.jsonl");
+    let traced = world.run(Some(&events), Path::new("python3"), &args);
+    traced.assert_success();
+    assert_eq!(traced.stdout, direct.stdout, "{traced}\n{direct}");
+    let all = read_events(&events);
+    let paths: Vec<(String, String)> = events_of(&all, "connect")
+        .iter()
+        .filter(|e| e["sock_type"] == "stream")
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap_or("-").to_string(),
+                e["result"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("direct", "ok"),
+        // The second connect of a socket of the target is the kernel's.
+        ("-", "EISCONN"),
+        ("direct", "EINPROGRESS"),
+        ("direct", "EINPROGRESS"),
+        ("direct", "ENETUNREACH"),
+        // Registered with epoll before connect: the registration follows the old socket.
+        ("relay", "EINPROGRESS"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(paths, expected, "{all:?}");
+
+    // The same program with every connection relayed prints the same.
+    let relayed = run_with_timeout(
+        world
+            .sctrace(None, None, Path::new("python3"), &args)
+            .env("SCTRACE_DIRECT_SOCKETS", "0"),
+        T,
+    );
+    relayed.assert_success();
+    assert_eq!(relayed.stdout, direct.stdout, "{relayed}\n{direct}");
 }
