@@ -31,6 +31,18 @@ pub enum Reply {
         /// Whether the app's fd is close-on-exec.
         cloexec: bool,
     },
+    /// The app's fd `target` becomes this socket (as `dup2` would make it), then the call
+    /// returns `then` (a remote connect made with a socket of the target).
+    ReplaceFd {
+        /// The socket (sctrace's copy).
+        fd: OwnedFd,
+        /// The app's fd number.
+        target: i32,
+        /// Whether the app's fd is close-on-exec.
+        cloexec: bool,
+        /// The call's outcome.
+        then: Result<i64, Errno>,
+    },
 }
 
 impl PartialEq for Reply {
@@ -112,6 +124,8 @@ pub enum Work {
     ConnectRemote {
         /// The destination in the target.
         dst: SocketAddr,
+        /// The calling thread (whose fd table a socket of the target may be installed in).
+        tid: i32,
     },
     /// A TCP connect to a nameserver of the local resolv.conf: DNS over TCP, answered by
     /// sctrace's responder.

@@ -1,5 +1,6 @@
 //! What sctrace reads from /proc about the traced processes: which process a thread belongs
-//! to, its command name, and the tree of descendants left when the main program exits.
+//! to, its command name, the tree of descendants left when the main program exits, and
+//! what its fd table says about one fd (close-on-exec, watched by an epoll instance).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -110,6 +111,51 @@ fn parse_pending(status: &str) -> Option<bool> {
     }
 }
 
+/// Whether fd `fd` of thread `tid` is close-on-exec (the `flags:` line of
+/// /proc/TID/fdinfo/FD, in octal, has O_CLOEXEC).
+pub fn fd_cloexec(tid: i32, fd: i32) -> io::Result<bool> {
+    let info = fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+        .map(|flags| flags & libc::O_CLOEXEC as i64 != 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "fdinfo lacks flags"))
+}
+
+/// Whether an epoll instance in the fd table of thread `tid` watches the open file whose
+/// inode is `inode` (each watched file is a `tfd: ... ino:HEX` line of the epoll fd's
+/// fdinfo). An epoll registration belongs to the open file: a socket installed over the fd
+/// later would not be watched.
+pub fn watched_by_epoll(tid: i32, inode: u64) -> io::Result<bool> {
+    for entry in fs::read_dir(format!("/proc/{tid}/fd"))? {
+        let Ok(entry) = entry else { continue };
+        let is_epoll = fs::read_link(entry.path())
+            .map(|target| target.as_os_str() == "anon_inode:[eventpoll]")
+            .unwrap_or(false);
+        if !is_epoll {
+            continue;
+        }
+        let info = fs::read_to_string(format!(
+            "/proc/{tid}/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if epoll_watches(&info, inode) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether an epoll fdinfo text lists a watched file with inode `inode`.
+fn epoll_watches(info: &str, inode: u64) -> bool {
+    info.lines()
+        .filter(|l| l.starts_with("tfd:"))
+        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("ino:")))
+        .filter_map(|ino| u64::from_str_radix(ino, 16).ok())
+        .any(|ino| ino == inode)
+}
+
 /// The process (thread group) that thread `tid` belongs to.
 pub fn thread_group_of(tid: i32) -> io::Result<i32> {
     identity(tid).map(|id| id.pid)
@@ -193,6 +239,45 @@ mod signal_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoll_fdinfo_names_the_watched_inodes() {
+        let info = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\n\
+tfd:        5 events:       19 data:                5  pos:0 ino:2a3f sdev:8\n\
+tfd:        7 events:       19 data:                7  pos:0 ino:ff sdev:8\n";
+        assert!(epoll_watches(info, 0x2a3f));
+        assert!(epoll_watches(info, 0xff));
+        assert!(
+            !epoll_watches(info, 0x1057),
+            "the epoll's own inode is not watched"
+        );
+        assert!(!epoll_watches("garbage", 1));
+    }
+
+    #[test]
+    fn an_epoll_registration_is_found_by_inode_and_cloexec_is_read() {
+        use std::os::fd::AsRawFd;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (inode, _) =
+            crate::sys::socket::inode_and_owner(std::os::fd::AsFd::as_fd(&sock)).unwrap();
+        let me = std::process::id() as i32;
+        assert!(!watched_by_epoll(me, inode).unwrap());
+        let epoll =
+            nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::empty()).unwrap();
+        epoll
+            .add(
+                &sock,
+                nix::sys::epoll::EpollEvent::new(nix::sys::epoll::EpollFlags::EPOLLIN, 1),
+            )
+            .unwrap();
+        assert!(watched_by_epoll(me, inode).unwrap());
+        drop(epoll);
+        assert!(!watched_by_epoll(me, inode).unwrap());
+        assert!(
+            fd_cloexec(me, sock.as_raw_fd()).unwrap(),
+            "std sockets are close-on-exec"
+        );
+    }
 
     #[test]
     fn parent_survives_odd_command_names() {

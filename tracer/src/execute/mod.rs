@@ -8,10 +8,13 @@
 //!   connections to names looked up again locally.
 //! - [`outgoing`]: remote decisions — the agent connects or sends in the target, and the
 //!   app's socket is joined to the TCP relay or its UDP association.
+//! - [`direct`]: remote TCP connects with a socket of the target installed in the app
+//!   (a local agent), so that no byte is relayed.
 //! - [`receive`]: emulated receives and `getpeername` on sockets sctrace manages.
 //! - [`accept`]: emulated accepts on listeners whose port is subscribed in the target.
 
 mod accept;
+mod direct;
 mod local;
 mod outgoing;
 mod receive;
@@ -95,8 +98,8 @@ impl Executor {
             }
             (Work::Listen { backlog }, remote) => local::listen(remote, sock, record, backlog),
             (Work::Send { msg, flags }, _) => local::send(sock, record, msg, flags),
-            (Work::ConnectRemote { dst }, Some(remote)) => {
-                outgoing::connect_tcp(remote, sock, dst, record)
+            (Work::ConnectRemote { dst, tid }, Some(remote)) => {
+                outgoing::connect_tcp(remote, sock, dst, tid, record)
             }
             (Work::ProbeRoute { dst }, Some(remote)) => {
                 outgoing::probe_route(remote, sock, dst, record)

@@ -1,6 +1,8 @@
 //! Remote decisions for `connect` and address-carrying sends, carried out: where a remote
 //! connect is made.
 //!
+//! - **TCP connect, remote, with a local agent**: first tried with a socket of the target
+//!   installed in place of the app's (`direct`); what cannot be is relayed as follows.
 //! - **TCP connect, remote**: the agent connects to the destination first, so the app's
 //!   connect returns the real outcome (ECONNREFUSED, ETIMEDOUT, ENETUNREACH, ...). On
 //!   success the app's own socket (same fd, options, O_NONBLOCK and epoll registrations) is
@@ -34,6 +36,7 @@ use crate::sys::socket as sys;
 use crate::trap::socket::AppSocket;
 use crate::trap::AddrArg;
 
+use super::direct;
 use super::local::connect_without_blocking;
 use super::{answer, Action};
 
@@ -65,16 +68,32 @@ pub fn connect_tcp(
     remote: &Arc<Remote>,
     sock: AppSocket,
     dst: SocketAddr,
-    record: Option<Record>,
+    tid: i32,
+    mut record: Option<Record>,
 ) -> Action {
     let described = Target::of(&sock).and_then(|t| Ok((t, sock.file_flags()?)));
     let (target, flags) = match described {
         Ok(described) => described,
         Err(err) => return answer(record, Err::<i64, _>(err)).into(),
     };
+    let direct = remote.direct.as_ref().and_then(|direct| {
+        direct::prepare(&sock, tid)
+            .inspect_err(|why| tracing::debug!("connect to {dst} relayed: {why}"))
+            .ok()
+            .map(|prepared| (Arc::clone(direct), prepared))
+    });
     let remote = Arc::clone(remote);
     let nonblocking = flags & libc::O_NONBLOCK != 0;
     Action::Defer(Box::pin(async move {
+        if let Some((direct, prepared)) = direct {
+            match direct::connect(&direct, prepared, &sock, dst, record).await {
+                Ok(reply) => return reply,
+                Err(unused) => record = unused,
+            }
+        }
+        if let Some(record) = record.as_mut() {
+            record.set_path("relay");
+        }
         // How long the app's call waits for the remote outcome: a blocking connect until
         // SO_SNDTIMEO (or the agent's own connect timeout), a non-blocking one briefly.
         let hold = if nonblocking {

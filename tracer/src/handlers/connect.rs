@@ -4,13 +4,16 @@
 //! local resolver services in a relaying session, which are refused (ENOENT) so that name
 //! lookups can't bypass sctrace's DNS responder. In a relaying session an inet destination
 //! of a TCP or UDP socket is routed by the filter: remote, to the DNS responder, or local
-//! (looked up again locally when its address came from the target's DNS). Everything else
+//! (looked up again locally when its address came from the target's DNS); a socket of the
+//! target sctrace installed in the app is the kernel's to serve. Everything else
 //! is connected on this machine as the app asked, by re-issuing the call on the app's socket
 //! so that sctrace sees the kernel's exact outcome.
 //!
 //! Plans: `Answer` (EBADF, or `Continue` for an unreachable caller), `Kernel` (Unix
 //! addresses), `Refuse(ENOENT)`, or work: `Connect`, `Dissolve`, `ConnectReresolved`,
 //! `ConnectRemote`, `ConnectDns`, `ConnectDatagram`.
+
+use std::os::fd::AsFd;
 
 use sctrace_filter::Protocol;
 
@@ -69,12 +72,25 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     if let Some(record) = record.as_mut() {
         record.set_route(&routed);
     }
+    if protocol == Protocol::Tcp
+        && remote
+            .direct
+            .as_ref()
+            .is_some_and(|direct| direct.is_of_target(sock.fd.as_fd()))
+    {
+        // A socket of the target sctrace installed (`execute::direct`): the kernel answers
+        // as in the target (EISCONN, EALREADY, a new connect after a failed one).
+        return as_asked(sock, record, addr, len);
+    }
     let work = match (routed.to, protocol) {
         (Destination::Local, _) => match routed.reresolve {
             Some(name) => Work::ConnectReresolved { name, dst },
             None => Work::Connect { addr, len },
         },
-        (Destination::Remote, Protocol::Tcp) => Work::ConnectRemote { dst },
+        (Destination::Remote, Protocol::Tcp) => Work::ConnectRemote {
+            dst,
+            tid: n.tid() as i32,
+        },
         // Port 0: a route probe, nothing is ever sent (see ProbeRoute).
         (Destination::Remote, Protocol::Udp) if dst.port() == 0 => Work::ProbeRoute { dst },
         (Destination::Dns, Protocol::Tcp) => Work::ConnectDns {

@@ -40,6 +40,23 @@ fn respond(notify: &NotifyFd, id: u64, reply: Reply) {
                 Err(err) => notify.respond(id, 0, -err.raw_os_error().unwrap_or(libc::EIO), false),
             }
         }
+        Reply::ReplaceFd {
+            fd,
+            target,
+            cloexec,
+            then,
+        } => {
+            use std::os::fd::AsFd;
+            match notify.replace_fd(id, fd.as_fd(), target, cloexec) {
+                Ok(true) => match then {
+                    Ok(v) => notify.respond(id, v, 0, false),
+                    Err(errno) => notify.respond(id, 0, -errno.0, false),
+                },
+                // Interrupted: the app keeps its socket, and restarts or fails its call.
+                Ok(false) => Ok(()),
+                Err(err) => notify.respond(id, 0, -err.raw_os_error().unwrap_or(libc::EIO), false),
+            }
+        }
     };
     if let Err(err) = result {
         tracing::error!("cannot answer a trapped call (id {id}): {err}");

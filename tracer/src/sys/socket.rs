@@ -107,6 +107,77 @@ pub fn inode_and_owner(fd: BorrowedFd<'_>) -> Result<(u64, u32), Errno> {
     Ok((stat.st_ino, stat.st_uid))
 }
 
+/// A new TCP socket of this network namespace (close-on-exec).
+pub fn new_tcp_socket(v6: bool) -> Result<std::os::fd::OwnedFd, Errno> {
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket takes integers only.
+    let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: the kernel just returned this fd, which nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// A socket option's raw value (at most 64 bytes: ints, `linger`, `timeval`, names).
+pub fn option_bytes(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<Vec<u8>, Errno> {
+    let mut buf = [0u8; 64];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` and `len` are valid for writes; the kernel writes at most `len` bytes.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// Sets a socket option from its raw value.
+pub fn set_option_bytes(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    value: &[u8],
+) -> Result<(), Errno> {
+    // SAFETY: `value` is valid for reads of its length for the call's duration.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// The cookie of the network namespace the socket lives in (`SO_NETNS_COOKIE`, Linux 5.14).
+pub fn netns_cookie(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    const SO_NETNS_COOKIE: i32 = 71;
+    let mut value: u64 = 0;
+    // The kernel takes exactly a u64's length.
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of a u64 and a socklen_t.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut value as *mut u64).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// The pending error of a socket (`SO_ERROR`), which reading clears: a finished
+/// non-blocking connect's outcome.
+pub fn take_error(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)
+}
+
 /// One datagram to send on the app's behalf: destination bytes and payload pieces.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
