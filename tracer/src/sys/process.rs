@@ -123,6 +123,23 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The kernel's release string (`uname -r`), e.g. `6.6.8-arch1`.
+pub fn kernel_release() -> Option<String> {
+    // SAFETY: utsname is plain old data; all-zero is a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is valid for writes of a struct utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8(bytes).ok()
+}
+
 /// The calling process's id. Async-signal-safe.
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no arguments and cannot fail.
