@@ -76,7 +76,7 @@ impl World {
         program: &Path,
         args: &[&str],
     ) -> Command {
-        let mut cmd = self.cluster.laptop.command(bin("sctrace"));
+        let mut cmd = self.cluster.sctrace();
         cmd.arg("run").arg("--target").arg(self.target());
         if let Some(events) = events {
             cmd.arg("--events").arg(events);
@@ -653,7 +653,7 @@ fn a_signal_to_sctraces_group_leaves_the_agent_working_for_the_programs_handler(
     let world = World::new();
     let script = world.scratch("handler.py");
     std::fs::write(&script, HANDLER_TALKS_TO_THE_CLUSTER).unwrap();
-    let mut cmd = world.cluster.laptop.command(bin("sctrace"));
+    let mut cmd = world.cluster.sctrace();
     cmd.args(["run", "-q", "--target", &world.target(), "--", "python3"])
         .arg(&script)
         .stdout(Stdio::piped())
