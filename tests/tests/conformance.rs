@@ -961,13 +961,13 @@ fn run_side(w: &World, c: &Case, side: Side) -> Vec<(String, Run)> {
 }
 
 /// The cluster's own firewall table, as `scripts/local-cluster` makes it (the black hole's
-/// drop rules). The agent removes it when it sets up redirect rules for a stolen or mirrored
-/// port (it takes every non-owner `sctrace_*` table for its own leftover: see the report), so
-/// it is put back after each server case, for the cases that need the black hole.
+/// drop rules), put back after each server case for the cases that need the black hole.
+/// (It used to be named `sctrace_cluster`, which the agent took for a leftover of its own and
+/// removed; it no longer is, so this only guards against a case that changes it.)
 fn restore_blackhole(w: &World) {
     let rules = format!(
-        "table inet sctrace_cluster\ndelete table inet sctrace_cluster\n\
-         table inet sctrace_cluster {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  \
+        "table inet local_cluster\ndelete table inet local_cluster\n\
+         table inet local_cluster {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  \
          ip daddr {} drop\n  ip6 daddr {} drop\n }}\n}}\n",
         w.cluster.blackhole_v4(),
         w.cluster.blackhole_v6()
