@@ -127,7 +127,11 @@ impl Cluster {
     /// `SCTRACE_AGENT_ADDRESS` and `SCTRACE_AGENT_TOKEN_FILE` take precedence over the
     /// target.
     pub fn sctrace(&self) -> Command {
-        let variant = Variant::from_env();
+        self.sctrace_as(&Variant::from_env())
+    }
+
+    /// `sctrace` in the laptop namespace, run as `variant` says (see [`Cluster::sctrace`]).
+    pub fn sctrace_as(&self, variant: &Variant) -> Command {
         let argv = variant.argv(bin("sctrace"));
         let mut cmd = self.laptop.command(&argv[0]);
         cmd.args(&argv[1..]);

@@ -42,6 +42,22 @@ impl Variant {
         Variant { confine, user }
     }
 
+    /// Under Docker's default seccomp profile, as the test's own user.
+    pub fn confined() -> Variant {
+        Variant {
+            confine: Some(Confinement::docker_default()),
+            user: None,
+        }
+    }
+
+    /// As `user` (and under Docker's default seccomp profile when `confined`).
+    pub fn as_user(user: &str, confined: bool) -> Variant {
+        Variant {
+            confine: confined.then(Confinement::docker_default),
+            user: Some(user.to_string()),
+        }
+    }
+
     /// As root on the host, unconfined: sctrace can start local agents.
     pub fn is_plain(&self) -> bool {
         self.confine.is_none() && self.user.is_none()

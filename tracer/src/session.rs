@@ -47,7 +47,7 @@ pub enum SessionError {
     #[error("this kernel does not support seccomp user notification ({0}); sctrace needs Linux 5.6 or later built with CONFIG_SECCOMP_FILTER")]
     NoUserNotification(#[source] io::Error),
     /// seccomp itself is refused (a seccomp profile, a security module).
-    #[error("seccomp is refused here ({0}), e.g. by a container's seccomp profile that forbids the seccomp system call; sctrace needs to install a seccomp filter: run it where seccomp is allowed (Docker's default profile allows it)")]
+    #[error("seccomp is refused here ({0}), e.g. by a container's seccomp profile that forbids the seccomp system call; sctrace needs to install a seccomp filter: run it where seccomp is allowed (Docker's default profile allows it; `sctrace doctor` says what this machine allows)")]
     SeccompRefused(#[source] io::Error),
     /// The kernel lacks pidfd_getfd.
     #[error("this kernel lacks pidfd_getfd ({0}); sctrace needs Linux 5.6 or later")]

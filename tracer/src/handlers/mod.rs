@@ -85,7 +85,8 @@ impl Context {
         }
     }
 
-    fn untaken(&self, n: &Notification, dest: Option<&AddrArg>, untaken: Untaken) -> Reply {
+    /// The answer to a call whose socket sctrace could not take, and why.
+    pub fn untaken(&self, n: &Notification, dest: Option<&AddrArg>, untaken: Untaken) -> Reply {
         match untaken {
             Untaken::BadFd => Reply::Fail(Errno(libc::EBADF)),
             Untaken::Gone | Untaken::NotSocket => Reply::Continue,
@@ -120,12 +121,19 @@ impl Context {
     fn unusable(&self, n: &Notification, dest: Option<&AddrArg>, why: Unusable) -> Reply {
         let stays_local = match (&self.remote, dest) {
             (None, _) | (_, None) => true,
-            (Some(_), Some(addr)) if addr.is_unix() => true,
-            (Some(remote), Some(addr)) => addr.inet().is_some_and(|dst| {
-                [Protocol::Tcp, Protocol::Udp]
-                    .into_iter()
-                    .all(|p| remote.route(p, dst).to == Destination::Local)
-            }),
+            (Some(remote), Some(addr)) => match addr.family() {
+                Some(libc::AF_INET | libc::AF_INET6) => addr.inet().is_some_and(|dst| {
+                    [Protocol::Tcp, Protocol::Udp]
+                        .into_iter()
+                        .all(|p| remote.route(p, dst).to == Destination::Local)
+                }),
+                // Unix, netlink, AF_UNSPEC...: nothing sctrace would send to the target.
+                Some(_) => true,
+                // Unreadable: where it goes is unknown (the memory of a process that can't
+                // be inspected can't be read either). Anything else without a family is
+                // refused by the kernel itself (EINVAL).
+                None => !matches!(addr, AddrArg::Unreadable),
+            },
         };
         if stays_local {
             tracing::debug!(

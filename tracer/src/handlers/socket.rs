@@ -17,6 +17,10 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     };
     let domain = n.arg_int(0);
     if !matches!(domain, libc::AF_INET | libc::AF_INET6) || !owned.shares_netns(n.tid()) {
+        tracing::trace!(
+            "socket({domain}, ..) of thread {}: left to the kernel",
+            n.tid()
+        );
         return Reply::Continue.into();
     }
     // Nothing was copied out of the app: no validity check is needed before acting (the

@@ -169,6 +169,7 @@ impl OwnedSockets {
     /// The socket `ino` was installed as fd `fd` of thread `tid` (`None`: it was not, the
     /// call having been interrupted or the app's fd table being full: it is dropped).
     pub fn installed(&self, ino: u64, tid: u32, fd: Option<i32>) {
+        tracing::trace!("socket {ino} installed as fd {fd:?} of {tid}");
         let dropped = self.table.lock().ok().and_then(|mut table| match fd {
             Some(fd) => {
                 if let Some(held) = table.held.get_mut(&ino) {
@@ -201,6 +202,7 @@ impl OwnedSockets {
         app_fd: i32,
     ) -> Result<(OwnedFd, u64, HoldGuard), Untaken> {
         let ino = self.identity(tid, app_fd)?;
+        tracing::trace!("take fd {app_fd} of {tid}: socket {ino}");
         let table = self
             .table
             .lock()
@@ -270,6 +272,7 @@ impl OwnedSockets {
 
     /// Drops the copy of `ino`; a stream socket is remembered as released.
     fn release(&self, ino: u64, remember: bool) {
+        tracing::trace!("socket {ino} released (remembered: {remember})");
         let dropped = self.table.lock().ok().and_then(|mut table| {
             let held = table.held.remove(&ino)?;
             if remember && held.stream && table.released.insert(ino) {
