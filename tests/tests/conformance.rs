@@ -39,6 +39,7 @@ use sctrace_tests::conformance::{
 };
 use sctrace_tests::{
     bin, fixture, require_root, run_with_timeout, workspace_root, Cluster, Server, ServerSpec,
+    Variant,
 };
 
 /// Cases whose difference is a known, documented limitation (case name, or a prefix ending
@@ -823,13 +824,18 @@ fn command(w: &World, c: &Case, side: Side, wrapper: &[String]) -> Command {
     let (ns, mut argv) = match side {
         Side::Direct => (&w.cluster.cluster, Vec::new()),
         Side::Sctrace => {
-            let mut a = vec![
-                bin("sctrace").display().to_string(),
+            // As SCTRACE_TEST_CONFINE / SCTRACE_TEST_USER say (see sctrace_tests::Variant).
+            let mut a: Vec<String> = Variant::from_env()
+                .argv(bin("sctrace"))
+                .into_iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+            a.extend([
                 "run".into(),
                 "-q".into(),
                 "--target".into(),
                 format!("netns/{}", w.cluster.cluster.name()),
-            ];
+            ]);
             if let Some(json) = &c.config {
                 let path = w.work.join(format!("{}.json", c.name));
                 std::fs::write(&path, json).unwrap();
@@ -865,6 +871,12 @@ fn command(w: &World, c: &Case, side: Side, wrapper: &[String]) -> Command {
         cmd.env(k, v);
     }
     cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
+    let variant = Variant::from_env();
+    if side == Side::Sctrace && !variant.is_plain() {
+        let (address, token) = w.cluster.agent_by_address(variant.user().is_some());
+        cmd.env("SCTRACE_AGENT_ADDRESS", address)
+            .env("SCTRACE_AGENT_TOKEN_FILE", token);
+    }
     cmd
 }
 

@@ -64,6 +64,14 @@ pub struct OwnedSockets {
     netns: Option<u64>,
     /// Whether a listener's port is subscribed (set by a relaying session).
     subscribed: OnceLock<SubscribedCheck>,
+    /// Whose fds the sweeper looks through (set when it starts).
+    sweeping: OnceLock<Sweeping>,
+}
+
+/// The processes a sweep looks through: the descendants of `root`, but those in `except`.
+struct Sweeping {
+    root: i32,
+    except: HashSet<i32>,
 }
 
 #[derive(Default)]
@@ -121,6 +129,7 @@ impl OwnedSockets {
                 .inspect_err(|err| tracing::debug!("cannot read sctrace's netns: {err}"))
                 .ok(),
             subscribed: OnceLock::new(),
+            sweeping: OnceLock::new(),
         }
     }
 
@@ -142,7 +151,26 @@ impl OwnedSockets {
 
     /// `socket(domain, sock_type, protocol)` for the app: creates it (the kernel checks the
     /// arguments and answers as it would the app), and holds it as being installed.
-    pub fn create(&self, domain: i32, sock_type: i32, protocol: i32) -> Result<Created, Errno> {
+    ///
+    /// sctrace's own fd table can fill up before the app's does (a burst of short-lived
+    /// sockets, each held until a sweep sees it closed): then it sweeps at once and tries
+    /// again, so that the app gets EMFILE only when its sockets really are open.
+    pub fn create(
+        self: &Arc<Self>,
+        domain: i32,
+        sock_type: i32,
+        protocol: i32,
+    ) -> Result<Created, Errno> {
+        match self.create_once(domain, sock_type, protocol) {
+            Err(Errno(libc::EMFILE | libc::ENFILE)) => {
+                self.sweep_now();
+                self.create_once(domain, sock_type, protocol)
+            }
+            other => other,
+        }
+    }
+
+    fn create_once(&self, domain: i32, sock_type: i32, protocol: i32) -> Result<Created, Errno> {
         let cloexec = sock_type & libc::SOCK_CLOEXEC != 0;
         let fd = sys::new_socket(domain, sock_type | libc::SOCK_CLOEXEC, protocol)?;
         let ino = sys::inode(fd.as_fd())?;
@@ -353,24 +381,29 @@ impl OwnedSockets {
     /// and their descendants aside: sctrace's own agent) are released. It ends with the
     /// table.
     pub fn start_sweeper(self: &Arc<Self>, root: i32, except: HashSet<i32>) {
+        let _ = self.sweeping.set(Sweeping { root, except });
         let owner = Arc::downgrade(self);
-        let except = Arc::new(except);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
                 let Some(owner) = Weak::upgrade(&owner) else {
                     return;
                 };
-                let except = Arc::clone(&except);
                 // It reads /proc: blocking work, off the runtime's workers.
-                let swept = tokio::task::spawn_blocking(move || {
-                    owner.sweep(|| procfs::descendants(root, &except))
-                })
-                .await;
+                let swept = tokio::task::spawn_blocking(move || owner.sweep_now()).await;
                 if swept.is_err() {
                     return;
                 }
             }
+        });
+    }
+
+    /// One sweep through the processes [`OwnedSockets::start_sweeper`] was given (none
+    /// before it started).
+    pub fn sweep_now(self: &Arc<Self>) {
+        self.sweep(|| match self.sweeping.get() {
+            Some(sweeping) => procfs::descendants(sweeping.root, &sweeping.except),
+            None => Vec::new(),
         });
     }
 
@@ -453,7 +486,7 @@ mod tests {
     }
 
     /// Creates a socket as container mode would, "installed" in this very process.
-    fn create(owned: &OwnedSockets, sock_type: i32) -> (u64, OwnedFd) {
+    fn create(owned: &Arc<OwnedSockets>, sock_type: i32) -> (u64, OwnedFd) {
         let created = owned.create(libc::AF_INET, sock_type, 0).unwrap();
         owned.installed(created.ino, me(), Some(created.fd.as_raw_fd()));
         (created.ino, created.fd)
@@ -559,7 +592,7 @@ mod tests {
 
     #[test]
     fn a_socket_never_installed_is_dropped() {
-        let owned = OwnedSockets::new();
+        let owned = Arc::new(OwnedSockets::new());
         let created = owned.create(libc::AF_INET6, libc::SOCK_DGRAM, 0).unwrap();
         assert_eq!(owned.held(), 1);
         owned.installed(created.ino, me(), None);
