@@ -1,6 +1,7 @@
 //! What sctrace reads from /proc about the traced processes: which process a thread belongs
 //! to, its command name, the tree of descendants left when the main program exits, and
-//! what its fd table says about one fd (close-on-exec, watched by an epoll instance).
+//! what its fd table says about one fd (close-on-exec, watched by an epoll instance), and
+//! (container mode) which socket an fd of theirs is and which network namespace they are in.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -213,6 +214,65 @@ pub fn descendants(root: i32, except: &HashSet<i32>) -> Vec<i32> {
     out
 }
 
+/// What an fd of a traced thread is, from its `/proc/TID/fd/N` link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdLink {
+    /// A socket: `socket:[INODE]`.
+    Socket(u64),
+    /// Anything else (a file, a pipe, an eventfd...).
+    Other,
+}
+
+/// Reads what fd `fd` of thread `tid` is. The error is the kernel's: ENOENT when the fd is
+/// not open (or the thread is gone), EACCES/EPERM when the thread can't be inspected (it is
+/// not dumpable, or a security module refuses), ESRCH...
+pub fn fd_link(tid: u32, fd: i32) -> io::Result<FdLink> {
+    let target = fs::read_link(format!("/proc/{tid}/fd/{fd}"))?;
+    Ok(parse_fd_link(target.as_os_str().as_encoded_bytes()))
+}
+
+fn parse_fd_link(target: &[u8]) -> FdLink {
+    target
+        .strip_prefix(b"socket:[")
+        .and_then(|rest| rest.strip_suffix(b"]"))
+        .and_then(|digits| std::str::from_utf8(digits).ok())
+        .and_then(|digits| digits.parse().ok())
+        .map_or(FdLink::Other, FdLink::Socket)
+}
+
+/// The network namespace of thread `tid` (`None`: sctrace's own), as the inode of its
+/// `/proc/TID/ns/net`.
+pub fn netns_of(tid: Option<u32>) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let path = match tid {
+        Some(tid) => format!("/proc/{tid}/ns/net"),
+        None => "/proc/self/ns/net".to_string(),
+    };
+    Ok(fs::metadata(path)?.ino())
+}
+
+/// Where each socket open in processes `pids` is: socket inode → (pid, fd), one of them
+/// when several hold it. Processes and fds that vanish or can't be read are skipped.
+pub fn open_sockets(pids: &[i32]) -> HashMap<u64, (u32, i32)> {
+    let mut found = HashMap::new();
+    for &pid in pids {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if let Ok(target) = fs::read_link(entry.path()) {
+                if let FdLink::Socket(ino) = parse_fd_link(target.as_os_str().as_encoded_bytes()) {
+                    found.entry(ino).or_insert((pid as u32, fd));
+                }
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod signal_tests {
     use super::*;
@@ -277,6 +337,26 @@ tfd:        7 events:       19 data:                7  pos:0 ino:ff sdev:8\n";
             fd_cloexec(me, sock.as_raw_fd()).unwrap(),
             "std sockets are close-on-exec"
         );
+    }
+
+    #[test]
+    fn socket_links_are_told_from_other_fds() {
+        assert_eq!(parse_fd_link(b"socket:[123456]"), FdLink::Socket(123456));
+        assert_eq!(parse_fd_link(b"/dev/null"), FdLink::Other);
+        assert_eq!(parse_fd_link(b"pipe:[42]"), FdLink::Other);
+        assert_eq!(parse_fd_link(b"socket:[12x]"), FdLink::Other);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let me = std::process::id();
+        let FdLink::Socket(ino) = fd_link(me, fd).unwrap() else {
+            panic!("a UDP socket is not a socket link");
+        };
+        assert_eq!(open_sockets(&[me as i32]).get(&ino), Some(&(me, fd)));
+        assert_eq!(
+            fd_link(me, 1_000_000).unwrap_err().raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        assert_eq!(netns_of(Some(me)).unwrap(), netns_of(None).unwrap());
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::procfs;
 use crate::remote::target_sockets::TargetSockets;
 use crate::sockaddr::{in_family, SockAddr};
 use crate::sys::socket as sys;
+use crate::trap::owned::OwnedSockets;
 use crate::trap::socket::AppSocket;
 
 /// How an option's value is carried over.
@@ -204,6 +205,7 @@ pub async fn connect(
     prepared: Prepared,
     sock: &AppSocket,
     dst: SocketAddr,
+    owned: Option<&OwnedSockets>,
     record: Option<Record>,
 ) -> Result<Reply, Option<Record>> {
     let Some(socket) = direct.take(prepared.v6).await else {
@@ -230,6 +232,13 @@ pub async fn connect(
     if let Some(mut record) = record {
         record.set_path("direct");
         record.finish(result_name(&then));
+    }
+    if let (Some(owned), Some(fd)) = (owned, &socket) {
+        // Container mode: the installed socket is not one sctrace holds; the kernel answers
+        // the app's later calls on it.
+        if let Ok((ino, _)) = sys::inode_and_owner(fd.as_fd()) {
+            owned.remember_released(ino);
+        }
     }
     Ok(match socket {
         Some(fd) => Reply::ReplaceFd {

@@ -207,11 +207,11 @@ pub fn listen(
     if let (Ok(()), Some(remote)) = (&result, remote) {
         note_listening(remote, &sock, Protocol::Tcp);
         if remote.incoming.enabled() {
-            if let (Some(bound), Ok(cookie)) = (sock.local_inet(), sock.cookie()) {
+            if let (Some(bound), Ok(id)) = (sock.local_inet(), sock.identity()) {
                 let v6_only = bound.is_ipv6() && sys::v6_only(sock.fd.as_fd()).unwrap_or(false);
                 subscribed = remote
                     .incoming
-                    .on_listen(cookie, AppListener { bound, v6_only });
+                    .on_listen(id, AppListener { bound, v6_only });
             }
         }
     }

@@ -1,5 +1,5 @@
 //! A relaying session's shared state: the filter, the agent session, the relays, the DNS
-//! responder, and the app sockets sctrace manages (by socket cookie).
+//! responder, and the app sockets sctrace manages (by socket identity).
 //!
 //! Handlers ask it where a connection goes ([`Remote::route`]); the executor uses its
 //! pieces to carry remote decisions out. It never answers the kernel itself.

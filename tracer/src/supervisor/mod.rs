@@ -32,13 +32,21 @@ fn respond(notify: &NotifyFd, id: u64, reply: Reply) {
         Reply::Continue => notify.respond(id, 0, 0, true),
         Reply::Return(v) => notify.respond(id, v, 0, false),
         Reply::Fail(errno) => notify.respond(id, 0, -errno.0, false),
-        Reply::InstallFd { fd, cloexec } => {
+        Reply::InstallFd { fd, cloexec, then } => {
             use std::os::fd::AsFd;
-            match notify.install_fd_and_answer(id, fd.as_fd(), cloexec) {
-                Ok(_) => Ok(()),
+            let (answered, installed) = match notify.install_fd_and_answer(id, fd.as_fd(), cloexec)
+            {
+                Ok(installed) => (Ok(()), installed),
                 // The fd could not be installed (EMFILE, ...): the call fails the same way.
-                Err(err) => notify.respond(id, 0, -err.raw_os_error().unwrap_or(libc::EIO), false),
+                Err(err) => (
+                    notify.respond(id, 0, -err.raw_os_error().unwrap_or(libc::EIO), false),
+                    None,
+                ),
+            };
+            if let Some(then) = then {
+                (then.0)(installed);
             }
+            answered
         }
         Reply::ReplaceFd {
             fd,
