@@ -198,6 +198,21 @@ fn settings(fd: BorrowedFd<'_>, v6: bool) -> Vec<Setting> {
         .collect()
 }
 
+/// Sets on `to` the options of `from` that differ from a new socket's, as far as `to`
+/// takes them (best effort: an accepted socket inherits its listener's options).
+pub fn carry_options(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+    let v6 = sys::domain(from) == Ok(libc::AF_INET6);
+    for setting in settings(from, v6) {
+        if let Err(err) = sys::set_option_bytes(to, setting.level, setting.name, &setting.value) {
+            tracing::debug!(
+                "option {}/{} not carried over: {err}",
+                setting.level,
+                setting.name
+            );
+        }
+    }
+}
+
 /// Connects a socket of the target to `dst` in place of the app's socket. `None`: no
 /// socket of the target could be had, or it refused an option — the caller relays instead.
 pub async fn connect(

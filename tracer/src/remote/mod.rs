@@ -140,6 +140,13 @@ impl Remote {
         if let Some(requests) = link.requests.take() {
             tokio::spawn(Arc::clone(&remote.incoming).serve(requests));
         }
+        // A local agent offers stolen connections as they are (unless every connection is
+        // to be relayed).
+        if let Some(handoff) = link.handoff.as_ref().filter(|_| direct_sockets_wanted()) {
+            if let Some(offers) = handoff.offers() {
+                tokio::spawn(Arc::clone(&remote.incoming).serve_offers(offers, handoff.clone()));
+            }
+        }
         Ok(remote)
     }
 
