@@ -1189,3 +1189,70 @@ fn remote_connects_use_sockets_of_the_target_where_that_is_safe() {
     relayed.assert_success();
     assert_eq!(relayed.stdout, direct.stdout, "{relayed}\n{direct}");
 }
+
+/// Connects to the echo server, then connects the same socket again; and starts a
+/// non-blocking connect to the black hole, then asks again while it is still in progress.
+const CONNECT_TWICE: &str = r#"
+import errno, socket, sys
+echo, blackhole = sys.argv[1], sys.argv[2]
+s = socket.create_connection((echo, 7))
+try:
+    s.connect((echo, 7))
+    print("second connect ok")
+except OSError as e:
+    print("second connect", errno.errorcode[e.errno])
+s.sendall(b"x")
+print("echo", s.recv(1))
+n = socket.socket()
+n.setblocking(False)
+for attempt in ("first", "again"):
+    try:
+        n.connect((blackhole, 80))
+        print(attempt, "ok")
+    except OSError as e:
+        print(attempt, errno.errorcode[e.errno])
+"#;
+
+#[test]
+fn a_second_connect_on_a_connected_socket_connects_nothing_in_the_target() {
+    // The kernel answers EISCONN (EALREADY while in progress) without touching the network:
+    // so must sctrace, on relayed sockets too, rather than have the agent connect again.
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let blackhole = world.cluster.service("blackhole").v4().to_string();
+    let args = ["-c", CONNECT_TWICE, &echo, &blackhole];
+    let accepts = || {
+        world.servers[0]
+            .log()
+            .iter()
+            .filter(|l| l.contains("tcp accept"))
+            .count()
+    };
+    let before = accepts();
+    let inside = run_with_timeout(world.cluster.cluster.command("python3").args(args), T);
+    inside.assert_success();
+    assert_eq!(accepts(), before + 1, "{inside}");
+    assert!(inside.stdout.contains("second connect EISCONN"), "{inside}");
+    assert!(inside.stdout.contains("again EALREADY"), "{inside}");
+    for direct in ["1", "0"] {
+        let before = accepts();
+        let traced = run_with_timeout(
+            world
+                .sctrace(None, None, Path::new("python3"), &args)
+                .env("SCTRACE_DIRECT_SOCKETS", direct),
+            T,
+        );
+        traced.assert_success();
+        assert_eq!(
+            traced.stdout, inside.stdout,
+            "SCTRACE_DIRECT_SOCKETS={direct}: {traced}"
+        );
+        // (The echo server logs an accept as it happens; the program has had its answer.)
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            accepts(),
+            before + 1,
+            "SCTRACE_DIRECT_SOCKETS={direct}: {traced}"
+        );
+    }
+}
