@@ -2,23 +2,31 @@
 //! the local resolv.conf. Each query is decided on its own (the `dns` filter, and host names
 //! of the outgoing filter, as mirrord does): remote queries are resolved by the agent as
 //! the target would resolve them; local ones are forwarded to the nameserver the app asked.
-//! Answers are remembered (for host-name filter rules) and each query is an event.
+//! Answers are kept for their TTL ([`cache`]), identical queries in flight share one
+//! exchange, and an A or AAAA query whose sibling was asked before and has expired fetches
+//! both at once, so the pair costs one round trip. Answers are remembered (for host-name
+//! filter rules) and each query is an event.
 
+pub mod cache;
 pub mod names;
 pub mod resolv_conf;
 pub mod wire;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hickory_proto::op::Message;
 use sctrace_filter::{OutgoingFilter, Route};
 use sctrace_protocol::{DnsTransport, SessionHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::OnceCell;
 
 use crate::events::{Event, EventSink};
+use cache::{AnswerCache, Key, Lookup};
 use names::NameCache;
 use wire::{Parsed, Summary};
 
@@ -46,9 +54,9 @@ const LOCAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Answers DNS queries for the app.
 pub struct DnsResponder {
     filter: Arc<OutgoingFilter>,
-    agent: SessionHandle,
     names: Arc<NameCache>,
     events: EventSink,
+    sources: Arc<Sources>,
 }
 
 impl DnsResponder {
@@ -61,9 +69,13 @@ impl DnsResponder {
     ) -> Self {
         Self {
             filter,
-            agent,
             names,
             events,
+            sources: Arc::new(Sources {
+                agent,
+                cache: Mutex::default(),
+                in_flight: Mutex::default(),
+            }),
         }
     }
 
@@ -76,7 +88,8 @@ impl DnsResponder {
         transport: DnsTransport,
         asker: &Asker,
     ) -> Option<Vec<u8>> {
-        let parsed = wire::parse_query(query);
+        let message = wire::parse_query_message(query);
+        let parsed = message.as_ref().map_or(Parsed::Other, wire::question);
         let (route, rule) = match &parsed {
             Parsed::Query { name, .. } => {
                 let decision = self.filter.decide_dns(name);
@@ -85,19 +98,17 @@ impl DnsResponder {
             // Not a query sctrace understands: the app's own nameserver deals with it.
             Parsed::Other => (Route::Local, None),
         };
-        let answer = match route {
-            Route::Remote => match self
-                .agent
-                .dns_query(Bytes::copy_from_slice(query), transport)
-                .await
-            {
-                Ok(answer) => Some(answer.to_vec()),
-                Err(err) => {
-                    tracing::debug!("remote DNS query failed: {err}");
-                    wire::servfail(query)
-                }
-            },
-            Route::Local => forward(query, server, transport).await,
+        let to = Upstream {
+            route,
+            server,
+            transport,
+        };
+        let key = message
+            .as_ref()
+            .and_then(|m| Some((Key::of(m, route, server, transport)?, m)));
+        let answer = match key {
+            Some((key, message)) => self.sources.resolve(key, message, query, to).await,
+            None => self.sources.fetch(query, to).await.map(|f| f.bytes),
         };
         let summary = answer.as_deref().map(wire::summarize);
         if let (Parsed::Query { name, .. }, Some(Summary { addrs, .. })) = (&parsed, &summary) {
@@ -115,6 +126,203 @@ impl DnsResponder {
             ));
         }
         answer
+    }
+}
+
+/// Where a query is answered: the agent (remote) or the local nameserver `server` the app
+/// asked, over the app's transport.
+#[derive(Debug, Clone, Copy)]
+struct Upstream {
+    route: Route,
+    server: SocketAddr,
+    transport: DnsTransport,
+}
+
+/// An answer as a nameserver gave it.
+#[derive(Debug, Clone)]
+struct Fetched {
+    bytes: Vec<u8>,
+    /// The id of the query that was sent (and that the answer carries).
+    id: u16,
+}
+
+/// One exchange in flight, shared by every identical query that arrives meanwhile.
+type Flight = OnceCell<Option<Fetched>>;
+
+/// The answers' sources: the agent and local nameservers, the cache in front of them, and
+/// the exchanges in flight.
+struct Sources {
+    agent: SessionHandle,
+    cache: Mutex<AnswerCache>,
+    in_flight: Mutex<HashMap<Key, Arc<Flight>>>,
+}
+
+impl Sources {
+    /// The answer to the cacheable `query` (`message`, parsed, with `key`): from the cache,
+    /// else from the exchange in flight for the same key, else from a new one.
+    async fn resolve(
+        self: &Arc<Self>,
+        key: Key,
+        message: &Message,
+        query: &[u8],
+        to: Upstream,
+    ) -> Option<Vec<u8>> {
+        let id = message.metadata.id;
+        let now = Instant::now();
+        let lookup = match self.cache.lock() {
+            Ok(cache) => cache.get(&key, id, now),
+            Err(_) => Lookup::Miss,
+        };
+        if let Lookup::Hit(answer) = lookup {
+            return Some(answer);
+        }
+        self.refresh_sibling(&key, message, to, now);
+        let fetched = self.join(key, query.to_vec(), id, to).await?;
+        if fetched.id == id {
+            return Some(fetched.bytes);
+        }
+        // Another query's exchange: the same answer under this query's id.
+        let mut answer = Message::from_vec(&fetched.bytes).ok()?;
+        answer.metadata.id = id;
+        answer.to_vec().ok()
+    }
+
+    /// When `key` is an A (AAAA) query and its AAAA (A) sibling was asked and cached before
+    /// but has expired, fetches the sibling now too: a resolver that asks for the pair one
+    /// after the other then finds the second in the cache or in flight.
+    fn refresh_sibling(self: &Arc<Self>, key: &Key, message: &Message, to: Upstream, now: Instant) {
+        let Some((sibling, question)) = message.queries.first().and_then(|q| key.sibling(q)) else {
+            return;
+        };
+        let expired = self
+            .cache
+            .lock()
+            .is_ok_and(|cache| cache.expired(&sibling, now));
+        let flying = self
+            .in_flight
+            .lock()
+            .map_or(true, |flights| flights.contains_key(&sibling));
+        if !expired || flying {
+            return;
+        }
+        // Message::query() draws a random id.
+        let mut query = Message::query();
+        let id = query.metadata.id;
+        query.metadata = message.metadata;
+        query.metadata.id = id;
+        query.queries = vec![question];
+        query.edns = message.edns.clone();
+        let Ok(bytes) = query.to_vec() else { return };
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            me.join(sibling, bytes, id, to).await;
+        });
+    }
+
+    /// The exchange for `key`: joins the one in flight, or makes it with `query` (whose id
+    /// is `id`) and caches its answer.
+    async fn join(
+        self: &Arc<Self>,
+        key: Key,
+        query: Vec<u8>,
+        id: u16,
+        to: Upstream,
+    ) -> Option<Fetched> {
+        let flight = {
+            let mut flights = self.in_flight.lock().ok()?;
+            Arc::clone(flights.entry(key.clone()).or_default())
+        };
+        let mut seat = Seat {
+            flights: &self.in_flight,
+            key: &key,
+            flight: Some(Arc::clone(&flight)),
+        };
+        let fetched = flight
+            .get_or_init(|| async {
+                let fetched = self.fetch(&query, to).await;
+                if let Some(f) = fetched.as_ref().filter(|f| f.from_nameserver) {
+                    if let Ok(mut cache) = self.cache.lock() {
+                        cache.put(key.clone(), &f.bytes, Instant::now());
+                    }
+                }
+                fetched.map(|f| Fetched { bytes: f.bytes, id })
+            })
+            .await
+            .clone();
+        seat.leave();
+        fetched
+    }
+
+    /// One exchange with the agent or the local nameserver, without the cache.
+    async fn fetch(&self, query: &[u8], to: Upstream) -> Option<Answer> {
+        match to.route {
+            Route::Remote => match self
+                .agent
+                .dns_query(Bytes::copy_from_slice(query), to.transport)
+                .await
+            {
+                Ok(answer) => Some(Answer {
+                    bytes: answer.to_vec(),
+                    from_nameserver: true,
+                }),
+                Err(err) => {
+                    tracing::debug!("remote DNS query failed: {err}");
+                    wire::servfail(query).map(|bytes| Answer {
+                        bytes,
+                        from_nameserver: false,
+                    })
+                }
+            },
+            Route::Local => forward(query, to.server, to.transport)
+                .await
+                .map(|bytes| Answer {
+                    bytes,
+                    from_nameserver: true,
+                }),
+        }
+    }
+}
+
+/// An answer, and whether a nameserver gave it (not made up by sctrace for a failure).
+struct Answer {
+    bytes: Vec<u8>,
+    from_nameserver: bool,
+}
+
+/// A place in an exchange in flight. The exchange leaves the table once it is done, or
+/// when the last query waiting for it is gone (its caller gave up before the answer).
+struct Seat<'a> {
+    flights: &'a Mutex<HashMap<Key, Arc<Flight>>>,
+    key: &'a Key,
+    flight: Option<Arc<Flight>>,
+}
+
+impl Seat<'_> {
+    fn leave(&mut self) {
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        let Ok(mut flights) = self.flights.lock() else {
+            return;
+        };
+        let ours = flights
+            .get(self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &flight));
+        let done = flight.initialized();
+        // Dropped under the lock, where every seat is taken: the count below is exact.
+        drop(flight);
+        let alone = flights
+            .get(self.key)
+            .is_some_and(|f| Arc::strong_count(f) == 1);
+        if ours && (done || alone) {
+            flights.remove(self.key);
+        }
+    }
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -195,4 +403,163 @@ async fn forward(query: &[u8], server: SocketAddr, transport: DnsTransport) -> O
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{MessageType, OpCode, Query, ResponseCode};
+    use hickory_proto::rr::rdata::{A, AAAA};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use sctrace_filter::config::NetworkConfig;
+    use sctrace_protocol::{Config, Request, Session, Token};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A session to a fake agent that answers every A and AAAA question with one record of
+    /// TTL `ttl`, after `delay`, and counts the queries it got (by type).
+    async fn fake_agent(ttl: u32, delay: Duration) -> (SessionHandle, Arc<[AtomicUsize; 2]>) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let token = || Token::new(&b"test-token"[..]).unwrap();
+        let server =
+            tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
+        let client = Session::client(a, &token(), Config::default())
+            .await
+            .unwrap();
+        let Session {
+            mut requests,
+            task,
+            handle,
+        } = server.await.unwrap().unwrap();
+        tokio::spawn(task.run());
+        tokio::spawn(client.task.run());
+        let counts: Arc<[AtomicUsize; 2]> = Arc::default();
+        let seen = Arc::clone(&counts);
+        tokio::spawn(async move {
+            // The agent's end lives as long as this task.
+            let _handle = handle;
+            while let Some(request) = requests.next().await {
+                let Request::Dns(r) = request else { continue };
+                let query = Message::from_vec(r.message()).unwrap();
+                let q = query.queries[0].clone();
+                let data = match q.query_type {
+                    RecordType::A => {
+                        seen[0].fetch_add(1, Ordering::SeqCst);
+                        RData::A(A::new(198, 18, 0, 10))
+                    }
+                    _ => {
+                        seen[1].fetch_add(1, Ordering::SeqCst);
+                        RData::AAAA(AAAA::new(0x2001, 2, 0, 0, 0, 0, 0, 0x10))
+                    }
+                };
+                let mut answer =
+                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+                answer.metadata.recursion_desired = query.metadata.recursion_desired;
+                answer.metadata.response_code = ResponseCode::NoError;
+                answer.add_answer(Record::from_rdata(q.name.clone(), ttl, data));
+                answer.queries = vec![q];
+                let bytes = Bytes::from(answer.to_vec().unwrap());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = r.answer(bytes);
+                });
+            }
+        });
+        (client.handle, counts)
+    }
+
+    fn responder(agent: SessionHandle) -> DnsResponder {
+        DnsResponder::new(
+            Arc::new(OutgoingFilter::new(&NetworkConfig::default())),
+            agent,
+            Arc::default(),
+            EventSink::disabled(),
+        )
+    }
+
+    fn query(id: u16, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(Query::query(
+            Name::from_ascii("uwu-service.default.svc.cluster.local.").unwrap(),
+            qtype,
+        ));
+        m.to_vec().unwrap()
+    }
+
+    fn asker() -> Asker {
+        Asker {
+            pid: 1,
+            tid: 1,
+            comm: "test".into(),
+            fd: 3,
+            family: "inet".into(),
+            sock_type: "dgram".into(),
+        }
+    }
+
+    async fn ask(dns: &DnsResponder, id: u16, qtype: RecordType) -> Message {
+        let server = "127.0.0.53:53".parse().unwrap();
+        let bytes = dns
+            .answer(&query(id, qtype), server, DnsTransport::Udp, &asker())
+            .await
+            .expect("an answer");
+        let answer = Message::from_vec(&bytes).unwrap();
+        assert_eq!(answer.metadata.id, id, "answered under the asker's id");
+        answer
+    }
+
+    fn asked(counts: &[AtomicUsize; 2]) -> (usize, usize) {
+        (
+            counts[0].load(Ordering::SeqCst),
+            counts[1].load(Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test]
+    async fn identical_queries_share_one_exchange_and_repeats_come_from_the_cache() {
+        let (agent, counts) = fake_agent(30, Duration::from_millis(100)).await;
+        let dns = responder(agent);
+        let (one, two) = tokio::join!(ask(&dns, 1, RecordType::A), ask(&dns, 2, RecordType::A));
+        assert_eq!(one.answers, two.answers);
+        assert_eq!(asked(&counts), (1, 0), "one exchange for both");
+        let three = ask(&dns, 3, RecordType::A).await;
+        assert_eq!(three.answers, one.answers);
+        assert_eq!(asked(&counts), (1, 0), "the repeat came from the cache");
+        ask(&dns, 4, RecordType::AAAA).await;
+        assert_eq!(
+            asked(&counts),
+            (1, 1),
+            "AAAA, never asked before, is fetched"
+        );
+        assert!(dns.sources.in_flight.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn uncacheable_answers_are_fetched_each_time_without_the_sibling() {
+        let (agent, counts) = fake_agent(0, Duration::ZERO).await;
+        let dns = responder(agent);
+        for id in 1..=3 {
+            ask(&dns, id, RecordType::A).await;
+        }
+        assert_eq!(
+            asked(&counts),
+            (3, 0),
+            "TTL 0: nothing kept, nothing fetched besides"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_expired_pair_is_fetched_again_together() {
+        let (agent, counts) = fake_agent(1, Duration::from_millis(20)).await;
+        let dns = responder(agent);
+        ask(&dns, 1, RecordType::A).await;
+        ask(&dns, 2, RecordType::AAAA).await;
+        assert_eq!(asked(&counts), (1, 1));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // A resolver asking one after the other: the A query fetches the AAAA sibling too,
+        // and the AAAA query finds it in flight or cached.
+        ask(&dns, 3, RecordType::A).await;
+        ask(&dns, 4, RecordType::AAAA).await;
+        assert_eq!(asked(&counts), (2, 2));
+    }
 }

@@ -20,14 +20,15 @@ pub enum Parsed {
     Other,
 }
 
-/// Reads the question of a query.
-pub fn parse_query(bytes: &[u8]) -> Parsed {
-    let Ok(msg) = Message::from_vec(bytes) else {
-        return Parsed::Other;
-    };
-    if msg.metadata.message_type != MessageType::Query {
-        return Parsed::Other;
-    }
+/// A query message (not a response), when `bytes` is one.
+pub fn parse_query_message(bytes: &[u8]) -> Option<Message> {
+    Message::from_vec(bytes)
+        .ok()
+        .filter(|msg| msg.metadata.message_type == MessageType::Query)
+}
+
+/// The question of a query message.
+pub fn question(msg: &Message) -> Parsed {
     match msg.queries.first() {
         Some(q) => Parsed::Query {
             name: q.name.to_string().trim_end_matches('.').to_string(),
@@ -112,6 +113,10 @@ mod tests {
         m.metadata.id = 0x1234;
         m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
         m.to_vec().unwrap()
+    }
+
+    fn parse_query(bytes: &[u8]) -> Parsed {
+        parse_query_message(bytes).map_or(Parsed::Other, |msg| question(&msg))
     }
 
     #[test]
