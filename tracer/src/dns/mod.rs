@@ -8,11 +8,13 @@
 //! filter rules) and each query is an event.
 
 pub mod cache;
+#[cfg(test)]
+pub mod fake_agent;
+pub mod flights;
 pub mod names;
 pub mod resolv_conf;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,10 +25,11 @@ use sctrace_filter::{OutgoingFilter, Route};
 use sctrace_protocol::{DnsTransport, SessionHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::OnceCell;
 
 use crate::events::{Event, EventSink};
+use crate::remote::routes::RouteSources;
 use cache::{AnswerCache, Key, Lookup};
+use flights::Flights;
 use names::NameCache;
 use wire::{Parsed, Summary};
 
@@ -57,24 +60,28 @@ pub struct DnsResponder {
     names: Arc<NameCache>,
     events: EventSink,
     sources: Arc<Sources>,
+    routes: Arc<RouteSources>,
 }
 
 impl DnsResponder {
-    /// A responder deciding with `filter` and resolving remotely through `agent`.
+    /// A responder deciding with `filter` and resolving remotely through `agent`; the
+    /// target's routes to the addresses of remote answers are asked of `routes` at once.
     pub fn new(
         filter: Arc<OutgoingFilter>,
         agent: SessionHandle,
         names: Arc<NameCache>,
+        routes: Arc<RouteSources>,
         events: EventSink,
     ) -> Self {
         Self {
             filter,
             names,
             events,
+            routes,
             sources: Arc::new(Sources {
                 agent,
                 cache: Mutex::default(),
-                in_flight: Mutex::default(),
+                in_flight: Flights::default(),
             }),
         }
     }
@@ -114,6 +121,9 @@ impl DnsResponder {
         if let (Parsed::Query { name, .. }, Some(Summary { addrs, .. })) = (&parsed, &summary) {
             self.names
                 .record(name, addrs.iter().copied(), route == Route::Remote);
+            if route == Route::Remote {
+                self.prefetch_routes(addrs);
+            }
         }
         if self.events.enabled() {
             self.events.record(dns_event(
@@ -126,6 +136,20 @@ impl DnsResponder {
             ));
         }
         answer
+    }
+}
+
+impl DnsResponder {
+    /// Asks for the target's routes to `addrs` (those whose route probes would go to the
+    /// target), which glibc's `getaddrinfo` probes one by one right after the lookup.
+    fn prefetch_routes(&self, addrs: &[std::net::IpAddr]) {
+        for &ip in addrs {
+            let names = self.names.hostnames(ip);
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            if self.filter.decide_probe(ip, &names).route == Route::Remote {
+                self.routes.prefetch(ip);
+            }
+        }
     }
 }
 
@@ -146,15 +170,12 @@ struct Fetched {
     id: u16,
 }
 
-/// One exchange in flight, shared by every identical query that arrives meanwhile.
-type Flight = OnceCell<Option<Fetched>>;
-
 /// The answers' sources: the agent and local nameservers, the cache in front of them, and
 /// the exchanges in flight.
 struct Sources {
     agent: SessionHandle,
     cache: Mutex<AnswerCache>,
-    in_flight: Mutex<HashMap<Key, Arc<Flight>>>,
+    in_flight: Flights<Key, Option<Fetched>>,
 }
 
 impl Sources {
@@ -198,11 +219,7 @@ impl Sources {
             .cache
             .lock()
             .is_ok_and(|cache| cache.expired(&sibling, now));
-        let flying = self
-            .in_flight
-            .lock()
-            .map_or(true, |flights| flights.contains_key(&sibling));
-        if !expired || flying {
+        if !expired || self.in_flight.flying(&sibling) {
             return;
         }
         // Message::query() draws a random id.
@@ -228,29 +245,17 @@ impl Sources {
         id: u16,
         to: Upstream,
     ) -> Option<Fetched> {
-        let flight = {
-            let mut flights = self.in_flight.lock().ok()?;
-            Arc::clone(flights.entry(key.clone()).or_default())
-        };
-        let mut seat = Seat {
-            flights: &self.in_flight,
-            key: &key,
-            flight: Some(Arc::clone(&flight)),
-        };
-        let fetched = flight
-            .get_or_init(|| async {
+        self.in_flight
+            .join(key.clone(), || async {
                 let fetched = self.fetch(&query, to).await;
                 if let Some(f) = fetched.as_ref().filter(|f| f.from_nameserver) {
                     if let Ok(mut cache) = self.cache.lock() {
-                        cache.put(key.clone(), &f.bytes, Instant::now());
+                        cache.put(key, &f.bytes, Instant::now());
                     }
                 }
                 fetched.map(|f| Fetched { bytes: f.bytes, id })
             })
             .await
-            .clone();
-        seat.leave();
-        fetched
     }
 
     /// One exchange with the agent or the local nameserver, without the cache.
@@ -287,43 +292,6 @@ impl Sources {
 struct Answer {
     bytes: Vec<u8>,
     from_nameserver: bool,
-}
-
-/// A place in an exchange in flight. The exchange leaves the table once it is done, or
-/// when the last query waiting for it is gone (its caller gave up before the answer).
-struct Seat<'a> {
-    flights: &'a Mutex<HashMap<Key, Arc<Flight>>>,
-    key: &'a Key,
-    flight: Option<Arc<Flight>>,
-}
-
-impl Seat<'_> {
-    fn leave(&mut self) {
-        let Some(flight) = self.flight.take() else {
-            return;
-        };
-        let Ok(mut flights) = self.flights.lock() else {
-            return;
-        };
-        let ours = flights
-            .get(self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &flight));
-        let done = flight.initialized();
-        // Dropped under the lock, where every seat is taken: the count below is exact.
-        drop(flight);
-        let alone = flights
-            .get(self.key)
-            .is_some_and(|f| Arc::strong_count(f) == 1);
-        if ours && (done || alone) {
-            flights.remove(self.key);
-        }
-    }
-}
-
-impl Drop for Seat<'_> {
-    fn drop(&mut self) {
-        self.leave();
-    }
 }
 
 fn dns_event(
@@ -408,70 +376,16 @@ async fn forward(query: &[u8], server: SocketAddr, transport: DnsTransport) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::{MessageType, OpCode, Query, ResponseCode};
-    use hickory_proto::rr::rdata::{A, AAAA};
-    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
     use sctrace_filter::config::NetworkConfig;
-    use sctrace_protocol::{Config, Request, Session, Token};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A session to a fake agent that answers every A and AAAA question with one record of
-    /// TTL `ttl`, after `delay`, and counts the queries it got (by type).
-    async fn fake_agent(ttl: u32, delay: Duration) -> (SessionHandle, Arc<[AtomicUsize; 2]>) {
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let token = || Token::new(&b"test-token"[..]).unwrap();
-        let server =
-            tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
-        let client = Session::client(a, &token(), Config::default())
-            .await
-            .unwrap();
-        let Session {
-            mut requests,
-            task,
-            handle,
-        } = server.await.unwrap().unwrap();
-        tokio::spawn(task.run());
-        tokio::spawn(client.task.run());
-        let counts: Arc<[AtomicUsize; 2]> = Arc::default();
-        let seen = Arc::clone(&counts);
-        tokio::spawn(async move {
-            // The agent's end lives as long as this task.
-            let _handle = handle;
-            while let Some(request) = requests.next().await {
-                let Request::Dns(r) = request else { continue };
-                let query = Message::from_vec(r.message()).unwrap();
-                let q = query.queries[0].clone();
-                let data = match q.query_type {
-                    RecordType::A => {
-                        seen[0].fetch_add(1, Ordering::SeqCst);
-                        RData::A(A::new(198, 18, 0, 10))
-                    }
-                    _ => {
-                        seen[1].fetch_add(1, Ordering::SeqCst);
-                        RData::AAAA(AAAA::new(0x2001, 2, 0, 0, 0, 0, 0, 0x10))
-                    }
-                };
-                let mut answer =
-                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
-                answer.metadata.recursion_desired = query.metadata.recursion_desired;
-                answer.metadata.response_code = ResponseCode::NoError;
-                answer.add_answer(Record::from_rdata(q.name.clone(), ttl, data));
-                answer.queries = vec![q];
-                let bytes = Bytes::from(answer.to_vec().unwrap());
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = r.answer(bytes);
-                });
-            }
-        });
-        (client.handle, counts)
-    }
 
     fn responder(agent: SessionHandle) -> DnsResponder {
         DnsResponder::new(
             Arc::new(OutgoingFilter::new(&NetworkConfig::default())),
-            agent,
+            agent.clone(),
             Arc::default(),
+            Arc::new(RouteSources::new(agent)),
             EventSink::disabled(),
         )
     }
@@ -508,16 +422,14 @@ mod tests {
         answer
     }
 
-    fn asked(counts: &[AtomicUsize; 2]) -> (usize, usize) {
-        (
-            counts[0].load(Ordering::SeqCst),
-            counts[1].load(Ordering::SeqCst),
-        )
+    fn asked(asked: &fake_agent::Asked) -> (usize, usize) {
+        let (a, aaaa, _) = asked.counts();
+        (a, aaaa)
     }
 
     #[tokio::test]
     async fn identical_queries_share_one_exchange_and_repeats_come_from_the_cache() {
-        let (agent, counts) = fake_agent(30, Duration::from_millis(100)).await;
+        let (agent, counts) = fake_agent::start(30, Duration::from_millis(100)).await;
         let dns = responder(agent);
         let (one, two) = tokio::join!(ask(&dns, 1, RecordType::A), ask(&dns, 2, RecordType::A));
         assert_eq!(one.answers, two.answers);
@@ -531,12 +443,12 @@ mod tests {
             (1, 1),
             "AAAA, never asked before, is fetched"
         );
-        assert!(dns.sources.in_flight.lock().unwrap().is_empty());
+        assert_eq!(dns.sources.in_flight.count(), 0);
     }
 
     #[tokio::test]
     async fn uncacheable_answers_are_fetched_each_time_without_the_sibling() {
-        let (agent, counts) = fake_agent(0, Duration::ZERO).await;
+        let (agent, counts) = fake_agent::start(0, Duration::ZERO).await;
         let dns = responder(agent);
         for id in 1..=3 {
             ask(&dns, id, RecordType::A).await;
@@ -550,7 +462,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_expired_pair_is_fetched_again_together() {
-        let (agent, counts) = fake_agent(1, Duration::from_millis(20)).await;
+        let (agent, counts) = fake_agent::start(1, Duration::from_millis(20)).await;
         let dns = responder(agent);
         ask(&dns, 1, RecordType::A).await;
         ask(&dns, 2, RecordType::AAAA).await;
@@ -561,5 +473,23 @@ mod tests {
         ask(&dns, 3, RecordType::A).await;
         ask(&dns, 4, RecordType::AAAA).await;
         assert_eq!(asked(&counts), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn the_routes_of_a_remote_answer_are_asked_at_once_and_shared() {
+        let (agent, counts) = fake_agent::start(30, Duration::from_millis(50)).await;
+        let dns = responder(agent);
+        ask(&dns, 1, RecordType::A).await;
+        // The sorting probe right after the lookup joins the route query under way.
+        let source = dns.routes.source("198.18.0.10:0".parse().unwrap()).await;
+        assert_eq!(source, Ok("198.18.0.1".parse().unwrap()));
+        assert_eq!(
+            counts.counts().2,
+            1,
+            "one route query, asked with the answer"
+        );
+        ask(&dns, 2, RecordType::A).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(counts.counts().2, 1, "known: not asked again");
     }
 }

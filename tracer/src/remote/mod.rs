@@ -60,8 +60,8 @@ pub struct Remote {
     pub sockets: Arc<ManagedSockets>,
     /// The target's incoming traffic.
     pub incoming: Arc<incoming::Incoming>,
-    /// Where the target routes datagrams from.
-    pub routes: RouteSources,
+    /// Where the target routes datagrams from (shared with the DNS responder).
+    pub routes: Arc<RouteSources>,
     /// Which datagrams from the target UDP associations take.
     pub udp_policy: Policy,
     /// The target's resolver configuration (its search list and options), for the app's
@@ -96,10 +96,12 @@ impl Remote {
             ),
         );
         let names = Arc::new(NameCache::default());
+        let routes = Arc::new(RouteSources::new(link.handle.clone()));
         let dns = Arc::new(DnsResponder::new(
             Arc::clone(&filter),
             link.handle.clone(),
             Arc::clone(&names),
+            Arc::clone(&routes),
             events.clone(),
         ));
         let tcp = TcpRelay::start(Arc::clone(&dns), link.handoff.clone()).await?;
@@ -113,7 +115,7 @@ impl Remote {
             names,
             sockets: Arc::default(),
             incoming: Incoming::new(config.feature.network.incoming.clone(), link.handle.clone()),
-            routes: RouteSources::new(link.handle.clone()),
+            routes,
             udp_policy: Policy {
                 replies: config.feature.network.outgoing.udp_replies,
                 events,
