@@ -2,32 +2,36 @@
 //! the nameserver that answered would keep them, so that a repeated lookup costs no round
 //! trip to the agent (or to the local nameserver).
 //!
-//! - **Keys** are the whole query except its id: the question as spelled (name, type, class),
-//!   the flags that shape an answer (RD, CD, AD), the EDNS record (payload size, DO bit,
-//!   options) and the transport — so a cached answer was made for a query identical to the
+//! - **Keys** are the whole query as the app sent it except its id: the header's flags
+//!   (RD, CD, AD, ...), the question as spelled (a resolver randomising the case of names,
+//!   0x20, is answered per spelling), the EDNS record byte for byte (payload size, DO bit,
+//!   options) — and the transport, so a cached answer was made for a query identical to the
 //!   one it answers, truncation included — and where the query went: the agent (remote) or
 //!   the local nameserver it was sent to (local).
-//! - **Lifetimes** follow the answer: the smallest TTL of its records (RFC 1035 §3.2.1);
-//!   NXDOMAIN and NODATA the SOA's `min(TTL, MINIMUM)` (RFC 2308 §5; none without an SOA);
+//! - **Lifetimes** follow the answer: the smallest TTL of its records (RFC 1035 §3.2.1; a
+//!   TTL with the top bit set counts as 0, RFC 2181 §8); NXDOMAIN and NODATA (also at the
+//!   end of a CNAME chain) the SOA's `min(TTL, MINIMUM)` (RFC 2308 §5; none without an SOA);
 //!   SERVFAIL and truncated answers at most [`SHORT`] (RFC 2308 §7.1 allows five minutes).
 //!   A TTL of 0 is never cached. Lifetimes are capped ([`MAX_TTL`], [`MAX_NEGATIVE_TTL`]).
-//! - **Served** answers are the cached one with the query's id and every TTL lowered by the
-//!   whole seconds it has been kept, as a caching resolver counts them down; nothing else
-//!   differs. An answer is cached only if hickory-proto encodes it again byte for byte, so
-//!   that holds for whatever record types it carries.
-//! - **Bounded**: at most [`MAX_ENTRIES`] answers and [`MAX_BYTES`] of them; the oldest go
-//!   first. Expired entries stay until then: they tell which questions were asked (and
-//!   cacheable) before, which the responder uses to refresh an A/AAAA pair together.
+//! - **Served** answers are the bytes received with the query's id and every TTL lowered by
+//!   the whole seconds they have been kept, as a caching resolver counts them down (the SOA
+//!   of a negative answer never outlasting what is left of its lifetime); nothing else
+//!   differs. The EDNS record's TTL field holds flags, and is left alone.
+//! - **Bounded**: at most [`MAX_ENTRIES`] answers and [`MAX_BYTES`] of them (answer and
+//!   key); the oldest go first. Expired entries stay until then: they tell which questions
+//!   were asked (and cacheable) before, which the responder uses to refresh an A/AAAA pair
+//!   together.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{RData, Record, RecordType};
-use hickory_proto::serialize::binary::BinEncodable;
 use sctrace_filter::Route;
 use sctrace_protocol::DnsTransport;
+
+use super::wire::{Layout, Section, TtlField, HEADER, OPT, SIG, TSIG};
 
 /// How long a SERVFAIL or a truncated answer is kept at most.
 pub const SHORT: Duration = Duration::from_secs(2);
@@ -37,8 +41,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_NEGATIVE_TTL: Duration = Duration::from_secs(300);
 /// Answers kept at most.
 pub const MAX_ENTRIES: usize = 4096;
-/// Bytes of answers (as encoded) kept at most.
+/// Bytes of answers and keys (as encoded) kept at most.
 pub const MAX_BYTES: usize = 4 << 20;
+/// The SOA record's type.
+const SOA: u16 = 6;
 
 /// What a cached answer answers: everything in a query but its id, and where it went.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -46,82 +52,99 @@ pub struct Key {
     /// The agent (`None`), or the local nameserver the query was forwarded to.
     local_server: Option<SocketAddr>,
     tcp: bool,
-    /// The question as encoded: name as spelled, type, class.
-    question: Vec<u8>,
-    /// RD, CD and AD of the query.
-    flags: u8,
-    /// The query's EDNS record as encoded, if it has one.
-    edns: Option<Vec<u8>>,
+    /// The query as received, without its id (the first two bytes).
+    query: Vec<u8>,
+    /// Offset of the question's type in `query`.
+    qtype_at: usize,
     /// The question's type, for the A/AAAA sibling.
     qtype: RecordType,
 }
 
 impl Key {
-    /// The key of `query` (a parsed query message), decided `route`, sent to `server` over
-    /// `transport`; `None` for a query whose answer is not cached: not a standard query
-    /// with exactly one question, or one carrying records (a signature, an update).
+    /// The key of `query` (as received, `bytes`; parsed, `message`), decided `route`, sent
+    /// to `server` over `transport`; `None` for a query whose answer is not cached: not a
+    /// standard query with exactly one question, or one carrying records (a signature, an
+    /// update).
     pub fn of(
-        query: &Message,
+        message: &Message,
+        bytes: &[u8],
         route: Route,
         server: SocketAddr,
         transport: DnsTransport,
     ) -> Option<Key> {
-        let m = &query.metadata;
+        let m = &message.metadata;
         if m.message_type != MessageType::Query
             || m.op_code != OpCode::Query
-            || query.queries.len() != 1
-            || !query.answers.is_empty()
-            || !query.authorities.is_empty()
-            || !query.additionals.is_empty()
-            || query.signature.is_some()
+            || message.queries.len() != 1
+            || !message.answers.is_empty()
+            || !message.authorities.is_empty()
+            || !message.additionals.is_empty()
+            || message.signature.is_some()
         {
             return None;
         }
-        let q = &query.queries[0];
-        let edns = match &query.edns {
-            Some(edns) => Some(edns.to_bytes().ok()?),
-            None => None,
-        };
+        let layout = Layout::of(bytes)?;
+        // Only the EDNS record besides the question.
+        if layout.ttls.iter().any(|t| t.rtype != OPT) {
+            return None;
+        }
         Some(Key {
             local_server: match route {
                 Route::Local => Some(server),
                 Route::Remote => None,
             },
             tcp: matches!(transport, DnsTransport::Tcp),
-            question: q.to_bytes().ok()?,
-            flags: u8::from(m.recursion_desired)
-                | u8::from(m.checking_disabled) << 1
-                | u8::from(m.authentic_data) << 2,
-            edns,
-            qtype: q.query_type,
+            query: bytes.get(2..)?.to_vec(),
+            qtype_at: layout.qtype_at.checked_sub(2)?,
+            qtype: message.queries[0].query_type,
         })
     }
 
-    /// The same query for the other address type (AAAA for A, A for AAAA), with `question`
-    /// its question; `None` for other types.
-    pub fn sibling(&self, question: &Query) -> Option<(Key, Query)> {
+    /// The same query for the other address type (AAAA for A, A for AAAA): byte for byte
+    /// the query the app's resolver would send for it; `None` for other types.
+    pub fn sibling(&self) -> Option<Key> {
         let other = match self.qtype {
             RecordType::A => RecordType::AAAA,
             RecordType::AAAA => RecordType::A,
             _ => return None,
         };
-        let mut q = question.clone();
-        q.query_type = other;
-        let key = Key {
-            question: q.to_bytes().ok()?,
+        let mut query = self.query.clone();
+        query
+            .get_mut(self.qtype_at..self.qtype_at + 2)?
+            .copy_from_slice(&u16::from(other).to_be_bytes());
+        Some(Key {
+            query,
             qtype: other,
             ..self.clone()
-        };
-        Some((key, q))
+        })
+    }
+
+    /// The query this key stands for, with id `id`.
+    pub fn query(&self, id: u16) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(self.query.len() + 2);
+        bytes.extend_from_slice(&id.to_be_bytes());
+        bytes.extend_from_slice(&self.query);
+        bytes
+    }
+
+    /// The question section, as encoded.
+    fn question(&self) -> Option<&[u8]> {
+        self.query.get(HEADER - 2..self.qtype_at + 4)
     }
 }
 
 /// One kept answer.
 #[derive(Debug)]
 struct Entry {
-    answer: Message,
+    /// The answer as received.
+    bytes: Vec<u8>,
+    /// Its TTL fields (the EDNS record's left out).
+    ttls: Vec<TtlField>,
+    /// Whether it is NXDOMAIN or NODATA.
+    negative: bool,
     kept_at: Instant,
     lifetime: Duration,
+    /// Bytes counted against [`MAX_BYTES`].
     size: usize,
     /// Tells this entry from a later one under the same key, in `order`.
     generation: u64,
@@ -130,6 +153,31 @@ struct Entry {
 impl Entry {
     fn live(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.kept_at) < self.lifetime
+    }
+
+    /// The answer for a query with id `id`, at `now` (when it is live).
+    fn serve(&self, id: u16, now: Instant) -> Vec<u8> {
+        let kept = now.saturating_duration_since(self.kept_at).as_secs();
+        let kept = u32::try_from(kept).unwrap_or(u32::MAX);
+        let left = u32::try_from(self.lifetime.as_secs())
+            .unwrap_or(u32::MAX)
+            .saturating_sub(kept);
+        let mut bytes = self.bytes.clone();
+        bytes[..2].copy_from_slice(&id.to_be_bytes());
+        for field in &self.ttls {
+            let Some(slot) = bytes.get_mut(field.offset..field.offset + 4) else {
+                continue;
+            };
+            let ttl = u32::from_be_bytes([slot[0], slot[1], slot[2], slot[3]]);
+            let mut ttl = ttl.saturating_sub(kept);
+            // The SOA carries a negative answer's TTL (RFC 2308 §5): never more than is
+            // left, even when the nameserver gave it a TTL above its MINIMUM.
+            if self.negative && field.rtype == SOA && field.section == Section::Authority {
+                ttl = ttl.min(left);
+            }
+            slot.copy_from_slice(&ttl.to_be_bytes());
+        }
+        bytes
     }
 }
 
@@ -155,29 +203,12 @@ pub struct AnswerCache {
 }
 
 impl AnswerCache {
-    /// The answer for `key` at `now`, encoded for the query with id `id`.
+    /// The answer for `key` at `now`, for the query with id `id`.
     pub fn get(&self, key: &Key, id: u16, now: Instant) -> Lookup {
-        let Some(entry) = self.entries.get(key) else {
-            return Lookup::Miss;
-        };
-        if !entry.live(now) {
-            return Lookup::Expired;
-        }
-        let kept = now.saturating_duration_since(entry.kept_at).as_secs();
-        let kept = u32::try_from(kept).unwrap_or(u32::MAX);
-        let mut answer = entry.answer.clone();
-        answer.metadata.id = id;
-        for record in answer
-            .answers
-            .iter_mut()
-            .chain(answer.authorities.iter_mut())
-            .chain(answer.additionals.iter_mut())
-        {
-            record.ttl = record.ttl.saturating_sub(kept);
-        }
-        match answer.to_vec() {
-            Ok(bytes) => Lookup::Hit(bytes),
-            Err(_) => Lookup::Miss,
+        match self.entries.get(key) {
+            None => Lookup::Miss,
+            Some(entry) if !entry.live(now) => Lookup::Expired,
+            Some(entry) => Lookup::Hit(entry.serve(id, now)),
         }
     }
 
@@ -186,27 +217,16 @@ impl AnswerCache {
         self.entries.get(key).is_some_and(|e| !e.live(now))
     }
 
-    /// Keeps `answer` (as received, `bytes`) for `key` from `now`, if it is cacheable.
+    /// Keeps the answer `bytes` (as received) for `key` from `now`, if it is cacheable.
     pub fn put(&mut self, key: Key, bytes: &[u8], now: Instant) {
-        let Ok(answer) = Message::from_vec(bytes) else {
+        let Some(entry) = Self::entry(&key, bytes, now) else {
             return;
         };
-        let Some(lifetime) = lifetime(&answer) else {
-            return;
-        };
-        // Only answers to this very question, which encode again exactly as received.
-        let answers_key = answer.metadata.message_type == MessageType::Response
-            && answer.queries.len() == 1
-            && answer.queries[0].to_bytes().ok().as_deref() == Some(key.question.as_slice());
-        if !answers_key || answer.to_vec().ok().as_deref() != Some(bytes) {
-            return;
-        }
-        let size = bytes.len();
-        if size > MAX_BYTES {
+        if entry.size > MAX_BYTES {
             return;
         }
         self.remove(&key);
-        while self.entries.len() >= MAX_ENTRIES || self.bytes + size > MAX_BYTES {
+        while self.entries.len() >= MAX_ENTRIES || self.bytes + entry.size > MAX_BYTES {
             let Some((generation, oldest)) = self.order.pop_front() else {
                 break;
             };
@@ -216,15 +236,12 @@ impl AnswerCache {
         }
         self.generation += 1;
         self.order.push_back((self.generation, key.clone()));
-        self.bytes += size;
+        self.bytes += entry.size;
         self.entries.insert(
             key,
             Entry {
-                answer,
-                kept_at: now,
-                lifetime,
-                size,
                 generation: self.generation,
+                ..entry
             },
         );
         // Stale positions of replaced entries are dropped as they reach the front; keep
@@ -236,6 +253,38 @@ impl AnswerCache {
         }
     }
 
+    /// The entry for `bytes`, if it is a cacheable answer to `key`'s question.
+    fn entry(key: &Key, bytes: &[u8], now: Instant) -> Option<Entry> {
+        let answer = Message::from_vec(bytes).ok()?;
+        if answer.metadata.message_type != MessageType::Response
+            || answer.metadata.op_code != OpCode::Query
+            || answer.signature.is_some()
+        {
+            return None;
+        }
+        let layout = Layout::of(bytes)?;
+        // Only answers to this very question, as spelled; never a signed one.
+        if bytes.get(layout.question.clone()) != key.question()
+            || layout
+                .ttls
+                .iter()
+                .any(|t| t.rtype == TSIG || t.rtype == SIG)
+        {
+            return None;
+        }
+        let (lifetime, negative) = lifetime(&answer)?;
+        let ttls: Vec<TtlField> = layout.ttls.into_iter().filter(|t| t.rtype != OPT).collect();
+        Some(Entry {
+            size: bytes.len() + key.query.len() + ttls.len() * std::mem::size_of::<TtlField>(),
+            bytes: bytes.to_vec(),
+            ttls,
+            negative,
+            kept_at: now,
+            lifetime,
+            generation: 0,
+        })
+    }
+
     fn remove(&mut self, key: &Key) {
         if let Some(old) = self.entries.remove(key) {
             self.bytes -= old.size;
@@ -243,46 +292,58 @@ impl AnswerCache {
     }
 }
 
-/// How long `answer` may be kept, if at all.
-fn lifetime(answer: &Message) -> Option<Duration> {
-    let records = || {
-        answer
-            .answers
-            .iter()
-            .chain(&answer.authorities)
-            .chain(&answer.additionals)
-    };
+/// A record's TTL as a resolver reads it: one with the top bit set is 0 (RFC 2181 §8).
+fn ttl(record: &Record) -> u32 {
+    if record.ttl > i32::MAX as u32 {
+        0
+    } else {
+        record.ttl
+    }
+}
+
+/// How long `answer` may be kept, if at all, and whether it is negative (NXDOMAIN, NODATA).
+fn lifetime(answer: &Message) -> Option<(Duration, bool)> {
+    let smallest = answer
+        .answers
+        .iter()
+        .chain(&answer.authorities)
+        .chain(&answer.additionals)
+        .map(ttl)
+        .min();
     let secs = |ttl: u32| Duration::from_secs(u64::from(ttl));
-    let smallest = |records: &mut dyn Iterator<Item = &Record>| records.map(|r| r.ttl).min();
-    let kept = match answer.metadata.response_code {
-        ResponseCode::ServFail => Some(SHORT),
-        ResponseCode::NoError if !answer.answers.is_empty() => {
-            smallest(&mut records()).map(|ttl| secs(ttl).min(MAX_TTL))
-        }
+    let qtype = answer.queries.first()?.query_type;
+    // Records of the type asked (at the end of any CNAME chain): a positive answer.
+    let answered = answer
+        .answers
+        .iter()
+        .any(|r| qtype == RecordType::ANY || r.record_type() == qtype);
+    let (kept, negative) = match answer.metadata.response_code {
+        ResponseCode::ServFail => (SHORT, false),
+        ResponseCode::NoError if answered => (secs(smallest?).min(MAX_TTL), false),
         ResponseCode::NoError | ResponseCode::NXDomain => {
             // RFC 2308 §5: the SOA's TTL and MINIMUM bound a negative answer; without an
             // SOA it is not cached (§5, "SHOULD NOT"). A CNAME chain before it bounds it too.
-            let soa = answer.authorities.iter().find_map(|r| match &r.data {
-                RData::SOA(soa) => Some(r.ttl.min(soa.minimum)),
+            let minimum = answer.authorities.iter().find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(soa.minimum),
                 _ => None,
             })?;
-            let chain = smallest(&mut answer.answers.iter()).unwrap_or(u32::MAX);
-            Some(secs(soa.min(chain)).min(MAX_NEGATIVE_TTL))
+            let bound = smallest.map_or(minimum, |s| s.min(minimum));
+            (secs(bound).min(MAX_NEGATIVE_TTL), true)
         }
-        _ => None,
-    }?;
+        _ => return None,
+    };
     let kept = if answer.metadata.truncation {
         kept.min(SHORT)
     } else {
         kept
     };
-    (!kept.is_zero()).then_some(kept)
+    (!kept.is_zero()).then_some((kept, negative))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_proto::op::Edns;
+    use hickory_proto::op::{Edns, Query};
     use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA};
     use hickory_proto::rr::Name;
 
@@ -297,9 +358,13 @@ mod tests {
         m
     }
 
+    fn key_of(q: &Message, route: Route, server: &str, transport: DnsTransport) -> Option<Key> {
+        let server = server.parse().unwrap();
+        Key::of(q, &q.to_vec().unwrap(), route, server, transport)
+    }
+
     fn key(q: &Message) -> Key {
-        let server = "127.0.0.53:53".parse().unwrap();
-        Key::of(q, Route::Remote, server, DnsTransport::Udp).unwrap()
+        key_of(q, Route::Remote, "127.0.0.53:53", DnsTransport::Udp).unwrap()
     }
 
     fn response(q: &Message, rcode: ResponseCode, answers: Vec<Record>) -> Message {
@@ -430,7 +495,17 @@ mod tests {
         let served = hit(cache.get(&key(&q), 1, t0 + Duration::from_secs(4)));
         let m = Message::from_vec(&served).unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-        assert_eq!(ttls(&served), [56]);
+        assert_eq!(
+            ttls(&served),
+            [6],
+            "the SOA's TTL never outlasts the MINIMUM left"
+        );
+        nx.authorities = vec![soa(8, 10)];
+        cache.put(key(&q), &nx.to_vec().unwrap(), t0);
+        let served = hit(cache.get(&key(&q), 1, t0 + Duration::from_secs(3)));
+        assert_eq!(ttls(&served), [5], "an SOA TTL below MINIMUM counts down");
+        nx.authorities = vec![soa(60, 10)];
+        cache.put(key(&q), &nx.to_vec().unwrap(), t0);
         assert_eq!(
             cache.get(&key(&q), 1, t0 + Duration::from_secs(10)),
             Lookup::Expired,
@@ -479,25 +554,136 @@ mod tests {
     }
 
     #[test]
+    fn a_cname_chain_ending_in_nodata_lives_by_the_soa() {
+        let q = query("alias.cluster.local.", RecordType::AAAA);
+        let mut nodata = response(
+            &q,
+            ResponseCode::NoError,
+            vec![Record::from_rdata(
+                name("alias.cluster.local."),
+                30,
+                RData::CNAME(CNAME(name("v4-only.cluster.local."))),
+            )],
+        );
+        nodata.authorities = vec![soa(60, 5)];
+        let mut cache = AnswerCache::default();
+        let t0 = Instant::now();
+        cache.put(key(&q), &nodata.to_vec().unwrap(), t0);
+        let served = hit(cache.get(&key(&q), 1, t0 + Duration::from_secs(2)));
+        assert_eq!(
+            ttls(&served),
+            [28, 3],
+            "the CNAME counts down, the SOA by what is left"
+        );
+        assert_eq!(
+            cache.get(&key(&q), 1, t0 + Duration::from_secs(5)),
+            Lookup::Expired,
+            "the negative part's MINIMUM, not the CNAME's TTL"
+        );
+        // The same chain without an SOA: not cached.
+        nodata.authorities.clear();
+        let mut cache = AnswerCache::default();
+        cache.put(key(&q), &nodata.to_vec().unwrap(), t0);
+        assert_eq!(cache.get(&key(&q), 1, t0), Lookup::Miss);
+    }
+
+    #[test]
+    fn a_ttl_with_the_top_bit_set_counts_as_zero() {
+        let q = query("odd.cluster.local.", RecordType::A);
+        let odd = response(
+            &q,
+            ResponseCode::NoError,
+            vec![a("odd.cluster.local.", 0x8000_0000, 1)],
+        );
+        let mut cache = AnswerCache::default();
+        let t0 = Instant::now();
+        cache.put(key(&q), &odd.to_vec().unwrap(), t0);
+        assert_eq!(cache.get(&key(&q), 1, t0), Lookup::Miss);
+    }
+
+    #[test]
+    fn answers_are_served_as_received_but_id_and_ttls_and_edns_flags_stay() {
+        let mut q = query("uwu-service.default.svc.cluster.local.", RecordType::A);
+        let mut edns = Edns::new();
+        edns.set_dnssec_ok(true);
+        edns.set_max_payload(1232);
+        q.edns = Some(edns.clone());
+        // Encoded by hand without name compression (hickory would compress the owner):
+        // what is served is what was received, whatever the encoder upstream.
+        let mut answer = response(&q, ResponseCode::NoError, vec![]);
+        answer.edns = Some(edns);
+        let mut bytes = answer.to_vec().unwrap();
+        assert_eq!(u16::from_be_bytes([bytes[6], bytes[7]]), 0);
+        let opt = bytes.split_off(bytes.len() - 11);
+        bytes[7] = 1;
+        for label in ["uwu-service", "default", "svc", "cluster", "local"] {
+            bytes.push(label.len() as u8);
+            bytes.extend_from_slice(label.as_bytes());
+        }
+        bytes.push(0);
+        bytes.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 198, 18, 0, 10]);
+        bytes.extend_from_slice(&opt);
+        assert_eq!(opt[0..3], [0, 0, 41], "the OPT record");
+
+        let mut cache = AnswerCache::default();
+        let t0 = Instant::now();
+        cache.put(key(&q), &bytes, t0);
+        let served = hit(cache.get(&key(&q), 0xabcd, t0 + Duration::from_secs(10)));
+        let mut expected = bytes.clone();
+        expected[..2].copy_from_slice(&[0xab, 0xcd]);
+        let ttl_at = expected.len() - 11 - 4 - 2 - 4;
+        expected[ttl_at..ttl_at + 4].copy_from_slice(&20u32.to_be_bytes());
+        assert_eq!(
+            served, expected,
+            "only the id and the A record's TTL changed"
+        );
+        let m = Message::from_vec(&served).unwrap();
+        assert!(m.edns.unwrap().flags().dnssec_ok, "the DO bit stays");
+    }
+
+    #[test]
+    fn an_answer_spelling_the_question_otherwise_is_not_kept() {
+        let q = query("UwU-service.cluster.local.", RecordType::A);
+        let lower = query("uwu-service.cluster.local.", RecordType::A);
+        let answer = response(
+            &lower,
+            ResponseCode::NoError,
+            vec![a("uwu-service.cluster.local.", 60, 1)],
+        );
+        let mut cache = AnswerCache::default();
+        let t0 = Instant::now();
+        cache.put(key(&q), &answer.to_vec().unwrap(), t0);
+        assert_eq!(cache.get(&key(&q), 1, t0), Lookup::Miss);
+        let mut right = answer.clone();
+        right.queries = q.queries.clone();
+        cache.put(key(&q), &right.to_vec().unwrap(), t0);
+        let served = Message::from_vec(&hit(cache.get(&key(&q), 1, t0))).unwrap();
+        assert_eq!(
+            served.queries[0].name.to_string(),
+            "UwU-service.cluster.local."
+        );
+    }
+
+    #[test]
     fn keys_tell_decisions_servers_transports_spellings_and_edns_apart() {
         let q = query("uwu-service.default.svc.cluster.local.", RecordType::A);
-        let ns: SocketAddr = "127.0.0.53:53".parse().unwrap();
-        let other_ns: SocketAddr = "127.0.0.54:53".parse().unwrap();
-        let remote = Key::of(&q, Route::Remote, ns, DnsTransport::Udp).unwrap();
-        let local = Key::of(&q, Route::Local, ns, DnsTransport::Udp).unwrap();
+        let ns = "127.0.0.53:53";
+        let other_ns = "127.0.0.54:53";
+        let remote = key_of(&q, Route::Remote, ns, DnsTransport::Udp).unwrap();
+        let local = key_of(&q, Route::Local, ns, DnsTransport::Udp).unwrap();
         assert_ne!(remote, local, "per decision");
         assert_ne!(
             local,
-            Key::of(&q, Route::Local, other_ns, DnsTransport::Udp).unwrap()
+            key_of(&q, Route::Local, other_ns, DnsTransport::Udp).unwrap()
         );
         assert_eq!(
             remote,
-            Key::of(&q, Route::Remote, other_ns, DnsTransport::Udp).unwrap(),
+            key_of(&q, Route::Remote, other_ns, DnsTransport::Udp).unwrap(),
             "the agent answers the same whichever local nameserver was asked"
         );
         assert_ne!(
             remote,
-            Key::of(&q, Route::Remote, ns, DnsTransport::Tcp).unwrap()
+            key_of(&q, Route::Remote, ns, DnsTransport::Tcp).unwrap()
         );
 
         let mut other_id = q.clone();
@@ -512,9 +698,17 @@ mod tests {
         let mut with_edns = q.clone();
         with_edns.edns = Some(Edns::new());
         assert_ne!(remote, key(&with_edns));
+        let mut with_do = with_edns.clone();
+        if let Some(edns) = with_do.edns.as_mut() {
+            edns.set_dnssec_ok(true);
+        }
+        assert_ne!(key(&with_edns), key(&with_do), "the DO bit");
         let mut no_rd = q.clone();
         no_rd.metadata.recursion_desired = false;
         assert_ne!(remote, key(&no_rd));
+        let mut cd = q.clone();
+        cd.metadata.checking_disabled = true;
+        assert_ne!(remote, key(&cd), "the CD bit");
 
         let mut cache = AnswerCache::default();
         let t0 = Instant::now();
@@ -534,23 +728,30 @@ mod tests {
         // Not cacheable: two questions, an update, a response.
         let mut two = q.clone();
         two.add_query(Query::query(name("b."), RecordType::A));
-        assert_eq!(Key::of(&two, Route::Remote, ns, DnsTransport::Udp), None);
+        assert_eq!(key_of(&two, Route::Remote, ns, DnsTransport::Udp), None);
         let mut update = q.clone();
         update.metadata.op_code = OpCode::Update;
-        assert_eq!(Key::of(&update, Route::Remote, ns, DnsTransport::Udp), None);
-        assert_eq!(Key::of(&answer, Route::Remote, ns, DnsTransport::Udp), None);
+        assert_eq!(key_of(&update, Route::Remote, ns, DnsTransport::Udp), None);
+        assert_eq!(key_of(&answer, Route::Remote, ns, DnsTransport::Udp), None);
     }
 
     #[test]
     fn the_sibling_of_a_is_aaaa_and_back() {
-        let q = query("uwu-service.default.svc.cluster.local.", RecordType::A);
-        let q6 = query("uwu-service.default.svc.cluster.local.", RecordType::AAAA);
-        let (sibling, question) = key(&q).sibling(&q.queries[0]).unwrap();
+        let mut q = query("Uwu-Service.default.svc.cluster.local.", RecordType::A);
+        q.edns = Some(Edns::new());
+        let mut q6 = query("Uwu-Service.default.svc.cluster.local.", RecordType::AAAA);
+        q6.edns = Some(Edns::new());
+        let sibling = key(&q).sibling().unwrap();
         assert_eq!(sibling, key(&q6));
-        assert_eq!(question, q6.queries[0]);
-        assert_eq!(sibling.sibling(&question).unwrap().0, key(&q));
+        q6.metadata.id = 0x4242;
+        assert_eq!(
+            sibling.query(0x4242),
+            q6.to_vec().unwrap(),
+            "byte for byte the app's own AAAA query"
+        );
+        assert_eq!(sibling.sibling().unwrap(), key(&q));
         let txt = query("info.default.svc.cluster.local.", RecordType::TXT);
-        assert_eq!(key(&txt).sibling(&txt.queries[0]), None);
+        assert_eq!(key(&txt).sibling(), None);
     }
 
     #[test]

@@ -80,10 +80,20 @@ impl DnsResponder {
             routes,
             sources: Arc::new(Sources {
                 agent,
+                caching: true,
                 cache: Mutex::default(),
                 in_flight: Flights::default(),
             }),
         }
+    }
+
+    /// The same responder, without the answer cache when `caching` is false: then every
+    /// query is one exchange of its own, as the app sent it (`SCTRACE_DNS_CACHE=0`).
+    pub fn with_caching(mut self, caching: bool) -> Self {
+        if let Some(sources) = Arc::get_mut(&mut self.sources) {
+            sources.caching = caching;
+        }
+        self
     }
 
     /// Answers `query` (DNS wire format), which the app sent to `server` over `transport`.
@@ -112,9 +122,10 @@ impl DnsResponder {
         };
         let key = message
             .as_ref()
-            .and_then(|m| Some((Key::of(m, route, server, transport)?, m)));
+            .filter(|_| self.sources.caching)
+            .and_then(|m| Key::of(m, query, route, server, transport));
         let answer = match key {
-            Some((key, message)) => self.sources.resolve(key, message, query, to).await,
+            Some(key) => self.sources.resolve(key, query, to).await,
             None => self.sources.fetch(query, to).await.map(|f| f.bytes),
         };
         let summary = answer.as_deref().map(wire::summarize);
@@ -162,33 +173,22 @@ struct Upstream {
     transport: DnsTransport,
 }
 
-/// An answer as a nameserver gave it.
-#[derive(Debug, Clone)]
-struct Fetched {
-    bytes: Vec<u8>,
-    /// The id of the query that was sent (and that the answer carries).
-    id: u16,
-}
-
 /// The answers' sources: the agent and local nameservers, the cache in front of them, and
 /// the exchanges in flight.
 struct Sources {
     agent: SessionHandle,
+    /// Whether answers are cached and exchanges shared at all.
+    caching: bool,
     cache: Mutex<AnswerCache>,
-    in_flight: Flights<Key, Option<Fetched>>,
+    /// Exchanges under way, and the answer each gave (under the id of the query sent).
+    in_flight: Flights<Key, Option<Vec<u8>>>,
 }
 
 impl Sources {
-    /// The answer to the cacheable `query` (`message`, parsed, with `key`): from the cache,
-    /// else from the exchange in flight for the same key, else from a new one.
-    async fn resolve(
-        self: &Arc<Self>,
-        key: Key,
-        message: &Message,
-        query: &[u8],
-        to: Upstream,
-    ) -> Option<Vec<u8>> {
-        let id = message.metadata.id;
+    /// The answer to the cacheable `query` (with `key`): from the cache, else from the
+    /// exchange in flight for the same key, else from a new one.
+    async fn resolve(self: &Arc<Self>, key: Key, query: &[u8], to: Upstream) -> Option<Vec<u8>> {
+        let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
         let now = Instant::now();
         let lookup = match self.cache.lock() {
             Ok(cache) => cache.get(&key, id, now),
@@ -197,22 +197,19 @@ impl Sources {
         if let Lookup::Hit(answer) = lookup {
             return Some(answer);
         }
-        self.refresh_sibling(&key, message, to, now);
-        let fetched = self.join(key, query.to_vec(), id, to).await?;
-        if fetched.id == id {
-            return Some(fetched.bytes);
-        }
-        // Another query's exchange: the same answer under this query's id.
-        let mut answer = Message::from_vec(&fetched.bytes).ok()?;
-        answer.metadata.id = id;
-        answer.to_vec().ok()
+        self.refresh_sibling(&key, to, now);
+        let mut answer = self.join(key, query.to_vec(), to).await?;
+        // Maybe another query's exchange: the same answer, under this query's id (the
+        // header's first two bytes, RFC 1035 §4.1.1).
+        answer.get_mut(..2)?.copy_from_slice(&id.to_be_bytes());
+        Some(answer)
     }
 
     /// When `key` is an A (AAAA) query and its AAAA (A) sibling was asked and cached before
     /// but has expired, fetches the sibling now too: a resolver that asks for the pair one
     /// after the other then finds the second in the cache or in flight.
-    fn refresh_sibling(self: &Arc<Self>, key: &Key, message: &Message, to: Upstream, now: Instant) {
-        let Some((sibling, question)) = message.queries.first().and_then(|q| key.sibling(q)) else {
+    fn refresh_sibling(self: &Arc<Self>, key: &Key, to: Upstream, now: Instant) {
+        let Some(sibling) = key.sibling() else {
             return;
         };
         let expired = self
@@ -222,29 +219,19 @@ impl Sources {
         if !expired || self.in_flight.flying(&sibling) {
             return;
         }
-        // Message::query() draws a random id.
-        let mut query = Message::query();
-        let id = query.metadata.id;
-        query.metadata = message.metadata;
-        query.metadata.id = id;
-        query.queries = vec![question];
-        query.edns = message.edns.clone();
-        let Ok(bytes) = query.to_vec() else { return };
+        // The app's query with the other type, under a random id (Message::query() draws
+        // one), as a resolver would send it.
+        let id = Message::query().metadata.id;
+        let bytes = sibling.query(id);
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            me.join(sibling, bytes, id, to).await;
+            me.join(sibling, bytes, to).await;
         });
     }
 
-    /// The exchange for `key`: joins the one in flight, or makes it with `query` (whose id
-    /// is `id`) and caches its answer.
-    async fn join(
-        self: &Arc<Self>,
-        key: Key,
-        query: Vec<u8>,
-        id: u16,
-        to: Upstream,
-    ) -> Option<Fetched> {
+    /// The exchange for `key`: joins the one in flight, or makes it with `query` and caches
+    /// its answer.
+    async fn join(self: &Arc<Self>, key: Key, query: Vec<u8>, to: Upstream) -> Option<Vec<u8>> {
         self.in_flight
             .join(key.clone(), || async {
                 let fetched = self.fetch(&query, to).await;
@@ -253,7 +240,7 @@ impl Sources {
                         cache.put(key, &f.bytes, Instant::now());
                     }
                 }
-                fetched.map(|f| Fetched { bytes: f.bytes, id })
+                fetched.map(|f| f.bytes)
             })
             .await
     }
@@ -444,6 +431,67 @@ mod tests {
             "AAAA, never asked before, is fetched"
         );
         assert_eq!(dns.sources.in_flight.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn without_caching_each_query_is_its_own_exchange() {
+        let (agent, counts) = fake_agent::start(30, Duration::from_millis(50)).await;
+        let dns = responder(agent).with_caching(false);
+        let (one, two) = tokio::join!(ask(&dns, 1, RecordType::A), ask(&dns, 2, RecordType::A));
+        assert_eq!(one.answers, two.answers);
+        ask(&dns, 3, RecordType::A).await;
+        assert_eq!(asked(&counts), (3, 0));
+    }
+
+    #[tokio::test]
+    async fn transports_and_spellings_are_answered_apart_as_asked() {
+        let (agent, counts) = fake_agent::start(30, Duration::ZERO).await;
+        let dns = responder(agent);
+        let server = "127.0.0.53:53".parse().unwrap();
+        ask(&dns, 1, RecordType::A).await;
+        let tcp = dns
+            .answer(
+                &query(2, RecordType::A),
+                server,
+                DnsTransport::Tcp,
+                &asker(),
+            )
+            .await
+            .expect("an answer over TCP");
+        assert_eq!(Message::from_vec(&tcp).unwrap().metadata.id, 2);
+        assert_eq!(
+            asked(&counts),
+            (2, 0),
+            "TCP is not answered from UDP's answer"
+        );
+
+        let mut shouted = Message::from_vec(&query(3, RecordType::A)).unwrap();
+        shouted.queries[0].name =
+            Name::from_ascii("UWU-Service.default.svc.cluster.local.").unwrap();
+        for id in [3, 4] {
+            shouted.metadata.id = id;
+            let bytes = dns
+                .answer(
+                    &shouted.to_vec().unwrap(),
+                    server,
+                    DnsTransport::Udp,
+                    &asker(),
+                )
+                .await
+                .expect("an answer");
+            let answer = Message::from_vec(&bytes).unwrap();
+            assert_eq!(answer.metadata.id, id);
+            assert_eq!(
+                answer.queries[0].name.to_string(),
+                "UWU-Service.default.svc.cluster.local.",
+                "the question as the app spelled it"
+            );
+        }
+        assert_eq!(
+            asked(&counts),
+            (3, 0),
+            "one more for the other spelling, then cached"
+        );
     }
 
     #[tokio::test]
