@@ -84,6 +84,13 @@ fn direct_sockets_wanted() -> bool {
     std::env::var_os("SCTRACE_DIRECT_SOCKETS").is_none_or(|v| v != "0")
 }
 
+/// Whether DNS answers are cached and identical queries in flight shared
+/// (`SCTRACE_DNS_CACHE=0` sends each query on its own, to compare or to work around a
+/// problem).
+fn dns_cache_wanted() -> bool {
+    std::env::var_os("SCTRACE_DNS_CACHE").is_none_or(|v| v != "0")
+}
+
 impl Remote {
     /// Assembles the session state around an open agent link: the filter (with the local
     /// search list), the DNS responder, the relays, and the service of the agent's incoming
@@ -106,13 +113,16 @@ impl Remote {
         );
         let names = Arc::new(NameCache::default());
         let routes = Arc::new(RouteSources::new(link.handle.clone()));
-        let dns = Arc::new(DnsResponder::new(
-            Arc::clone(&filter),
-            link.handle.clone(),
-            Arc::clone(&names),
-            Arc::clone(&routes),
-            events.clone(),
-        ));
+        let dns = Arc::new(
+            DnsResponder::new(
+                Arc::clone(&filter),
+                link.handle.clone(),
+                Arc::clone(&names),
+                Arc::clone(&routes),
+                events.clone(),
+            )
+            .with_caching(dns_cache_wanted()),
+        );
         let tcp = TcpRelay::start(Arc::clone(&dns), link.handoff.clone()).await?;
         let parking = Parking::start()?;
         let remote = Arc::new(Remote {
