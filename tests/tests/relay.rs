@@ -261,6 +261,118 @@ print(src, b"sctrace local cluster" in data)
 }
 
 #[test]
+fn a_changed_record_is_seen_once_its_ttl_has_passed() {
+    require_root();
+    // sctrace keeps answers for their TTL: a lookup right after the record changed in the
+    // cluster still gets the old address (from sctrace, the cluster's DNS is not asked),
+    // and the new one comes once the TTL has run out.
+    const TTL: u32 = 3;
+    let cluster = Cluster::up_with_dns_ttl(TTL);
+    let script = format!(
+        r#"
+import socket, sys, time
+def addrs():
+    try:
+        return sorted({{ai[4][0] for ai in socket.getaddrinfo("uwu-service", 80, type=socket.SOCK_STREAM)}})
+    except socket.gaierror as e:
+        return ["error " + str(e)]
+first = addrs(); t = time.monotonic()
+print("first", ",".join(first), flush=True)
+sys.stdin.readline()
+print("second", ",".join(addrs()), round(time.monotonic() - t, 3), flush=True)
+deadline = time.monotonic() + {TTL} + 10
+while time.monotonic() < deadline:
+    now = addrs()
+    if now != first:
+        print("changed", ",".join(now), round(time.monotonic() - t, 3), flush=True)
+        break
+    time.sleep(0.1)
+else:
+    print("unchanged", flush=True)
+"#
+    );
+    let mut child = cluster
+        .laptop
+        .command(bin("sctrace"))
+        .args(["run", "--target"])
+        .arg(format!("netns/{}", cluster.cluster.name()))
+        .args(["--", "python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        line.trim().to_string()
+    };
+    let first = line();
+    assert_eq!(first, "first 198.18.0.10,2001:2::10");
+
+    let fqdn = "uwu-service.default.svc.cluster.local";
+    let reloads = |c: &Cluster| {
+        c.cluster_dns_log()
+            .iter()
+            .filter(|l| l.contains("cluster-dns.hosts"))
+            .count()
+    };
+    let before = reloads(&cluster);
+    cluster.edit_cluster_dns(|hosts| {
+        hosts.replace(
+            &format!("198.18.0.10 {fqdn}"),
+            &format!("198.18.0.99 {fqdn}"),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads(&cluster) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster DNS did not read its hosts file again"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let asked = |c: &Cluster| {
+        c.cluster_dns_queries()
+            .iter()
+            .filter(|q| q.name == fqdn)
+            .count()
+    };
+    let asked_before = asked(&cluster);
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+
+    let second = line();
+    let mut words = second.split(' ');
+    assert_eq!(words.next(), Some("second"), "{second}");
+    let addrs = words.next().unwrap_or_default();
+    let after: f64 = words.next().and_then(|w| w.parse().ok()).unwrap();
+    // Only meaningful while the first answer is certainly still fresh.
+    if after < f64::from(TTL) - 0.5 {
+        assert_eq!(
+            addrs, "198.18.0.10,2001:2::10",
+            "{after} s after the first lookup"
+        );
+        assert_eq!(
+            asked(&cluster),
+            asked_before,
+            "answered from sctrace's cache"
+        );
+    }
+
+    let changed = line();
+    let mut words = changed.split(' ');
+    assert_eq!(words.next(), Some("changed"), "{changed}");
+    assert_eq!(words.next(), Some("198.18.0.99,2001:2::10"), "{changed}");
+    let at: f64 = words.next().and_then(|w| w.parse().ok()).unwrap();
+    assert!(
+        at > f64::from(TTL) - 1.0,
+        "the new address came {at} s after the first lookup, before the TTL ({TTL} s) ran out"
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn big_transfers_and_many_connections_arrive_intact() {
     let world = World::new();
     let srv = bin("sctrace-testsrv");
