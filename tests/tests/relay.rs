@@ -1368,3 +1368,67 @@ fn a_second_connect_on_a_connected_socket_connects_nothing_in_the_target() {
         );
     }
 }
+
+/// One direct connect (the program's fd table is read), then sockets registered with epoll
+/// instances made afterwards — one of them reached only through a dup of a closed fd —
+/// connected without blocking: each must still be reported writable by its instance.
+const EPOLL_AFTER_A_CONNECT: &str = r#"
+import os, select, socket, sys
+echo = sys.argv[1]
+first = socket.create_connection((echo, 7))
+first.close()
+
+def connect_watched(ep):
+    s = socket.socket()
+    s.setblocking(False)
+    ep.register(s.fileno(), select.EPOLLOUT)
+    try:
+        s.connect((echo, 7))
+    except BlockingIOError:
+        pass
+    ready = [fd for fd, ev in ep.poll(5) if fd == s.fileno() and ev & select.EPOLLOUT]
+    print("writable" if ready else "never writable", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    return s
+
+kept = [connect_watched(select.epoll())]
+made = select.epoll()
+other = os.dup(made.fileno())
+made.close()
+kept.append(connect_watched(select.epoll.fromfd(other)))
+import ctypes, fcntl
+libc = ctypes.CDLL(None, use_errno=True)
+for name, arg in (("epoll_create", 0), ("epoll_create1", 1), ("epoll_create", 1), ("epoll_create1", 0o2000000)):
+    fd = getattr(libc, name)(arg)
+    if fd < 0:
+        print(name, arg, "errno", ctypes.get_errno())
+    else:
+        print(name, arg, "close-on-exec" if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC else "inherited")
+"#;
+
+#[test]
+fn a_socket_watched_by_an_epoll_made_after_a_connect_keeps_its_registration() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let args = ["-c", EPOLL_AFTER_A_CONNECT, &echo];
+    let inside = run_with_timeout(world.cluster.cluster.command("python3").args(args), T);
+    inside.assert_success();
+    assert!(
+        inside.stdout.starts_with("writable 0\nwritable 0\n"),
+        "{inside}"
+    );
+    let events = world.scratch("epoll-after.jsonl");
+    let traced = world.run(Some(&events), Path::new("python3"), &args);
+    traced.assert_success();
+    assert_eq!(traced.stdout, inside.stdout, "{traced}");
+    let paths: Vec<String> = events_of(&read_events(&events), "connect")
+        .iter()
+        .filter(|e| e["sock_type"] == "stream")
+        .map(|e| e["path"].as_str().unwrap_or("-").to_string())
+        .collect();
+    let expected = if Variant::from_env().is_plain() {
+        ["direct", "relay", "relay"]
+    } else {
+        ["relay", "relay", "relay"]
+    };
+    assert_eq!(paths, expected, "{traced}");
+}

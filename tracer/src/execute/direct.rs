@@ -139,7 +139,11 @@ pub struct Prepared {
 
 /// Checks that the app's socket (fd `app_fd` of thread `tid`) can be replaced, and reads
 /// what its replacement must have. `Err`: why it keeps the relay.
-pub fn prepare(sock: &AppSocket, tid: i32) -> Result<Prepared, &'static str> {
+pub fn prepare(
+    sock: &AppSocket,
+    tid: i32,
+    epolls: &crate::epolls::Epolls,
+) -> Result<Prepared, &'static str> {
     let fd = sock.fd.as_fd();
     let v6 = match sock.family() {
         Ok(libc::AF_INET) => false,
@@ -166,7 +170,10 @@ pub fn prepare(sock: &AppSocket, tid: i32) -> Result<Prepared, &'static str> {
     }
     let cloexec = procfs::fd_cloexec(tid, sock.app_fd).map_err(|_| "unreadable fdinfo")?;
     let (inode, _) = sys::inode_and_owner(fd).map_err(|_| "unreadable inode")?;
-    if procfs::watched_by_epoll(tid, inode).map_err(|_| "unreadable fd table")? {
+    if epolls
+        .watched(tid, inode)
+        .map_err(|_| "unreadable fd table")?
+    {
         return Err("watched by epoll");
     }
     Ok(Prepared {
