@@ -67,6 +67,12 @@ const OFFER: u32 = u32::MAX;
 /// Starts sctrace's verdict on an offer (sctrace → agent); no request word is this.
 const VERDICT: u32 = u32::MAX - 1;
 
+// The two control words are told apart from requests (top bit, a tag below REQUEST_TAG - 1)
+// and stream ids (no top bit) by the reader, which checks them first.
+const _: () = assert!(OFFER != VERDICT && OFFER & REQUEST != 0 && VERDICT & REQUEST != 0);
+const _: () = assert!(OFFER & REQUEST_TAG == REQUEST_TAG);
+const _: () = assert!(VERDICT & REQUEST_TAG == REQUEST_TAG - 1);
+
 /// How long a connected stream waits for its socket before giving up.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -383,14 +389,5 @@ mod tests {
         assert_eq!(out[19], 6);
         assert_eq!(&out[20..22], &[0x20, 0x01]);
         assert_eq!(&out[36..38], &443u16.to_be_bytes());
-    }
-
-    #[test]
-    fn offer_and_verdict_words_are_no_request_or_stream_id() {
-        // Requests have the top bit; stream ids never do; the two control words must be
-        // told apart from both by the reader, which checks them first.
-        assert_ne!(OFFER, VERDICT);
-        assert!(OFFER & REQUEST != 0 && VERDICT & REQUEST != 0);
-        assert!(OFFER & REQUEST_TAG == REQUEST_TAG && VERDICT & REQUEST_TAG == REQUEST_TAG - 1);
     }
 }
