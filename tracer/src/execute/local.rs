@@ -8,7 +8,9 @@
 //!   in the app's own call, exactly as without sctrace, and costs only the trap. (The
 //!   kernel reads the address again; a program changing it from another thread meanwhile
 //!   would connect where it wrote last, still on this machine — as it would without
-//!   sctrace.)
+//!   sctrace.) Not in container mode, where sctrace holds the socket until it is
+//!   connected: a connect made by the kernel after the answer would leave the copy held
+//!   (and a close's FIN waiting) until the next sweep.
 //! - **connect, recorded**: re-issued so that its outcome is seen. A blocking connect is
 //!   started without blocking: O_NONBLOCK is set on the shared file description for the
 //!   call and restored at once. A connect that returned
@@ -49,7 +51,9 @@ use super::{answer, Action};
 
 /// `connect` as the app asked.
 pub fn connect(sock: AppSocket, record: Option<Record>, addr: AddrArg, len: i32) -> Action {
-    if record.is_none() {
+    // (Container mode re-issues it: a socket sctrace holds is released once connected,
+    // which it sees only if the connect is made here.)
+    if record.is_none() && !sock.is_held() {
         return Reply::Continue.into();
     }
     let flags = match sock.file_flags() {
