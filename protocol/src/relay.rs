@@ -62,8 +62,7 @@ where
     let mut up = Up {
         phase: Phase::Open,
         buf: None,
-        start: 0,
-        end: 0,
+        pending: Bytes::new(),
     };
     let mut to_stream = 0u64;
     let mut from_stream = 0u64;
@@ -147,13 +146,13 @@ fn poll_down<T: AsyncWrite + Unpin + ?Sized>(
     }
 }
 
-/// Local → stream: `buf[start..end]` is read but not yet sent. The buffer exists only while
-/// data flows: it is freed whenever the local side has nothing to read.
+/// Local → stream. `pending` is what was read and not yet queued on the stream; `buf` the
+/// rest of the buffer the last read went into, reused by the next read. Both exist only
+/// while data flows: they are dropped whenever the local side has nothing to read.
 struct Up {
     phase: Phase,
     buf: Option<BytesMut>,
-    start: usize,
-    end: usize,
+    pending: Bytes,
 }
 
 #[derive(PartialEq)]
@@ -162,6 +161,9 @@ enum Phase {
     ShuttingDown,
     Done,
 }
+
+/// A new read buffer is taken once the current one has less room than this.
+const MIN_READ_ROOM: usize = 4096;
 
 fn poll_up<T: AsyncRead + Unpin + ?Sized>(
     cx: &mut Context<'_>,
@@ -179,37 +181,33 @@ fn poll_up<T: AsyncRead + Unpin + ?Sized>(
                 Poll::Pending => return None,
             },
             Phase::Open => {
-                // Not zeroed: only the bytes actually read are ever touched.
-                let b = up.buf.get_or_insert_with(|| BytesMut::with_capacity(CHUNK));
-                if up.start < up.end {
-                    match Pin::new(&mut *stream).poll_write(cx, &b[up.start..up.end]) {
-                        Poll::Ready(Ok(n)) => {
-                            *count += n as u64;
-                            up.start += n;
-                        }
+                if !up.pending.is_empty() {
+                    // Queued as read, without a copy; written out from this task when the
+                    // session's connection is free.
+                    match stream.poll_write_bytes(cx, &mut up.pending) {
+                        Poll::Ready(Ok(n)) => *count += n as u64,
                         Poll::Ready(Err(e)) => return Some(RelayEnd::StreamFailed(e)),
                         Poll::Pending => return None,
                     }
                     continue;
                 }
-                b.clear();
+                let b = match &mut up.buf {
+                    Some(b) if b.capacity() >= MIN_READ_ROOM => b,
+                    // Not zeroed: only the bytes actually read are ever touched.
+                    _ => up.buf.insert(BytesMut::with_capacity(CHUNK)),
+                };
                 match tokio_util::io::poll_read_buf(Pin::new(&mut *local), cx, b) {
-                    Poll::Ready(Ok(n)) => {
-                        up.start = 0;
-                        up.end = n;
-                        if n == 0 {
-                            up.buf = None;
-                            up.phase = Phase::ShuttingDown;
-                        }
+                    Poll::Ready(Ok(0)) => {
+                        up.buf = None;
+                        up.phase = Phase::ShuttingDown;
                     }
+                    Poll::Ready(Ok(_)) => up.pending = b.split().freeze(),
                     Poll::Ready(Err(e)) => {
                         stream.reset(errno_of(&e));
                         return Some(RelayEnd::LocalFailed(e));
                     }
                     Poll::Pending => {
                         up.buf = None;
-                        up.start = 0;
-                        up.end = 0;
                         return None;
                     }
                 }

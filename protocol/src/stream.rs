@@ -14,8 +14,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::frame::{put_data_header, Frame, StreamId, MAX_DATA_CHUNK};
+use crate::frame::{Frame, StreamId, MAX_DATA_CHUNK};
 use crate::session::state::{register, Shared};
+use crate::session::writer::write_through;
 
 /// One stream of a session (see the module documentation for its closing rules).
 pub struct Stream {
@@ -163,12 +164,33 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
+impl Stream {
+    /// Queues a prefix of `data` as `Data` frames without copying it (beyond a few small
+    /// ones), as far as the stream's credit and the session's outgoing queue allow, and
+    /// removes it from `data`; returns how many bytes were taken. Then writes the queue to
+    /// the connection from this task if no one else is writing it. `Pending` (the waker
+    /// registered) when nothing could be taken.
+    pub fn poll_write_bytes(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        data: &mut Bytes,
     ) -> Poll<io::Result<usize>> {
+        let taken = match self.poll_queue(cx, data.len()) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        {
+            let mut st = self.shared.lock();
+            st.out.data(self.id, data.split_to(taken));
+        }
+        write_through(&self.shared);
+        Poll::Ready(Ok(taken))
+    }
+
+    /// How many of `len` bytes may be queued now (credit, room in the outgoing queue), that
+    /// many taken from the credit; `Pending` with the waker registered when none.
+    fn poll_queue(&self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut st = self.shared.lock();
         if let Some(reason) = &st.closed {
@@ -187,7 +209,7 @@ impl AsyncWrite for Stream {
                 "write after shutdown",
             )));
         }
-        if buf.is_empty() {
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
         if s.send_credit == 0 {
@@ -202,16 +224,36 @@ impl AsyncWrite for Stream {
             }
             return Poll::Pending;
         }
-        let n = buf.len().min(s.send_credit as usize).min(MAX_DATA_CHUNK);
+        let n = len.min(s.send_credit as usize).min(MAX_DATA_CHUNK);
         s.send_credit -= n as u32;
-        put_data_header(&mut st.out, id, n);
-        st.out.extend_from_slice(&buf[..n]);
-        st.wake_writer();
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncWrite for Stream {
+    /// Queues a copy of (a prefix of) `buf` for the session's writer task, which coalesces
+    /// what is queued into few writes; [`AsyncWrite::poll_flush`] writes it out from this
+    /// task instead.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = match self.poll_queue(cx, buf.len()) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        if n > 0 {
+            let mut st = self.shared.lock();
+            st.out.data(self.id, Bytes::copy_from_slice(&buf[..n]));
+            st.wake_writer();
+        }
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Written bytes are already queued for the session's writer, in order.
+        // Written bytes are already queued, in order; send them now if no one else is.
+        write_through(&self.shared);
         Poll::Ready(Ok(()))
     }
 

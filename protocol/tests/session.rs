@@ -1095,3 +1095,87 @@ async fn route_and_resolver_queries_are_answered_once() {
         .await
         .is_err());
 }
+
+/// Both ends relay (the zero-copy path: reads queued as they are, written out by the task
+/// that read them) over a connection so tight that most writes would block, from several
+/// streams at once, with pieces below and above the size that is copied inline: every byte
+/// arrives, in order, on the right stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_on_both_ends_over_a_tight_connection_keep_every_byte() {
+    let (a, b) = tokio::io::duplex(8 * 1024);
+    let t = token();
+    let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
+    let client = Session::client(a, &t, Config::default()).await.unwrap();
+    let server = server.await.unwrap().unwrap();
+    let Session {
+        handle: _server_handle,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    // Server: each stream relayed to a local echo.
+    tokio::spawn(async move {
+        while let Some(Request::ConnectTcp(r)) = requests.next().await {
+            let mut s = r.accept(addr("198.18.9.2:1")).unwrap();
+            tokio::spawn(async move {
+                let (mut near, far) = tokio::io::duplex(3000);
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = tokio::io::split(far);
+                    tokio::io::copy(&mut rd, &mut wr).await.unwrap();
+                    wr.shutdown().await.unwrap();
+                });
+                let outcome = sctrace_protocol::relay(&mut s, &mut near).await;
+                assert!(matches!(outcome.end, sctrace_protocol::RelayEnd::Closed));
+            });
+        }
+    });
+    let mut tasks = Vec::new();
+    for i in 0..6u32 {
+        let handle = client.handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = handle.connect_tcp(addr("198.18.0.7:7")).await.unwrap();
+            // The app's side: writes pieces of varied sizes, reads the echo.
+            let (mut app, near) = tokio::io::duplex(100_000);
+            let relayed = tokio::spawn(async move {
+                let mut near = near;
+                sctrace_protocol::relay(&mut s, &mut near).await
+            });
+            let data = payload(i, 1_500_000 + i as usize * 4099);
+            let expected = data.clone();
+            let (mut rd, mut wr) = tokio::io::split(&mut app);
+            let write = async {
+                let sizes = [1usize, 64, 2047, 2048, 2049, 9000, 65_536, 70_000];
+                let mut at = 0;
+                let mut k = 0;
+                while at < data.len() {
+                    let end = (at + sizes[k % sizes.len()]).min(data.len());
+                    wr.write_all(&data[at..end]).await.unwrap();
+                    at = end;
+                    k += 1;
+                }
+                wr.shutdown().await.unwrap();
+            };
+            let read = async {
+                let mut got = Vec::new();
+                rd.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let ((), got) = tokio::join!(write, read);
+            assert_eq!(got.len(), expected.len(), "stream {i}");
+            assert!(got == expected, "stream {i} corrupted");
+            let outcome = relayed.await.unwrap();
+            assert!(
+                matches!(outcome.end, sctrace_protocol::RelayEnd::Closed),
+                "{outcome:?}"
+            );
+            assert_eq!(outcome.to_stream, expected.len() as u64);
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("relays finish")
+            .unwrap();
+    }
+}

@@ -6,7 +6,25 @@ use bytes::Bytes;
 use super::violation;
 use crate::frame::StreamId;
 use crate::session::state::{wake, Slot, State};
+use crate::session::task::READ_CHUNK;
 use crate::session::CloseReason;
+
+/// Payloads at least this large may stay in the session's read buffer (a sixteenth of a
+/// read: a queued payload keeps at most 16 times its size of that buffer alive).
+const ZERO_COPY_MIN: usize = READ_CHUNK / 16;
+
+/// A `Data` payload as the stream keeps it. It arrives as a view into the session's read
+/// buffer, which it keeps alive while queued. It stays so (no copy) only when it is large
+/// and its stream's reader is keeping up (`first`: nothing else queued, so it is likely
+/// taken at once); otherwise it is copied out, so that a stalled stream holding small
+/// pieces of many read buffers cannot keep them all alive.
+fn unpinned(payload: Bytes, first: bool) -> Bytes {
+    if first && payload.len() >= ZERO_COPY_MIN {
+        payload
+    } else {
+        Bytes::copy_from_slice(&payload)
+    }
+}
 
 impl State {
     /// `Data`: bytes for one of our streams, at most the credit the peer has left.
@@ -33,7 +51,7 @@ impl State {
             )));
         }
         s.recv_window -= len;
-        s.recv.push_back(payload);
+        s.recv.push_back(unpinned(payload, s.recv.is_empty()));
         wake(&mut s.read_waker);
         Ok(())
     }
@@ -75,6 +93,25 @@ impl State {
                 let wrong_kind = other.is_some();
                 self.stale(stream, wrong_kind, "Fin")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_large_payload_of_a_reader_that_keeps_up_stays_in_the_read_buffer() {
+        let read = Bytes::from(vec![7u8; 2 * ZERO_COPY_MIN]);
+        let large = read.slice(..ZERO_COPY_MIN);
+        let small = read.slice(..ZERO_COPY_MIN - 1);
+        let kept = unpinned(large.clone(), true);
+        assert_eq!(kept.as_ptr(), read.as_ptr(), "a view, not a copy");
+        for (payload, first) in [(large, false), (small.clone(), true), (small, false)] {
+            let copied = unpinned(payload.clone(), first);
+            assert_eq!(copied, payload);
+            assert_ne!(copied.as_ptr(), read.as_ptr(), "copied out");
         }
     }
 }
