@@ -15,10 +15,22 @@
 //! (big-endian). A connect request of the session then waits (bounded) for the socket of its
 //! stream id instead of relaying over the stream. Only the process holding the session
 //! token can hand sockets over; a failed proof closes the channel.
+//!
+//! The other way, sctrace asks for **sockets of the target**, which it connects and installs
+//! in the app itself so that no byte is relayed (see sctrace's `execute::direct`). A word
+//! with the high bit set is such a request (no fd attached):
+//!
+//! ```text
+//!   u32  1 | v6 (1 bit) | tag (30 bits)              sctrace → agent
+//!   u32 tag  + i32 errno  [+ SCM_RIGHTS(fd) if 0]     agent → sctrace
+//! ```
+//!
+//! The socket is a new, unbound, unconnected TCP socket of the family asked for, created
+//! in the target's network namespace; connecting it is sctrace's business.
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,7 +39,15 @@ use std::time::Duration;
 use sctrace_protocol::Token;
 use tokio::sync::oneshot;
 
+use crate::netns::NetnsSockets;
 use crate::sys;
+
+/// The bit of a word from sctrace that makes it a socket request (stream ids never have it).
+const REQUEST: u32 = 1 << 31;
+/// The bit of a socket request that asks for IPv6.
+const REQUEST_V6: u32 = 1 << 30;
+/// The bits of a socket request that tag it, echoed in the answer.
+const REQUEST_TAG: u32 = REQUEST_V6 - 1;
 
 /// How long a connected stream waits for its socket before giving up.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -96,7 +116,12 @@ impl Drop for Channel {
 }
 
 /// Listens on `path` and serves one authenticated sctrace connection on a thread of its own.
-pub fn listen(path: &Path, token: Token, handoffs: Arc<Handoffs>) -> io::Result<Channel> {
+pub fn listen(
+    path: &Path,
+    token: Token,
+    handoffs: Arc<Handoffs>,
+    sockets: NetnsSockets,
+) -> io::Result<Channel> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::thread::Builder::new()
@@ -104,7 +129,7 @@ pub fn listen(path: &Path, token: Token, handoffs: Arc<Handoffs>) -> io::Result<
         .spawn(move || {
             for conn in listener.incoming() {
                 match conn {
-                    Ok(conn) => match serve(conn, &token, &handoffs) {
+                    Ok(conn) => match serve(conn, &token, &handoffs, &sockets) {
                         Ok(()) => return,
                         Err(e) => tracing::warn!(error = %e, "handoff channel refused or failed"),
                     },
@@ -120,7 +145,12 @@ pub fn listen(path: &Path, token: Token, handoffs: Arc<Handoffs>) -> io::Result<
     })
 }
 
-fn serve(mut conn: UnixStream, token: &Token, handoffs: &Handoffs) -> io::Result<()> {
+fn serve(
+    mut conn: UnixStream,
+    token: &Token,
+    handoffs: &Handoffs,
+    sockets: &NetnsSockets,
+) -> io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     sctrace_protocol::auth::handoff_agent(&mut conn, token)
         .map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
@@ -128,6 +158,11 @@ fn serve(mut conn: UnixStream, token: &Token, handoffs: &Handoffs) -> io::Result
     tracing::debug!("handoff channel open");
     loop {
         match receive(&conn)? {
+            Some((word, fd)) if word & REQUEST != 0 => {
+                // A stray fd with a request is not ours to keep: dropping closes it.
+                drop(fd);
+                answer_request(&conn, word, sockets)?;
+            }
             Some((id, Some(fd))) => handoffs.deliver(id, fd),
             // The socket did not make it (the agent is out of fds): that connection times
             // out and closes; the channel goes on.
@@ -137,6 +172,35 @@ fn serve(mut conn: UnixStream, token: &Token, handoffs: &Handoffs) -> io::Result
             None => return Ok(()),
         }
     }
+}
+
+/// Answers a socket request with a new TCP socket of the target, or the errno of why not.
+fn answer_request(conn: &UnixStream, word: u32, sockets: &NetnsSockets) -> io::Result<()> {
+    let domain = if word & REQUEST_V6 != 0 {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let tag = word & REQUEST_TAG;
+    match sockets.socket_blocking(domain, socket2::Type::STREAM) {
+        Ok(socket) => {
+            let fd: OwnedFd = socket.into();
+            sys::scm_rights::send_with_fd(conn, &answer(tag, 0), Some(fd.as_fd()))
+        }
+        Err(err) => {
+            let errno = crate::errno::of(&err);
+            tracing::debug!(errno, "cannot make a socket for sctrace");
+            sys::scm_rights::send_with_fd(conn, &answer(tag, errno), None)
+        }
+    }
+}
+
+/// The 8 bytes answering request `tag`.
+fn answer(tag: u32, errno: i32) -> [u8; 8] {
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&tag.to_be_bytes());
+    bytes[4..].copy_from_slice(&errno.to_be_bytes());
+    bytes
 }
 
 /// Receives one (stream id, socket); `None` at end of file. The socket is `None` when the

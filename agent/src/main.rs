@@ -126,7 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|_| Arc::new(handoff::Handoffs::default()));
     let _channel = match (&cli.handoff_socket, &handoffs) {
         (Some(path), Some(handoffs)) => Some(
-            handoff::listen(path, token.clone(), Arc::clone(handoffs))
+            handoff::listen(path, token.clone(), Arc::clone(handoffs), sockets.clone())
                 .with_context(|| format!("cannot listen for handoffs on {}", path.display()))?,
         ),
         _ => None,

@@ -162,6 +162,22 @@ impl NetnsSockets {
 
     /// A new non-blocking, close-on-exec socket created inside the target namespace.
     pub async fn socket(&self, domain: Domain, ty: Type) -> io::Result<Socket> {
+        match self.ask(domain, ty)? {
+            Ok(socket) => Ok(socket),
+            Err(rx) => rx.await.map_err(|_| gone())?,
+        }
+    }
+
+    /// [`NetnsSockets::socket`] for a thread that may block (the handoff channel's).
+    pub fn socket_blocking(&self, domain: Domain, ty: Type) -> io::Result<Socket> {
+        match self.ask(domain, ty)? {
+            Ok(socket) => Ok(socket),
+            Err(rx) => rx.blocking_recv().map_err(|_| gone())?,
+        }
+    }
+
+    /// A pooled socket, or the answer to come from the namespace thread.
+    fn ask(&self, domain: Domain, ty: Type) -> io::Result<Result<Socket, Pending>> {
         let (taken, low) = match self.pool.lock().ok() {
             Some(mut p) => match p.of(domain, ty) {
                 Some(v) => (v.pop(), v.len() < POOL_LOW),
@@ -173,15 +189,21 @@ impl NetnsSockets {
             let _ = self.jobs.send(Job::Refill { domain, ty });
         }
         if let Some(socket) = taken {
-            return Ok(socket);
+            return Ok(Ok(socket));
         }
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::One { domain, ty, reply })
-            .map_err(|_| io::Error::other("the target namespace thread is gone"))?;
-        rx.await
-            .map_err(|_| io::Error::other("the target namespace thread is gone"))?
+            .map_err(|_| gone())?;
+        Ok(Err(rx))
     }
+}
+
+/// A socket the namespace thread is making.
+type Pending = oneshot::Receiver<io::Result<Socket>>;
+
+fn gone() -> io::Error {
+    io::Error::other("the target namespace thread is gone")
 }
 
 #[cfg(test)]

@@ -108,6 +108,18 @@ static void bench_connect_to(long n, int port, const char *host) {
     connect_loop(n, &addr, "connect-to");
 }
 
+/* socket() and close() of UDP sockets: what creating a socket costs (sctrace's container
+ * mode traps socket() for inet domains). */
+static void bench_sockets(long n) {
+    double t0 = now();
+    for (long i = 0; i < n; i++) {
+        int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (s < 0) die("socket");
+        close(s);
+    }
+    printf("sockets %ld %.6f\n", n, now() - t0);
+}
+
 static void bench_resolve(long n, const char *name) {
     double t0 = now();
     for (long i = 0; i < n; i++) {
@@ -255,7 +267,7 @@ static int allow_all(char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "allow-all")) return allow_all(argv + 2);
     if (argc < 3) {
-        fprintf(stderr, "usage: workloads syscalls|connect|msgs|pingpong N | connect-to|acceptor N PORT\n");
+        fprintf(stderr, "usage: workloads syscalls|sockets|connect|msgs|pingpong N | connect-to|acceptor N PORT\n");
         return 2;
     }
     long n = atol(argv[2]);
@@ -268,6 +280,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "acceptor")) run_acceptor(n, port);
     else if (!strcmp(argv[1], "msgs")) bench_msgs(n);
     else if (!strcmp(argv[1], "syscalls")) bench_syscalls(n);
+    else if (!strcmp(argv[1], "sockets")) bench_sockets(n);
     else if (!strcmp(argv[1], "pingpong")) bench_pingpong(n);
     else return 2;
     return 0;

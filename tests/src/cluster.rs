@@ -3,14 +3,18 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::dnsmasq::{parse_dns_queries, DnsQuery};
-use crate::locate::workspace_root;
+use crate::locate::{bin, workspace_root};
 use crate::netns::{unique_name, Netns};
 use crate::process::run_with_timeout;
+use crate::server::Server;
+use crate::variant::Variant;
 
 /// One name the cluster's DNS answers (from the script's `services` table).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +73,9 @@ pub struct Cluster {
     state_dir: PathBuf,
     services: Vec<Service>,
     world: HashMap<String, String>,
+    /// The agent the harness started for variants where sctrace can't (see
+    /// [`Cluster::sctrace`]): its address and token file.
+    agent: OnceLock<(Server, String, PathBuf)>,
 }
 
 impl Cluster {
@@ -109,7 +116,67 @@ impl Cluster {
             state_dir,
             services,
             world,
+            agent: OnceLock::new(),
         }
+    }
+
+    /// `sctrace` in the laptop namespace, run as [`Variant::from_env`] says; add `run
+    /// --target netns/<cluster> ...` or a config with that target. In a variant that can't
+    /// start a local agent (a container's filter, an unprivileged user), the harness starts
+    /// one for the cluster (as root, once per cluster) and sctrace reaches it by address:
+    /// `SCTRACE_AGENT_ADDRESS` and `SCTRACE_AGENT_TOKEN_FILE` take precedence over the
+    /// target.
+    pub fn sctrace(&self) -> Command {
+        self.sctrace_as(&Variant::from_env())
+    }
+
+    /// `sctrace` in the laptop namespace, run as `variant` says (see [`Cluster::sctrace`]).
+    pub fn sctrace_as(&self, variant: &Variant) -> Command {
+        let argv = variant.argv(bin("sctrace"));
+        let mut cmd = self.laptop.command(&argv[0]);
+        cmd.args(&argv[1..]);
+        if !variant.is_plain() {
+            let (address, token) = self.agent_by_address(variant.user().is_some());
+            cmd.env("SCTRACE_AGENT_ADDRESS", address)
+                .env("SCTRACE_AGENT_TOKEN_FILE", token);
+        }
+        cmd
+    }
+
+    /// The address and token file of an agent serving the cluster, started on first use.
+    /// `for_others`: another user must reach it (the socket, the token file and the
+    /// laptop's scratch directory, where tests write events, are opened to everyone).
+    pub fn agent_by_address(&self, for_others: bool) -> (String, PathBuf) {
+        let (_, address, token) = self.agent.get_or_init(|| {
+            let dir = self.laptop.scratch_dir();
+            let socket = dir.join("agent.sock");
+            let token = dir.join("agent.token");
+            std::fs::write(&token, "sctrace-tests-agent-token\n")
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", token.display()));
+            let mut cmd = Command::new(bin("sctrace-agent"));
+            cmd.arg("--listen")
+                .arg(format!("unix:{}", socket.display()))
+                .arg("--netns")
+                .arg(self.cluster.path())
+                .arg("--token-file")
+                .arg(&token);
+            let agent =
+                Server::spawn_logged("sctrace-agent", cmd, false, |l| l.starts_with("listening"));
+            (agent, format!("unix:{}", socket.display()), token)
+        });
+        if for_others {
+            let dir = self.laptop.scratch_dir();
+            let socket = dir.join("agent.sock");
+            for (path, mode) in [
+                (dir.as_path(), 0o1777),
+                (socket.as_path(), 0o666),
+                (token.as_path(), 0o644),
+            ] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .unwrap_or_else(|e| panic!("cannot open {} to others: {e}", path.display()));
+            }
+        }
+        (address.clone(), token.clone())
     }
 
     /// The `--name` it was brought up with.

@@ -34,6 +34,7 @@ pub mod payload;
 mod process;
 mod pty;
 mod server;
+mod variant;
 
 pub use cluster::{Cluster, Service};
 pub use confine::{confined, Confinement};
@@ -44,3 +45,4 @@ pub use netns::{require_root, Netns, NETNS_MARKER};
 pub use process::{run_with_input, run_with_timeout, Output};
 pub use pty::PtySession;
 pub use server::{Server, ServerSpec};
+pub use variant::Variant;

@@ -2,8 +2,9 @@
 //! kernel answers a confined program, call by call, for the calls sctrace's supervisor and
 //! agent use — and ordinary programs (threads, forks, exec, sockets) still work.
 //!
-//! These tests need no root and no namespace. They don't run sctrace under the wrapper:
-//! that comes with the supervisor's container mode.
+//! These tests need no root and no namespace. sctrace itself under the wrapper (its
+//! container mode) is tested in `container.rs` and by the cluster tests run with
+//! `SCTRACE_TEST_CONFINE=docker-default`.
 
 use std::collections::HashMap;
 use std::process::Command;

@@ -39,6 +39,7 @@ use sctrace_tests::conformance::{
 };
 use sctrace_tests::{
     bin, fixture, require_root, run_with_timeout, workspace_root, Cluster, Server, ServerSpec,
+    Variant,
 };
 
 /// Cases whose difference is a known, documented limitation (case name, or a prefix ending
@@ -823,13 +824,18 @@ fn command(w: &World, c: &Case, side: Side, wrapper: &[String]) -> Command {
     let (ns, mut argv) = match side {
         Side::Direct => (&w.cluster.cluster, Vec::new()),
         Side::Sctrace => {
-            let mut a = vec![
-                bin("sctrace").display().to_string(),
+            // As SCTRACE_TEST_CONFINE / SCTRACE_TEST_USER say (see sctrace_tests::Variant).
+            let mut a: Vec<String> = Variant::from_env()
+                .argv(bin("sctrace"))
+                .into_iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+            a.extend([
                 "run".into(),
                 "-q".into(),
                 "--target".into(),
                 format!("netns/{}", w.cluster.cluster.name()),
-            ];
+            ]);
             if let Some(json) = &c.config {
                 let path = w.work.join(format!("{}.json", c.name));
                 std::fs::write(&path, json).unwrap();
@@ -865,6 +871,12 @@ fn command(w: &World, c: &Case, side: Side, wrapper: &[String]) -> Command {
         cmd.env(k, v);
     }
     cmd.envs(c.env.iter().map(|(k, v)| (k, v)));
+    let variant = Variant::from_env();
+    if side == Side::Sctrace && !variant.is_plain() {
+        let (address, token) = w.cluster.agent_by_address(variant.user().is_some());
+        cmd.env("SCTRACE_AGENT_ADDRESS", address)
+            .env("SCTRACE_AGENT_TOKEN_FILE", token);
+    }
     cmd
 }
 
@@ -961,13 +973,13 @@ fn run_side(w: &World, c: &Case, side: Side) -> Vec<(String, Run)> {
 }
 
 /// The cluster's own firewall table, as `scripts/local-cluster` makes it (the black hole's
-/// drop rules). The agent removes it when it sets up redirect rules for a stolen or mirrored
-/// port (it takes every non-owner `sctrace_*` table for its own leftover: see the report), so
-/// it is put back after each server case, for the cases that need the black hole.
+/// drop rules), put back after each server case for the cases that need the black hole.
+/// (It used to be named `sctrace_cluster`, which the agent took for a leftover of its own and
+/// removed; it no longer is, so this only guards against a case that changes it.)
 fn restore_blackhole(w: &World) {
     let rules = format!(
-        "table inet sctrace_cluster\ndelete table inet sctrace_cluster\n\
-         table inet sctrace_cluster {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  \
+        "table inet local_cluster\ndelete table inet local_cluster\n\
+         table inet local_cluster {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  \
          ip daddr {} drop\n  ip6 daddr {} drop\n }}\n}}\n",
         w.cluster.blackhole_v4(),
         w.cluster.blackhole_v6()

@@ -102,7 +102,7 @@ impl World {
 
     /// The developer's program under `sctrace run -c CONFIG` on the laptop.
     fn run(&self, config: &Path, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
-        let mut cmd = self.cluster.laptop.command(bin("sctrace"));
+        let mut cmd = self.cluster.sctrace();
         cmd.args(["run", "-q", "-c"])
             .arg(config)
             .arg("--")

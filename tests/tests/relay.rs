@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sctrace_tests::{
     bin, fixture, read_events, require_root, run_with_timeout, Cluster, Output, PtySession, Server,
-    ServerSpec,
+    ServerSpec, Variant,
 };
 use serde_json::Value;
 
@@ -76,7 +76,7 @@ impl World {
         program: &Path,
         args: &[&str],
     ) -> Command {
-        let mut cmd = self.cluster.laptop.command(bin("sctrace"));
+        let mut cmd = self.cluster.sctrace();
         cmd.arg("run").arg("--target").arg(self.target());
         if let Some(events) = events {
             cmd.arg("--events").arg(events);
@@ -481,6 +481,8 @@ fn a_lost_agent_fails_remote_sockets_fast_and_local_traffic_goes_on() {
     );
     let child = world
         .sctrace(None, Some(&config), Path::new("/bin/sh"), &["-c", &script])
+        // Relayed connections: a socket of the target would live on without the agent.
+        .env("SCTRACE_DIRECT_SOCKETS", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -653,7 +655,7 @@ fn a_signal_to_sctraces_group_leaves_the_agent_working_for_the_programs_handler(
     let world = World::new();
     let script = world.scratch("handler.py");
     std::fs::write(&script, HANDLER_TALKS_TO_THE_CLUSTER).unwrap();
-    let mut cmd = world.cluster.laptop.command(bin("sctrace"));
+    let mut cmd = world.cluster.sctrace();
     cmd.args(["run", "-q", "--target", &world.target(), "--", "python3"])
         .arg(&script)
         .stdout(Stdio::piped())
@@ -945,16 +947,23 @@ fn udp_replies_come_from_peers_the_program_sent_to_and_peers_are_bounded() {
             Some(&events),
             Some(&config),
             Path::new("python3"),
-            &client_args,
+            &traced_args,
         ),
         T,
     );
     out.assert_success();
     let peers = 256;
+    let (replies, fds) = out.stdout.split_once("supervisor fds ").expect("fd count");
     assert_eq!(
-        out.stdout,
+        replies,
         format!("from server 1\nfrom others {}\n", peers - 1),
         "{out}"
+    );
+    // One relay socket per peer, however many sources there were.
+    let fds: usize = fds.trim().parse().unwrap();
+    assert!(
+        fds <= baseline + peers,
+        "{fds} open files, {baseline} with one peer\n{out}"
     );
     let all = read_events(&events);
     let dropped: u64 = events_of(&all, "drop")
@@ -997,16 +1006,20 @@ except socket.timeout:
 
 /// Another user binding the program's address and sending to its relay socket.
 const INTRUDER: &str = r#"
-import socket, sys
+import errno, socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", int(sys.argv[1])))
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError as e:
+    print(errno.errorcode[e.errno])
+    sys.exit(0)
 print("bound", flush=True)
 s.sendto(b"evil", ("127.0.0.1", int(sys.argv[2])))
 "#;
 
 #[test]
-fn another_user_sharing_the_programs_udp_port_gets_nothing_into_the_cluster() {
+fn another_user_cannot_share_a_relayed_udp_port() {
     use std::io::{BufRead, BufReader, Write};
     let world = World::new();
     let echo = world.cluster.service("echo").v4().to_string();
@@ -1036,9 +1049,10 @@ fn another_user_sharing_the_programs_udp_port_gets_nothing_into_the_cluster() {
     );
 
     let intruder = run_with_timeout(
+        // A user id of nobody's (not even of `nobody`, which sctrace may run as).
         world.cluster.laptop.command("setpriv").args([
-            "--reuid=65534",
-            "--regid=65534",
+            "--reuid=54321",
+            "--regid=54321",
             "--clear-groups",
             // Debian's: a python3 earlier in root's PATH may not be readable by others.
             "/usr/bin/python3",
@@ -1050,7 +1064,11 @@ fn another_user_sharing_the_programs_udp_port_gets_nothing_into_the_cluster() {
         T,
     );
     intruder.assert_success();
-    assert_eq!(intruder.stdout, "bound\n", "the intruder shares the port");
+    // The program's SO_REUSEADDR was turned off when its datagrams started to be relayed.
+    assert_eq!(
+        intruder.stdout, "EADDRINUSE\n",
+        "the intruder shares the port"
+    );
 
     app.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut rest = String::new();
@@ -1058,7 +1076,116 @@ fn another_user_sharing_the_programs_udp_port_gets_nothing_into_the_cluster() {
     assert!(app.wait().unwrap().success());
     assert_eq!(rest, "pong\n", "only the program's own datagram was echoed");
     let all = read_events(&events);
-    let drops = events_of(&all, "drop");
-    assert_eq!(drops.len(), 1, "{all:?}");
-    assert_eq!(drops[0]["rule"], "another user shares the program's port");
+    assert!(events_of(&all, "drop").is_empty(), "{all:?}");
+}
+
+/// Remote connects in every way a program makes them, for a program run in the target and
+/// under sctrace to print the same.
+const CONNECTS: &str = r#"
+import errno, os, selectors, socket, struct, sys
+echo, blackhole = sys.argv[1], sys.argv[2]
+def show(label, f):
+    try:
+        print(label, f())
+    except OSError as e:
+        print(label, errno.errorcode[e.errno])
+s = socket.socket()
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+inheritable = os.get_inheritable(s.fileno())
+s.connect((echo, 7))
+print("options", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+      s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+      s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+      os.get_inheritable(s.fileno()) == inheritable)
+print("addresses", s.getsockname()[0], s.getpeername())
+show("again", lambda: s.connect((echo, 7)))
+s.sendall(b"ping")
+print("echo", s.recv(4))
+n = socket.socket()
+n.setblocking(False)
+show("nonblocking", lambda: n.connect((echo, 8)))
+sel = selectors.DefaultSelector()
+sel.register(n, selectors.EVENT_WRITE)
+sel.select(5)
+print("so_error", errno.errorcode.get(n.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)))
+b = socket.socket()
+b.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 1, 0))
+show("blackhole", lambda: b.connect((blackhole, 80)))
+show("unreachable", lambda: socket.socket().connect(("198.19.255.1", 80)))
+e = socket.socket()
+e.setblocking(False)
+watch = selectors.EpollSelector()
+watch.register(e, selectors.EVENT_WRITE)
+show("watched", lambda: e.connect((echo, 7)))
+print("watched ready", len(watch.select(5)) == 1)
+e.setblocking(True)
+e.sendall(b"pong")
+print("echo", e.recv(4))
+"#;
+
+#[test]
+fn remote_connects_use_sockets_of_the_target_where_that_is_safe() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let blackhole = world.cluster.service("blackhole").v4().to_string();
+    let args = ["-c", CONNECTS, &echo, &blackhole];
+    let direct = run_with_timeout(world.cluster.cluster.command("python3").args(args), T);
+    direct.assert_success();
+    assert!(direct.stdout.contains("so_error ECONNREFUSED"), "{direct}");
+    assert!(direct.stdout.contains("blackhole EINPROGRESS"), "{direct}");
+
+    let events = world.scratch("direct.jsonl");
+    let traced = world.run(Some(&events), Path::new("python3"), &args);
+    traced.assert_success();
+    assert_eq!(traced.stdout, direct.stdout, "{traced}\n{direct}");
+    let all = read_events(&events);
+    let paths: Vec<(String, String)> = events_of(&all, "connect")
+        .iter()
+        .filter(|e| e["sock_type"] == "stream")
+        // Whether the second connect (EISCONN, in the output above) is an event depends on
+        // the mode: in container mode the kernel answers it for a released socket.
+        .filter(|e| e["result"] != "EISCONN")
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap_or("-").to_string(),
+                e["result"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    let expected = if Variant::from_env().is_plain() {
+        [
+            ("direct", "ok"),
+            ("direct", "EINPROGRESS"),
+            ("direct", "EINPROGRESS"),
+            ("direct", "ENETUNREACH"),
+            // Registered with epoll before connect: the registration follows the old socket.
+            ("relay", "EINPROGRESS"),
+        ]
+    } else {
+        // An agent reached by address: no socket of the target can be handed over.
+        [
+            ("relay", "ok"),
+            ("relay", "EINPROGRESS"),
+            ("relay", "EINPROGRESS"),
+            ("relay", "ENETUNREACH"),
+            ("relay", "EINPROGRESS"),
+        ]
+    };
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(paths, expected, "{all:?}");
+
+    // The same program with every connection relayed prints the same.
+    let relayed = run_with_timeout(
+        world
+            .sctrace(None, None, Path::new("python3"), &args)
+            .env("SCTRACE_DIRECT_SOCKETS", "0"),
+        T,
+    );
+    relayed.assert_success();
+    assert_eq!(relayed.stdout, direct.stdout, "{relayed}\n{direct}");
 }

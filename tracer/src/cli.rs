@@ -1,4 +1,5 @@
-//! The command line: `sctrace run`, `sctrace trace`, `sctrace explain`, `sctrace config check`.
+//! The command line: `sctrace run`, `sctrace trace`, `sctrace explain`, `sctrace config check`,
+//! `sctrace doctor`.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -37,6 +38,17 @@ pub enum Command {
     /// Work with config files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check what this machine (or container) lets sctrace do, and say how to fix what is
+    /// missing. Exits 0 when `sctrace run` can work here, 1 otherwise.
+    Doctor(DoctorArgs),
+}
+
+/// `sctrace doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Internal: the program doctor's self-test starts under sctrace's filter.
+    #[arg(long, hide = true)]
+    pub self_test_child: bool,
 }
 
 /// `sctrace config ...`.

@@ -21,6 +21,7 @@
 pub mod agent_link;
 pub mod cli;
 pub mod dns;
+pub mod doctor;
 pub mod env;
 pub mod errno;
 pub mod events;

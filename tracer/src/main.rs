@@ -64,6 +64,14 @@ fn run(cli: Cli) -> Result<i32, Failure> {
         }
         Command::Explain(args) => return explain(&args),
         Command::Config(ConfigCommand::Check { file }) => return check_config(&file),
+        Command::Doctor(args) if args.self_test_child => {
+            return Ok(sctrace::doctor::self_test_child())
+        }
+        Command::Doctor(_) => {
+            let report = sctrace::doctor::examine();
+            print!("{}", report.render());
+            return Ok(report.exit_code());
+        }
     };
     Session {
         command,

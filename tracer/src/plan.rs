@@ -12,6 +12,7 @@ use crate::events::Record;
 use crate::relay::udp::{PeerKind, UdpAssociation};
 use crate::sys::socket::OutgoingMessage;
 use crate::trap::msghdr::RecvBuffers;
+use crate::trap::owned::OwnedSockets;
 use crate::trap::socket::AppSocket;
 use crate::trap::{AddrArg, CallRef};
 
@@ -24,13 +25,38 @@ pub enum Reply {
     Return(i64),
     /// The call fails with this errno.
     Fail(Errno),
-    /// The call returns a new fd: this socket, installed in the app (an emulated accept).
+    /// The call returns a new fd: this socket, installed in the app (an emulated accept,
+    /// a socket created in container mode).
     InstallFd {
         /// The socket (sctrace's copy; the app gets its own fd for it).
         fd: OwnedFd,
         /// Whether the app's fd is close-on-exec.
         cloexec: bool,
+        /// Told the app's fd number once installed (`None`: it was not).
+        then: Option<OnInstalled>,
     },
+    /// The app's fd `target` becomes this socket (as `dup2` would make it), then the call
+    /// returns `then` (a remote connect made with a socket of the target).
+    ReplaceFd {
+        /// The socket (sctrace's copy).
+        fd: OwnedFd,
+        /// The app's fd number.
+        target: i32,
+        /// Whether the app's fd is close-on-exec.
+        cloexec: bool,
+        /// The call's outcome.
+        then: Result<i64, Errno>,
+    },
+}
+
+/// Told where an installed socket landed in the app: its fd number, or `None` when it was
+/// not installed (the call was interrupted, the app's fd table is full).
+pub struct OnInstalled(pub Box<dyn FnOnce(Option<i32>) + Send>);
+
+impl std::fmt::Debug for OnInstalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnInstalled(..)")
+    }
 }
 
 impl PartialEq for Reply {
@@ -55,7 +81,6 @@ impl Reply {
 }
 
 /// A handler's decision.
-#[derive(Debug)]
 pub enum Plan {
     /// Answer at once; nothing to record.
     Answer(Reply),
@@ -64,6 +89,33 @@ pub enum Plan {
     Kernel(Vec<Record>),
     /// Fail the call with this errno, and record that.
     Refuse(Option<Record>, Errno),
+    /// Create an inet socket for the app and install it (container mode, see
+    /// `trap::owned`).
+    CreateSocket {
+        /// Where sctrace holds the sockets it creates.
+        owner: Arc<OwnedSockets>,
+        /// The calling thread.
+        tid: u32,
+        /// socket()'s domain, type (with SOCK_NONBLOCK/SOCK_CLOEXEC) and protocol.
+        domain: i32,
+        /// The type, with its flags.
+        sock_type: i32,
+        /// The protocol.
+        protocol: i32,
+    },
+    /// `getpeername` or `getsockname` on a socket sctrace manages: the address as it is in
+    /// the target (the peer the app asked for; the socket's own address there), already in
+    /// the socket's family. Needs only the socket's identity, not the socket.
+    ShowAddress {
+        /// The calling thread, whose memory receives the address.
+        tid: u32,
+        /// The address to show.
+        addr: SocketAddr,
+        /// The app's address buffer.
+        at: u64,
+        /// The app's length pointer.
+        len_at: u64,
+    },
     /// Carry `work` out on the app's socket, record the outcome and answer with it.
     Socket {
         /// The app's socket.
@@ -73,6 +125,39 @@ pub enum Plan {
         /// What to do.
         work: Work,
     },
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Plan::Answer(reply) => f.debug_tuple("Answer").field(reply).finish(),
+            Plan::Kernel(records) => f.debug_tuple("Kernel").field(records).finish(),
+            Plan::Refuse(record, errno) => {
+                f.debug_tuple("Refuse").field(record).field(errno).finish()
+            }
+            Plan::CreateSocket {
+                domain,
+                sock_type,
+                protocol,
+                ..
+            } => f
+                .debug_struct("CreateSocket")
+                .field("domain", domain)
+                .field("sock_type", sock_type)
+                .field("protocol", protocol)
+                .finish_non_exhaustive(),
+            Plan::ShowAddress { addr, .. } => f
+                .debug_struct("ShowAddress")
+                .field("addr", addr)
+                .finish_non_exhaustive(),
+            Plan::Socket { sock, record, work } => f
+                .debug_struct("Socket")
+                .field("sock", sock)
+                .field("record", record)
+                .field("work", work)
+                .finish(),
+        }
+    }
 }
 
 impl From<Reply> for Plan {
@@ -112,6 +197,11 @@ pub enum Work {
     ConnectRemote {
         /// The destination in the target.
         dst: SocketAddr,
+        /// The calling thread (whose fd table a socket of the target may be installed in).
+        tid: i32,
+        /// Container mode: the sockets sctrace holds (a socket of the target installed in
+        /// the app is remembered there as one the kernel answers for).
+        owned: Option<Arc<OwnedSockets>>,
     },
     /// A TCP connect to a nameserver of the local resolv.conf: DNS over TCP, answered by
     /// sctrace's responder.
@@ -185,18 +275,6 @@ pub enum Work {
         buffers: RecvBuffers,
         /// The app's flags.
         flags: i32,
-    },
-    /// `getpeername` or `getsockname` on a socket sctrace manages: the address as it is in
-    /// the target (the peer the app asked for; the socket's own address there).
-    ShowAddress {
-        /// The calling thread, whose memory receives the address.
-        tid: u32,
-        /// The address to show.
-        addr: SocketAddr,
-        /// The app's address buffer.
-        at: u64,
-        /// The app's length pointer.
-        len_at: u64,
     },
     /// `accept`/`accept4` on a listener whose port is subscribed in the target: the client
     /// is shown as the remote one.

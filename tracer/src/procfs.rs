@@ -1,5 +1,7 @@
 //! What sctrace reads from /proc about the traced processes: which process a thread belongs
-//! to, its command name, and the tree of descendants left when the main program exits.
+//! to, its command name, the tree of descendants left when the main program exits, and
+//! what its fd table says about one fd (close-on-exec, watched by an epoll instance), and
+//! (container mode) which socket an fd of theirs is and which network namespace they are in.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -110,6 +112,51 @@ fn parse_pending(status: &str) -> Option<bool> {
     }
 }
 
+/// Whether fd `fd` of thread `tid` is close-on-exec (the `flags:` line of
+/// /proc/TID/fdinfo/FD, in octal, has O_CLOEXEC).
+pub fn fd_cloexec(tid: i32, fd: i32) -> io::Result<bool> {
+    let info = fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| i64::from_str_radix(v.trim(), 8).ok())
+        .map(|flags| flags & libc::O_CLOEXEC as i64 != 0)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "fdinfo lacks flags"))
+}
+
+/// Whether an epoll instance in the fd table of thread `tid` watches the open file whose
+/// inode is `inode` (each watched file is a `tfd: ... ino:HEX` line of the epoll fd's
+/// fdinfo). An epoll registration belongs to the open file: a socket installed over the fd
+/// later would not be watched.
+pub fn watched_by_epoll(tid: i32, inode: u64) -> io::Result<bool> {
+    for entry in fs::read_dir(format!("/proc/{tid}/fd"))? {
+        let Ok(entry) = entry else { continue };
+        let is_epoll = fs::read_link(entry.path())
+            .map(|target| target.as_os_str() == "anon_inode:[eventpoll]")
+            .unwrap_or(false);
+        if !is_epoll {
+            continue;
+        }
+        let info = fs::read_to_string(format!(
+            "/proc/{tid}/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if epoll_watches(&info, inode) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether an epoll fdinfo text lists a watched file with inode `inode`.
+fn epoll_watches(info: &str, inode: u64) -> bool {
+    info.lines()
+        .filter(|l| l.starts_with("tfd:"))
+        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("ino:")))
+        .filter_map(|ino| u64::from_str_radix(ino, 16).ok())
+        .any(|ino| ino == inode)
+}
+
 /// The process (thread group) that thread `tid` belongs to.
 pub fn thread_group_of(tid: i32) -> io::Result<i32> {
     identity(tid).map(|id| id.pid)
@@ -167,6 +214,65 @@ pub fn descendants(root: i32, except: &HashSet<i32>) -> Vec<i32> {
     out
 }
 
+/// What an fd of a traced thread is, from its `/proc/TID/fd/N` link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdLink {
+    /// A socket: `socket:[INODE]`.
+    Socket(u64),
+    /// Anything else (a file, a pipe, an eventfd...).
+    Other,
+}
+
+/// Reads what fd `fd` of thread `tid` is. The error is the kernel's: ENOENT when the fd is
+/// not open (or the thread is gone), EACCES/EPERM when the thread can't be inspected (it is
+/// not dumpable, or a security module refuses), ESRCH...
+pub fn fd_link(tid: u32, fd: i32) -> io::Result<FdLink> {
+    let target = fs::read_link(format!("/proc/{tid}/fd/{fd}"))?;
+    Ok(parse_fd_link(target.as_os_str().as_encoded_bytes()))
+}
+
+fn parse_fd_link(target: &[u8]) -> FdLink {
+    target
+        .strip_prefix(b"socket:[")
+        .and_then(|rest| rest.strip_suffix(b"]"))
+        .and_then(|digits| std::str::from_utf8(digits).ok())
+        .and_then(|digits| digits.parse().ok())
+        .map_or(FdLink::Other, FdLink::Socket)
+}
+
+/// The network namespace of thread `tid` (`None`: sctrace's own), as the inode of its
+/// `/proc/TID/ns/net`.
+pub fn netns_of(tid: Option<u32>) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let path = match tid {
+        Some(tid) => format!("/proc/{tid}/ns/net"),
+        None => "/proc/self/ns/net".to_string(),
+    };
+    Ok(fs::metadata(path)?.ino())
+}
+
+/// Where each socket open in processes `pids` is: socket inode → (pid, fd), one of them
+/// when several hold it. Processes and fds that vanish or can't be read are skipped.
+pub fn open_sockets(pids: &[i32]) -> HashMap<u64, (u32, i32)> {
+    let mut found = HashMap::new();
+    for &pid in pids {
+        let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if let Ok(target) = fs::read_link(entry.path()) {
+                if let FdLink::Socket(ino) = parse_fd_link(target.as_os_str().as_encoded_bytes()) {
+                    found.entry(ino).or_insert((pid as u32, fd));
+                }
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod signal_tests {
     use super::*;
@@ -193,6 +299,65 @@ mod signal_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoll_fdinfo_names_the_watched_inodes() {
+        let info = "pos:\t0\nflags:\t02\nmnt_id:\t15\nino:\t1057\n\
+tfd:        5 events:       19 data:                5  pos:0 ino:2a3f sdev:8\n\
+tfd:        7 events:       19 data:                7  pos:0 ino:ff sdev:8\n";
+        assert!(epoll_watches(info, 0x2a3f));
+        assert!(epoll_watches(info, 0xff));
+        assert!(
+            !epoll_watches(info, 0x1057),
+            "the epoll's own inode is not watched"
+        );
+        assert!(!epoll_watches("garbage", 1));
+    }
+
+    #[test]
+    fn an_epoll_registration_is_found_by_inode_and_cloexec_is_read() {
+        use std::os::fd::AsRawFd;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (inode, _) =
+            crate::sys::socket::inode_and_owner(std::os::fd::AsFd::as_fd(&sock)).unwrap();
+        let me = std::process::id() as i32;
+        assert!(!watched_by_epoll(me, inode).unwrap());
+        let epoll =
+            nix::sys::epoll::Epoll::new(nix::sys::epoll::EpollCreateFlags::empty()).unwrap();
+        epoll
+            .add(
+                &sock,
+                nix::sys::epoll::EpollEvent::new(nix::sys::epoll::EpollFlags::EPOLLIN, 1),
+            )
+            .unwrap();
+        assert!(watched_by_epoll(me, inode).unwrap());
+        drop(epoll);
+        assert!(!watched_by_epoll(me, inode).unwrap());
+        assert!(
+            fd_cloexec(me, sock.as_raw_fd()).unwrap(),
+            "std sockets are close-on-exec"
+        );
+    }
+
+    #[test]
+    fn socket_links_are_told_from_other_fds() {
+        assert_eq!(parse_fd_link(b"socket:[123456]"), FdLink::Socket(123456));
+        assert_eq!(parse_fd_link(b"/dev/null"), FdLink::Other);
+        assert_eq!(parse_fd_link(b"pipe:[42]"), FdLink::Other);
+        assert_eq!(parse_fd_link(b"socket:[12x]"), FdLink::Other);
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let me = std::process::id();
+        let FdLink::Socket(ino) = fd_link(me, fd).unwrap() else {
+            panic!("a UDP socket is not a socket link");
+        };
+        assert_eq!(open_sockets(&[me as i32]).get(&ino), Some(&(me, fd)));
+        assert_eq!(
+            fd_link(me, 1_000_000).unwrap_err().raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        assert_eq!(netns_of(Some(me)).unwrap(), netns_of(None).unwrap());
+    }
 
     #[test]
     fn parent_survives_odd_command_names() {

@@ -14,7 +14,7 @@ use crate::agent_link::{self, AgentLink, LinkError};
 use crate::env::{self, EnvError, TargetEnv};
 use crate::events::{EventSink, Format, Writer};
 use crate::execute::Executor;
-use crate::features::{self, Probe};
+use crate::features::{self, Mode, Probe};
 use crate::handlers::Context;
 use crate::launch::{self, LaunchError};
 use crate::lifecycle::{self, Signals};
@@ -24,6 +24,8 @@ use crate::supervisor;
 use crate::sys::pidfd;
 use crate::sys::process::{self, Exit};
 use crate::sys::terminal::{self, Terminal};
+use crate::trap::owned::OwnedSockets;
+use crate::trap::socket::SocketAccess;
 
 /// What to run and where events go.
 pub struct Session {
@@ -45,14 +47,20 @@ pub enum SessionError {
     #[error("this kernel does not support seccomp user notification ({0}); sctrace needs Linux 5.6 or later built with CONFIG_SECCOMP_FILTER")]
     NoUserNotification(#[source] io::Error),
     /// seccomp itself is refused (a seccomp profile, a security module).
-    #[error("seccomp is refused here ({0}), e.g. by a container's seccomp profile that forbids the seccomp system call; sctrace needs to install a seccomp filter: run it where seccomp is allowed (Docker's default profile allows it)")]
+    #[error("seccomp is refused here ({0}), e.g. by a container's seccomp profile that forbids the seccomp system call; sctrace needs to install a seccomp filter: run it where seccomp is allowed (Docker's default profile allows it; `sctrace doctor` says what this machine allows)")]
     SeccompRefused(#[source] io::Error),
     /// The kernel lacks pidfd_getfd.
     #[error("this kernel lacks pidfd_getfd ({0}); sctrace needs Linux 5.6 or later")]
     NoPidfdGetfd(#[source] io::Error),
-    /// pidfd_getfd is refused (Docker's default seccomp profile without CAP_SYS_PTRACE).
-    #[error("pidfd_getfd is refused here ({0}), as Docker's and containerd's default seccomp profiles do without CAP_SYS_PTRACE; run the container with --cap-add=SYS_PTRACE (see `sctrace doctor`)")]
-    PidfdGetfdRefused(#[source] io::Error),
+    /// pidfd_getfd is refused and the kernel is too old for container mode.
+    #[error("pidfd_getfd is refused here ({source}), and this kernel ({}.{}) is too old for sctrace's container mode, which needs Linux {}.{}; run the container with --cap-add=SYS_PTRACE (see `sctrace doctor`)", .kernel.0, .kernel.1, features::CONTAINER_MODE_KERNEL.0, features::CONTAINER_MODE_KERNEL.1)]
+    ContainerModeKernel {
+        /// Why pidfd_getfd failed.
+        #[source]
+        source: io::Error,
+        /// The running kernel's version.
+        kernel: (u32, u32),
+    },
     /// sctrace could not make itself the subreaper of the app's processes.
     #[error("cannot become the child subreaper (prctl: {0})")]
     Subreaper(#[source] io::Error),
@@ -106,17 +114,28 @@ fn signal_name(signal: i32) -> &'static str {
 /// How long sctrace waits, after the app is gone, for in-flight work to finish.
 const DRAIN: Duration = Duration::from_secs(2);
 
-/// Checks that this machine allows what the session needs, by trying it.
-fn check_features() -> Result<(), SessionError> {
+/// Checks that this machine allows what the session needs, by trying it, and picks the
+/// mode: container mode where `pidfd_getfd` is refused (a container's seccomp profile).
+fn check_features() -> Result<Mode, SessionError> {
     match features::user_notification() {
         Probe::Works => {}
         Probe::Missing(err) => return Err(SessionError::NoUserNotification(err)),
         Probe::Refused(err) => return Err(SessionError::SeccompRefused(err)),
     }
     match features::pidfd_getfd() {
-        Probe::Works => Ok(()),
+        Probe::Works => Ok(Mode::Full),
         Probe::Missing(err) => Err(SessionError::NoPidfdGetfd(err)),
-        Probe::Refused(err) => Err(SessionError::PidfdGetfdRefused(err)),
+        Probe::Refused(source) => match features::kernel_version() {
+            Some(kernel) if kernel < features::CONTAINER_MODE_KERNEL => {
+                Err(SessionError::ContainerModeKernel { source, kernel })
+            }
+            _ => {
+                tracing::info!(
+                    "pidfd_getfd is refused here ({source}): container mode, sctrace creates the program's inet sockets itself (see README, \"Containers\")"
+                );
+                Ok(Mode::Container)
+            }
+        },
     }
 }
 
@@ -146,7 +165,7 @@ struct Started {
 impl Session {
     /// Runs the program to completion and returns the status sctrace should exit with.
     pub fn run(self) -> Result<i32, SessionError> {
-        check_features()?;
+        let mode = check_features()?;
         if let Err(err) = process::raise_nofile_limit() {
             tracing::debug!("cannot raise the open-file limit: {err}");
         }
@@ -217,6 +236,7 @@ impl Session {
         // Observe-only sessions don't need the receive side (see launch/bpf.rs).
         let traps = launch::bpf::Traps {
             receives: relay.is_some(),
+            sockets: mode == Mode::Container,
         };
         let filter = launch::bpf::build(&launch::bpf::NATIVE, traps);
         let terminal = Terminal::foreground();
@@ -242,8 +262,22 @@ impl Session {
         progress.finish(&format!("started {}", program.to_string_lossy()));
         tracing::debug!("started {} as pid {}", program.to_string_lossy(), app.pid);
 
+        let access = match mode {
+            Mode::Full => SocketAccess::Copy,
+            Mode::Container => {
+                let owned = Arc::new(OwnedSockets::new());
+                if let Some(relay) = &relay {
+                    let incoming = Arc::clone(&relay.remote.incoming);
+                    owned.set_subscribed_check(move |id| incoming.is_subscribed(id));
+                }
+                let _entered = runtime.enter();
+                owned.start_sweeper(process::getpid(), keep.clone());
+                SocketAccess::Owned(owned)
+            }
+        };
         let ctx = Arc::new(Context {
             notify: Arc::new(app.notify),
+            access,
             events,
             identities: Default::default(),
             remote: relay.as_ref().map(|r| Arc::clone(&r.remote)),

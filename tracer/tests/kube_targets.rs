@@ -961,7 +961,7 @@ async fn port_forward_failures_are_retried_then_reported() {
     });
     let mut config = mock.config("pod/web");
     config.agent.ephemeral = true;
-    config.agent.startup_timeout = 1;
+    config.agent.startup_timeout = 2;
     let err = open(&config).await.err().unwrap();
     let text = err.to_string();
     assert!(matches!(err, KubeError::PortForward { .. }), "{text}");
@@ -1118,7 +1118,7 @@ async fn an_agent_that_does_not_prove_the_token_gets_no_session() {
     mock.set(|st| st.forward = ForwardBehaviour::Impostor);
     let mut config = mock.config("pod/web");
     config.agent.ephemeral = true;
-    config.agent.startup_timeout = 1;
+    config.agent.startup_timeout = 2;
     let err = open(&config).await.err().unwrap();
     assert!(
         matches!(
@@ -1165,7 +1165,7 @@ async fn text_from_the_cluster_is_escaped() {
     mock.set(|st| st.forward = ForwardBehaviour::Error("refused\x1b]0;owned\x07\x1b[2J".into()));
     let mut config = mock.config("pod/web");
     config.agent.ephemeral = true;
-    config.agent.startup_timeout = 1;
+    config.agent.startup_timeout = 2;
     let text = open(&config).await.err().unwrap().to_string();
     assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text:?}");
     assert!(

@@ -1,4 +1,5 @@
-//! Receiving file descriptors passed over a Unix socket (`SCM_RIGHTS`), as owned fds.
+//! Passing file descriptors over a Unix socket (`SCM_RIGHTS`): receiving them as owned
+//! fds, and sending one with a message.
 //!
 //! Kernel facts: the kernel installs each passed fd in our table when the message is read
 //! (close-on-exec here, `MSG_CMSG_CLOEXEC`); fds that do not fit (no room in the control
@@ -9,7 +10,28 @@ use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use std::os::fd::BorrowedFd;
+
+/// Sends all of `bytes` on `conn`, with `fd` attached to the first part (the receiver gets
+/// its own fd for the same open file).
+pub fn send_with_fd(conn: &UnixStream, bytes: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let raw = fd.map(|fd| [fd.as_raw_fd()]);
+    let mut sent = 0;
+    while sent < bytes.len() {
+        let iov = [io::IoSlice::new(&bytes[sent..])];
+        let cmsgs: Vec<ControlMessage<'_>> = match (&raw, sent) {
+            (Some(raw), 0) => vec![ControlMessage::ScmRights(raw)],
+            _ => Vec::new(),
+        };
+        match sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(n) => sent += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
 
 /// One `recvmsg(2)` on `conn` into `buf` with room for one passed fd: the number of bytes
 /// read (0 at end of file) and the fds that arrived with them (none when there were none, or

@@ -308,21 +308,24 @@ fn find_agent() -> Result<PathBuf, LocalAgentError> {
         .ok_or(LocalAgentError::NotFound { beside })
 }
 
-/// A private directory (0700) for the agent's socket and token.
+/// A private directory (0700) for the agent's socket and token. Its name is fresh: a
+/// directory left by an earlier sctrace that was killed (and whose pid came round again)
+/// must not stop this one, nor be reused.
 fn runtime_dir() -> Result<PathBuf, LocalAgentError> {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("sctrace-{}", std::process::id()));
-    DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|source| LocalAgentError::RuntimeDir {
-            path: dir.clone(),
-            source,
-        })?;
-    Ok(dir)
+    let mut attempt = 0;
+    loop {
+        let suffix = &random_token()?[..12];
+        let dir = base.join(format!("sctrace-{}-{suffix}", std::process::id()));
+        match DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+            Err(source) => return Err(LocalAgentError::RuntimeDir { path: dir, source }),
+        }
+    }
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
@@ -349,6 +352,7 @@ fn random_token() -> Result<String, LocalAgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn tokens_are_fresh_and_hex() {
@@ -357,5 +361,16 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn runtime_directories_are_fresh_and_private() {
+        let a = runtime_dir().unwrap();
+        let b = runtime_dir().unwrap();
+        assert_ne!(a, b);
+        let mode = fs::metadata(&a).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        fs::remove_dir(a).unwrap();
+        fs::remove_dir(b).unwrap();
     }
 }

@@ -50,6 +50,10 @@ pub struct Event {
     /// For sends and drops: how many calls (datagrams) this event stands for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// Remote TCP connects: how the connection carries its bytes, `direct` (the program's
+    /// socket is a socket of the target) or `relay`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<&'static str>,
     /// The name the app resolved the destination from, when it did (the latest one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
@@ -106,6 +110,9 @@ impl Event {
             self.decision,
             self.result
         );
+        if let Some(path) = self.path {
+            line.push_str(&format!(" {path}"));
+        }
         if let Some(rule) = &self.rule {
             line.push_str(&format!(" (rule {rule})"));
         }

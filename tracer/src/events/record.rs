@@ -76,6 +76,12 @@ impl Record {
         );
     }
 
+    /// Notes how a remote TCP connection carries its bytes: `direct` (the program's socket
+    /// is a socket of the target) or `relay` (through sctrace's relay).
+    pub fn set_path(&mut self, path: &'static str) {
+        self.event.path = Some(path);
+    }
+
     /// Records the outcome.
     pub fn finish(mut self, result: String) {
         self.event.result = result;

@@ -113,12 +113,14 @@ fn deliver(
         _ => peer,
     };
     if let Some(d) = delivered {
-        if let Ok(cookie) = sys::cookie(fd.as_fd()) {
+        if let Ok(id) = sys::inode(fd.as_fd()) {
+            // In the accepted socket's family, as its getpeername/getsockname show them.
+            let v6 = sys::domain(fd.as_fd()) == Ok(libc::AF_INET6);
             remote.sockets.insert(
-                cookie,
+                id,
                 Managed::Tcp {
-                    peer: d.client,
-                    local: d.server,
+                    peer: in_family(d.client, v6),
+                    local: in_family(d.server, v6),
                 },
             );
         }
@@ -136,5 +138,6 @@ fn deliver(
     Reply::InstallFd {
         fd,
         cloexec: flags & libc::SOCK_CLOEXEC != 0,
+        then: None,
     }
 }

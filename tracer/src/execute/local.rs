@@ -4,8 +4,14 @@
 //! the same order of checks (an unreadable address is passed as NULL, so the kernel itself
 //! answers EFAULT; a bad length is passed through, so it answers EINVAL).
 //!
-//! - **connect**: a blocking connect is started without blocking: O_NONBLOCK is set on the
-//!   shared file description for the call and restored at once. A connect that returned
+//! - **connect, when no event needs its outcome**: left to the kernel (`Continue`): it runs
+//!   in the app's own call, exactly as without sctrace, and costs only the trap. (The
+//!   kernel reads the address again; a program changing it from another thread meanwhile
+//!   would connect where it wrote last, still on this machine — as it would without
+//!   sctrace.)
+//! - **connect, recorded**: re-issued so that its outcome is seen. A blocking connect is
+//!   started without blocking: O_NONBLOCK is set on the shared file description for the
+//!   call and restored at once. A connect that returned
 //!   EINPROGRESS is then asked again, which is what the kernel's own blocking connect does
 //!   when it wakes: a loopback connection is complete by then (0, or its error), so it is
 //!   answered inline. Otherwise (EALREADY) the socket is awaited off the notification loop,
@@ -43,6 +49,9 @@ use super::{answer, Action};
 
 /// `connect` as the app asked.
 pub fn connect(sock: AppSocket, record: Option<Record>, addr: AddrArg, len: i32) -> Action {
+    if record.is_none() {
+        return Reply::Continue.into();
+    }
     let flags = match sock.file_flags() {
         Ok(flags) => flags,
         Err(_) => return leave_to_kernel(record),
@@ -198,11 +207,11 @@ pub fn listen(
     if let (Ok(()), Some(remote)) = (&result, remote) {
         note_listening(remote, &sock, Protocol::Tcp);
         if remote.incoming.enabled() {
-            if let (Some(bound), Ok(cookie)) = (sock.local_inet(), sock.cookie()) {
+            if let (Some(bound), Ok(id)) = (sock.local_inet(), sock.identity()) {
                 let v6_only = bound.is_ipv6() && sys::v6_only(sock.fd.as_fd()).unwrap_or(false);
                 subscribed = remote
                     .incoming
-                    .on_listen(cookie, AppListener { bound, v6_only });
+                    .on_listen(id, AppListener { bound, v6_only });
             }
         }
     }

@@ -8,16 +8,20 @@
 //!   connections to names looked up again locally.
 //! - [`outgoing`]: remote decisions — the agent connects or sends in the target, and the
 //!   app's socket is joined to the TCP relay or its UDP association.
+//! - [`direct`]: remote TCP connects with a socket of the target installed in the app
+//!   (a local agent), so that no byte is relayed.
 //! - [`receive`]: emulated receives and `getpeername` on sockets sctrace manages.
 //! - [`accept`]: emulated accepts on listeners whose port is subscribed in the target.
+//! - [`create`]: container mode's `socket()`, created by sctrace and installed in the app.
 
 mod accept;
+mod create;
+mod direct;
 mod local;
 mod outgoing;
 mod receive;
 
 use std::future::Future;
-use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -25,7 +29,6 @@ use crate::errno::Errno;
 use crate::events::{result_name, Record, UNKNOWN};
 use crate::plan::{Plan, Reply, Work};
 use crate::remote::Remote;
-use crate::sys::socket as sys;
 
 /// Work that may wait (a blocking connect, the network) and so runs off the notification
 /// loop; it yields the reply when done.
@@ -76,14 +79,27 @@ impl Executor {
                 return Reply::Continue.into();
             }
             Plan::Refuse(record, errno) => return answer(record, Err::<i64, _>(errno)).into(),
+            Plan::CreateSocket {
+                owner,
+                tid,
+                domain,
+                sock_type,
+                protocol,
+            } => return create::socket(owner, tid, domain, sock_type, protocol).into(),
+            Plan::ShowAddress {
+                tid,
+                addr,
+                at,
+                len_at,
+            } => return receive::show_address(tid, addr, at, len_at).into(),
             Plan::Socket { sock, record, work } => (sock, record, work),
         };
         let remote = self.remote.as_ref();
         match (work, remote) {
             (Work::Connect { addr, len }, _) => local::connect(sock, record, addr, len),
             (Work::Dissolve { addr, len }, Some(remote)) => {
-                if let Ok(cookie) = sys::cookie(sock.fd.as_fd()) {
-                    remote.sockets.dissolve(cookie);
+                if let Ok(id) = sock.identity() {
+                    remote.sockets.dissolve(id);
                 }
                 local::connect(sock, record, addr, len)
             }
@@ -95,8 +111,8 @@ impl Executor {
             }
             (Work::Listen { backlog }, remote) => local::listen(remote, sock, record, backlog),
             (Work::Send { msg, flags }, _) => local::send(sock, record, msg, flags),
-            (Work::ConnectRemote { dst }, Some(remote)) => {
-                outgoing::connect_tcp(remote, sock, dst, record)
+            (Work::ConnectRemote { dst, tid, owned }, Some(remote)) => {
+                outgoing::connect_tcp(remote, sock, dst, tid, owned, record)
             }
             (Work::ProbeRoute { dst }, Some(remote)) => {
                 outgoing::probe_route(remote, sock, dst, record)
@@ -126,15 +142,6 @@ impl Executor {
                 },
                 _,
             ) => receive::receive(call, tid, sock, assoc, buffers, flags),
-            (
-                Work::ShowAddress {
-                    tid,
-                    addr,
-                    at,
-                    len_at,
-                },
-                _,
-            ) => receive::show_address(tid, &sock, addr, at, len_at).into(),
             (
                 Work::Accept {
                     call,

@@ -1,6 +1,8 @@
 //! Remote decisions for `connect` and address-carrying sends, carried out: where a remote
 //! connect is made.
 //!
+//! - **TCP connect, remote, with a local agent**: first tried with a socket of the target
+//!   installed in place of the app's (`direct`); what cannot be is relayed as follows.
 //! - **TCP connect, remote**: the agent connects to the destination first, so the app's
 //!   connect returns the real outcome (ECONNREFUSED, ETIMEDOUT, ENETUNREACH, ...). On
 //!   success the app's own socket (same fd, options, O_NONBLOCK and epoll registrations) is
@@ -31,9 +33,11 @@ use crate::remote::sockets::{Managed, TCP_ENTRY_GRACE};
 use crate::remote::Remote;
 use crate::sockaddr::{canonical_addr, in_family, loopback_if_wildcard, wildcard, SockAddr};
 use crate::sys::socket as sys;
+use crate::trap::owned::OwnedSockets;
 use crate::trap::socket::AppSocket;
 use crate::trap::AddrArg;
 
+use super::direct;
 use super::local::connect_without_blocking;
 use super::{answer, Action};
 
@@ -41,17 +45,17 @@ use super::{answer, Action};
 /// EINPROGRESS (connects within a cluster usually complete well within it).
 pub const NONBLOCKING_HOLD: Duration = Duration::from_millis(50);
 
-/// The app socket's family and cookie, read once per call.
+/// The app socket's family and identity, read once per call.
 struct Target {
     family: i32,
-    cookie: u64,
+    id: u64,
 }
 
 impl Target {
     fn of(sock: &AppSocket) -> Result<Target, Errno> {
         Ok(Target {
             family: sock.family()?,
-            cookie: sock.cookie()?,
+            id: sock.identity()?,
         })
     }
 
@@ -65,16 +69,33 @@ pub fn connect_tcp(
     remote: &Arc<Remote>,
     sock: AppSocket,
     dst: SocketAddr,
-    record: Option<Record>,
+    tid: i32,
+    owned: Option<Arc<OwnedSockets>>,
+    mut record: Option<Record>,
 ) -> Action {
     let described = Target::of(&sock).and_then(|t| Ok((t, sock.file_flags()?)));
     let (target, flags) = match described {
         Ok(described) => described,
         Err(err) => return answer(record, Err::<i64, _>(err)).into(),
     };
+    let direct = remote.direct.as_ref().and_then(|direct| {
+        direct::prepare(&sock, tid)
+            .inspect_err(|why| tracing::debug!("connect to {dst} relayed: {why}"))
+            .ok()
+            .map(|prepared| (Arc::clone(direct), prepared))
+    });
     let remote = Arc::clone(remote);
     let nonblocking = flags & libc::O_NONBLOCK != 0;
     Action::Defer(Box::pin(async move {
+        if let Some((direct, prepared)) = direct {
+            match direct::connect(&direct, prepared, &sock, dst, owned.as_deref(), record).await {
+                Ok(reply) => return reply,
+                Err(unused) => record = unused,
+            }
+        }
+        if let Some(record) = record.as_mut() {
+            record.set_path("relay");
+        }
         // How long the app's call waits for the remote outcome: a blocking connect until
         // SO_SNDTIMEO (or the agent's own connect timeout), a non-blocking one briefly.
         let hold = if nonblocking {
@@ -135,14 +156,19 @@ pub fn probe_route(
             Ok(source) => source,
             Err(err) => return answer(record, Err::<i64, _>(err)),
         };
-        let bound = Target::of(&sock)
-            .and_then(|target| Ok((target.cookie, ensure_bound(sock.fd.as_fd(), target.v6())?)));
+        let bound = Target::of(&sock).and_then(|target| {
+            Ok((
+                target.id,
+                target.v6(),
+                ensure_bound(sock.fd.as_fd(), target.v6())?,
+            ))
+        });
         match bound {
-            Ok((cookie, bound)) => {
+            Ok((id, v6, bound)) => {
                 remote.sockets.insert(
-                    cookie,
+                    id,
                     Managed::Probe {
-                        local: SocketAddr::new(source, bound.port()),
+                        local: in_family(SocketAddr::new(source, bound.port()), v6),
                     },
                 );
                 answer(record, Ok(0i64))
@@ -190,19 +216,18 @@ fn join_remote(
 ) -> Result<(), Errno> {
     // The managed-socket entry outlives the relay by a grace period, for `getpeername` on
     // a socket whose peer closed.
-    let local = stream.local_addr();
+    let local = in_family(stream.local_addr(), target.v6());
     let sockets = Arc::clone(&remote.sockets);
-    let cookie = target.cookie;
+    let id = target.id;
     let on_end = Box::new(move || {
         tokio::spawn(async move {
             tokio::time::sleep(TCP_ENTRY_GRACE).await;
-            sockets.remove(cookie);
+            sockets.remove(id);
         });
     });
     join_relay(remote, sock, target, Arranged::Remote { stream, on_end })?;
-    remote
-        .sockets
-        .insert(cookie, Managed::Tcp { peer: dst, local });
+    let peer = in_family(dst, target.v6());
+    remote.sockets.insert(id, Managed::Tcp { peer, local });
     Ok(())
 }
 
@@ -339,11 +364,16 @@ fn open_errno(err: &OpenError) -> Errno {
     Errno(err.errno())
 }
 
-/// The identity a relay checks datagrams against when the socket lets others bind its
-/// address (None otherwise, or when the socket cannot be inspected).
+/// For a socket with `SO_REUSEADDR`, which any local user could bind too and send to its
+/// relay socket from: the option is turned off, so that nobody can from now on, and the
+/// identity a relay checks datagrams against while a socket bound before is still there.
+/// None for other sockets, or when the socket cannot be inspected.
 fn shared_port(fd: BorrowedFd<'_>) -> Option<SharedPort> {
-    if !sys::shares_address(fd).unwrap_or(false) {
+    if !sys::reuses_address(fd).unwrap_or(false) {
         return None;
+    }
+    if let Err(err) = sys::stop_reusing_address(fd) {
+        tracing::debug!("cannot turn SO_REUSEADDR off on a relayed UDP socket: {err}");
     }
     let (inode, uid) = sys::inode_and_owner(fd).ok()?;
     Some(SharedPort { inode, uid })
@@ -356,12 +386,12 @@ fn association(
     target: &Target,
     asker: Asker,
 ) -> Result<Arc<UdpAssociation>, Errno> {
-    if let Some(Managed::Udp { assoc, .. }) = remote.sockets.get(target.cookie) {
+    if let Some(Managed::Udp { assoc, .. }) = remote.sockets.get(target.id) {
         return Ok(assoc);
     }
     let app_local = ensure_bound(sock.fd.as_fd(), target.v6())?;
     let sockets = Arc::clone(&remote.sockets);
-    let cookie = target.cookie;
+    let id = target.id;
     let slot: Arc<std::sync::Mutex<Option<std::sync::Weak<UdpAssociation>>>> = Arc::default();
     let on_close_slot = Arc::clone(&slot);
     let assoc = UdpAssociation::start(
@@ -379,8 +409,8 @@ fn association(
                 .ok()
                 .and_then(|s| s.as_ref().and_then(|w| w.upgrade()));
             match this {
-                Some(assoc) => sockets.remove_association(cookie, &assoc),
-                None => sockets.remove(cookie),
+                Some(assoc) => sockets.remove_association(id, &assoc),
+                None => sockets.remove(id),
             }
         }),
     );
@@ -388,7 +418,7 @@ fn association(
         *s = Some(Arc::downgrade(&assoc));
     }
     remote.sockets.insert(
-        target.cookie,
+        target.id,
         Managed::Udp {
             assoc: Arc::clone(&assoc),
             connected: None,
@@ -397,7 +427,7 @@ fn association(
     Ok(assoc)
 }
 
-/// The socket's family and cookie, and its UDP association (made on first use).
+/// The socket's family and identity, and its UDP association (made on first use).
 fn associated(
     remote: &Arc<Remote>,
     sock: &AppSocket,
@@ -442,11 +472,10 @@ pub fn connect_udp(
             // The target picks the source address; the port is the app socket's own.
             let local = source.and_then(|ip| {
                 let port = sock.local_inet()?.port();
-                Some(SocketAddr::new(ip, port))
+                Some(in_family(SocketAddr::new(ip, port), target.v6()))
             });
-            remote
-                .sockets
-                .set_udp_peer(target.cookie, Some((dst, local)));
+            let peer = in_family(dst, target.v6());
+            remote.sockets.set_udp_peer(target.id, Some((peer, local)));
         }
         answer(record, result.map(|()| 0i64))
     }))

@@ -176,9 +176,9 @@ pub fn write_sockaddr(
     Ok(())
 }
 
-/// Answers `getpeername`/`getsockname` on a managed socket with `addr`, in the socket's
-/// family.
-pub fn show_address(tid: u32, sock: &AppSocket, addr: SocketAddr, at: u64, len_at: u64) -> Reply {
+/// Answers `getpeername`/`getsockname` on a managed socket with `addr` (already in the
+/// socket's family: see `remote::sockets`).
+pub fn show_address(tid: u32, addr: SocketAddr, at: u64, len_at: u64) -> Reply {
     let mut room = [0u8; 4];
     if memory::read_exact(tid, len_at, &mut room).is_err() {
         return Reply::Fail(Errno(libc::EFAULT));
@@ -187,7 +187,7 @@ pub fn show_address(tid: u32, sock: &AppSocket, addr: SocketAddr, at: u64, len_a
     if room < 0 {
         return Reply::Fail(Errno(libc::EINVAL));
     }
-    let bytes = SockAddr::encode_inet(in_family(addr, sock.is_v6()));
+    let bytes = SockAddr::encode_inet(addr);
     match write_sockaddr(tid, &bytes, at, room as usize, Some(len_at)) {
         Ok(()) => Reply::Return(0),
         Err(_) => Reply::Fail(Errno(libc::EFAULT)),

@@ -20,8 +20,8 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         Err(reply) => return reply.into(),
     };
     let subscribed = sock
-        .cookie()
-        .is_ok_and(|c| remote.incoming.is_subscribed(c));
+        .identity()
+        .is_ok_and(|id| remote.incoming.is_subscribed(id));
     if !subscribed {
         return Reply::Continue.into();
     }

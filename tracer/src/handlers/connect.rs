@@ -4,7 +4,8 @@
 //! local resolver services in a relaying session, which are refused (ENOENT) so that name
 //! lookups can't bypass sctrace's DNS responder. In a relaying session an inet destination
 //! of a TCP or UDP socket is routed by the filter: remote, to the DNS responder, or local
-//! (looked up again locally when its address came from the target's DNS). Everything else
+//! (looked up again locally when its address came from the target's DNS); a socket of the
+//! target sctrace installed in the app is the kernel's to serve. Everything else
 //! is connected on this machine as the app asked, by re-issuing the call on the app's socket
 //! so that sctrace sees the kernel's exact outcome.
 //!
@@ -12,16 +13,18 @@
 //! addresses), `Refuse(ENOENT)`, or work: `Connect`, `Dissolve`, `ConnectReresolved`,
 //! `ConnectRemote`, `ConnectDns`, `ConnectDatagram`.
 
+use std::os::fd::AsFd;
+
 use sctrace_filter::Protocol;
 
 use crate::errno::Errno;
 use crate::events::Record;
-use crate::plan::{Plan, Work};
+use crate::plan::{Plan, Reply, Work};
 use crate::relay::udp::PeerKind;
 use crate::remote::Destination;
 use crate::route::Routed;
 use crate::sockaddr::SockAddr;
-use crate::trap::socket::AppSocket;
+use crate::trap::socket::{AppSocket, Untaken};
 use crate::trap::{AddrArg, Notification};
 
 use super::Context;
@@ -30,12 +33,17 @@ use super::Context;
 pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     let len = n.arg_int(2);
     let addr = n.copy_addr(n.arg_ptr(1), len);
-    let sock = match ctx.take_socket(n, n.arg_int(0), Some(&addr)) {
-        Ok(sock) => sock,
-        Err(reply) => return reply.into(),
+    let sock = match ctx.access.take(&ctx.notify, n, n.arg_int(0)) {
+        Ok(sock) => Some(sock),
+        // Container mode holds no Unix sockets (it creates only inet ones): their connects
+        // are still checked, only without an event.
+        Err(Untaken::Unheld { .. }) if addr.is_unix() => None,
+        Err(untaken) => return ctx.untaken(n, Some(&addr), untaken).into(),
     };
-    let mut record = ctx.record(n, &sock, || addr.describe());
     if addr.is_unix() {
+        let record = sock
+            .as_ref()
+            .and_then(|s| ctx.record(n, s, || addr.describe()));
         if let (Some(remote), AddrArg::Bytes(bytes)) = (&ctx.remote, &addr) {
             if let Some(SockAddr::UnixPath(path)) = SockAddr::parse(bytes) {
                 if remote.refuses_unix_path(&path) {
@@ -45,6 +53,10 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         }
         return Plan::Kernel(record.into_iter().collect());
     }
+    let Some(sock) = sock else {
+        return Reply::Continue.into();
+    };
+    let mut record = ctx.record(n, &sock, || addr.describe());
     let Some(remote) = &ctx.remote else {
         return as_asked(sock, record, addr, len);
     };
@@ -69,12 +81,26 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     if let Some(record) = record.as_mut() {
         record.set_route(&routed);
     }
+    if protocol == Protocol::Tcp
+        && remote
+            .direct
+            .as_ref()
+            .is_some_and(|direct| direct.is_of_target(sock.fd.as_fd()))
+    {
+        // A socket of the target sctrace installed (`execute::direct`): the kernel answers
+        // as in the target (EISCONN, EALREADY, a new connect after a failed one).
+        return as_asked(sock, record, addr, len);
+    }
     let work = match (routed.to, protocol) {
         (Destination::Local, _) => match routed.reresolve {
             Some(name) => Work::ConnectReresolved { name, dst },
             None => Work::Connect { addr, len },
         },
-        (Destination::Remote, Protocol::Tcp) => Work::ConnectRemote { dst },
+        (Destination::Remote, Protocol::Tcp) => Work::ConnectRemote {
+            dst,
+            tid: n.tid() as i32,
+            owned: ctx.access.owned().cloned(),
+        },
         // Port 0: a route probe, nothing is ever sent (see ProbeRoute).
         (Destination::Remote, Protocol::Udp) if dst.port() == 0 => Work::ProbeRoute { dst },
         (Destination::Dns, Protocol::Tcp) => Work::ConnectDns {

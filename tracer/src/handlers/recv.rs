@@ -11,8 +11,11 @@
 //!   delivered TCP connection shows its address in the target, not on loopback.
 //! - Every other socket's calls run in the kernel unchanged.
 //!
-//! Plans: `Answer` (`Continue`, EBADF, EINVAL for a negative address length), or work:
-//! `Receive`, `ShowAddress`.
+//! Plans: `Answer` (`Continue`, EBADF, EINVAL for a negative address length),
+//! `ShowAddress`, or work: `Receive`.
+//!
+//! `getpeername`/`getsockname` need only the socket's identity: in container mode it is
+//! read without a copy, so they also work on connections whose copy sctrace released.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,8 +37,8 @@ fn association(ctx: &Context, n: &Notification) -> Result<(AppSocket, Arc<UdpAss
         return Err(Reply::Continue);
     };
     let sock = ctx.take_socket(n, n.arg_int(0), None)?;
-    let cookie = sock.cookie().map_err(|_| Reply::Continue)?;
-    match remote.sockets.get(cookie) {
+    let id = sock.identity().map_err(|_| Reply::Continue)?;
+    match remote.sockets.get(id) {
         Some(Managed::Udp { assoc, .. }) => Ok((sock, assoc)),
         _ => Err(Reply::Continue),
     }
@@ -131,12 +134,12 @@ pub fn decide_recvmmsg(ctx: &Context, n: &Notification) -> Plan {
 
 /// Decides `getpeername(fd, addr, addrlen)`.
 pub fn decide_getpeername(ctx: &Context, n: &Notification) -> Plan {
-    show_managed_address(ctx, n, |remote, cookie| remote.sockets.peer_of(cookie))
+    show_managed_address(ctx, n, |remote, id| remote.sockets.peer_of(id))
 }
 
 /// Decides `getsockname(fd, addr, addrlen)`.
 pub fn decide_getsockname(ctx: &Context, n: &Notification) -> Plan {
-    show_managed_address(ctx, n, |remote, cookie| remote.sockets.local_of(cookie))
+    show_managed_address(ctx, n, |remote, id| remote.sockets.local_of(id))
 }
 
 /// The address `of` says sctrace shows for the app's socket, if any; else the kernel's.
@@ -148,20 +151,16 @@ fn show_managed_address(
     let Some(remote) = &ctx.remote else {
         return Reply::Continue.into();
     };
-    let sock = match ctx.take_socket(n, n.arg_int(0), None) {
-        Ok(sock) => sock,
+    let id = match ctx.socket_identity(n, n.arg_int(0)) {
+        Ok(id) => id,
         Err(reply) => return reply.into(),
     };
-    match sock.cookie().ok().and_then(|c| of(remote, c)) {
-        Some(addr) => Plan::Socket {
-            sock,
-            record: None,
-            work: Work::ShowAddress {
-                tid: n.tid(),
-                addr,
-                at: n.arg_ptr(1),
-                len_at: n.arg_ptr(2),
-            },
+    match of(remote, id) {
+        Some(addr) => Plan::ShowAddress {
+            tid: n.tid(),
+            addr,
+            at: n.arg_ptr(1),
+            len_at: n.arg_ptr(2),
         },
         None => Reply::Continue.into(),
     }

@@ -165,7 +165,7 @@ pub fn decide_sendmmsg(ctx: &Context, n: &Notification) -> Plan {
     if addrs.is_empty() {
         return Reply::Continue.into();
     }
-    let Ok(sock) = AppSocket::take(&ctx.notify, n, n.arg_int(0)) else {
+    let Ok(sock) = ctx.access.take(&ctx.notify, n, n.arg_int(0)) else {
         return Reply::Continue.into();
     };
     Plan::Kernel(

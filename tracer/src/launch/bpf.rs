@@ -13,6 +13,9 @@
 //!      ├── recvmsg recvmmsg getpeername getsockname
 //!      │                                     (sessions that relay) ▶ USER_NOTIF
 //!      ├── recvfrom ───── arg 4 ≠ NULL       (sessions that relay) ▶ USER_NOTIF
+//!      ├── socket ─────── arg 0 (the domain) is AF_INET or AF_INET6
+//!      │                                           (container mode) ▶ USER_NOTIF
+//!      │                  └─ any other domain ─────────────────────▶ ALLOW
 //!      └── anything else ──────────────────────────────────────────▶ ALLOW
 //! ```
 //!
@@ -32,6 +35,10 @@
 //!   socket's addresses as they are in the target. An observe-only session (`sctrace
 //!   trace`) has nothing to do on them, and trapping them would cost a round trip to the
 //!   supervisor on every `recvmsg` of every socket (see docs/benchmarks.md).
+//! - `socket` is trapped only in container mode (where `pidfd_getfd` is refused, see
+//!   `trap::owned`): sctrace then creates the app's inet sockets itself, to hold a copy of
+//!   each. The kernel reads the domain as an `int`, so only the low half of argument 0 is
+//!   compared. Unix, netlink and other sockets are created by the kernel as usual.
 //! - Everything else depends only on the system call number, so the kernel's seccomp action
 //!   cache (5.11+) lets it through without running this program at all.
 
@@ -69,6 +76,8 @@ pub struct Abi {
     pub receive_if_arg4: &'static [i64],
     /// Syscalls refused with ENOSYS.
     pub enosys: &'static [i64],
+    /// `socket`, sent to the supervisor in container mode for inet domains.
+    pub socket: i64,
 }
 
 /// The system calls trapped on every ABI (numbers from libc for the build target).
@@ -101,6 +110,7 @@ pub const NATIVE: Abi = Abi {
     receive: RECEIVE,
     receive_if_arg4: RECEIVE_IF_ADDRESS,
     enosys: ENOSYS,
+    socket: libc::SYS_socket,
 };
 
 /// The ABI of this build.
@@ -113,6 +123,7 @@ pub const NATIVE: Abi = Abi {
     receive: RECEIVE,
     receive_if_arg4: RECEIVE_IF_ADDRESS,
     enosys: ENOSYS,
+    socket: libc::SYS_socket,
 };
 
 /// Where a jump goes, resolved when the program is assembled.
@@ -123,6 +134,7 @@ enum Target {
     Enosys,
     Notify,
     CheckArg4,
+    CheckDomain,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +153,8 @@ pub struct Traps {
     /// The receive side (`recvfrom` with an address, `recvmsg`, `recvmmsg`) and the
     /// address queries (`getpeername`, `getsockname`), which relaying sessions emulate.
     pub receives: bool,
+    /// `socket` for the inet domains, which container mode carries out itself.
+    pub sockets: bool,
 }
 
 /// Builds the filter program for `abi`.
@@ -171,7 +185,20 @@ pub fn build(abi: &Abi, traps: Traps) -> Vec<libc::sock_filter> {
             prog.push(JumpIfEqual(nr as u32, Target::CheckArg4));
         }
     }
+    if traps.sockets {
+        prog.push(JumpIfEqual(abi.socket as u32, Target::CheckDomain));
+    }
     prog.push(Return(RET_ALLOW));
+    if traps.sockets {
+        // The domain is an int: the kernel ignores the high half of the register.
+        prog.extend([
+            Label(Target::CheckDomain),
+            Load(OFF_ARGS),
+            JumpIfEqual(libc::AF_INET as u32, Target::Notify),
+            JumpIfEqual(libc::AF_INET6 as u32, Target::Notify),
+            Return(RET_ALLOW),
+        ]);
+    }
     // Argument 4 is a 64-bit pointer: notify if either half is non-zero. Both supported ABIs
     // are little-endian, so the low half comes first.
     let arg4 = OFF_ARGS + 4 * 8;
@@ -283,7 +310,14 @@ mod tests {
         }
     }
 
-    const ALL: Traps = Traps { receives: true };
+    const ALL: Traps = Traps {
+        receives: true,
+        sockets: true,
+    };
+    const RELAY: Traps = Traps {
+        receives: true,
+        sockets: false,
+    };
 
     #[test]
     fn trapped_calls_reach_the_supervisor() {
@@ -347,6 +381,37 @@ mod tests {
         ] {
             assert_eq!(run(&prog, &call(nr, [0; 6])), RET_ALLOW, "nr {nr}");
         }
+    }
+
+    #[test]
+    fn inet_sockets_are_trapped_in_container_mode_only() {
+        let socket = |domain: u64| call(libc::SYS_socket, [domain, 1, 0, 0, 0, 0]);
+        let container = build(&NATIVE, ALL);
+        for domain in [libc::AF_INET, libc::AF_INET6] {
+            assert_eq!(run(&container, &socket(domain as u64)), RET_USER_NOTIF);
+            // The kernel reads an int: garbage in the high half is still this domain.
+            let high = 0xdead_beef_0000_0000 | domain as u64;
+            assert_eq!(run(&container, &socket(high)), RET_USER_NOTIF);
+            assert_eq!(
+                run(&build(&NATIVE, RELAY), &socket(domain as u64)),
+                RET_ALLOW
+            );
+        }
+        for domain in [
+            libc::AF_UNIX,
+            libc::AF_NETLINK,
+            libc::AF_PACKET,
+            libc::AF_VSOCK,
+        ] {
+            assert_eq!(
+                run(&container, &socket(domain as u64)),
+                RET_ALLOW,
+                "{domain}"
+            );
+        }
+        // socketpair stays in the kernel (only AF_UNIX makes pairs).
+        let pair = call(libc::SYS_socketpair, [libc::AF_INET as u64, 1, 0, 0, 0, 0]);
+        assert_eq!(run(&container, &pair), RET_ALLOW);
     }
 
     #[test]

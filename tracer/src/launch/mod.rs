@@ -33,7 +33,7 @@ use thiserror::Error;
 
 use crate::errno::Errno;
 use crate::sys::child::own_process_group;
-use crate::sys::notify::{install_filter_on_this_thread, InstallStep, NotifyFd};
+use crate::sys::notify::{install_filter_on_this_thread, InstallStep, Installed, NotifyFd};
 use crate::sys::pidfd;
 
 /// The started app: its main process and the supervisor's end of the filter.
@@ -45,6 +45,8 @@ pub struct Launched {
     pub pidfd: OwnedFd,
     /// The seccomp listener.
     pub notify: NotifyFd,
+    /// Whether the kernel took `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19).
+    pub wait_killable: bool,
 }
 
 /// Why the app could not be started.
@@ -151,8 +153,8 @@ pub fn launch(
 
     let started = thread::Builder::new()
         .name("sctrace-launch".into())
-        .spawn(move || -> Result<(Child, OwnedFd), LaunchError> {
-            let listener = install_filter_on_this_thread(&filter, killable_wait()).map_err(
+        .spawn(move || -> Result<(Child, Installed), LaunchError> {
+            let installed = install_filter_on_this_thread(&filter, killable_wait()).map_err(
                 |(step, errno)| match step {
                     InstallStep::NoNewPrivs => LaunchError::NoNewPrivs(Errno(errno)),
                     InstallStep::Seccomp => LaunchError::Seccomp(Errno(errno)),
@@ -161,7 +163,7 @@ pub fn launch(
             let child = cmd
                 .spawn()
                 .map_err(|err| exec_error(program_name(&cmd), err))?;
-            Ok((child, listener))
+            Ok((child, installed))
         })
         .map_err(|source| LaunchError::Spawn {
             program: shown.clone(),
@@ -171,7 +173,7 @@ pub fn launch(
         .map_err(|_| LaunchError::Thread {
             program: shown.clone(),
         })?;
-    let (child, listener) = started?;
+    let (child, installed) = started?;
     let pid = child.id() as i32;
     // The child is reaped by the lifecycle's waitpid loop, not through `Child`.
     drop(child);
@@ -179,7 +181,8 @@ pub fn launch(
     Ok(Launched {
         pid,
         pidfd,
-        notify: NotifyFd::new(listener),
+        notify: NotifyFd::new(installed.listener),
+        wait_killable: installed.wait_killable,
     })
 }
 

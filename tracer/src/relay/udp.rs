@@ -20,10 +20,12 @@
 //! otherwise make sctrace open a socket per forged source. Datagrams left out are counted in
 //! `drop` events.
 //!
-//! An app socket with `SO_REUSEADDR` or `SO_REUSEPORT` may share its port with another
-//! user's socket, whose datagrams to a relay socket would look like the app's: for such a
-//! socket each datagram is forwarded only while no other user's socket holds the port (a
-//! look at /proc/net/udp, ~0.1 ms, paid only by those sockets).
+//! An app socket with `SO_REUSEADDR` could share its port with another user's socket,
+//! whose datagrams to a relay socket would look like the app's. When its association
+//! starts, the option is turned off (nobody can bind the port from then on; `SO_REUSEPORT`
+//! shares only with the same user), and each datagram is forwarded only while no other
+//! user's socket holds the port (one bound before: a look at /proc/net/udp, ~0.1 ms, paid
+//! only by those sockets).
 
 use std::collections::HashMap;
 use std::io;

@@ -91,7 +91,7 @@ struct SubscribedPort {
 struct State {
     /// Remote port → where its connections go (the app's listeners).
     subscribed: HashMap<u16, SubscribedPort>,
-    /// Listener cookie → remote port.
+    /// Listener identity (socket inode) → remote port.
     listeners: HashMap<u64, u16>,
     /// sctrace's end of a delivered connection (as the app's listener sees it) → client.
     peers: HashMap<SocketAddr, Delivered>,
@@ -152,7 +152,7 @@ impl Incoming {
         target_port(&self.config, bound, asked)
     }
 
-    /// The app listens with the socket `cookie`: subscribe its port in the target (or take
+    /// The app listens with the socket `id`: subscribe its port in the target (or take
     /// more clients on a port already subscribed for another of the app's listeners).
     ///
     /// Returns what the app's `listen` waits for before it returns: the subscription in
@@ -160,7 +160,7 @@ impl Incoming {
     /// has listened reaches it. `None` when the port is not subscribed.
     pub fn on_listen(
         self: &Arc<Self>,
-        cookie: u64,
+        id: u64,
         listener: AppListener,
     ) -> Option<oneshot::Receiver<()>> {
         let bound = listener.bound;
@@ -176,7 +176,7 @@ impl Incoming {
         let (ready, in_place) = oneshot::channel();
         let families = {
             let mut st = self.state.lock().ok()?;
-            st.listeners.insert(cookie, port);
+            st.listeners.insert(id, port);
             if let Some(subscribed) = st.subscribed.get_mut(&port) {
                 subscribed.listeners.push(listener);
                 let wider = subscribed.families.borrow().union(listener.families());
@@ -335,11 +335,11 @@ impl Incoming {
         }
     }
 
-    /// Whether `cookie` is a listening socket whose port is subscribed.
-    pub fn is_subscribed(&self, cookie: u64) -> bool {
+    /// Whether `id` is a listening socket whose port is subscribed.
+    pub fn is_subscribed(&self, id: u64) -> bool {
         self.state
             .lock()
-            .map(|st| st.listeners.contains_key(&cookie))
+            .map(|st| st.listeners.contains_key(&id))
             .unwrap_or(false)
     }
 

@@ -1,5 +1,5 @@
 //! A relaying session's shared state: the filter, the agent session, the relays, the DNS
-//! responder, and the app sockets sctrace manages (by socket cookie).
+//! responder, and the app sockets sctrace manages (by socket identity).
 //!
 //! Handlers ask it where a connection goes ([`Remote::route`]); the executor uses its
 //! pieces to carry remote decisions out. It never answers the kernel itself.
@@ -7,6 +7,7 @@
 pub mod incoming;
 pub mod routes;
 pub mod sockets;
+pub mod target_sockets;
 
 use std::collections::HashSet;
 use std::io;
@@ -64,6 +65,8 @@ pub struct Remote {
     pub routes: RouteSources,
     /// Which datagrams from the target UDP associations take.
     pub udp_policy: Policy,
+    /// Sockets of the target for remote TCP connects without a relay (a local agent only).
+    pub direct: Option<Arc<target_sockets::TargetSockets>>,
     /// The target's resolver configuration (its search list and options), for the app's
     /// own resolver.
     pub target_resolver: TargetResolver,
@@ -73,6 +76,12 @@ pub struct Remote {
     listening: Mutex<HashSet<(Protocol, u16)>>,
     /// Set once the agent session ended.
     lost: AtomicBool,
+}
+
+/// Whether remote TCP connects may use sockets of the target (`SCTRACE_DIRECT_SOCKETS=0`
+/// relays them all, to compare or to work around a problem).
+fn direct_sockets_wanted() -> bool {
+    std::env::var_os("SCTRACE_DIRECT_SOCKETS").is_none_or(|v| v != "0")
 }
 
 impl Remote {
@@ -118,6 +127,11 @@ impl Remote {
                 replies: config.feature.network.outgoing.udp_replies,
                 events,
             },
+            direct: link
+                .handoff
+                .clone()
+                .filter(|_| direct_sockets_wanted())
+                .map(target_sockets::TargetSockets::start),
             target_resolver,
             nameservers: resolv_conf::nameservers(&resolv_conf),
             listening: Mutex::default(),

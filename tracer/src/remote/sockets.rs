@@ -1,7 +1,16 @@
-//! The app sockets sctrace manages, keyed by socket cookie (`SO_COOKIE`, unique while the
-//! kernel runs and shared by every fd of a socket, so copies and dups find the same entry):
-//! redirected TCP connections (whose `getpeername` shows the remote peer) and UDP
-//! associations (whose receives show the remote peers as sources).
+//! The app sockets sctrace manages, keyed by socket identity — the socket's inode, shared by
+//! every fd of a socket (so copies, dups and forks find the same entry) and readable
+//! without a copy of the socket (`/proc/PID/fd/N` shows `socket:[INODE]`), which container
+//! mode needs for sockets whose copy it released (see `trap::owned`): redirected TCP
+//! connections (whose `getpeername` shows the remote peer) and UDP associations (whose
+//! receives show the remote peers as sources).
+//!
+//! Addresses are stored as the socket's `getpeername`/`getsockname` show them: in the
+//! socket's own family (an IPv6 socket shows IPv4 peers v4-mapped).
+//!
+//! Socket inodes come from a 32-bit counter (`get_next_ino`), which only wraps after
+//! about four billion sockets, pipes and other anonymous files; the identity of a live
+//! socket is never shared with another live one.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -42,7 +51,7 @@ pub enum Managed {
 /// socket whose peer closed.
 pub const TCP_ENTRY_GRACE: Duration = Duration::from_secs(30);
 
-/// Cookie → managed socket.
+/// Socket identity → managed socket.
 #[derive(Default)]
 pub struct ManagedSockets {
     map: Mutex<Table>,
@@ -61,19 +70,19 @@ struct Table {
 const MAX_TCP_ENTRIES: usize = 65_536;
 
 impl ManagedSockets {
-    /// The entry for `cookie`.
-    pub fn get(&self, cookie: u64) -> Option<Managed> {
+    /// The entry for `id`.
+    pub fn get(&self, id: u64) -> Option<Managed> {
         self.map
             .lock()
             .ok()
-            .and_then(|m| m.entries.get(&cookie).cloned())
+            .and_then(|m| m.entries.get(&id).cloned())
     }
 
-    /// Sets the entry for `cookie`.
-    pub fn insert(&self, cookie: u64, managed: Managed) {
+    /// Sets the entry for `id`.
+    pub fn insert(&self, id: u64, managed: Managed) {
         let Ok(mut m) = self.map.lock() else { return };
         if matches!(managed, Managed::Tcp { .. } | Managed::Probe { .. }) {
-            m.tcp_order.push_back(cookie);
+            m.tcp_order.push_back(id);
             while m.tcp_order.len() > MAX_TCP_ENTRIES {
                 if let Some(old) = m.tcp_order.pop_front() {
                     if matches!(
@@ -85,40 +94,40 @@ impl ManagedSockets {
                 }
             }
         }
-        m.entries.insert(cookie, managed);
+        m.entries.insert(id, managed);
     }
 
-    /// Removes the entry for `cookie`.
-    pub fn remove(&self, cookie: u64) {
+    /// Removes the entry for `id`.
+    pub fn remove(&self, id: u64) {
         if let Ok(mut m) = self.map.lock() {
-            m.entries.remove(&cookie);
+            m.entries.remove(&id);
         }
     }
 
     /// Removes a UDP entry, unless a newer association replaced it.
-    pub fn remove_association(&self, cookie: u64, assoc: &Arc<UdpAssociation>) {
+    pub fn remove_association(&self, id: u64, assoc: &Arc<UdpAssociation>) {
         if let Ok(mut m) = self.map.lock() {
-            if let Some(Managed::Udp { assoc: current, .. }) = m.entries.get(&cookie) {
+            if let Some(Managed::Udp { assoc: current, .. }) = m.entries.get(&id) {
                 if Arc::ptr_eq(current, assoc) {
-                    m.entries.remove(&cookie);
+                    m.entries.remove(&id);
                 }
             }
         }
     }
 
-    /// The peer `getpeername` should show for `cookie`, if sctrace manages it.
-    pub fn peer_of(&self, cookie: u64) -> Option<SocketAddr> {
-        match self.get(cookie)? {
+    /// The peer `getpeername` should show for `id`, if sctrace manages it.
+    pub fn peer_of(&self, id: u64) -> Option<SocketAddr> {
+        match self.get(id)? {
             Managed::Tcp { peer, .. } => Some(peer),
             Managed::Probe { .. } => None,
             Managed::Udp { connected, .. } => connected.map(|(peer, _)| peer),
         }
     }
 
-    /// The address `getsockname` should show for `cookie`, if sctrace manages it and knows
+    /// The address `getsockname` should show for `id`, if sctrace manages it and knows
     /// the address in the target.
-    pub fn local_of(&self, cookie: u64) -> Option<SocketAddr> {
-        match self.get(cookie)? {
+    pub fn local_of(&self, id: u64) -> Option<SocketAddr> {
+        match self.get(id)? {
             Managed::Tcp { local, .. } | Managed::Probe { local } => Some(local),
             Managed::Udp { connected, .. } => connected.and_then(|(_, local)| local),
         }
@@ -126,9 +135,9 @@ impl ManagedSockets {
 
     /// Records the peer a managed UDP socket was connected to, and its own address for it in
     /// the target (or that it was disconnected).
-    pub fn set_udp_peer(&self, cookie: u64, peer: Option<(SocketAddr, Option<SocketAddr>)>) {
+    pub fn set_udp_peer(&self, id: u64, peer: Option<(SocketAddr, Option<SocketAddr>)>) {
         if let Ok(mut m) = self.map.lock() {
-            if let Some(Managed::Udp { connected, .. }) = m.entries.get_mut(&cookie) {
+            if let Some(Managed::Udp { connected, .. }) = m.entries.get_mut(&id) {
                 *connected = peer;
             }
         }
@@ -136,12 +145,12 @@ impl ManagedSockets {
 
     /// A datagram socket dissolved its connection (`connect(AF_UNSPEC)`): it has no peer
     /// any more (a route probe's entry goes; an association stays, unconnected).
-    pub fn dissolve(&self, cookie: u64) {
+    pub fn dissolve(&self, id: u64) {
         if let Ok(mut m) = self.map.lock() {
-            match m.entries.get_mut(&cookie) {
+            match m.entries.get_mut(&id) {
                 Some(Managed::Udp { connected, .. }) => *connected = None,
                 Some(Managed::Probe { .. }) => {
-                    m.entries.remove(&cookie);
+                    m.entries.remove(&id);
                 }
                 _ => {}
             }

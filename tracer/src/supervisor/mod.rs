@@ -32,11 +32,36 @@ fn respond(notify: &NotifyFd, id: u64, reply: Reply) {
         Reply::Continue => notify.respond(id, 0, 0, true),
         Reply::Return(v) => notify.respond(id, v, 0, false),
         Reply::Fail(errno) => notify.respond(id, 0, -errno.0, false),
-        Reply::InstallFd { fd, cloexec } => {
+        Reply::InstallFd { fd, cloexec, then } => {
             use std::os::fd::AsFd;
-            match notify.install_fd_and_answer(id, fd.as_fd(), cloexec) {
-                Ok(_) => Ok(()),
+            let (answered, installed) = match notify.install_fd_and_answer(id, fd.as_fd(), cloexec)
+            {
+                Ok(installed) => (Ok(()), installed),
                 // The fd could not be installed (EMFILE, ...): the call fails the same way.
+                Err(err) => (
+                    notify.respond(id, 0, -err.raw_os_error().unwrap_or(libc::EIO), false),
+                    None,
+                ),
+            };
+            if let Some(then) = then {
+                (then.0)(installed);
+            }
+            answered
+        }
+        Reply::ReplaceFd {
+            fd,
+            target,
+            cloexec,
+            then,
+        } => {
+            use std::os::fd::AsFd;
+            match notify.replace_fd(id, fd.as_fd(), target, cloexec) {
+                Ok(true) => match then {
+                    Ok(v) => notify.respond(id, v, 0, false),
+                    Err(errno) => notify.respond(id, 0, -errno.0, false),
+                },
+                // Interrupted: the app keeps its socket, and restarts or fails its call.
+                Ok(false) => Ok(()),
                 Err(err) => notify.respond(id, 0, -err.raw_os_error().unwrap_or(libc::EIO), false),
             }
         }

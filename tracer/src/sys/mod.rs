@@ -10,6 +10,7 @@ pub mod memory;
 pub mod notify;
 pub mod pidfd;
 pub mod process;
+pub mod scm_rights;
 pub mod socket;
 pub mod terminal;
 

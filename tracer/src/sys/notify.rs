@@ -60,6 +60,23 @@ impl NotifyFd {
             && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
     }
 
+    /// Waits at most `timeout` for a notification to arrive; `Ok(false)` when none did (or
+    /// no traced task is left). For callers that must never wait forever (`sctrace doctor`).
+    pub fn wait_readable(&self, timeout: std::time::Duration) -> io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call; nfds is 1.
+        let ret = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if ret == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(pfd.revents & libc::POLLIN != 0)
+    }
+
     /// Waits for and receives one notification. `Ok(None)` means the notifying task went
     /// away before it could be received, or no task is left at all (ENOENT; see
     /// [`NotifyFd::hung_up`]), or the wait was interrupted.
@@ -178,6 +195,44 @@ impl NotifyFd {
         Ok(Some(ret))
     }
 
+    /// Installs `fd` in the calling process of notification `id` as fd number `target`,
+    /// replacing what was there as `dup2` would (`SECCOMP_IOCTL_NOTIF_ADDFD` with
+    /// `SECCOMP_ADDFD_FLAG_SETFD`, Linux 5.9); the call itself is answered separately.
+    /// `Ok(false)`: the call was interrupted meanwhile (ENOENT); nothing was installed.
+    pub fn replace_fd(
+        &self,
+        id: u64,
+        fd: BorrowedFd<'_>,
+        target: i32,
+        cloexec: bool,
+    ) -> io::Result<bool> {
+        const SECCOMP_ADDFD_FLAG_SETFD: u32 = 1 << 0;
+        let mut addfd = libc::seccomp_notif_addfd {
+            id,
+            flags: SECCOMP_ADDFD_FLAG_SETFD,
+            srcfd: fd.as_raw_fd() as u32,
+            newfd: target as u32,
+            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
+        };
+        // SAFETY: the ioctl reads a seccomp_notif_addfd (its size is in the request number)
+        // from the pointer, which is valid for the call.
+        let ret = unsafe {
+            libc::ioctl(
+                self.0.as_raw_fd(),
+                libc::SECCOMP_IOCTL_NOTIF_ADDFD,
+                &mut addfd as *mut libc::seccomp_notif_addfd,
+            )
+        };
+        if ret == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(false);
+            }
+            return Err(err);
+        }
+        Ok(true)
+    }
+
     /// Asks for synchronous wake-ups between app and supervisor (Linux 6.6+). Returns
     /// whether the kernel accepted it; older kernels just keep the normal wake-up path.
     pub fn enable_sync_wakeup(&self) -> bool {
@@ -226,6 +281,16 @@ pub enum InstallStep {
     Seccomp,
 }
 
+/// An installed filter's listener, and whether the kernel took
+/// `SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV` (5.19) with it.
+#[derive(Debug)]
+pub struct Installed {
+    /// The listener (close-on-exec).
+    pub listener: OwnedFd,
+    /// Whether calls the supervisor received wait for their answer through non-fatal signals.
+    pub wait_killable: bool,
+}
+
 /// Installs `program` as a seccomp filter on the calling thread only (no TSYNC), after
 /// setting its `no_new_privs`, and returns the listener (close-on-exec), or the failing step
 /// and errno. Both are per-thread attributes inherited by the processes the thread starts,
@@ -236,7 +301,7 @@ pub enum InstallStep {
 pub fn install_filter_on_this_thread(
     program: &[libc::sock_filter],
     killable_wait: bool,
-) -> Result<OwnedFd, (InstallStep, i32)> {
+) -> Result<Installed, (InstallStep, i32)> {
     // SAFETY: prctl with PR_SET_NO_NEW_PRIVS takes integer arguments only.
     let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     if ret != 0 {
@@ -265,7 +330,11 @@ pub fn install_filter_on_this_thread(
         };
         if ret >= 0 {
             // SAFETY: the kernel just returned this new fd; nothing else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) });
+            let listener = unsafe { OwnedFd::from_raw_fd(ret as RawFd) };
+            return Ok(Installed {
+                listener,
+                wait_killable: flags != base,
+            });
         }
         let err = errno();
         // EINVAL with the newer flag means an older kernel: try again without it.

@@ -123,6 +123,31 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Moves the calling thread into the network namespace `ns` (a `/proc/PID/ns/net` file):
+/// needs CAP_SYS_ADMIN, and a seccomp profile that allows `setns`.
+pub fn enter_netns(ns: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: setns takes an fd and a flag; it affects only the calling thread.
+    syscall!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
+}
+
+/// The kernel's release string (`uname -r`), e.g. `6.6.8-arch1`.
+pub fn kernel_release() -> Option<String> {
+    // SAFETY: utsname is plain old data; all-zero is a valid value.
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `uts` is valid for writes of a struct utsname.
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = uts
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8(bytes).ok()
+}
+
 /// The calling process's id. Async-signal-safe.
 pub fn getpid() -> i32 {
     // SAFETY: getpid has no arguments and cannot fail.

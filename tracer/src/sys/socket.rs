@@ -92,12 +92,20 @@ pub fn sock_type(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
     getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
 }
 
-/// Whether other sockets may bind the socket's address too (`SO_REUSEADDR` or
-/// `SO_REUSEPORT` set).
-pub fn shares_address(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
-    Ok(
-        getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)? != 0
-            || getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT)? != 0,
+/// Whether any user's socket may bind the socket's address too (`SO_REUSEADDR`;
+/// `SO_REUSEPORT` shares only with the same user).
+pub fn reuses_address(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
+    Ok(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)? != 0)
+}
+
+/// Turns `SO_REUSEADDR` off: later binds of the address by other sockets fail (EADDRINUSE);
+/// sockets bound to it already stay.
+pub fn stop_reusing_address(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    set_option_bytes(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_REUSEADDR,
+        &0i32.to_ne_bytes(),
     )
 }
 
@@ -105,6 +113,77 @@ pub fn shares_address(fd: BorrowedFd<'_>) -> Result<bool, Errno> {
 pub fn inode_and_owner(fd: BorrowedFd<'_>) -> Result<(u64, u32), Errno> {
     let stat = nix::sys::stat::fstat(fd).map_err(|e| Errno(e as i32))?;
     Ok((stat.st_ino, stat.st_uid))
+}
+
+/// A new TCP socket of this network namespace (close-on-exec).
+pub fn new_tcp_socket(v6: bool) -> Result<std::os::fd::OwnedFd, Errno> {
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket takes integers only.
+    let fd = check(unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: the kernel just returned this fd, which nothing else owns.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// A socket option's raw value (at most 64 bytes: ints, `linger`, `timeval`, names).
+pub fn option_bytes(fd: BorrowedFd<'_>, level: i32, name: i32) -> Result<Vec<u8>, Errno> {
+    let mut buf = [0u8; 64];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` and `len` are valid for writes; the kernel writes at most `len` bytes.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            buf.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    Ok(buf[..(len as usize).min(buf.len())].to_vec())
+}
+
+/// Sets a socket option from its raw value.
+pub fn set_option_bytes(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    value: &[u8],
+) -> Result<(), Errno> {
+    // SAFETY: `value` is valid for reads of its length for the call's duration.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// The cookie of the network namespace the socket lives in (`SO_NETNS_COOKIE`, Linux 5.14).
+pub fn netns_cookie(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    const SO_NETNS_COOKIE: i32 = 71;
+    let mut value: u64 = 0;
+    // The kernel takes exactly a u64's length.
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes of a u64 and a socklen_t.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut value as *mut u64).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// The pending error of a socket (`SO_ERROR`), which reading clears: a finished
+/// non-blocking connect's outcome.
+pub fn take_error(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
+    getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)
 }
 
 /// One datagram to send on the app's behalf: destination bytes and payload pieces.
@@ -226,22 +305,54 @@ pub fn watch(
         .map_err(|e| e.into_parts().1)
 }
 
-/// The socket's cookie (`SO_COOKIE`): a 64-bit id the kernel never reuses while it runs,
-/// shared by every fd of the socket. sctrace keys the sockets it manages by it.
-pub fn cookie(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
-    let mut value: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes of a u64 and a socklen_t.
+/// The socket's inode number (`fstat`'s `st_ino`): what `/proc/PID/fd/N` shows as
+/// `socket:[INODE]`, shared by every fd of the socket. sctrace keys the sockets it manages
+/// by it, because it can be read without a copy of the socket (see `trap::owned`).
+pub fn inode(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    // SAFETY: libc::stat is plain old data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is valid for writes of a struct stat.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(st.st_ino)
+}
+
+/// `socket(domain, sock_type, protocol)`: a socket created by sctrace for the app (container
+/// mode). `sock_type` carries the app's SOCK_NONBLOCK (a file status flag, shared with the
+/// app's fd) and must carry SOCK_CLOEXEC (sctrace's own copy is never inherited).
+pub fn new_socket(
+    domain: i32,
+    sock_type: i32,
+    protocol: i32,
+) -> Result<std::os::fd::OwnedFd, Errno> {
+    // SAFETY: socket takes integers only.
+    let fd = check(unsafe { libc::socket(domain, sock_type, protocol) })?;
+    // SAFETY: socket just returned this fd; nothing else owns it.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Another close-on-exec fd for the same open file description (`F_DUPFD_CLOEXEC`).
+pub fn duplicate(fd: BorrowedFd<'_>) -> Result<std::os::fd::OwnedFd, Errno> {
+    fd.try_clone_to_owned().map_err(|e| Errno::from_io(&e))
+}
+
+/// The TCP state of a TCP socket (`TCP_INFO`'s `tcpi_state`: `TCP_ESTABLISHED` 1,
+/// `TCP_SYN_SENT` 2, `TCP_CLOSE` 7, `TCP_LISTEN` 10, ...); an error for other sockets.
+pub fn tcp_state(fd: BorrowedFd<'_>) -> Result<u8, Errno> {
+    // The state is the first byte of struct tcp_info; asking for one byte is enough (the
+    // kernel copies min(len, sizeof) bytes).
+    let mut state: u8 = 0;
+    let mut len = 1 as libc::socklen_t;
+    // SAFETY: `state` and `len` are valid for writes of one byte and a socklen_t.
     check(unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut value as *mut u64).cast(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut state as *mut u8).cast(),
             &mut len,
         )
     })?;
-    Ok(value)
+    Ok(state)
 }
 
 /// One datagram received on the app's behalf.

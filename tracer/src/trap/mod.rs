@@ -5,6 +5,7 @@
 //! executor reads it to carry the decision out, and it depends on neither.
 
 pub mod msghdr;
+pub mod owned;
 pub mod socket;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub enum Syscall {
     SendMmsg,
     /// recvmmsg(fd, msgvec, vlen, flags, timeout)
     RecvMmsg,
+    /// socket(domain, type, protocol), trapped only in container mode for inet domains
+    Socket,
     /// A call the filter should not have sent (a newer filter, another ABI).
     Other(i32),
 }
@@ -65,6 +68,7 @@ impl Syscall {
             libc::SYS_recvmsg => Syscall::RecvMsg,
             libc::SYS_sendmmsg => Syscall::SendMmsg,
             libc::SYS_recvmmsg => Syscall::RecvMmsg,
+            libc::SYS_socket => Syscall::Socket,
             _ => Syscall::Other(nr),
         }
     }
@@ -85,6 +89,7 @@ impl Syscall {
             Syscall::RecvMsg => "recvmsg",
             Syscall::SendMmsg => "sendmmsg",
             Syscall::RecvMmsg => "recvmmsg",
+            Syscall::Socket => "socket",
             Syscall::Other(_) => "other",
         }
     }

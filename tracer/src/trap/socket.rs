@@ -1,11 +1,17 @@
-//! The app's socket as the supervisor holds it: a copy of the app's fd (`pidfd_getfd`),
+//! The app's socket as the supervisor holds it: an fd of sctrace's for the app's socket,
 //! which shares the open file description — socket state, file flags, epoll interest —
 //! with the app. Handlers read what the socket is through it; only the executor acts on it.
+//!
+//! How sctrace gets that fd is chosen once per session ([`SocketAccess`]): it copies the
+//! app's fd when a call needs it (`pidfd_getfd`, the full mode), or, where `pidfd_getfd` is
+//! refused (container mode), it created the socket for the app and holds a copy from birth
+//! (see [`super::owned`]). Handlers and the executor see the same [`AppSocket`] either way.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
 use crate::errno::Errno;
 use crate::sockaddr::SockAddr;
@@ -13,18 +19,103 @@ use crate::sys::notify::NotifyFd;
 use crate::sys::pidfd;
 use crate::sys::socket as sys;
 
+use super::owned::{HoldGuard, OwnedSockets};
 use super::Notification;
 
-/// A copy of one of the app's sockets.
+/// How the supervisor reaches the app's sockets, chosen when the session starts.
+#[derive(Clone)]
+pub enum SocketAccess {
+    /// Full mode: the app's fd is copied when a call needs it (`pidfd_getfd`).
+    Copy,
+    /// Container mode: sctrace created the app's inet sockets and holds copies.
+    Owned(Arc<OwnedSockets>),
+}
+
+impl SocketAccess {
+    /// The supervisor's fd for the app's fd `app_fd`, for call `n`, after the call's other
+    /// arguments were copied; then checks the call is still pending (the TOCTOU rule: what
+    /// was copied belongs to this very call).
+    pub fn take(
+        &self,
+        notify: &NotifyFd,
+        n: &Notification,
+        app_fd: i32,
+    ) -> Result<AppSocket, Untaken> {
+        let taken = match self {
+            SocketAccess::Copy => copy_fd(n.tid(), app_fd)
+                .map(|fd| AppSocket {
+                    fd,
+                    app_fd,
+                    ino: None,
+                    _held: None,
+                })
+                .map_err(|err| match err {
+                    Errno(libc::EBADF) => Untaken::BadFd,
+                    err => Untaken::Unreachable(err),
+                }),
+            SocketAccess::Owned(owned) => {
+                owned
+                    .take(n.tid(), app_fd)
+                    .map(|(fd, ino, guard)| AppSocket {
+                        fd,
+                        app_fd,
+                        ino: Some(ino),
+                        _held: Some(guard),
+                    })
+            }
+        };
+        if !notify.id_valid(n.raw.id) {
+            return Err(Untaken::Gone);
+        }
+        taken
+    }
+
+    /// The identity (inode) of the app's socket `app_fd`, for a call that needs nothing else
+    /// of it (`getpeername`): in container mode read from /proc, without a copy, so that it
+    /// also works for sockets sctrace no longer holds.
+    pub fn identity(
+        &self,
+        notify: &NotifyFd,
+        n: &Notification,
+        app_fd: i32,
+    ) -> Result<u64, Untaken> {
+        let identity = match self {
+            SocketAccess::Copy => {
+                return self
+                    .take(notify, n, app_fd)
+                    .and_then(|sock| sock.identity().map_err(|_| Untaken::NotSocket))
+            }
+            SocketAccess::Owned(owned) => owned.identity(n.tid(), app_fd),
+        };
+        if !notify.id_valid(n.raw.id) {
+            return Err(Untaken::Gone);
+        }
+        identity
+    }
+
+    /// The owned sockets, in container mode.
+    pub fn owned(&self) -> Option<&Arc<OwnedSockets>> {
+        match self {
+            SocketAccess::Copy => None,
+            SocketAccess::Owned(owned) => Some(owned),
+        }
+    }
+}
+
+/// An fd of sctrace's for one of the app's sockets.
 #[derive(Debug)]
 pub struct AppSocket {
     /// The copy.
     pub fd: OwnedFd,
     /// The app's fd number.
     pub app_fd: i32,
+    /// The socket's inode, when already known.
+    ino: Option<u64>,
+    /// In container mode: looks at the held socket again once sctrace is done with it.
+    _held: Option<HoldGuard>,
 }
 
-/// Why the app's socket could not be copied, and so how the call is answered.
+/// Why sctrace has no fd for the app's socket, and so how the call is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Untaken {
     /// The fd is not open in the app: the kernel itself would answer EBADF (it checks the
@@ -34,24 +125,20 @@ pub enum Untaken {
     Gone,
     /// The caller can't be reached (it died meanwhile, or is not ours to inspect).
     Unreachable(Errno),
+    /// Container mode: the fd is not a socket (the kernel answers ENOTSOCK itself).
+    NotSocket,
+    /// Container mode: a socket sctrace does not hold. `released`: sctrace held it and let
+    /// it go once it was connected; otherwise it never held it (inherited from before
+    /// sctrace, accepted by the kernel, received from another process).
+    Unheld {
+        /// The socket's inode.
+        ino: u64,
+        /// Whether sctrace released it after its connect.
+        released: bool,
+    },
 }
 
 impl AppSocket {
-    /// Copies the app's fd `app_fd` for call `n`, after the call's other arguments were
-    /// copied, and checks the call is still pending (the TOCTOU rule: what was copied
-    /// belongs to this very call).
-    pub fn take(notify: &NotifyFd, n: &Notification, app_fd: i32) -> Result<AppSocket, Untaken> {
-        let taken = copy_fd(n.tid(), app_fd);
-        if !notify.id_valid(n.raw.id) {
-            return Err(Untaken::Gone);
-        }
-        match taken {
-            Ok(fd) => Ok(AppSocket { fd, app_fd }),
-            Err(Errno(libc::EBADF)) => Err(Untaken::BadFd),
-            Err(err) => Err(Untaken::Unreachable(err)),
-        }
-    }
-
     /// `SO_DOMAIN`: the socket's address family (ENOTSOCK for other files).
     pub fn family(&self) -> Result<i32, Errno> {
         sys::domain(self.fd.as_fd())
@@ -80,9 +167,13 @@ impl AppSocket {
         }
     }
 
-    /// `SO_COOKIE`: the socket's identity, shared by every fd of it.
-    pub fn cookie(&self) -> Result<u64, Errno> {
-        sys::cookie(self.fd.as_fd())
+    /// The socket's identity, shared by every fd of it: its inode (what
+    /// `/proc/PID/fd/N` shows as `socket:[INODE]`).
+    pub fn identity(&self) -> Result<u64, Errno> {
+        match self.ino {
+            Some(ino) => Ok(ino),
+            None => sys::inode(self.fd.as_fd()),
+        }
     }
 
     /// Whether it is an IPv6 socket.

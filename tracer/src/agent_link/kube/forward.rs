@@ -43,6 +43,9 @@ pub async fn connect(
         port,
         why,
     };
+    // The failure to report: the latest, unless the deadline cut an attempt short — then
+    // the one before says more (the API server's reason).
+    let mut reported: Option<ForwardFailure> = None;
     loop {
         let last = match attempt(&pods, agent, port, token, deadline).await {
             Ok(connected) => return Ok(connected),
@@ -64,9 +67,14 @@ pub async fn connect(
                 }
             }
         };
+        let last = match (last, reported.take()) {
+            (ForwardFailure::Deadline, Some(before)) => before,
+            (last, _) => last,
+        };
         if Instant::now() + timing.poll > deadline {
             return Err(failed(last));
         }
+        reported = Some(last);
         tokio::time::sleep(timing.poll).await;
     }
 }
