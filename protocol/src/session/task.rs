@@ -163,7 +163,12 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Err(e) => CloseReason::Decode(e),
                 }
             }
-            Ok(_) => shared.lock().last_recv = Instant::now(),
+            Ok(_) => {
+                let mut st = shared.lock();
+                st.last_recv = Instant::now();
+                // The frames decoded next are views of the buffer this read went into.
+                st.read_batch += 1;
+            }
             Err(e) => return CloseReason::Io(Arc::new(e)),
         }
     }

@@ -132,6 +132,9 @@ pub(crate) struct StreamState {
     pub read_waker: Option<Waker>,
     pub write_waker: Option<Waker>,
     pub waiting_out: bool,
+    /// The read (see [`State::read_batch`]) whose buffer the payloads queued in `recv` as
+    /// views keep alive, if any: all of them come from that one buffer.
+    pub pinned_batch: Option<u64>,
 }
 
 pub(crate) struct UdpState {
@@ -170,6 +173,9 @@ pub(crate) struct State {
     pub last_recv: Instant,
     ping_nonce: u64,
     limits: Limits,
+    /// Counts the reads of the session's connection: the frames decoded from one read are
+    /// views of one buffer.
+    pub read_batch: u64,
 }
 
 impl Shared {
@@ -193,6 +199,7 @@ impl Shared {
                 last_recv: Instant::now(),
                 ping_nonce: 0,
                 limits,
+                read_batch: 0,
             }),
             closed_tx,
             limits,
@@ -276,6 +283,7 @@ impl StreamState {
             read_waker: None,
             write_waker: None,
             waiting_out: false,
+            pinned_batch: None,
         }
     }
 }
