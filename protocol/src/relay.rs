@@ -2,8 +2,9 @@
 //! half-closes and resets, and holding no buffer while a direction is idle — so that
 //! thousands of idle relayed connections cost little memory.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -43,14 +44,18 @@ pub struct RelayOutcome {
 
 /// Stream → local.
 enum Toward {
-    /// Moving data; `pending` is what was received but not yet written.
+    /// Moving data; `pending` is what was received but not yet written, in order.
     Open {
-        pending: Option<Bytes>,
+        pending: VecDeque<Bytes>,
     },
     /// EOF seen, shutting down the writing side.
     ShuttingDown,
     Done,
 }
+
+/// Chunks taken from the stream for one vectored write at most (the stream's window is
+/// at most this many maximal `Data` frames in flight by default).
+const MAX_WRITE_CHUNKS: usize = 16;
 
 /// Relays until both directions have finished or one side fails. EOF on one side becomes a
 /// FIN (`shutdown`) on the other; the other direction keeps flowing.
@@ -58,7 +63,9 @@ pub async fn relay<T>(stream: &mut Stream, local: &mut T) -> RelayOutcome
 where
     T: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut down = Toward::Open { pending: None };
+    let mut down = Toward::Open {
+        pending: VecDeque::new(),
+    };
     let mut up = Up {
         phase: Phase::Open,
         buf: None,
@@ -107,18 +114,37 @@ fn poll_down<T: AsyncWrite + Unpin + ?Sized>(
                 Poll::Pending => return None,
             },
             Toward::Open { pending } => {
-                if let Some(chunk) = pending {
-                    match Pin::new(&mut *local).poll_write(cx, chunk) {
+                if !pending.is_empty() {
+                    let written = if local.is_write_vectored() {
+                        let mut slices = [IoSlice::new(&[]); MAX_WRITE_CHUNKS];
+                        for (slot, chunk) in slices.iter_mut().zip(pending.iter()) {
+                            *slot = IoSlice::new(chunk);
+                        }
+                        let count = pending.len().min(MAX_WRITE_CHUNKS);
+                        Pin::new(&mut *local).poll_write_vectored(cx, &slices[..count])
+                    } else {
+                        let front = pending.front().map_or(&[][..], |c| &c[..]);
+                        Pin::new(&mut *local).poll_write(cx, front)
+                    };
+                    match written {
                         Poll::Ready(Ok(0)) => {
                             let e = io::Error::from(io::ErrorKind::WriteZero);
                             stream.reset(ECONNRESET);
                             return Some(RelayEnd::LocalFailed(e));
                         }
-                        Poll::Ready(Ok(n)) => {
+                        Poll::Ready(Ok(mut n)) => {
                             *count += n as u64;
-                            chunk.advance(n);
-                            if chunk.is_empty() {
-                                *pending = None;
+                            while n > 0 {
+                                let Some(front) = pending.front_mut() else {
+                                    break;
+                                };
+                                if front.len() <= n {
+                                    n -= front.len();
+                                    pending.pop_front();
+                                } else {
+                                    front.advance(n);
+                                    n = 0;
+                                }
                             }
                         }
                         Poll::Ready(Err(e)) => {
@@ -129,9 +155,12 @@ fn poll_down<T: AsyncWrite + Unpin + ?Sized>(
                     }
                     continue;
                 }
-                match stream.poll_recv_chunk(cx) {
-                    Poll::Ready(Ok(Some(chunk))) => *pending = Some(chunk),
-                    Poll::Ready(Ok(None)) => *state = Toward::ShuttingDown,
+                if pending.capacity() > MAX_WRITE_CHUNKS {
+                    *pending = VecDeque::new();
+                }
+                match stream.poll_recv_chunks(cx, pending, MAX_WRITE_CHUNKS) {
+                    Poll::Ready(Ok(true)) => {}
+                    Poll::Ready(Ok(false)) => *state = Toward::ShuttingDown,
                     Poll::Ready(Err(e)) => return Some(RelayEnd::StreamFailed(e)),
                     Poll::Pending => {
                         if let Poll::Ready(Err(e)) = Pin::new(&mut *local).poll_flush(cx) {

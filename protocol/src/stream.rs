@@ -5,11 +5,12 @@
 //! Dropping a stream that has not both sent and received FIN resets it (like closing a
 //! socket with `SO_LINGER` 0): to close gracefully, shut down and read to EOF first.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -77,6 +78,31 @@ impl Stream {
         self.poll_take(cx, usize::MAX)
     }
 
+    /// Like [`Stream::poll_recv_chunk`], but takes every chunk already received (at most
+    /// `max`, at least one) into `into`, so that they can be written out in one vectored
+    /// write: `Ok(true)` when some were taken, `Ok(false)` at EOF.
+    pub fn poll_recv_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Bytes>,
+        max: usize,
+    ) -> Poll<io::Result<bool>> {
+        match self.poll_take(cx, usize::MAX) {
+            Poll::Ready(Ok(Some(chunk))) => into.push_back(chunk),
+            Poll::Ready(Ok(None)) => return Poll::Ready(Ok(false)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        while into.len() < max {
+            match self.take(usize::MAX, None) {
+                Poll::Ready(Ok(Some(chunk))) => into.push_back(chunk),
+                // EOF, an error or nothing more: the next call reports it.
+                _ => break,
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+
     /// Async form of [`Stream::poll_recv_chunk`].
     pub async fn recv_chunk(&mut self) -> io::Result<Option<Bytes>> {
         std::future::poll_fn(|cx| self.poll_recv_chunk(cx)).await
@@ -95,6 +121,12 @@ impl Stream {
     }
 
     fn poll_take(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        self.take(max, Some(cx.waker()))
+    }
+
+    /// Takes the next chunk (at most `max` bytes of it); when there is none yet, registers
+    /// `waker` (if given) and returns `Pending`.
+    fn take(&mut self, max: usize, waker: Option<&Waker>) -> Poll<io::Result<Option<Bytes>>> {
         let mut st = self.shared.lock();
         let threshold = (self.shared.limits.local_window / 4).max(1);
         let closed = st.closed.clone();
@@ -137,7 +169,9 @@ impl Stream {
         if let Some(reason) = closed {
             return Poll::Ready(Err(reason.to_io_error()));
         }
-        register(&mut s.read_waker, cx.waker());
+        if let Some(waker) = waker {
+            register(&mut s.read_waker, waker);
+        }
         Poll::Pending
     }
 }
