@@ -141,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 sockets.clone(),
                 target.netns.clone(),
                 cli.nft.clone(),
+                handoffs.clone(),
             ),
             sockets,
             env,

@@ -1,4 +1,5 @@
-/* Benchmark workloads for scripts/bench: each prints one line "NAME OPS SECONDS".
+/* Benchmark workloads for scripts/bench. The timed modes print one line "NAME OPS SECONDS"
+ * (rtt and http-get add the median and 99th percentile of one operation, in microseconds).
  *
  *   workloads syscalls N     N cheap syscalls (getppid), N/10 file open+close, N/1000 fork+exec of /bin/true
  *   workloads connect N      N blocking TCP connects (+accept, close) to a listener on 127.0.0.1
@@ -8,14 +9,26 @@
  *   workloads resolve N NAME N getaddrinfo(NAME) calls (glibc's resolver, A and AAAA)
  *   workloads hold N PORT HOST    opens N TCP connections to HOST:PORT and keeps them idle
  *                            until stdin closes; prints "held N" once all are open
- *   workloads acceptor N PORT     accept and close N connections on 127.0.0.1:PORT, then exit;
- *                            prints "ready" once listening
+ *   workloads acceptor N PORT     accept and close N connections on 127.0.0.1:PORT (0: any
+ *                            free port), then exit; prints "ready PORT" once listening
  *   workloads allow-all PROGRAM [ARGS]  runs PROGRAM under a seccomp filter that allows
  *                            everything: the cost the kernel charges any seccomp-based tool
  *   workloads pingpong N     N one-byte round trips between two threads over pipes: the
  *                            cost of two context switches, the floor of any interception
  *                            that wakes another thread
+ *   workloads sockets N      N socket()+close() of UDP sockets (sctrace's container mode
+ *                            traps socket() for inet domains)
  *   workloads msgs N         N small messages over one connected TCP socket pair with sendmsg/recvmsg
+ *   workloads rtt N PORT HOST [SIZE]   one TCP connection to an echo server; after 100
+ *                            untimed warm-up exchanges, N times: write SIZE bytes (default 64),
+ *                            read them back; prints "rtt N SECONDS MEDIAN_US P99_US"
+ *   workloads echo-server PORT HOST    TCP echo server, one thread per connection (blocking
+ *                            read/write, TCP_NODELAY); prints "ready" once listening
+ *   workloads http-server PORT HOST TAG   answers every HTTP request with the body "TAG\n" and
+ *                            closes the connection; prints "ready" once listening
+ *   workloads http-get N PORT HOST TAG   N HTTP/1.1 GETs, a new connection each, every answer
+ *                            checked to be 200 with the body "TAG\n";
+ *                            prints "http-get N SECONDS MEDIAN_US P99_US"
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -23,6 +36,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -153,7 +167,7 @@ static void hold(long n, int port, const char *host) {
 static void run_acceptor(long n, int port) {
     struct sockaddr_in addr;
     int l = listener_on(&addr, port);
-    printf("ready\n");
+    printf("ready %d\n", ntohs(addr.sin_port));
     fflush(stdout);
     count = n;
     acceptor(&l);
@@ -254,6 +268,184 @@ static void bench_syscalls(long n) {
     printf("syscalls %ld %.6f\n", n, now() - t0);
 }
 
+/* --- request/response over the network: echo and HTTP, servers and clients ----------- */
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Sorts the N samples (seconds) and prints "NAME N TOTAL MEDIAN_US P99_US". */
+static void report_samples(const char *name, double *t, long n, double total) {
+    qsort(t, n, sizeof *t, cmp_double);
+    printf("%s %ld %.6f %.2f %.2f\n", name, n, total, t[n / 2] * 1e6, t[n * 99 / 100] * 1e6);
+}
+
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int listen_at(int port, const char *host) {
+    struct sockaddr_in addr;
+    target(&addr, port, host);
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    if (l < 0) die("socket");
+    int one = 1;
+    setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(l, (struct sockaddr *)&addr, sizeof addr)) die("bind");
+    if (listen(l, 4096)) die("listen");
+    return l;
+}
+
+static int write_all(int s, const char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t w = write(s, buf, len);
+        if (w <= 0) return -1;
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Accepts forever, one detached thread with a small stack per connection (the memory
+ * benchmark holds thousands of idle connections). */
+static void serve_forever(int l, void *(*conn)(void *)) {
+    raise_nofile();
+    printf("ready\n");
+    fflush(stdout);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 128 * 1024);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (;;) {
+        int c = accept(l, NULL, NULL);
+        if (c < 0) continue; /* ECONNABORTED, EMFILE: the client sees a reset, we go on */
+        int one = 1;
+        setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        pthread_t t;
+        if (pthread_create(&t, &attr, conn, (void *)(long)c)) close(c);
+    }
+}
+
+static void *echo_conn(void *arg) {
+    int c = (int)(long)arg;
+    char buf[16384];
+    ssize_t r;
+    while ((r = read(c, buf, sizeof buf)) > 0) {
+        if (write_all(c, buf, (size_t)r)) break;
+    }
+    close(c);
+    return NULL;
+}
+
+static void echo_server(int port, const char *host) { serve_forever(listen_at(port, host), echo_conn); }
+
+static void bench_rtt(long n, int port, const char *host, long size) {
+    struct sockaddr_in addr;
+    target(&addr, port, host);
+    if (size < 1 || size > 65536 || n < 1) {
+        fprintf(stderr, "rtt: N >= 1 and 1 <= SIZE <= 65536\n");
+        exit(2);
+    }
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (s < 0) die("socket");
+    if (connect(s, (struct sockaddr *)&addr, sizeof addr)) die("connect");
+    int one = 1;
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    char *out = malloc(size), *in = malloc(size);
+    double *t = malloc(n * sizeof *t);
+    if (!out || !in || !t) die("malloc");
+    memset(out, 'x', size);
+    double total = 0;
+    for (long i = -100; i < n; i++) {
+        double t0 = now();
+        if (write_all(s, out, size)) die("write");
+        for (long got = 0; got < size;) {
+            ssize_t r = read(s, in + got, size - got);
+            if (r <= 0) die("read");
+            got += r;
+        }
+        double dt = now() - t0;
+        if (i >= 0) {
+            t[i] = dt;
+            total += dt;
+        }
+    }
+    close(s);
+    report_samples("rtt", t, n, total);
+}
+
+static const char *http_tag;
+
+static void *http_conn(void *arg) {
+    int c = (int)(long)arg;
+    char buf[8192];
+    size_t got = 0;
+    while (got < sizeof buf - 1) {
+        ssize_t r = read(c, buf + got, sizeof buf - 1 - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+        buf[got] = 0;
+        if (strstr(buf, "\r\n\r\n")) break;
+    }
+    char resp[512];
+    int len = snprintf(resp, sizeof resp,
+                       "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                       "Connection: close\r\n\r\n%s\n",
+                       strlen(http_tag) + 1, http_tag);
+    write_all(c, resp, (size_t)len);
+    close(c);
+    return NULL;
+}
+
+static void http_server(int port, const char *host, const char *tag) {
+    if (strlen(tag) > 256) {
+        fprintf(stderr, "http-server: TAG too long\n");
+        exit(2);
+    }
+    http_tag = tag;
+    serve_forever(listen_at(port, host), http_conn);
+}
+
+static void bench_http_get(long n, int port, const char *host, const char *tag) {
+    struct sockaddr_in addr;
+    target(&addr, port, host);
+    if (n < 1) {
+        fprintf(stderr, "http-get: N >= 1\n");
+        exit(2);
+    }
+    double *t = malloc(n * sizeof *t);
+    if (!t) die("malloc");
+    char req[256], want[512], buf[4096];
+    int reqlen = snprintf(req, sizeof req, "GET / HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n", host, port);
+    snprintf(want, sizeof want, "\r\n\r\n%s\n", tag);
+    double total = 0;
+    for (long i = 0; i < n; i++) {
+        double t0 = now();
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        if (s < 0) die("socket");
+        if (connect(s, (struct sockaddr *)&addr, sizeof addr)) die("connect");
+        if (write_all(s, req, (size_t)reqlen)) die("write");
+        size_t got = 0;
+        ssize_t r;
+        while (got < sizeof buf - 1 && (r = read(s, buf + got, sizeof buf - 1 - got)) > 0) got += (size_t)r;
+        buf[got] = 0;
+        close(s);
+        t[i] = now() - t0;
+        total += t[i];
+        size_t wl = strlen(want);
+        if (strncmp(buf, "HTTP/1.1 200 ", 13) || got < wl || strcmp(buf + got - wl, want)) {
+            fprintf(stderr, "http-get: request %ld: unexpected answer (want body \"%s\"): %.200s\n", i, tag, buf);
+            exit(1);
+        }
+    }
+    report_samples("http-get", t, n, total);
+}
+
 static int allow_all(char **argv) {
     struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
     struct sock_fprog prog = {1, &allow};
@@ -267,7 +459,7 @@ static int allow_all(char **argv) {
 int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "allow-all")) return allow_all(argv + 2);
     if (argc < 3) {
-        fprintf(stderr, "usage: workloads syscalls|sockets|connect|msgs|pingpong N | connect-to|acceptor N PORT\n");
+        fprintf(stderr, "usage: see the comment at the top of scripts/workloads/workloads.c\n");
         return 2;
     }
     long n = atol(argv[2]);
@@ -282,6 +474,13 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[1], "syscalls")) bench_syscalls(n);
     else if (!strcmp(argv[1], "sockets")) bench_sockets(n);
     else if (!strcmp(argv[1], "pingpong")) bench_pingpong(n);
-    else return 2;
+    else if (!strcmp(argv[1], "rtt") && argc > 4) bench_rtt(n, port, argv[4], argc > 5 ? atol(argv[5]) : 64);
+    else if (!strcmp(argv[1], "echo-server") && argc > 3) echo_server(atoi(argv[2]), argv[3]);
+    else if (!strcmp(argv[1], "http-server") && argc > 4) http_server(atoi(argv[2]), argv[3], argv[4]);
+    else if (!strcmp(argv[1], "http-get") && argc > 5) bench_http_get(n, port, argv[4], argv[5]);
+    else {
+        fprintf(stderr, "workloads: unknown mode or missing arguments: %s\n", argv[1]);
+        return 2;
+    }
     return 0;
 }

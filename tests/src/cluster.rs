@@ -84,10 +84,19 @@ impl Cluster {
     /// # Panics
     /// If the script fails (after taking down whatever it made), showing its output.
     pub fn up() -> Cluster {
+        Cluster::up_with_dns_ttl(0)
+    }
+
+    /// Brings up a cluster whose DNS answers with TTL `secs` (`local-cluster --dns-ttl`;
+    /// [`Cluster::up`] has 0, dnsmasq's default).
+    ///
+    /// # Panics
+    /// As [`Cluster::up`].
+    pub fn up_with_dns_ttl(secs: u32) -> Cluster {
         let prefix = unique_name("k");
         let script = workspace_root().join("scripts/local-cluster");
         let out = run_with_timeout(
-            Command::new(&script).args(["up", "--name", &prefix]),
+            Command::new(&script).args(["up", "--name", &prefix, "--dns-ttl", &secs.to_string()]),
             Duration::from_secs(60),
         );
         if !out.status.success() {
@@ -257,6 +266,29 @@ impl Cluster {
         std::fs::read_to_string(self.state_dir.join(file))
             .map(|text| text.lines().map(String::from).collect())
             .unwrap_or_default()
+    }
+
+    /// Rewrites the cluster DNS's hosts file (`address name` lines) with `edit` and makes
+    /// the server read it again (SIGHUP), as a change of a Service would.
+    ///
+    /// # Panics
+    /// If the file or the server's pid can't be read, or the signal can't be sent.
+    pub fn edit_cluster_dns(&self, edit: impl FnOnce(&str) -> String) {
+        let hosts = self.state_dir.join("cluster-dns.hosts");
+        let text = std::fs::read_to_string(&hosts)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", hosts.display()));
+        std::fs::write(&hosts, edit(&text))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", hosts.display()));
+        let pid_file = self.state_dir.join("cluster-dns.pid");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", pid_file.display()));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap_or_else(|e| panic!("cannot send SIGHUP to the cluster DNS ({pid}): {e}"));
     }
 
     /// The cluster DNS server's log so far (every query is logged).

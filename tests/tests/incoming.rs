@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use sctrace_tests::{
     bin, fixture, require_root, run_with_timeout, Cluster, Netns, Output, Server, ServerSpec,
+    Variant,
 };
 
 const T: Duration = Duration::from_secs(60);
@@ -610,4 +611,100 @@ for _ in range(2):
         "{lines:?}"
     );
     stop(child);
+}
+
+/// The network namespace cookie of a socket made by python3 in `ns`.
+fn netns_cookie(ns: &Netns) -> String {
+    let out = run_with_timeout(
+        ns.command("python3").args([
+            "-c",
+            "import socket\nprint(int.from_bytes(socket.socket().getsockopt(socket.SOL_SOCKET, 71, 8), 'little'))",
+        ]),
+        T,
+    );
+    out.assert_success();
+    out.stdout.trim().to_string()
+}
+
+#[test]
+fn a_stolen_connection_reaches_the_app_as_the_clients_own_socket() {
+    // Whole-connection steal with nobody mirroring: the app accepts the very socket the
+    // client connected to in the target (its netns cookie is the cluster's), so no byte is
+    // relayed; what the program sees is what it would see there. SCTRACE_DIRECT_SOCKETS=0
+    // relays instead, which the same program can tell.
+    let world = World::new();
+    let config = world.config("as-is.json", r#"{"mode": "steal"}"#);
+    let cluster_cookie = netns_cookie(&world.cluster.cluster);
+    let laptop_cookie = netns_cookie(&world.cluster.laptop);
+    assert_ne!(cluster_cookie, laptop_cookie);
+    let server = r#"
+import socket
+s = socket.socket(socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8004))
+s.listen()
+print("listening", flush=True)
+c, a = s.accept()
+cookie = int.from_bytes(c.getsockopt(socket.SOL_SOCKET, 71, 8), 'little')
+peer = c.getpeername()[0]
+data = b""
+while not data.endswith(b"\n"):
+    chunk = c.recv(100)
+    if not chunk:
+        break
+    data += chunk
+c.sendall(data.upper())
+c.close()
+print("accepted", a[0], peer, cookie, data.decode().strip(), flush=True)
+"#;
+    let client = format!(
+        r#"
+import socket
+c = socket.create_connection(("{APP}", 8004), timeout=10)
+c.sendall(b"hello from the cluster\n")
+got = b""
+while True:
+    chunk = c.recv(100)
+    if not chunk:
+        break
+    got += chunk
+print(got.decode().strip())
+"#
+    );
+    // An agent reached by address (the confined variants) has no way to hand a socket over.
+    let handed_over = if Variant::from_env().is_plain() {
+        &cluster_cookie
+    } else {
+        &laptop_cookie
+    };
+    for (direct, cookie) in [("1", handed_over), ("0", &laptop_cookie)] {
+        let mut app = world.run(
+            &config,
+            Path::new("python3"),
+            &["-c", server],
+            &[("SCTRACE_DIRECT_SOCKETS", direct)],
+        );
+        wait_for_line(&mut app, "listening");
+        thread::sleep(Duration::from_secs(1));
+        let out = run_with_timeout(
+            world
+                .cluster
+                .cluster
+                .command("python3")
+                .args(["-c", &client]),
+            T,
+        );
+        assert_eq!(
+            out.stdout.trim(),
+            "HELLO FROM THE CLUSTER",
+            "SCTRACE_DIRECT_SOCKETS={direct}: {out}"
+        );
+        let lines = wait_for_line(&mut app, "accepted");
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(format!("accepted {APP} {APP} {cookie} hello from the cluster").as_str()),
+            "SCTRACE_DIRECT_SOCKETS={direct} (cluster {cluster_cookie}, laptop {laptop_cookie}): {lines:?}"
+        );
+        stop(app);
+    }
 }

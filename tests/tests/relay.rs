@@ -261,6 +261,118 @@ print(src, b"sctrace local cluster" in data)
 }
 
 #[test]
+fn a_changed_record_is_seen_once_its_ttl_has_passed() {
+    require_root();
+    // sctrace keeps answers for their TTL: a lookup right after the record changed in the
+    // cluster still gets the old address (from sctrace, the cluster's DNS is not asked),
+    // and the new one comes once the TTL has run out.
+    const TTL: u32 = 3;
+    let cluster = Cluster::up_with_dns_ttl(TTL);
+    let script = format!(
+        r#"
+import socket, sys, time
+def addrs():
+    try:
+        return sorted({{ai[4][0] for ai in socket.getaddrinfo("uwu-service", 80, type=socket.SOCK_STREAM)}})
+    except socket.gaierror as e:
+        return ["error " + str(e)]
+first = addrs(); t = time.monotonic()
+print("first", ",".join(first), flush=True)
+sys.stdin.readline()
+print("second", ",".join(addrs()), round(time.monotonic() - t, 3), flush=True)
+deadline = time.monotonic() + {TTL} + 10
+while time.monotonic() < deadline:
+    now = addrs()
+    if now != first:
+        print("changed", ",".join(now), round(time.monotonic() - t, 3), flush=True)
+        break
+    time.sleep(0.1)
+else:
+    print("unchanged", flush=True)
+"#
+    );
+    let mut child = cluster
+        .laptop
+        .command(bin("sctrace"))
+        .args(["run", "--target"])
+        .arg(format!("netns/{}", cluster.cluster.name()))
+        .args(["--", "python3", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        line.trim().to_string()
+    };
+    let first = line();
+    assert_eq!(first, "first 198.18.0.10,2001:2::10");
+
+    let fqdn = "uwu-service.default.svc.cluster.local";
+    let reloads = |c: &Cluster| {
+        c.cluster_dns_log()
+            .iter()
+            .filter(|l| l.contains("cluster-dns.hosts"))
+            .count()
+    };
+    let before = reloads(&cluster);
+    cluster.edit_cluster_dns(|hosts| {
+        hosts.replace(
+            &format!("198.18.0.10 {fqdn}"),
+            &format!("198.18.0.99 {fqdn}"),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads(&cluster) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster DNS did not read its hosts file again"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let asked = |c: &Cluster| {
+        c.cluster_dns_queries()
+            .iter()
+            .filter(|q| q.name == fqdn)
+            .count()
+    };
+    let asked_before = asked(&cluster);
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+
+    let second = line();
+    let mut words = second.split(' ');
+    assert_eq!(words.next(), Some("second"), "{second}");
+    let addrs = words.next().unwrap_or_default();
+    let after: f64 = words.next().and_then(|w| w.parse().ok()).unwrap();
+    // Only meaningful while the first answer is certainly still fresh.
+    if after < f64::from(TTL) - 0.5 {
+        assert_eq!(
+            addrs, "198.18.0.10,2001:2::10",
+            "{after} s after the first lookup"
+        );
+        assert_eq!(
+            asked(&cluster),
+            asked_before,
+            "answered from sctrace's cache"
+        );
+    }
+
+    let changed = line();
+    let mut words = changed.split(' ');
+    assert_eq!(words.next(), Some("changed"), "{changed}");
+    assert_eq!(words.next(), Some("198.18.0.99,2001:2::10"), "{changed}");
+    let at: f64 = words.next().and_then(|w| w.parse().ok()).unwrap();
+    assert!(
+        at > f64::from(TTL) - 1.0,
+        "the new address came {at} s after the first lookup, before the TTL ({TTL} s) ran out"
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn big_transfers_and_many_connections_arrive_intact() {
     let world = World::new();
     let srv = bin("sctrace-testsrv");
@@ -1188,4 +1300,135 @@ fn remote_connects_use_sockets_of_the_target_where_that_is_safe() {
     );
     relayed.assert_success();
     assert_eq!(relayed.stdout, direct.stdout, "{relayed}\n{direct}");
+}
+
+/// Connects to the echo server, then connects the same socket again; and starts a
+/// non-blocking connect to the black hole, then asks again while it is still in progress.
+const CONNECT_TWICE: &str = r#"
+import errno, socket, sys
+echo, blackhole = sys.argv[1], sys.argv[2]
+s = socket.create_connection((echo, 7))
+try:
+    s.connect((echo, 7))
+    print("second connect ok")
+except OSError as e:
+    print("second connect", errno.errorcode[e.errno])
+s.sendall(b"x")
+print("echo", s.recv(1))
+n = socket.socket()
+n.setblocking(False)
+for attempt in ("first", "again"):
+    try:
+        n.connect((blackhole, 80))
+        print(attempt, "ok")
+    except OSError as e:
+        print(attempt, errno.errorcode[e.errno])
+"#;
+
+#[test]
+fn a_second_connect_on_a_connected_socket_connects_nothing_in_the_target() {
+    // The kernel answers EISCONN (EALREADY while in progress) without touching the network:
+    // so must sctrace, on relayed sockets too, rather than have the agent connect again.
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let blackhole = world.cluster.service("blackhole").v4().to_string();
+    let args = ["-c", CONNECT_TWICE, &echo, &blackhole];
+    let accepts = || {
+        world.servers[0]
+            .log()
+            .iter()
+            .filter(|l| l.contains("tcp accept"))
+            .count()
+    };
+    let before = accepts();
+    let inside = run_with_timeout(world.cluster.cluster.command("python3").args(args), T);
+    inside.assert_success();
+    assert_eq!(accepts(), before + 1, "{inside}");
+    assert!(inside.stdout.contains("second connect EISCONN"), "{inside}");
+    assert!(inside.stdout.contains("again EALREADY"), "{inside}");
+    for direct in ["1", "0"] {
+        let before = accepts();
+        let traced = run_with_timeout(
+            world
+                .sctrace(None, None, Path::new("python3"), &args)
+                .env("SCTRACE_DIRECT_SOCKETS", direct),
+            T,
+        );
+        traced.assert_success();
+        assert_eq!(
+            traced.stdout, inside.stdout,
+            "SCTRACE_DIRECT_SOCKETS={direct}: {traced}"
+        );
+        // (The echo server logs an accept as it happens; the program has had its answer.)
+        thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            accepts(),
+            before + 1,
+            "SCTRACE_DIRECT_SOCKETS={direct}: {traced}"
+        );
+    }
+}
+
+/// One direct connect (the program's fd table is read), then sockets registered with epoll
+/// instances made afterwards — one of them reached only through a dup of a closed fd —
+/// connected without blocking: each must still be reported writable by its instance.
+const EPOLL_AFTER_A_CONNECT: &str = r#"
+import os, select, socket, sys
+echo = sys.argv[1]
+first = socket.create_connection((echo, 7))
+first.close()
+
+def connect_watched(ep):
+    s = socket.socket()
+    s.setblocking(False)
+    ep.register(s.fileno(), select.EPOLLOUT)
+    try:
+        s.connect((echo, 7))
+    except BlockingIOError:
+        pass
+    ready = [fd for fd, ev in ep.poll(5) if fd == s.fileno() and ev & select.EPOLLOUT]
+    print("writable" if ready else "never writable", s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    return s
+
+kept = [connect_watched(select.epoll())]
+made = select.epoll()
+other = os.dup(made.fileno())
+made.close()
+kept.append(connect_watched(select.epoll.fromfd(other)))
+import ctypes, fcntl
+libc = ctypes.CDLL(None, use_errno=True)
+for name, arg in (("epoll_create", 0), ("epoll_create1", 1), ("epoll_create", 1), ("epoll_create1", 0o2000000)):
+    fd = getattr(libc, name)(arg)
+    if fd < 0:
+        print(name, arg, "errno", ctypes.get_errno())
+    else:
+        print(name, arg, "close-on-exec" if fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC else "inherited")
+"#;
+
+#[test]
+fn a_socket_watched_by_an_epoll_made_after_a_connect_keeps_its_registration() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let args = ["-c", EPOLL_AFTER_A_CONNECT, &echo];
+    let inside = run_with_timeout(world.cluster.cluster.command("python3").args(args), T);
+    inside.assert_success();
+    assert!(
+        inside.stdout.starts_with("writable 0\nwritable 0\n"),
+        "{inside}"
+    );
+    let events = world.scratch("epoll-after.jsonl");
+    let traced = world.run(Some(&events), Path::new("python3"), &args);
+    traced.assert_success();
+    assert_eq!(traced.stdout, inside.stdout, "{traced}");
+    let paths: Vec<String> = events_of(&read_events(&events), "connect")
+        .iter()
+        .filter(|e| e["sock_type"] == "stream")
+        .map(|e| e["path"].as_str().unwrap_or("-").to_string())
+        .collect();
+    let expected = if Variant::from_env().is_plain() {
+        ["direct", "relay", "relay"]
+    } else {
+        ["relay", "relay", "relay"]
+    };
+    assert_eq!(paths, expected, "{traced}");
 }

@@ -351,6 +351,7 @@ fn self_test() -> SelfTest {
         bpf::Traps {
             receives: false,
             sockets: true,
+            epolls: false,
         },
     );
     let args = ["doctor".into(), "--self-test-child".into()];

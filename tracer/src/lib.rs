@@ -23,6 +23,7 @@ pub mod cli;
 pub mod dns;
 pub mod doctor;
 pub mod env;
+pub mod epolls;
 pub mod errno;
 pub mod events;
 pub mod execute;

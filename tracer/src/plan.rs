@@ -103,6 +103,14 @@ pub enum Plan {
         /// The protocol.
         protocol: i32,
     },
+    /// Create an epoll instance for the app and install it (sessions that hand sockets of
+    /// the target over count them, see `epolls`).
+    CreateEpoll {
+        /// Where the instance is counted once installed.
+        direct: Arc<crate::remote::target_sockets::TargetSockets>,
+        /// `epoll_create1`'s flags.
+        flags: i32,
+    },
     /// `getpeername` or `getsockname` on a socket sctrace manages: the address as it is in
     /// the target (the peer the app asked for; the socket's own address there), already in
     /// the socket's family. Needs only the socket's identity, not the socket.
@@ -145,6 +153,10 @@ impl std::fmt::Debug for Plan {
                 .field("domain", domain)
                 .field("sock_type", sock_type)
                 .field("protocol", protocol)
+                .finish_non_exhaustive(),
+            Plan::CreateEpoll { flags, .. } => f
+                .debug_struct("CreateEpoll")
+                .field("flags", flags)
                 .finish_non_exhaustive(),
             Plan::ShowAddress { addr, .. } => f
                 .debug_struct("ShowAddress")

@@ -123,29 +123,52 @@ pub fn fd_cloexec(tid: i32, fd: i32) -> io::Result<bool> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "fdinfo lacks flags"))
 }
 
-/// Whether an epoll instance in the fd table of thread `tid` watches the open file whose
-/// inode is `inode` (each watched file is a `tfd: ... ino:HEX` line of the epoll fd's
-/// fdinfo). An epoll registration belongs to the open file: a socket installed over the fd
-/// later would not be watched.
-pub fn watched_by_epoll(tid: i32, inode: u64) -> io::Result<bool> {
+/// The fds of thread `tid`'s fd table that are epoll instances.
+pub fn epoll_fds(tid: i32) -> io::Result<Vec<i32>> {
+    let mut fds = Vec::new();
     for entry in fs::read_dir(format!("/proc/{tid}/fd"))? {
         let Ok(entry) = entry else { continue };
         let is_epoll = fs::read_link(entry.path())
-            .map(|target| target.as_os_str() == "anon_inode:[eventpoll]")
+            .map(|target| target.as_os_str() == EPOLL_LINK)
             .unwrap_or(false);
-        if !is_epoll {
-            continue;
-        }
-        let info = fs::read_to_string(format!(
-            "/proc/{tid}/fdinfo/{}",
-            entry.file_name().to_string_lossy()
-        ))
-        .unwrap_or_default();
-        if epoll_watches(&info, inode) {
-            return Ok(true);
+        if let (true, Some(fd)) = (is_epoll, entry.file_name().to_str()) {
+            if let Ok(fd) = fd.parse() {
+                fds.push(fd);
+            }
         }
     }
-    Ok(false)
+    Ok(fds)
+}
+
+/// What /proc/TID/fd/N links to for an epoll instance.
+const EPOLL_LINK: &str = "anon_inode:[eventpoll]";
+
+/// Whether one of the epoll instances at `fds` of thread `tid` watches the open file whose
+/// inode is `inode` (each watched file is a `tfd: ... ino:HEX` line of the epoll fd's
+/// fdinfo). `None` when one of the fds is no longer an epoll instance. An epoll
+/// registration belongs to the open file: a socket installed over the fd later would not
+/// be watched.
+pub fn epolls_watch(tid: i32, fds: &[i32], inode: u64) -> Option<bool> {
+    for fd in fds {
+        let link = fs::read_link(format!("/proc/{tid}/fd/{fd}")).ok()?;
+        if link.as_os_str() != EPOLL_LINK {
+            return None;
+        }
+        let info = fs::read_to_string(format!("/proc/{tid}/fdinfo/{fd}")).ok()?;
+        if epoll_watches(&info, inode) {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// When thread `tid` started (field 22 of /proc/TID/stat, in clock ticks since boot).
+pub fn start_time(tid: i32) -> io::Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{tid}/stat"))?;
+    stat.rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().nth(19))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable stat"))
 }
 
 /// Whether an epoll fdinfo text lists a watched file with inode `inode`.
@@ -312,6 +335,19 @@ tfd:        7 events:       19 data:                7  pos:0 ino:ff sdev:8\n";
             "the epoll's own inode is not watched"
         );
         assert!(!epoll_watches("garbage", 1));
+    }
+
+    fn watched_by_epoll(tid: i32, inode: u64) -> io::Result<bool> {
+        Ok(epolls_watch(tid, &epoll_fds(tid)?, inode).unwrap_or(false))
+    }
+
+    #[test]
+    fn start_times_are_read_and_stay() {
+        let me = std::process::id() as i32;
+        let first = start_time(me).unwrap();
+        assert!(first > 0);
+        assert_eq!(start_time(me).unwrap(), first);
+        assert!(start_time(-1).is_err());
     }
 
     #[test]

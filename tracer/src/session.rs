@@ -237,6 +237,7 @@ impl Session {
         let traps = launch::bpf::Traps {
             receives: relay.is_some(),
             sockets: mode == Mode::Container,
+            epolls: relay.as_ref().is_some_and(|r| r.remote.direct.is_some()),
         };
         let filter = launch::bpf::build(&launch::bpf::NATIVE, traps);
         let terminal = Terminal::foreground();

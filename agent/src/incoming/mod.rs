@@ -25,6 +25,7 @@ mod registry;
 mod steal;
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -105,6 +106,8 @@ pub struct SessionInfo {
 /// The agent's incoming-traffic state, shared by every session.
 pub struct Incoming {
     sockets: NetnsSockets,
+    /// With a local sctrace: where stolen connections are offered as they are.
+    handoffs: Option<Arc<crate::handoff::Handoffs>>,
     nft: Nft,
     registry: Mutex<Registry<Subscriber>>,
     /// Serialises subscription changes (rules follow the registry) and holds the listeners
@@ -115,9 +118,15 @@ pub struct Incoming {
 impl Incoming {
     /// Incoming traffic in the namespace at `netns` (sockets from `sockets`), with rules
     /// kept by the nftables program `nft`.
-    pub fn new(sockets: NetnsSockets, netns: PathBuf, nft: PathBuf) -> Arc<Incoming> {
+    pub fn new(
+        sockets: NetnsSockets,
+        netns: PathBuf,
+        nft: PathBuf,
+        handoffs: Option<Arc<crate::handoff::Handoffs>>,
+    ) -> Arc<Incoming> {
         Arc::new(Incoming {
             sockets,
+            handoffs,
             nft: Nft::new(nft, netns),
             registry: Mutex::new(Registry::default()),
             changes: tokio::sync::Mutex::new(None),
@@ -276,11 +285,23 @@ impl Incoming {
                 mirrors.push(mirror);
             }
         }
-        let conn = Tee::new(conn, &mirrors, client, server);
         let stealer = match subscribers.stealer {
             Some(stealer) if stealer.started().await => Some(stealer),
             _ => None,
         };
+        // A whole connection stolen by a local sctrace, with nobody mirroring it: the app
+        // may take the client's own socket, and no byte passes through the agent.
+        if let (Some(handoffs), Some(stealer), true) =
+            (&self.handoffs, &stealer, mirrors.is_empty())
+        {
+            if stealer.filter.is_none() {
+                if let Some(true) = handoffs.offer(conn.as_fd(), client, server).await {
+                    tracing::debug!(%client, %server, "stolen connection taken by sctrace as it is");
+                    return;
+                }
+            }
+        }
+        let conn = Tee::new(conn, &mirrors, client, server);
         match stealer {
             None => proxy::pass_through(conn, server, &self.sockets).await,
             Some(stealer) if stealer.filter.is_none() => {

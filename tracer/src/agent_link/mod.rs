@@ -19,7 +19,7 @@ use sctrace_protocol::{
 use thiserror::Error;
 use tokio::net::{TcpStream, UnixStream};
 
-pub use handoff::Handoff;
+pub use handoff::{Handoff, Offer};
 pub use local::LocalAgent;
 pub use tls::TlsSetupError;
 

@@ -51,15 +51,33 @@ pub fn accept(
         Err(Errno(libc::EAGAIN)) if listener_flags & libc::O_NONBLOCK == 0 => {
             let remote = Arc::clone(remote);
             Action::Defer(Box::pin(async move {
-                match wait_and_accept(&call, sock.fd, listener_flags, flags).await {
-                    Ok(accepted) => deliver(&remote, dest, flags, accepted),
+                let watched = match sock.fd.try_clone() {
+                    Ok(fd) => fd,
+                    Err(err) => return Reply::Fail(Errno::from_io(&err)),
+                };
+                match wait_and_accept(&call, watched, listener_flags, flags).await {
+                    Ok(accepted) => deliver(&remote, sock.fd.as_fd(), dest, flags, accepted),
                     Err(err) => Reply::Fail(err),
                 }
             }))
         }
         Err(err) => Reply::Fail(err).into(),
-        Ok(accepted) => deliver(remote, dest, flags, accepted).into(),
+        Ok(accepted) => deliver(remote, sock.fd.as_fd(), dest, flags, accepted).into(),
     }
+}
+
+/// Makes the client's own socket what the app's accept returns: its O_NONBLOCK as the
+/// accept's flags say, and the options the app set on its listener (which an accepted
+/// socket inherits).
+fn adopt(listener: BorrowedFd<'_>, client: OwnedFd, flags: i32) -> Result<OwnedFd, Errno> {
+    let nonblocking = if flags & libc::SOCK_NONBLOCK != 0 {
+        libc::O_NONBLOCK
+    } else {
+        0
+    };
+    sys::set_file_flags(client.as_fd(), libc::O_RDWR | nonblocking)?;
+    super::direct::carry_options(listener, client.as_fd());
+    Ok(client)
 }
 
 /// accept4 with the listener's O_NONBLOCK set for the call (restored after).
@@ -102,12 +120,25 @@ async fn wait_and_accept(
 /// makes the answer that installs the socket.
 fn deliver(
     remote: &Remote,
+    listener: BorrowedFd<'_>,
     dest: Destination,
     flags: i32,
     (fd, peer): (OwnedFd, Vec<u8>),
 ) -> Reply {
     let peer_addr = SockAddr::parse(&peer).and_then(|a| a.inet());
     let delivered = peer_addr.and_then(|p| remote.incoming.delivered(p));
+    // A stolen connection offered as it is: the app gets the client's own socket (in the
+    // target) instead of the placeholder, which closes.
+    let fd = match peer_addr.and_then(|p| remote.incoming.take_direct(p)) {
+        Some(client) => match adopt(listener, client, flags) {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::debug!("cannot hand a stolen connection over as it is: {err}");
+                fd
+            }
+        },
+        None => fd,
+    };
     let shown = match (delivered, &peer_addr) {
         (Some(d), Some(p)) => SockAddr::encode_inet(in_family(d.client, p.is_ipv6())),
         _ => peer,

@@ -139,7 +139,11 @@ pub struct Prepared {
 
 /// Checks that the app's socket (fd `app_fd` of thread `tid`) can be replaced, and reads
 /// what its replacement must have. `Err`: why it keeps the relay.
-pub fn prepare(sock: &AppSocket, tid: i32) -> Result<Prepared, &'static str> {
+pub fn prepare(
+    sock: &AppSocket,
+    tid: i32,
+    epolls: &crate::epolls::Epolls,
+) -> Result<Prepared, &'static str> {
     let fd = sock.fd.as_fd();
     let v6 = match sock.family() {
         Ok(libc::AF_INET) => false,
@@ -166,7 +170,10 @@ pub fn prepare(sock: &AppSocket, tid: i32) -> Result<Prepared, &'static str> {
     }
     let cloexec = procfs::fd_cloexec(tid, sock.app_fd).map_err(|_| "unreadable fdinfo")?;
     let (inode, _) = sys::inode_and_owner(fd).map_err(|_| "unreadable inode")?;
-    if procfs::watched_by_epoll(tid, inode).map_err(|_| "unreadable fd table")? {
+    if epolls
+        .watched(tid, inode)
+        .map_err(|_| "unreadable fd table")?
+    {
         return Err("watched by epoll");
     }
     Ok(Prepared {
@@ -196,6 +203,21 @@ fn settings(fd: BorrowedFd<'_>, v6: bool) -> Vec<Setting> {
             Some(Setting { level, name, value })
         })
         .collect()
+}
+
+/// Sets on `to` the options of `from` that differ from a new socket's, as far as `to`
+/// takes them (best effort: an accepted socket inherits its listener's options).
+pub fn carry_options(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
+    let v6 = sys::domain(from) == Ok(libc::AF_INET6);
+    for setting in settings(from, v6) {
+        if let Err(err) = sys::set_option_bytes(to, setting.level, setting.name, &setting.value) {
+            tracing::debug!(
+                "option {}/{} not carried over: {err}",
+                setting.level,
+                setting.name
+            );
+        }
+    }
 }
 
 /// Connects a socket of the target to `dst` in place of the app's socket. `None`: no

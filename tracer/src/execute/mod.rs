@@ -86,6 +86,7 @@ impl Executor {
                 sock_type,
                 protocol,
             } => return create::socket(owner, tid, domain, sock_type, protocol).into(),
+            Plan::CreateEpoll { direct, flags } => return create::epoll(direct, flags).into(),
             Plan::ShowAddress {
                 tid,
                 addr,

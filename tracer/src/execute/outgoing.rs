@@ -79,7 +79,7 @@ pub fn connect_tcp(
         Err(err) => return answer(record, Err::<i64, _>(err)).into(),
     };
     let direct = remote.direct.as_ref().and_then(|direct| {
-        direct::prepare(&sock, tid)
+        direct::prepare(&sock, tid, &direct.epolls)
             .inspect_err(|why| tracing::debug!("connect to {dst} relayed: {why}"))
             .ok()
             .map(|prepared| (Arc::clone(direct), prepared))

@@ -91,6 +91,12 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         // as in the target (EISCONN, EALREADY, a new connect after a failed one).
         return as_asked(sock, record, addr, len);
     }
+    if protocol == Protocol::Tcp && is_connected_or_connecting(&sock) {
+        // The kernel answers EISCONN (EALREADY while a connect is in progress) without
+        // touching the network, as it would in the target; routing it would have the agent
+        // connect to the destination a second time.
+        return as_asked(sock, record, addr, len);
+    }
     let work = match (routed.to, protocol) {
         (Destination::Local, _) => match routed.reresolve {
             Some(name) => Work::ConnectReresolved { name, dst },
@@ -123,6 +129,13 @@ fn as_asked(sock: AppSocket, record: Option<Record>, addr: AddrArg, len: i32) ->
         record,
         work: Work::Connect { addr, len },
     }
+}
+
+/// Whether a TCP socket is past `TCP_CLOSE`: connected, connecting, or listening — a
+/// socket the kernel itself refuses to connect again.
+fn is_connected_or_connecting(sock: &AppSocket) -> bool {
+    const TCP_CLOSE: u8 = 7;
+    crate::sys::socket::tcp_state(sock.fd.as_fd()).is_ok_and(|state| state != TCP_CLOSE)
 }
 
 fn family_of(sock: &AppSocket) -> i32 {

@@ -216,6 +216,8 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         Syscall::GetSockName => recv::decide_getsockname(ctx, n),
         Syscall::Accept | Syscall::Accept4 => accept::decide(ctx, n),
         Syscall::Socket => socket::decide(ctx, n),
+        Syscall::EpollCreate => socket::decide_epoll_create(ctx, n),
+        Syscall::EpollCreate1 => socket::decide_epoll_create1(ctx, n),
         Syscall::Other(_) => Reply::Continue.into(),
     }
 }

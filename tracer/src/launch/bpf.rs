@@ -13,6 +13,8 @@
 //!      ├── recvmsg recvmmsg getpeername getsockname
 //!      │                                     (sessions that relay) ▶ USER_NOTIF
 //!      ├── recvfrom ───── arg 4 ≠ NULL       (sessions that relay) ▶ USER_NOTIF
+//!      ├── epoll_create epoll_create1   (sessions that hand sockets of
+//!      │                                  the target over) ────────▶ USER_NOTIF
 //!      ├── socket ─────── arg 0 (the domain) is AF_INET or AF_INET6
 //!      │                                           (container mode) ▶ USER_NOTIF
 //!      │                  └─ any other domain ─────────────────────▶ ALLOW
@@ -39,6 +41,10 @@
 //!   `trap::owned`): sctrace then creates the app's inet sockets itself, to hold a copy of
 //!   each. The kernel reads the domain as an `int`, so only the low half of argument 0 is
 //!   compared. Unix, netlink and other sockets are created by the kernel as usual.
+//! - `epoll_create`/`epoll_create1` are trapped only when sockets of the target may replace
+//!   the app's (a local agent, see `execute::direct`): a socket an epoll instance watches
+//!   must not be replaced, and knowing each instance as it is made spares reading the whole
+//!   fd table on every connect (see `epolls`). They are rare calls.
 //! - Everything else depends only on the system call number, so the kernel's seccomp action
 //!   cache (5.11+) lets it through without running this program at all.
 
@@ -78,6 +84,8 @@ pub struct Abi {
     pub enosys: &'static [i64],
     /// `socket`, sent to the supervisor in container mode for inet domains.
     pub socket: i64,
+    /// The calls that make epoll instances, sent when sockets of the target are handed over.
+    pub epoll: &'static [i64],
 }
 
 /// The system calls trapped on every ABI (numbers from libc for the build target).
@@ -99,6 +107,10 @@ const RECEIVE: &[i64] = &[
 ];
 const RECEIVE_IF_ADDRESS: &[i64] = &[libc::SYS_recvfrom];
 const ENOSYS: &[i64] = &[libc::SYS_io_uring_setup];
+#[cfg(target_arch = "x86_64")]
+const EPOLL: &[i64] = &[libc::SYS_epoll_create, libc::SYS_epoll_create1];
+#[cfg(target_arch = "aarch64")]
+const EPOLL: &[i64] = &[libc::SYS_epoll_create1];
 
 /// The ABI of this build.
 #[cfg(target_arch = "x86_64")]
@@ -111,6 +123,7 @@ pub const NATIVE: Abi = Abi {
     receive_if_arg4: RECEIVE_IF_ADDRESS,
     enosys: ENOSYS,
     socket: libc::SYS_socket,
+    epoll: EPOLL,
 };
 
 /// The ABI of this build.
@@ -124,6 +137,7 @@ pub const NATIVE: Abi = Abi {
     receive_if_arg4: RECEIVE_IF_ADDRESS,
     enosys: ENOSYS,
     socket: libc::SYS_socket,
+    epoll: EPOLL,
 };
 
 /// Where a jump goes, resolved when the program is assembled.
@@ -155,6 +169,8 @@ pub struct Traps {
     pub receives: bool,
     /// `socket` for the inet domains, which container mode carries out itself.
     pub sockets: bool,
+    /// `epoll_create`/`epoll_create1`, which sessions handing sockets over carry out.
+    pub epolls: bool,
 }
 
 /// Builds the filter program for `abi`.
@@ -187,6 +203,11 @@ pub fn build(abi: &Abi, traps: Traps) -> Vec<libc::sock_filter> {
     }
     if traps.sockets {
         prog.push(JumpIfEqual(abi.socket as u32, Target::CheckDomain));
+    }
+    if traps.epolls {
+        for &nr in abi.epoll {
+            prog.push(JumpIfEqual(nr as u32, Target::Notify));
+        }
     }
     prog.push(Return(RET_ALLOW));
     if traps.sockets {
@@ -313,10 +334,12 @@ mod tests {
     const ALL: Traps = Traps {
         receives: true,
         sockets: true,
+        epolls: true,
     };
     const RELAY: Traps = Traps {
         receives: true,
         sockets: false,
+        epolls: false,
     };
 
     #[test]
@@ -412,6 +435,24 @@ mod tests {
         // socketpair stays in the kernel (only AF_UNIX makes pairs).
         let pair = call(libc::SYS_socketpair, [libc::AF_INET as u64, 1, 0, 0, 0, 0]);
         assert_eq!(run(&container, &pair), RET_ALLOW);
+    }
+
+    #[test]
+    fn epoll_instances_are_trapped_only_when_sockets_are_handed_over() {
+        let handing_over = build(&NATIVE, ALL);
+        let relaying = build(&NATIVE, RELAY);
+        for &nr in EPOLL {
+            assert_eq!(
+                run(&handing_over, &call(nr, [0; 6])),
+                RET_USER_NOTIF,
+                "nr {nr}"
+            );
+            assert_eq!(run(&relaying, &call(nr, [0; 6])), RET_ALLOW, "nr {nr}");
+        }
+        // Registering and waiting stay in the kernel either way.
+        for nr in [libc::SYS_epoll_ctl, libc::SYS_epoll_pwait] {
+            assert_eq!(run(&handing_over, &call(nr, [0; 6])), RET_ALLOW, "nr {nr}");
+        }
     }
 
     #[test]

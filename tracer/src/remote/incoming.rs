@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use sctrace_protocol::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 
+use crate::agent_link::{Handoff, Offer};
 use crate::sockaddr::{canonical, loopback_if_wildcard};
 use crate::socket_table::{self, Protocol, TCP_LISTEN};
 
@@ -95,6 +97,9 @@ struct State {
     listeners: HashMap<u64, u16>,
     /// sctrace's end of a delivered connection (as the app's listener sees it) → client.
     peers: HashMap<SocketAddr, Delivered>,
+    /// Placeholder connection address → the client's own socket (a stolen connection the
+    /// local agent offered): the app's accept of the placeholder installs this instead.
+    direct: HashMap<SocketAddr, OwnedFd>,
     /// Ports the app asked to bind that `listen_ports` moved: local port → asked port.
     moved: HashMap<u16, u16>,
 }
@@ -367,15 +372,7 @@ impl Incoming {
         // The app's listener that can take this client; a client none of them could ever see
         // (IPv6 on an IPv4 listener: a subscription made before a wider one) is left to the
         // target.
-        let listener = self.state.lock().ok().and_then(|st| {
-            st.subscribed
-                .get(&request.port())?
-                .listeners
-                .iter()
-                .find(|l| l.takes(request.client()))
-                .copied()
-        });
-        let Some(listener) = listener else {
+        let Some(listener) = self.listener_for(request.port(), request.client()) else {
             request.reject(libc::ECONNREFUSED);
             return;
         };
@@ -385,35 +382,11 @@ impl Incoming {
             server: request.server(),
             kind: request.kind(),
         };
-        // Bind first and register the address before connecting: the app may accept the
-        // connection (and ask who it is from) before connect() returns here.
-        let prepared = (|| {
-            let socket = if to.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            socket.bind(SocketAddr::new(to.ip(), 0))?;
-            let ours = socket.local_addr()?;
-            Ok::<_, std::io::Error>((socket, ours))
-        })();
-        let (socket, ours) = match prepared {
-            Ok(prepared) => prepared,
-            Err(err) => {
-                tracing::debug!("cannot deliver a connection to {to}: {err}");
-                request.reject(libc::ECONNREFUSED);
-                return;
-            }
-        };
-        if let Ok(mut st) = self.state.lock() {
-            st.peers.insert(ours, delivered);
-        }
-        let mut app = match socket.connect(to).await {
-            Ok(app) => app,
+        let (ours, mut app) = match self.place(listener, delivered, None, PLACE_WAIT).await {
+            Ok(placed) => placed,
             Err(err) => {
                 // The app stopped listening: the agent gives the connection to the target.
                 tracing::debug!("cannot deliver a connection to {to}: {err}");
-                self.forget(ours);
                 request.reject(err.raw_os_error().unwrap_or(libc::ECONNREFUSED));
                 return;
             }
@@ -466,11 +439,138 @@ impl Incoming {
     }
 
     fn forget(&self, ours: SocketAddr) {
-        if let Ok(mut st) = self.state.lock() {
+        let dropped = self.state.lock().ok().and_then(|mut st| {
             st.peers.remove(&ours);
+            st.direct.remove(&ours)
+        });
+        // A client socket nobody accepted closes here (outside the lock).
+        drop(dropped);
+    }
+
+    /// The client's own socket to install for the app's accept of the placeholder
+    /// connection from `peer`, if the connection was offered as it is.
+    pub fn take_direct(&self, peer: SocketAddr) -> Option<OwnedFd> {
+        self.state.lock().ok()?.direct.remove(&peer)
+    }
+
+    /// Takes the stolen connections a local agent offers as they are, until the session
+    /// ends.
+    pub async fn serve_offers(
+        self: Arc<Self>,
+        mut offers: tokio::sync::mpsc::UnboundedReceiver<Offer>,
+        handoff: Handoff,
+    ) {
+        while let Some(offer) = offers.recv().await {
+            tokio::spawn(Arc::clone(&self).take_offer(offer, handoff.clone()));
+        }
+    }
+
+    /// Takes one offered connection: the app's listener gets a placeholder connection,
+    /// whose accept installs the client's own socket instead (`execute::accept`). Declined
+    /// (the connection then goes the usual way) when no listener of the app takes it.
+    async fn take_offer(self: Arc<Self>, offer: Offer, handoff: Handoff) {
+        let Offer {
+            id,
+            client,
+            server,
+            socket,
+        } = offer;
+        let delivered = Delivered {
+            client,
+            server,
+            kind: IncomingKind::Stolen,
+        };
+        // The accepted socket must be of the listener's family, as the kernel makes it (an
+        // IPv4 client of a dual-stack listener is an IPv6 socket there): else the usual way.
+        let family = crate::sys::socket::domain(std::os::fd::AsFd::as_fd(&socket));
+        let listener = self.listener_for(server.port(), client).filter(|l| {
+            family
+                == Ok(if l.bound.is_ipv6() {
+                    libc::AF_INET6
+                } else {
+                    libc::AF_INET
+                })
+        });
+        let placed = match listener {
+            // The agent waits for the verdict: the placeholder gets a bounded time to connect.
+            Some(listener) => self
+                .place(listener, delivered, Some(socket), OFFER_PLACE_WAIT)
+                .await
+                .ok(),
+            None => None,
+        };
+        let Some((ours, mut app)) = placed else {
+            handoff.verdict(id, false);
+            return;
+        };
+        handoff.verdict(id, true);
+        // The app's accept takes the client's socket and drops the placeholder, which then
+        // ends here; a placeholder never accepted is given up after a while.
+        let mut byte = [0u8; 1];
+        let _ = tokio::time::timeout(OFFER_ACCEPT_WAIT, app.read(&mut byte)).await;
+        let me = Arc::clone(&self);
+        tokio::spawn(async move {
+            tokio::time::sleep(PEER_GRACE).await;
+            me.forget(ours);
+        });
+    }
+
+    /// The app's listener for connections from `client` to the target's `port`.
+    fn listener_for(&self, port: u16, client: SocketAddr) -> Option<AppListener> {
+        self.state.lock().ok().and_then(|st| {
+            st.subscribed
+                .get(&port)?
+                .listeners
+                .iter()
+                .find(|l| l.takes(client))
+                .copied()
+        })
+    }
+
+    /// Connects a placeholder connection to the app's `listener`, registered as `delivered`
+    /// (with the client's own socket to install instead, if `direct`) before it connects:
+    /// the app may accept it before connect() returns here. Given up after `wait`.
+    async fn place(
+        &self,
+        listener: AppListener,
+        delivered: Delivered,
+        direct: Option<OwnedFd>,
+        wait: Duration,
+    ) -> std::io::Result<(SocketAddr, tokio::net::TcpStream)> {
+        let to = loopback_if_wildcard(listener.bound);
+        let socket = if to.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(to.ip(), 0))?;
+        let ours = socket.local_addr()?;
+        if let Ok(mut st) = self.state.lock() {
+            st.peers.insert(ours, delivered);
+            if let Some(direct) = direct {
+                st.direct.insert(ours, direct);
+            }
+        }
+        let connected = tokio::time::timeout(wait, socket.connect(to))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        match connected {
+            Ok(app) => Ok((ours, app)),
+            Err(err) => {
+                self.forget(ours);
+                Err(err)
+            }
         }
     }
 }
+
+/// How long an offered connection's placeholder waits for the app's accept.
+const OFFER_ACCEPT_WAIT: Duration = Duration::from_secs(60);
+/// How long a delivered connection may take to connect to the app's listener.
+const PLACE_WAIT: Duration = Duration::from_secs(30);
+/// How long an offered connection's placeholder may take to connect to the app's listener
+/// (a full backlog) before the offer is declined.
+const OFFER_PLACE_WAIT: Duration = Duration::from_secs(5);
 
 /// The target's port to subscribe for a listener bound to `bound` (`asked`: the port the
 /// app asked for when `listen_ports` moved it), or `None` when the config leaves it local:

@@ -61,8 +61,8 @@ pub struct Remote {
     pub sockets: Arc<ManagedSockets>,
     /// The target's incoming traffic.
     pub incoming: Arc<incoming::Incoming>,
-    /// Where the target routes datagrams from.
-    pub routes: RouteSources,
+    /// Where the target routes datagrams from (shared with the DNS responder).
+    pub routes: Arc<RouteSources>,
     /// Which datagrams from the target UDP associations take.
     pub udp_policy: Policy,
     /// Sockets of the target for remote TCP connects without a relay (a local agent only).
@@ -82,6 +82,13 @@ pub struct Remote {
 /// relays them all, to compare or to work around a problem).
 fn direct_sockets_wanted() -> bool {
     std::env::var_os("SCTRACE_DIRECT_SOCKETS").is_none_or(|v| v != "0")
+}
+
+/// Whether DNS answers are cached and identical queries in flight shared
+/// (`SCTRACE_DNS_CACHE=0` sends each query on its own, to compare or to work around a
+/// problem).
+fn dns_cache_wanted() -> bool {
+    std::env::var_os("SCTRACE_DNS_CACHE").is_none_or(|v| v != "0")
 }
 
 impl Remote {
@@ -105,12 +112,17 @@ impl Remote {
             ),
         );
         let names = Arc::new(NameCache::default());
-        let dns = Arc::new(DnsResponder::new(
-            Arc::clone(&filter),
-            link.handle.clone(),
-            Arc::clone(&names),
-            events.clone(),
-        ));
+        let routes = Arc::new(RouteSources::new(link.handle.clone()));
+        let dns = Arc::new(
+            DnsResponder::new(
+                Arc::clone(&filter),
+                link.handle.clone(),
+                Arc::clone(&names),
+                Arc::clone(&routes),
+                events.clone(),
+            )
+            .with_caching(dns_cache_wanted()),
+        );
         let tcp = TcpRelay::start(Arc::clone(&dns), link.handoff.clone()).await?;
         let parking = Parking::start()?;
         let remote = Arc::new(Remote {
@@ -122,7 +134,7 @@ impl Remote {
             names,
             sockets: Arc::default(),
             incoming: Incoming::new(config.feature.network.incoming.clone(), link.handle.clone()),
-            routes: RouteSources::new(link.handle.clone()),
+            routes,
             udp_policy: Policy {
                 replies: config.feature.network.outgoing.udp_replies,
                 events,
@@ -139,6 +151,13 @@ impl Remote {
         });
         if let Some(requests) = link.requests.take() {
             tokio::spawn(Arc::clone(&remote.incoming).serve(requests));
+        }
+        // A local agent offers stolen connections as they are (unless every connection is
+        // to be relayed).
+        if let Some(handoff) = link.handoff.as_ref().filter(|_| direct_sockets_wanted()) {
+            if let Some(offers) = handoff.offers() {
+                tokio::spawn(Arc::clone(&remote.incoming).serve_offers(offers, handoff.clone()));
+            }
         }
         Ok(remote)
     }

@@ -29,6 +29,8 @@ pub struct TargetSockets {
     given_up: [AtomicBool; 2],
     /// The target's network namespace, as `SO_NETNS_COOKIE` names it, once a socket came.
     netns: Mutex<Option<u64>>,
+    /// The app's epoll instances (a socket one of them watches is not replaced).
+    pub epolls: crate::epolls::Epolls,
 }
 
 impl TargetSockets {
@@ -40,6 +42,7 @@ impl TargetSockets {
             refilling: Default::default(),
             given_up: Default::default(),
             netns: Mutex::default(),
+            epolls: Default::default(),
         });
         sockets.refill(false);
         sockets.refill(true);

@@ -169,11 +169,43 @@ impl NotifyFd {
         cloexec: bool,
     ) -> io::Result<Option<i32>> {
         const SECCOMP_ADDFD_FLAG_SEND: u32 = 1 << 1;
+        self.add_fd(id, SECCOMP_ADDFD_FLAG_SEND, fd, 0, cloexec)
+    }
+
+    /// Installs `fd` in the calling process of notification `id` as fd number `target`,
+    /// replacing what was there as `dup2` would (`SECCOMP_IOCTL_NOTIF_ADDFD` with
+    /// `SECCOMP_ADDFD_FLAG_SETFD`, Linux 5.9); the call itself is answered separately.
+    /// `Ok(false)`: the call was interrupted meanwhile (ENOENT); nothing was installed.
+    pub fn replace_fd(
+        &self,
+        id: u64,
+        fd: BorrowedFd<'_>,
+        target: i32,
+        cloexec: bool,
+    ) -> io::Result<bool> {
+        const SECCOMP_ADDFD_FLAG_SETFD: u32 = 1 << 0;
+        let target =
+            u32::try_from(target).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        Ok(self
+            .add_fd(id, SECCOMP_ADDFD_FLAG_SETFD, fd, target, cloexec)?
+            .is_some())
+    }
+
+    /// `SECCOMP_IOCTL_NOTIF_ADDFD` for notification `id`: the fd number the target got, or
+    /// `None` when the call was interrupted meanwhile (ENOENT) and nothing was installed.
+    fn add_fd(
+        &self,
+        id: u64,
+        flags: u32,
+        fd: BorrowedFd<'_>,
+        newfd: u32,
+        cloexec: bool,
+    ) -> io::Result<Option<i32>> {
         let mut addfd = libc::seccomp_notif_addfd {
             id,
-            flags: SECCOMP_ADDFD_FLAG_SEND,
+            flags,
             srcfd: fd.as_raw_fd() as u32,
-            newfd: 0,
+            newfd,
             newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
         };
         // SAFETY: the ioctl reads a seccomp_notif_addfd (its size is in the request number)
@@ -193,44 +225,6 @@ impl NotifyFd {
             return Err(err);
         }
         Ok(Some(ret))
-    }
-
-    /// Installs `fd` in the calling process of notification `id` as fd number `target`,
-    /// replacing what was there as `dup2` would (`SECCOMP_IOCTL_NOTIF_ADDFD` with
-    /// `SECCOMP_ADDFD_FLAG_SETFD`, Linux 5.9); the call itself is answered separately.
-    /// `Ok(false)`: the call was interrupted meanwhile (ENOENT); nothing was installed.
-    pub fn replace_fd(
-        &self,
-        id: u64,
-        fd: BorrowedFd<'_>,
-        target: i32,
-        cloexec: bool,
-    ) -> io::Result<bool> {
-        const SECCOMP_ADDFD_FLAG_SETFD: u32 = 1 << 0;
-        let mut addfd = libc::seccomp_notif_addfd {
-            id,
-            flags: SECCOMP_ADDFD_FLAG_SETFD,
-            srcfd: fd.as_raw_fd() as u32,
-            newfd: target as u32,
-            newfd_flags: if cloexec { libc::O_CLOEXEC as u32 } else { 0 },
-        };
-        // SAFETY: the ioctl reads a seccomp_notif_addfd (its size is in the request number)
-        // from the pointer, which is valid for the call.
-        let ret = unsafe {
-            libc::ioctl(
-                self.0.as_raw_fd(),
-                libc::SECCOMP_IOCTL_NOTIF_ADDFD,
-                &mut addfd as *mut libc::seccomp_notif_addfd,
-            )
-        };
-        if ret == -1 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENOENT) {
-                return Ok(false);
-            }
-            return Err(err);
-        }
-        Ok(true)
     }
 
     /// Asks for synchronous wake-ups between app and supervisor (Linux 6.6+). Returns

@@ -47,6 +47,10 @@ pub enum Syscall {
     RecvMmsg,
     /// socket(domain, type, protocol), trapped only in container mode for inet domains
     Socket,
+    /// epoll_create(size), trapped only in sessions that hand sockets of the target over
+    EpollCreate,
+    /// epoll_create1(flags), likewise
+    EpollCreate1,
     /// A call the filter should not have sent (a newer filter, another ABI).
     Other(i32),
 }
@@ -69,6 +73,9 @@ impl Syscall {
             libc::SYS_sendmmsg => Syscall::SendMmsg,
             libc::SYS_recvmmsg => Syscall::RecvMmsg,
             libc::SYS_socket => Syscall::Socket,
+            #[cfg(target_arch = "x86_64")]
+            libc::SYS_epoll_create => Syscall::EpollCreate,
+            libc::SYS_epoll_create1 => Syscall::EpollCreate1,
             _ => Syscall::Other(nr),
         }
     }
@@ -90,6 +97,8 @@ impl Syscall {
             Syscall::SendMmsg => "sendmmsg",
             Syscall::RecvMmsg => "recvmmsg",
             Syscall::Socket => "socket",
+            Syscall::EpollCreate => "epoll_create",
+            Syscall::EpollCreate1 => "epoll_create1",
             Syscall::Other(_) => "other",
         }
     }
