@@ -103,6 +103,17 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     }
     buf.advance(HEADER_LEN);
     let payload = buf.split_to(len);
+    if kind == kind::DATA {
+        // The payload is handed on as it lies in the read buffer, not copied: a relayed
+        // byte is copied in user space only where the session's user needs it.
+        if payload.is_empty() {
+            return Err(malformed("empty data"));
+        }
+        return Ok(Some(Frame::Data {
+            stream,
+            payload: payload.freeze(),
+        }));
+    }
     parse(kind, flags, stream, &payload)
         .map_err(malformed)
         .map(Some)
@@ -338,6 +349,7 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
             stream,
             errno: c.i32("truncated errno")?,
         },
+        // `decode` takes `Data` apart itself, without copying the payload.
         kind::DATA => {
             let payload = c.rest();
             if payload.is_empty() {

@@ -2,8 +2,9 @@
 //! half-closes and resets, and holding no buffer while a direction is idle — so that
 //! thousands of idle relayed connections cost little memory.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -43,14 +44,18 @@ pub struct RelayOutcome {
 
 /// Stream → local.
 enum Toward {
-    /// Moving data; `pending` is what was received but not yet written.
+    /// Moving data; `pending` is what was received but not yet written, in order.
     Open {
-        pending: Option<Bytes>,
+        pending: VecDeque<Bytes>,
     },
     /// EOF seen, shutting down the writing side.
     ShuttingDown,
     Done,
 }
+
+/// Chunks taken from the stream for one vectored write at most (the stream's window is
+/// at most this many maximal `Data` frames in flight by default).
+const MAX_WRITE_CHUNKS: usize = 16;
 
 /// Relays until both directions have finished or one side fails. EOF on one side becomes a
 /// FIN (`shutdown`) on the other; the other direction keeps flowing.
@@ -58,12 +63,13 @@ pub async fn relay<T>(stream: &mut Stream, local: &mut T) -> RelayOutcome
 where
     T: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut down = Toward::Open { pending: None };
+    let mut down = Toward::Open {
+        pending: VecDeque::new(),
+    };
     let mut up = Up {
         phase: Phase::Open,
         buf: None,
-        start: 0,
-        end: 0,
+        pending: Bytes::new(),
     };
     let mut to_stream = 0u64;
     let mut from_stream = 0u64;
@@ -108,18 +114,37 @@ fn poll_down<T: AsyncWrite + Unpin + ?Sized>(
                 Poll::Pending => return None,
             },
             Toward::Open { pending } => {
-                if let Some(chunk) = pending {
-                    match Pin::new(&mut *local).poll_write(cx, chunk) {
+                if !pending.is_empty() {
+                    let written = if local.is_write_vectored() {
+                        let mut slices = [IoSlice::new(&[]); MAX_WRITE_CHUNKS];
+                        for (slot, chunk) in slices.iter_mut().zip(pending.iter()) {
+                            *slot = IoSlice::new(chunk);
+                        }
+                        let count = pending.len().min(MAX_WRITE_CHUNKS);
+                        Pin::new(&mut *local).poll_write_vectored(cx, &slices[..count])
+                    } else {
+                        let front = pending.front().map_or(&[][..], |c| &c[..]);
+                        Pin::new(&mut *local).poll_write(cx, front)
+                    };
+                    match written {
                         Poll::Ready(Ok(0)) => {
                             let e = io::Error::from(io::ErrorKind::WriteZero);
                             stream.reset(ECONNRESET);
                             return Some(RelayEnd::LocalFailed(e));
                         }
-                        Poll::Ready(Ok(n)) => {
+                        Poll::Ready(Ok(mut n)) => {
                             *count += n as u64;
-                            chunk.advance(n);
-                            if chunk.is_empty() {
-                                *pending = None;
+                            while n > 0 {
+                                let Some(front) = pending.front_mut() else {
+                                    break;
+                                };
+                                if front.len() <= n {
+                                    n -= front.len();
+                                    pending.pop_front();
+                                } else {
+                                    front.advance(n);
+                                    n = 0;
+                                }
                             }
                         }
                         Poll::Ready(Err(e)) => {
@@ -130,9 +155,12 @@ fn poll_down<T: AsyncWrite + Unpin + ?Sized>(
                     }
                     continue;
                 }
-                match stream.poll_recv_chunk(cx) {
-                    Poll::Ready(Ok(Some(chunk))) => *pending = Some(chunk),
-                    Poll::Ready(Ok(None)) => *state = Toward::ShuttingDown,
+                if pending.capacity() > MAX_WRITE_CHUNKS {
+                    *pending = VecDeque::new();
+                }
+                match stream.poll_recv_chunks(cx, pending, MAX_WRITE_CHUNKS) {
+                    Poll::Ready(Ok(true)) => {}
+                    Poll::Ready(Ok(false)) => *state = Toward::ShuttingDown,
                     Poll::Ready(Err(e)) => return Some(RelayEnd::StreamFailed(e)),
                     Poll::Pending => {
                         if let Poll::Ready(Err(e)) = Pin::new(&mut *local).poll_flush(cx) {
@@ -147,13 +175,13 @@ fn poll_down<T: AsyncWrite + Unpin + ?Sized>(
     }
 }
 
-/// Local → stream: `buf[start..end]` is read but not yet sent. The buffer exists only while
-/// data flows: it is freed whenever the local side has nothing to read.
+/// Local → stream. `pending` is what was read and not yet queued on the stream; `buf` the
+/// rest of the buffer the last read went into, reused by the next read. Both exist only
+/// while data flows: they are dropped whenever the local side has nothing to read.
 struct Up {
     phase: Phase,
     buf: Option<BytesMut>,
-    start: usize,
-    end: usize,
+    pending: Bytes,
 }
 
 #[derive(PartialEq)]
@@ -162,6 +190,9 @@ enum Phase {
     ShuttingDown,
     Done,
 }
+
+/// A new read buffer is taken once the current one has less room than this.
+const MIN_READ_ROOM: usize = 4096;
 
 fn poll_up<T: AsyncRead + Unpin + ?Sized>(
     cx: &mut Context<'_>,
@@ -179,37 +210,33 @@ fn poll_up<T: AsyncRead + Unpin + ?Sized>(
                 Poll::Pending => return None,
             },
             Phase::Open => {
-                // Not zeroed: only the bytes actually read are ever touched.
-                let b = up.buf.get_or_insert_with(|| BytesMut::with_capacity(CHUNK));
-                if up.start < up.end {
-                    match Pin::new(&mut *stream).poll_write(cx, &b[up.start..up.end]) {
-                        Poll::Ready(Ok(n)) => {
-                            *count += n as u64;
-                            up.start += n;
-                        }
+                if !up.pending.is_empty() {
+                    // Queued as read, without a copy; written out from this task when the
+                    // session's connection is free.
+                    match stream.poll_write_bytes(cx, &mut up.pending) {
+                        Poll::Ready(Ok(n)) => *count += n as u64,
                         Poll::Ready(Err(e)) => return Some(RelayEnd::StreamFailed(e)),
                         Poll::Pending => return None,
                     }
                     continue;
                 }
-                b.clear();
+                let b = match &mut up.buf {
+                    Some(b) if b.capacity() >= MIN_READ_ROOM => b,
+                    // Not zeroed: only the bytes actually read are ever touched.
+                    _ => up.buf.insert(BytesMut::with_capacity(CHUNK)),
+                };
                 match tokio_util::io::poll_read_buf(Pin::new(&mut *local), cx, b) {
-                    Poll::Ready(Ok(n)) => {
-                        up.start = 0;
-                        up.end = n;
-                        if n == 0 {
-                            up.buf = None;
-                            up.phase = Phase::ShuttingDown;
-                        }
+                    Poll::Ready(Ok(0)) => {
+                        up.buf = None;
+                        up.phase = Phase::ShuttingDown;
                     }
+                    Poll::Ready(Ok(_)) => up.pending = b.split().freeze(),
                     Poll::Ready(Err(e)) => {
                         stream.reset(errno_of(&e));
                         return Some(RelayEnd::LocalFailed(e));
                     }
                     Poll::Pending => {
                         up.buf = None;
-                        up.start = 0;
-                        up.end = 0;
                         return None;
                     }
                 }

@@ -5,17 +5,19 @@
 //! Dropping a stream that has not both sent and received FIN resets it (like closing a
 //! socket with `SO_LINGER` 0): to close gracefully, shut down and read to EOF first.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::frame::{put_data_header, Frame, StreamId, MAX_DATA_CHUNK};
+use crate::frame::{Frame, StreamId, MAX_DATA_CHUNK};
 use crate::session::state::{register, Shared};
+use crate::session::writer::write_through;
 
 /// One stream of a session (see the module documentation for its closing rules).
 pub struct Stream {
@@ -76,6 +78,31 @@ impl Stream {
         self.poll_take(cx, usize::MAX)
     }
 
+    /// Like [`Stream::poll_recv_chunk`], but takes every chunk already received (at most
+    /// `max`, at least one) into `into`, so that they can be written out in one vectored
+    /// write: `Ok(true)` when some were taken, `Ok(false)` at EOF.
+    pub fn poll_recv_chunks(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Bytes>,
+        max: usize,
+    ) -> Poll<io::Result<bool>> {
+        match self.poll_take(cx, usize::MAX) {
+            Poll::Ready(Ok(Some(chunk))) => into.push_back(chunk),
+            Poll::Ready(Ok(None)) => return Poll::Ready(Ok(false)),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+        while into.len() < max {
+            match self.take(usize::MAX, None) {
+                Poll::Ready(Ok(Some(chunk))) => into.push_back(chunk),
+                // EOF, an error or nothing more: the next call reports it.
+                _ => break,
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+
     /// Async form of [`Stream::poll_recv_chunk`].
     pub async fn recv_chunk(&mut self) -> io::Result<Option<Bytes>> {
         std::future::poll_fn(|cx| self.poll_recv_chunk(cx)).await
@@ -94,6 +121,12 @@ impl Stream {
     }
 
     fn poll_take(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        self.take(max, Some(cx.waker()))
+    }
+
+    /// Takes the next chunk (at most `max` bytes of it); when there is none yet, registers
+    /// `waker` (if given) and returns `Pending`.
+    fn take(&mut self, max: usize, waker: Option<&Waker>) -> Poll<io::Result<Option<Bytes>>> {
         let mut st = self.shared.lock();
         let threshold = (self.shared.limits.local_window / 4).max(1);
         let closed = st.closed.clone();
@@ -136,7 +169,9 @@ impl Stream {
         if let Some(reason) = closed {
             return Poll::Ready(Err(reason.to_io_error()));
         }
-        register(&mut s.read_waker, cx.waker());
+        if let Some(waker) = waker {
+            register(&mut s.read_waker, waker);
+        }
         Poll::Pending
     }
 }
@@ -163,12 +198,33 @@ impl AsyncRead for Stream {
     }
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
+impl Stream {
+    /// Queues a prefix of `data` as `Data` frames without copying it (beyond a few small
+    /// ones), as far as the stream's credit and the session's outgoing queue allow, and
+    /// removes it from `data`; returns how many bytes were taken. Then writes the queue to
+    /// the connection from this task if no one else is writing it. `Pending` (the waker
+    /// registered) when nothing could be taken.
+    pub fn poll_write_bytes(
+        &mut self,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        data: &mut Bytes,
     ) -> Poll<io::Result<usize>> {
+        let taken = match self.poll_queue(cx, data.len()) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        {
+            let mut st = self.shared.lock();
+            st.out.data(self.id, data.split_to(taken));
+        }
+        write_through(&self.shared);
+        Poll::Ready(Ok(taken))
+    }
+
+    /// How many of `len` bytes may be queued now (credit, room in the outgoing queue), that
+    /// many taken from the credit; `Pending` with the waker registered when none.
+    fn poll_queue(&self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
         let id = self.id;
         let mut st = self.shared.lock();
         if let Some(reason) = &st.closed {
@@ -187,7 +243,7 @@ impl AsyncWrite for Stream {
                 "write after shutdown",
             )));
         }
-        if buf.is_empty() {
+        if len == 0 {
             return Poll::Ready(Ok(0));
         }
         if s.send_credit == 0 {
@@ -202,16 +258,36 @@ impl AsyncWrite for Stream {
             }
             return Poll::Pending;
         }
-        let n = buf.len().min(s.send_credit as usize).min(MAX_DATA_CHUNK);
+        let n = len.min(s.send_credit as usize).min(MAX_DATA_CHUNK);
         s.send_credit -= n as u32;
-        put_data_header(&mut st.out, id, n);
-        st.out.extend_from_slice(&buf[..n]);
-        st.wake_writer();
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl AsyncWrite for Stream {
+    /// Queues a copy of (a prefix of) `buf` for the session's writer task, which coalesces
+    /// what is queued into few writes; [`AsyncWrite::poll_flush`] writes it out from this
+    /// task instead.
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let n = match self.poll_queue(cx, buf.len()) {
+            Poll::Ready(Ok(n)) => n,
+            other => return other,
+        };
+        if n > 0 {
+            let mut st = self.shared.lock();
+            st.out.data(self.id, Bytes::copy_from_slice(&buf[..n]));
+            st.wake_writer();
+        }
         Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Written bytes are already queued for the session's writer, in order.
+        // Written bytes are already queued, in order; send them now if no one else is.
+        write_through(&self.shared);
         Poll::Ready(Ok(()))
     }
 

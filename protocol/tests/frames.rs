@@ -339,3 +339,36 @@ fn encode_refuses_subscriptions_decode_would_reject() {
     assert!(incoming.encode(&mut buf).is_err());
     assert!(buf.is_empty(), "nothing appended on error");
 }
+
+#[test]
+fn data_payloads_are_decoded_without_a_copy() {
+    let mut buf = BytesMut::new();
+    let payload = Bytes::from(vec![9u8; 40_000]);
+    Frame::Data {
+        stream: 3,
+        payload: payload.clone(),
+    }
+    .encode(&mut buf)
+    .unwrap();
+    Frame::Fin { stream: 3 }.encode(&mut buf).unwrap();
+    let start = buf.as_ptr() as usize;
+    let end = start + buf.len();
+    match decode(&mut buf).unwrap() {
+        Some(Frame::Data {
+            stream: 3,
+            payload: got,
+        }) => {
+            assert_eq!(got, payload);
+            let at = got.as_ptr() as usize;
+            assert!(at > start && at < end, "a view into the read buffer");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(decode(&mut buf).unwrap(), Some(Frame::Fin { stream: 3 }));
+    // An empty Data frame is still malformed.
+    let mut empty = BytesMut::from(&[0u8, 0, 0, 0, 0x20, 0, 0, 0, 0, 1][..]);
+    assert!(matches!(
+        decode(&mut empty),
+        Err(DecodeError::Malformed { .. })
+    ));
+}

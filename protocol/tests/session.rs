@@ -10,7 +10,7 @@ use sctrace_protocol::{
     CloseReason, Config, DnsFailureKind, DnsQueryError, DnsTransport, EnvQueryError, Frame,
     HandshakeError, OpenError, RefuseReason, Request, Session, Token,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 
 mod common;
 use common::{accept_by_hand, challenge_by_hand, connect_by_hand, read_one_frame, send_frame};
@@ -1094,4 +1094,200 @@ async fn route_and_resolver_queries_are_answered_once() {
         .probe_route(addr("198.18.0.2:53"))
         .await
         .is_err());
+}
+
+/// Both ends relay (the zero-copy path: reads queued as they are, written out by the task
+/// that read them) over a connection so tight that most writes would block, from several
+/// streams at once, with pieces below and above the size that is copied inline: every byte
+/// arrives, in order, on the right stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_on_both_ends_over_a_tight_connection_keep_every_byte() {
+    let (a, b) = tokio::io::duplex(8 * 1024);
+    let t = token();
+    let server = tokio::spawn(async move { Session::server(b, &token(), Config::default()).await });
+    let client = Session::client(a, &t, Config::default()).await.unwrap();
+    let server = server.await.unwrap().unwrap();
+    let Session {
+        handle: _server_handle,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    // Server: each stream relayed to a local echo.
+    tokio::spawn(async move {
+        while let Some(Request::ConnectTcp(r)) = requests.next().await {
+            let mut s = r.accept(addr("198.18.9.2:1")).unwrap();
+            tokio::spawn(async move {
+                let (mut near, far) = tokio::io::duplex(3000);
+                tokio::spawn(async move {
+                    let (mut rd, mut wr) = tokio::io::split(far);
+                    tokio::io::copy(&mut rd, &mut wr).await.unwrap();
+                    wr.shutdown().await.unwrap();
+                });
+                let outcome = sctrace_protocol::relay(&mut s, &mut near).await;
+                assert!(matches!(outcome.end, sctrace_protocol::RelayEnd::Closed));
+            });
+        }
+    });
+    let mut tasks = Vec::new();
+    for i in 0..6u32 {
+        let handle = client.handle.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = handle.connect_tcp(addr("198.18.0.7:7")).await.unwrap();
+            // The app's side: writes pieces of varied sizes, reads the echo.
+            let (mut app, near) = tokio::io::duplex(100_000);
+            let relayed = tokio::spawn(async move {
+                let mut near = near;
+                sctrace_protocol::relay(&mut s, &mut near).await
+            });
+            let data = payload(i, 1_500_000 + i as usize * 4099);
+            let expected = data.clone();
+            let (mut rd, mut wr) = tokio::io::split(&mut app);
+            let write = async {
+                let sizes = [1usize, 64, 2047, 2048, 2049, 9000, 65_536, 70_000];
+                let mut at = 0;
+                let mut k = 0;
+                while at < data.len() {
+                    let end = (at + sizes[k % sizes.len()]).min(data.len());
+                    wr.write_all(&data[at..end]).await.unwrap();
+                    at = end;
+                    k += 1;
+                }
+                wr.shutdown().await.unwrap();
+            };
+            let read = async {
+                let mut got = Vec::new();
+                rd.read_to_end(&mut got).await.unwrap();
+                got
+            };
+            let ((), got) = tokio::join!(write, read);
+            assert_eq!(got.len(), expected.len(), "stream {i}");
+            assert!(got == expected, "stream {i} corrupted");
+            let outcome = relayed.await.unwrap();
+            assert!(
+                matches!(outcome.end, sctrace_protocol::RelayEnd::Closed),
+                "{outcome:?}"
+            );
+            assert_eq!(outcome.to_stream, expected.len() as u64);
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("relays finish")
+            .unwrap();
+    }
+}
+
+/// A local side that takes vectored writes, a few bytes of several slices at a time (as a
+/// socket whose buffer is almost full does).
+struct Vectored<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Vectored<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Vectored<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        // Up to 5000 bytes across the slices, handed to the inner writer in one piece.
+        let mut joined = Vec::new();
+        for b in bufs {
+            let room = 5000 - joined.len();
+            joined.extend_from_slice(&b[..b.len().min(room)]);
+            if joined.len() == 5000 {
+                break;
+            }
+        }
+        std::pin::Pin::new(&mut self.0).poll_write(cx, &joined)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// relay() writes what the stream received as vectored writes of several chunks to a local
+/// side that takes them partly, across chunk boundaries: every byte arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_writes_queued_chunks_vectored_and_keeps_every_byte() {
+    let (client, server) = pair().await;
+    let Session {
+        handle: _server_handle,
+        mut requests,
+        task,
+    } = server;
+    tokio::spawn(task.run());
+    tokio::spawn(client.task.run());
+    let received = tokio::spawn(async move {
+        let Some(Request::ConnectTcp(r)) = requests.next().await else {
+            panic!("no connect");
+        };
+        let mut s = r.accept(addr("198.18.9.2:1")).unwrap();
+        let (near, mut far) = tokio::io::duplex(7000);
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut near = Vectored(near);
+        let outcome = sctrace_protocol::relay(&mut s, &mut near).await;
+        drop(near);
+        (outcome, reader.await.unwrap())
+    });
+    let mut s = client
+        .handle
+        .connect_tcp(addr("198.18.0.7:7"))
+        .await
+        .unwrap();
+    let data = payload(9, 3_000_000);
+    // Large writes, so that several maximal Data frames wait on the stream at once.
+    for piece in data.chunks(200_000) {
+        s.write_all(piece).await.unwrap();
+    }
+    s.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    let (outcome, got) = tokio::time::timeout(Duration::from_secs(60), received)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(outcome.end, sctrace_protocol::RelayEnd::Closed),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.from_stream, data.len() as u64);
+    assert!(got == data, "bytes lost, repeated or reordered");
 }

@@ -5,6 +5,7 @@
 mod handshake;
 pub(crate) mod state;
 mod task;
+pub(crate) mod writer;
 
 use std::fmt;
 use std::io;
@@ -192,13 +193,15 @@ impl Session {
             max_peer_streams: config.max_peer_streams.max(1),
             udp_queue_bytes: window as usize,
         };
-        let shared = Shared::new(limits, client);
+        let io: task::BoxIo = Box::new(io);
+        let (rd, wr) = tokio::io::split(io);
+        let shared = Shared::new(limits, client, writer::Writer::new(wr));
         let (tx, rx) = mpsc::channel(config.max_pending_requests.max(1));
         Session {
             handle: SessionHandle::new(shared.clone()),
             requests: Requests::new(rx),
             task: SessionTask::new(
-                Box::new(io),
+                rd,
                 shared,
                 agreed.leftover,
                 tx,

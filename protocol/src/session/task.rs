@@ -1,28 +1,29 @@
 //! The session's background task: a reader that decodes the peer's frames into the shared
-//! state, a writer that flushes queued frames, and the keepalive timer.
+//! state, the writer task (see [`crate::session::writer`]), and the keepalive timer.
 
 use std::future::poll_fn;
-use std::io;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadHalf};
 use tokio::sync::mpsc;
 
 use crate::decode::{decode, decode_eof};
 use crate::request::Request;
 use crate::session::state::{Shared, OUT_HARD_CAP};
+use crate::session::writer::write_loop;
 use crate::session::{CloseReason, Io};
 
 /// How long the writer may keep flushing (a final `GoAway`) after the session ended.
 const FLUSH_GRACE: Duration = Duration::from_secs(2);
-/// Room kept free in the read buffer for each read.
-const READ_CHUNK: usize = 64 * 1024;
+/// Room kept free in the read buffer for each read: several maximal `Data` frames per
+/// read during bulk transfers.
+pub(crate) const READ_CHUNK: usize = 256 * 1024;
 
-type BoxIo = Box<dyn IoObject>;
+pub(crate) type BoxIo = Box<dyn IoObject>;
 /// The connection, type-erased so that handles and tasks are not generic.
 pub(crate) trait IoObject: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: Io> IoObject for T {}
@@ -30,7 +31,7 @@ impl<T: Io> IoObject for T {}
 /// Drives one session: run it (usually with `tokio::spawn(task.run())`) for the session's
 /// lifetime. Nothing moves while it is not polled.
 pub struct SessionTask {
-    io: BoxIo,
+    io: ReadHalf<BoxIo>,
     shared: Arc<Shared>,
     leftover: BytesMut,
     requests: mpsc::Sender<Request>,
@@ -40,7 +41,7 @@ pub struct SessionTask {
 
 impl SessionTask {
     pub(crate) fn new(
-        io: BoxIo,
+        io: ReadHalf<BoxIo>,
         shared: Arc<Shared>,
         leftover: BytesMut,
         requests: mpsc::Sender<Request>,
@@ -68,8 +69,8 @@ impl SessionTask {
             keepalive_interval,
             keepalive_timeout,
         } = self;
-        let (rd, wr) = tokio::io::split(io);
-        let mut writer = pin!(write_loop(shared.clone(), wr));
+        let rd = io;
+        let mut writer = pin!(write_loop(shared.clone()));
         let mut writer_done = false;
         let mut closed_rx = shared.closed_rx();
         let (reason, go_away) = tokio::select! {
@@ -99,6 +100,7 @@ impl SessionTask {
         if !writer_done {
             let _ = tokio::time::timeout(FLUSH_GRACE, writer).await;
         }
+        crate::session::writer::release(&shared);
         shared.close_reason().unwrap_or(reason)
     }
 }
@@ -161,37 +163,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     Err(e) => CloseReason::Decode(e),
                 }
             }
-            Ok(_) => shared.lock().last_recv = Instant::now(),
+            Ok(_) => {
+                let mut st = shared.lock();
+                st.last_recv = Instant::now();
+                // The frames decoded next are views of the buffer this read went into.
+                st.read_batch += 1;
+            }
             Err(e) => return CloseReason::Io(Arc::new(e)),
-        }
-    }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut wr: W) -> io::Result<()> {
-    let mut spare = BytesMut::new();
-    loop {
-        let finished = poll_fn(|cx| {
-            let mut st = shared.lock();
-            if !st.out.is_empty() {
-                st.take_out(&mut spare);
-                return Poll::Ready(false);
-            }
-            if st.closed.is_some() {
-                return Poll::Ready(true);
-            }
-            st.register_writer(cx.waker());
-            Poll::Pending
-        })
-        .await;
-        if finished {
-            let _ = wr.shutdown().await;
-            return Ok(());
-        }
-        wr.write_all(&spare).await?;
-        wr.flush().await?;
-        spare.clear();
-        if spare.capacity() > 4 * crate::session::state::OUT_HIGH_WATER {
-            spare = BytesMut::new();
         }
     }
 }

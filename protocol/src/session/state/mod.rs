@@ -3,6 +3,7 @@
 //! [`inbound`].
 
 mod inbound;
+mod out;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -10,12 +11,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
 use crate::frame::{DnsFailureKind, Frame, StreamId};
 use crate::incoming::SubscribeFailureKind;
+use crate::session::writer::Writer;
 use crate::session::CloseReason;
+pub(crate) use out::OutQueue;
 
 /// Once this many encoded bytes wait to be written, senders of data and datagrams wait.
 pub(crate) const OUT_HIGH_WATER: usize = 512 * 1024;
@@ -52,6 +55,9 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     closed_tx: watch::Sender<Option<CloseReason>>,
     pub limits: Limits,
+    /// The connection's write half; used only by the holder of the write token
+    /// (`State::writing`), see [`crate::session::writer`].
+    pub writer: Mutex<Option<Writer>>,
 }
 
 /// Where an open we asked for stands.
@@ -126,6 +132,9 @@ pub(crate) struct StreamState {
     pub read_waker: Option<Waker>,
     pub write_waker: Option<Waker>,
     pub waiting_out: bool,
+    /// The read (see [`State::read_batch`]) whose buffer the payloads queued in `recv` as
+    /// views keep alive, if any: all of them come from that one buffer.
+    pub pinned_batch: Option<u64>,
 }
 
 pub(crate) struct UdpState {
@@ -151,7 +160,12 @@ pub(crate) struct State {
     local_is_odd: bool,
     slots: HashMap<StreamId, Slot>,
     peer_open: usize,
-    pub out: BytesMut,
+    pub out: OutQueue,
+    /// Someone holds the write token: it alone writes the connection.
+    pub writing: bool,
+    /// A write left bytes behind (the connection would block): the writer task must take
+    /// the token and finish them.
+    pub backlog: bool,
     out_waiters: Vec<StreamId>,
     writer_waker: Option<Waker>,
     pub reader_waker: Option<Waker>,
@@ -159,19 +173,25 @@ pub(crate) struct State {
     pub last_recv: Instant,
     ping_nonce: u64,
     limits: Limits,
+    /// Counts the reads of the session's connection: the frames decoded from one read are
+    /// views of one buffer.
+    pub read_batch: u64,
 }
 
 impl Shared {
-    pub fn new(limits: Limits, local_is_odd: bool) -> Arc<Shared> {
+    pub fn new(limits: Limits, local_is_odd: bool, writer: Mutex<Option<Writer>>) -> Arc<Shared> {
         let (closed_tx, _) = watch::channel(None);
         Arc::new(Shared {
+            writer,
             state: Mutex::new(State {
                 next_local_id: if local_is_odd { 1 } else { 2 },
                 highest_peer_id: 0,
                 local_is_odd,
                 slots: HashMap::new(),
                 peer_open: 0,
-                out: BytesMut::new(),
+                out: OutQueue::default(),
+                writing: false,
+                backlog: false,
                 out_waiters: Vec::new(),
                 writer_waker: None,
                 reader_waker: None,
@@ -179,6 +199,7 @@ impl Shared {
                 last_recv: Instant::now(),
                 ping_nonce: 0,
                 limits,
+                read_batch: 0,
             }),
             closed_tx,
             limits,
@@ -262,6 +283,7 @@ impl StreamState {
             read_waker: None,
             write_waker: None,
             waiting_out: false,
+            pinned_batch: None,
         }
     }
 }
@@ -281,9 +303,9 @@ impl UdpState {
 }
 
 impl State {
-    /// Encodes `frame` onto the outgoing buffer and wakes the writer.
+    /// Encodes `frame` onto the outgoing queue and wakes the writer.
     pub fn queue(&mut self, frame: &Frame) {
-        if let Err(e) = frame.encode(&mut self.out) {
+        if let Err(e) = self.out.frame(frame) {
             // Only frames built by this crate are queued, and their sizes are checked where
             // users hand over payloads; reaching this is a bug, never worth a panic.
             tracing::error!(error = %e, "dropping a frame that cannot be encoded");
@@ -305,9 +327,10 @@ impl State {
         self.out_waiters.push(id);
     }
 
-    /// The writer took the buffer: wake everyone waiting for room, and a paused reader.
-    pub fn take_out(&mut self, spare: &mut BytesMut) {
-        std::mem::swap(&mut self.out, spare);
+    /// The token holder takes the queue (appended to `into`): wake everyone waiting for
+    /// room, and a paused reader.
+    pub fn take_out(&mut self, into: &mut VecDeque<Bytes>) {
+        self.out.take_into(into);
         for id in std::mem::take(&mut self.out_waiters) {
             match self.slots.get_mut(&id) {
                 Some(Slot::Stream(s)) => {
