@@ -317,7 +317,29 @@ impl UdpAssociation {
         }
     }
 
+    /// Answers a query to the nameserver `peer` stands for: at once when the answer is
+    /// cached (no task, whose start could wait for another worker to wake), else from a task
+    /// of its own, so that queries don't wait for each other.
     fn spawn_dns_answer(self: &Arc<Self>, peer: Arc<Peer>, query: Vec<u8>) {
+        let cached = self
+            .dns
+            .answer_cached(&query, peer.remote, DnsTransport::Udp, &self.asker);
+        if let Some(answer) = cached {
+            match peer.sock.try_send(&answer) {
+                Ok(_) => {}
+                // The app socket's queue is full: sent when there is room, as below.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let task = tokio::spawn(async move {
+                        if let Err(err) = peer.sock.send(&answer).await {
+                            tracing::debug!("udp relay: cannot deliver a DNS answer: {err}");
+                        }
+                    });
+                    self.track(task.abort_handle());
+                }
+                Err(err) => tracing::debug!("udp relay: cannot deliver a DNS answer: {err}"),
+            }
+            return;
+        }
         let me = Arc::clone(self);
         let task = tokio::spawn(async move {
             if let Some(answer) = me
