@@ -105,6 +105,31 @@ impl DnsResponder {
         transport: DnsTransport,
         asker: &Asker,
     ) -> Option<Vec<u8>> {
+        let asked = self.asked(query, server, transport);
+        let answer = match asked.key.clone() {
+            Some(key) => self.sources.resolve(key, query, asked.to).await,
+            None => self.sources.fetch(query, asked.to).await.map(|f| f.bytes),
+        };
+        self.answered(asked, answer, asker)
+    }
+
+    /// The answer to `query` if the cache has it, found without waiting (the same answer,
+    /// event and bookkeeping as [`DnsResponder::answer`] gives it); `None` when it must be
+    /// asked for. A relay answers a repeated lookup this way on the spot, with no task.
+    pub fn answer_cached(
+        &self,
+        query: &[u8],
+        server: SocketAddr,
+        transport: DnsTransport,
+        asker: &Asker,
+    ) -> Option<Vec<u8>> {
+        let asked = self.asked(query, server, transport);
+        let answer = self.sources.cached(asked.key.as_ref()?, query)?;
+        self.answered(asked, Some(answer), asker)
+    }
+
+    /// What a query asks, where it goes, and its cache key (when it is cacheable).
+    fn asked(&self, query: &[u8], server: SocketAddr, transport: DnsTransport) -> Asked {
         let message = wire::parse_query_message(query);
         let parsed = message.as_ref().map_or(Parsed::Other, wire::question);
         let (route, rule) = match &parsed {
@@ -115,32 +140,40 @@ impl DnsResponder {
             // Not a query sctrace understands: the app's own nameserver deals with it.
             Parsed::Other => (Route::Local, None),
         };
-        let to = Upstream {
-            route,
-            server,
-            transport,
-        };
         let key = message
             .as_ref()
             .filter(|_| self.sources.caching)
             .and_then(|m| Key::of(m, query, route, server, transport));
-        let answer = match key {
-            Some(key) => self.sources.resolve(key, query, to).await,
-            None => self.sources.fetch(query, to).await.map(|f| f.bytes),
-        };
+        Asked {
+            parsed,
+            rule,
+            key,
+            to: Upstream {
+                route,
+                server,
+                transport,
+            },
+        }
+    }
+
+    /// Records what `answer` says (names, routes to ask, the event) and hands it on.
+    fn answered(&self, asked: Asked, answer: Option<Vec<u8>>, asker: &Asker) -> Option<Vec<u8>> {
+        let Asked {
+            parsed, rule, to, ..
+        } = asked;
         let summary = answer.as_deref().map(wire::summarize);
         if let (Parsed::Query { name, .. }, Some(Summary { addrs, .. })) = (&parsed, &summary) {
             self.names
-                .record(name, addrs.iter().copied(), route == Route::Remote);
-            if route == Route::Remote {
+                .record(name, addrs.iter().copied(), to.route == Route::Remote);
+            if to.route == Route::Remote {
                 self.prefetch_routes(addrs);
             }
         }
         if self.events.enabled() {
             self.events.record(dns_event(
                 &parsed,
-                server,
-                route,
+                to.server,
+                to.route,
                 rule,
                 summary.as_ref(),
                 asker,
@@ -148,6 +181,14 @@ impl DnsResponder {
         }
         answer
     }
+}
+
+/// One query, read: its question, the filter's rule, its cache key, where it goes.
+struct Asked {
+    parsed: Parsed,
+    rule: Option<String>,
+    key: Option<Key>,
+    to: Upstream,
 }
 
 impl DnsResponder {
@@ -189,20 +230,24 @@ impl Sources {
     /// exchange in flight for the same key, else from a new one.
     async fn resolve(self: &Arc<Self>, key: Key, query: &[u8], to: Upstream) -> Option<Vec<u8>> {
         let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
-        let now = Instant::now();
-        let lookup = match self.cache.lock() {
-            Ok(cache) => cache.get(&key, id, now),
-            Err(_) => Lookup::Miss,
-        };
-        if let Lookup::Hit(answer) = lookup {
+        if let Some(answer) = self.cached(&key, query) {
             return Some(answer);
         }
-        self.refresh_sibling(&key, to, now);
+        self.refresh_sibling(&key, to, Instant::now());
         let mut answer = self.join(key, query.to_vec(), to).await?;
         // Maybe another query's exchange: the same answer, under this query's id (the
         // header's first two bytes, RFC 1035 §4.1.1).
         answer.get_mut(..2)?.copy_from_slice(&id.to_be_bytes());
         Some(answer)
+    }
+
+    /// The live answer kept for `key`, under the id of `query`.
+    fn cached(&self, key: &Key, query: &[u8]) -> Option<Vec<u8>> {
+        let id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+        match self.cache.lock().ok()?.get(key, id, Instant::now()) {
+            Lookup::Hit(answer) => Some(answer),
+            Lookup::Expired | Lookup::Miss => None,
+        }
     }
 
     /// When `key` is an A (AAAA) query and its AAAA (A) sibling was asked and cached before
@@ -431,6 +476,50 @@ mod tests {
             "AAAA, never asked before, is fetched"
         );
         assert_eq!(dns.sources.in_flight.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_cached_answer_is_found_without_waiting_and_only_then() {
+        let (agent, counts) = fake_agent::start(30, Duration::ZERO).await;
+        let dns = responder(agent);
+        let server = "127.0.0.53:53".parse().unwrap();
+        let found = dns.answer_cached(
+            &query(1, RecordType::A),
+            server,
+            DnsTransport::Udp,
+            &asker(),
+        );
+        assert_eq!(found, None, "never asked: it must be fetched");
+        assert_eq!(asked(&counts), (0, 0), "and nothing was fetched");
+        ask(&dns, 2, RecordType::A).await;
+        let found = dns
+            .answer_cached(
+                &query(3, RecordType::A),
+                server,
+                DnsTransport::Udp,
+                &asker(),
+            )
+            .expect("cached");
+        let answer = Message::from_vec(&found).unwrap();
+        assert_eq!(answer.metadata.id, 3, "under the asker's id");
+        assert_eq!(answer.answers.len(), 1);
+        assert_eq!(asked(&counts), (1, 0));
+        // The answer asked for its addresses' routes; once told, they are known at once.
+        let route = dns.routes.source("198.18.0.10:0".parse().unwrap()).await;
+        assert_eq!(
+            dns.routes.cached("198.18.0.10:80".parse().unwrap()),
+            Some(route),
+            "the route an answer asked for is known without waiting"
+        );
+        let without = responder(fake_agent::start(30, Duration::ZERO).await.0).with_caching(false);
+        ask(&without, 4, RecordType::A).await;
+        let found = without.answer_cached(
+            &query(5, RecordType::A),
+            server,
+            DnsTransport::Udp,
+            &asker(),
+        );
+        assert_eq!(found, None, "SCTRACE_DNS_CACHE=0: nothing is kept");
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@
 //!   (through the agent, or to the DNS responder) and returns its length; the app's socket
 //!   is bound first, as the kernel's autobind would, so replies can reach it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use sctrace_protocol::{OpenError, Stream};
 use crate::dns::Asker;
 use crate::errno::Errno;
 use crate::events::Record;
+use crate::plan::Reply;
 use crate::relay::tcp::Arranged;
 use crate::relay::udp::{AppEnd, PeerKind, SharedPort, UdpAssociation};
 use crate::remote::sockets::{Managed, TCP_ENTRY_GRACE};
@@ -143,39 +144,54 @@ pub fn connect_tcp(
 /// connect would, or succeeds with the target's source address recorded for `getsockname`.
 /// The kernel leaves a socket connected to port 0 without a peer (`getpeername`: ENOTCONN)
 /// and sends nothing; here the socket is only bound, as the connect would have bound it, to
-/// the wildcard address (so that it can still be connected anywhere).
+/// the wildcard address (so that it can still be connected anywhere). Answered at once when
+/// the route is known (a lookup's answer asked for it), else when the agent tells it.
 pub fn probe_route(
     remote: &Arc<Remote>,
     sock: AppSocket,
     dst: SocketAddr,
     record: Option<Record>,
 ) -> Action {
+    if let Some(source) = remote.routes.cached(dst) {
+        return probed(remote, &sock, source, record).into();
+    }
     let remote = Arc::clone(remote);
     Action::Defer(Box::pin(async move {
-        let source = match remote.routes.source(dst).await {
-            Ok(source) => source,
-            Err(err) => return answer(record, Err::<i64, _>(err)),
-        };
-        let bound = Target::of(&sock).and_then(|target| {
-            Ok((
-                target.id,
-                target.v6(),
-                ensure_bound(sock.fd.as_fd(), target.v6())?,
-            ))
-        });
-        match bound {
-            Ok((id, v6, bound)) => {
-                remote.sockets.insert(
-                    id,
-                    Managed::Probe {
-                        local: in_family(SocketAddr::new(source, bound.port()), v6),
-                    },
-                );
-                answer(record, Ok(0i64))
-            }
-            Err(err) => answer(record, Err::<i64, _>(err)),
-        }
+        let source = remote.routes.source(dst).await;
+        probed(&remote, &sock, source, record)
     }))
+}
+
+/// A route probe's outcome, given the target's route.
+fn probed(
+    remote: &Remote,
+    sock: &AppSocket,
+    source: Result<IpAddr, Errno>,
+    record: Option<Record>,
+) -> Reply {
+    let source = match source {
+        Ok(source) => source,
+        Err(err) => return answer(record, Err::<i64, _>(err)),
+    };
+    let bound = Target::of(sock).and_then(|target| {
+        Ok((
+            target.id,
+            target.v6(),
+            ensure_bound(sock.fd.as_fd(), target.v6())?,
+        ))
+    });
+    match bound {
+        Ok((id, v6, bound)) => {
+            remote.sockets.insert(
+                id,
+                Managed::Probe {
+                    local: in_family(SocketAddr::new(source, bound.port()), v6),
+                },
+            );
+            answer(record, Ok(0i64))
+        }
+        Err(err) => answer(record, Err::<i64, _>(err)),
+    }
 }
 
 /// A TCP connect to a nameserver sctrace answers for: joined to the relay's DNS service.
@@ -441,6 +457,12 @@ fn associated(
 /// A UDP connect routed remote or to a nameserver. A remote one fails as the target's own
 /// `connect` would (no route: ENETUNREACH, ...), and the socket's address in the target (the
 /// route's source) is what its `getsockname` shows.
+///
+/// Nothing in it waits but asking the agent for a route not known yet: a connect to a
+/// nameserver, or to a peer whose route is known (glibc's sorting connects right after a
+/// lookup, whose answer asked for the routes), is answered at once by the notification
+/// loop. The association's agent flow is opened only when the app first sends to a remote
+/// peer, so a socket connected only to learn its source address never opens one.
 pub fn connect_udp(
     remote: &Arc<Remote>,
     sock: AppSocket,
@@ -453,18 +475,69 @@ pub fn connect_udp(
         Ok(s) => s,
         Err(err) => return answer(record, Err::<i64, _>(err)).into(),
     };
+    let known = match peer {
+        PeerKind::Remote => remote.routes.cached(dst).map(|route| route.map(Some)),
+        PeerKind::Dns => Some(Ok(None)),
+    };
+    let connect = UdpConnect {
+        sock,
+        target,
+        assoc,
+        dst,
+        peer,
+    };
+    if let Some(source) = known {
+        return connect.finish(remote, source, record).into();
+    }
     let remote = Arc::clone(remote);
     Action::Defer(Box::pin(async move {
-        let source = match peer {
-            PeerKind::Remote => match remote.routes.source(dst).await {
-                Ok(source) => Some(source),
-                Err(err) => return answer(record, Err::<i64, _>(err)),
-            },
-            PeerKind::Dns => None,
-        };
-        let relay = match assoc.peer(in_family(dst, target.v6()), peer).await {
-            Ok(relay) => relay,
-            Err(err) => return answer(record, Err::<i64, _>(Errno::from_io(&err))),
+        let source = remote.routes.source(dst).await.map(Some);
+        connect.finish(&remote, source, record)
+    }))
+}
+
+/// A UDP connect whose socket has its association, waiting only for the route's source.
+struct UdpConnect {
+    sock: AppSocket,
+    target: Target,
+    assoc: Arc<UdpAssociation>,
+    dst: SocketAddr,
+    peer: PeerKind,
+}
+
+impl UdpConnect {
+    /// Connects the app's socket to the relay socket standing for the peer, given the
+    /// target's source address for it (`None` for a nameserver) or the route's error.
+    fn finish(
+        self,
+        remote: &Remote,
+        source: Result<Option<IpAddr>, Errno>,
+        record: Option<Record>,
+    ) -> Reply {
+        let UdpConnect {
+            sock,
+            target,
+            assoc,
+            dst,
+            peer,
+        } = self;
+        let relayed = source.and_then(|source| {
+            let relay = assoc
+                .peer(in_family(dst, target.v6()), peer)
+                .map_err(|err| Errno::from_io(&err))?;
+            Ok((source, relay))
+        });
+        let (source, relay) = match relayed {
+            Ok(relayed) => relayed,
+            Err(err) => {
+                // An association that never relayed anything starts no task, so nothing
+                // would end it: it goes (the socket stays bound, as the kernel binds it
+                // before routing).
+                if assoc.is_unused() {
+                    remote.sockets.remove_association(target.id, &assoc);
+                }
+                return answer(record, Err::<i64, _>(err));
+            }
         };
         let bytes = SockAddr::encode_inet(relay);
         let result = sys::connect(sock.fd.as_fd(), Some(&bytes), bytes.len() as i32);
@@ -478,7 +551,7 @@ pub fn connect_udp(
             remote.sockets.set_udp_peer(target.id, Some((peer, local)));
         }
         answer(record, result.map(|()| 0i64))
-    }))
+    }
 }
 
 /// A datagram the app sends to a remote peer or a nameserver with an address.

@@ -125,11 +125,14 @@ pub struct UdpAssociation {
     tasks: Mutex<Vec<AbortHandle>>,
     last_activity: Mutex<Instant>,
     closed: AtomicBool,
+    /// Whether the idle sweeper was started (see [`UdpAssociation::ensure_sweeper`]).
+    sweeping: AtomicBool,
     on_close: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl UdpAssociation {
-    /// Starts an association for the app socket `app`; `on_close` runs once when it ends.
+    /// An association for the app socket `app`; `on_close` runs once when it ends. It starts
+    /// no task until it is used (a relay socket made, a datagram sent).
     pub fn start(
         app: AppEnd,
         agent: SessionHandle,
@@ -138,7 +141,7 @@ impl UdpAssociation {
         policy: Policy,
         on_close: Box<dyn FnOnce() + Send>,
     ) -> Arc<UdpAssociation> {
-        let assoc = Arc::new(UdpAssociation {
+        Arc::new(UdpAssociation {
             app_local: app.local,
             app_v6: app.local.is_ipv6(),
             app_shared: app.shared,
@@ -153,9 +156,20 @@ impl UdpAssociation {
             tasks: Mutex::default(),
             last_activity: Mutex::new(Instant::now()),
             closed: AtomicBool::new(false),
+            sweeping: AtomicBool::new(false),
             on_close: Mutex::new(Some(on_close)),
-        });
-        let weak = Arc::downgrade(&assoc);
+        })
+    }
+
+    /// Starts the task that ends the association after [`IDLE`], once. Called from the
+    /// association's own tasks and sends, which run on the runtime's workers: an association
+    /// made by the notification loop (a UDP connect answered at once) costs it no task
+    /// spawn, which would wake a worker while the app waits.
+    pub fn ensure_sweeper(self: &Arc<Self>) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
         let sweeper = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(IDLE / 6).await;
@@ -171,8 +185,7 @@ impl UdpAssociation {
                 }
             }
         });
-        assoc.track(sweeper.abort_handle());
-        assoc
+        self.track(sweeper.abort_handle());
     }
 
     fn track(&self, task: AbortHandle) {
@@ -206,6 +219,13 @@ impl UdpAssociation {
         }
     }
 
+    /// Whether the association never relayed anything: no relay socket, no agent flow, so
+    /// no task of its own.
+    pub fn is_unused(&self) -> bool {
+        let no_peers = self.peers.lock().map(|p| p.is_empty()).unwrap_or(false);
+        no_peers && !self.flow.initialized() && !self.sweeping.load(Ordering::Acquire)
+    }
+
     /// The remote peer a relay socket address stands for, in the app's address form.
     pub fn translate(&self, relay: SocketAddr) -> Option<SocketAddr> {
         self.by_relay
@@ -214,12 +234,10 @@ impl UdpAssociation {
             .and_then(|m| m.get(&relay).copied())
     }
 
-    /// The relay socket for `remote`, made on first use.
-    pub async fn peer(
-        self: &Arc<Self>,
-        remote: SocketAddr,
-        kind: PeerKind,
-    ) -> io::Result<SocketAddr> {
+    /// The relay socket for `remote`, made on first use. Never waits (a few system calls),
+    /// so that a UDP connect can be answered by the notification loop itself; must run
+    /// within the runtime (the socket is registered with its reactor).
+    pub fn peer(self: &Arc<Self>, remote: SocketAddr, kind: PeerKind) -> io::Result<SocketAddr> {
         if let Some(peer) = self.peers.lock().ok().and_then(|m| m.get(&remote).cloned()) {
             return peer.sock.local_addr();
         }
@@ -228,8 +246,10 @@ impl UdpAssociation {
         } else {
             (Ipv4Addr::LOCALHOST, 0).into()
         };
-        let sock = UdpSocket::bind(bind).await?;
-        sock.connect(self.app_local).await?;
+        let sock = std::net::UdpSocket::bind(bind)?;
+        sock.connect(self.app_local)?;
+        sock.set_nonblocking(true)?;
+        let sock = UdpSocket::from_std(sock)?;
         let local = sock.local_addr()?;
         let peer = Arc::new(Peer { remote, kind, sock });
         {
@@ -247,7 +267,10 @@ impl UdpAssociation {
             m.insert(local, remote);
         }
         let me = Arc::clone(self);
-        let reader = tokio::spawn(async move { me.read_from_app(peer).await });
+        let reader = tokio::spawn(async move {
+            me.ensure_sweeper();
+            me.read_from_app(peer).await
+        });
         self.track(reader.abort_handle());
         Ok(local)
     }
@@ -294,7 +317,29 @@ impl UdpAssociation {
         }
     }
 
+    /// Answers a query to the nameserver `peer` stands for: at once when the answer is
+    /// cached (no task, whose start could wait for another worker to wake), else from a task
+    /// of its own, so that queries don't wait for each other.
     fn spawn_dns_answer(self: &Arc<Self>, peer: Arc<Peer>, query: Vec<u8>) {
+        let cached = self
+            .dns
+            .answer_cached(&query, peer.remote, DnsTransport::Udp, &self.asker);
+        if let Some(answer) = cached {
+            match peer.sock.try_send(&answer) {
+                Ok(_) => {}
+                // The app socket's queue is full: sent when there is room, as below.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    let task = tokio::spawn(async move {
+                        if let Err(err) = peer.sock.send(&answer).await {
+                            tracing::debug!("udp relay: cannot deliver a DNS answer: {err}");
+                        }
+                    });
+                    self.track(task.abort_handle());
+                }
+                Err(err) => tracing::debug!("udp relay: cannot deliver a DNS answer: {err}"),
+            }
+            return;
+        }
         let me = Arc::clone(self);
         let task = tokio::spawn(async move {
             if let Some(answer) = me
@@ -317,11 +362,12 @@ impl UdpAssociation {
         kind: PeerKind,
         data: Vec<u8>,
     ) -> io::Result<()> {
+        self.ensure_sweeper();
         self.touch();
         match kind {
             PeerKind::Remote => self.send_remote(remote, &data).await,
             PeerKind::Dns => {
-                self.peer(remote, PeerKind::Dns).await?;
+                self.peer(remote, PeerKind::Dns)?;
                 let peer = self
                     .peers
                     .lock()
@@ -455,7 +501,7 @@ impl UdpAssociation {
             }
             self.touch();
             let delivered = async {
-                self.peer(remote, PeerKind::Remote).await?;
+                self.peer(remote, PeerKind::Remote)?;
                 let peer = self
                     .peers
                     .lock()

@@ -54,6 +54,12 @@ impl RouteSources {
         self.ask(dst).await
     }
 
+    /// The source address for `dst`, or the errno, when the agent told it less than
+    /// [`KEEP`] ago: what [`RouteSources::source`] would give at once, without waiting.
+    pub fn cached(&self, dst: SocketAddr) -> Option<Result<IpAddr, Errno>> {
+        self.known(canonical(dst.ip()), Instant::now())
+    }
+
     /// Starts asking for the route to `ip` unless it is known or being asked already.
     pub fn prefetch(self: &Arc<Self>, ip: IpAddr) {
         let ip = canonical(ip);
