@@ -1432,3 +1432,36 @@ fn a_socket_watched_by_an_epoll_made_after_a_connect_keeps_its_registration() {
     };
     assert_eq!(paths, expected, "{traced}");
 }
+
+/// Resolves a cluster name many times (each lookup: a socket to the nameserver and glibc's
+/// route probes, all closed at once), then counts the supervisor's open files a little
+/// later, and once more with one lookup only.
+const MANY_LOOKUPS: &str = r#"
+import os, socket, sys, time
+for _ in range(int(sys.argv[1])):
+    socket.getaddrinfo("echo", 7, type=socket.SOCK_STREAM)
+time.sleep(3)
+print("supervisor fds", len(os.listdir("/proc/%d/fd" % os.getppid())))
+"#;
+
+#[test]
+fn closed_udp_sockets_leave_no_relay_sockets_behind() {
+    // Nothing is sent to a relay socket when the app closes its own, so sctrace must look:
+    // 300 lookups leave no more open files than one does once they are over.
+    let world = World::new();
+    let fds = |lookups: &str| -> usize {
+        let out = world.run(None, Path::new("python3"), &["-c", MANY_LOOKUPS, lookups]);
+        out.assert_success();
+        out.stdout
+            .trim()
+            .strip_prefix("supervisor fds ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no fd count\n{out}"))
+    };
+    let one = fds("1");
+    let many = fds("300");
+    assert!(
+        many <= one + 8,
+        "{many} open files after 300 lookups, {one} after one"
+    );
+}

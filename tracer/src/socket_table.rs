@@ -43,6 +43,20 @@ pub fn sockets(protocol: Protocol) -> Vec<Entry> {
         .collect()
 }
 
+/// Like [`sockets`], but an error when the IPv4 table can't be read (the IPv6 one is
+/// absent where IPv6 is off): for callers that act on a socket's absence.
+pub fn sockets_or_error(protocol: Protocol) -> std::io::Result<Vec<Entry>> {
+    let (v4, v6) = match protocol {
+        Protocol::Tcp => ("/proc/net/tcp", "/proc/net/tcp6"),
+        Protocol::Udp => ("/proc/net/udp", "/proc/net/udp6"),
+    };
+    let mut entries = parse(&fs::read_to_string(v4)?);
+    if let Ok(text) = fs::read_to_string(v6) {
+        entries.extend(parse(&text));
+    }
+    Ok(entries)
+}
+
 /// The entries of one table's text; malformed lines are skipped.
 pub fn parse(text: &str) -> Vec<Entry> {
     text.lines().skip(1).filter_map(entry).collect()

@@ -149,6 +149,7 @@ impl Remote {
             listening: Mutex::default(),
             lost: AtomicBool::new(false),
         });
+        remote.sockets.start_sweep();
         if let Some(requests) = link.requests.take() {
             tokio::spawn(Arc::clone(&remote.incoming).serve(requests));
         }

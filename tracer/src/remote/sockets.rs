@@ -8,11 +8,16 @@
 //! Addresses are stored as the socket's `getpeername`/`getsockname` show them: in the
 //! socket's own family (an IPv6 socket shows IPv4 peers v4-mapped).
 //!
+//! A UDP association is not told when the app closes its socket (nothing is sent to a
+//! relay socket then), so a sweep looks for the associations' sockets in /proc/net/udp
+//! every [`SWEEP_EVERY`] and ends those whose socket is gone — a program making many
+//! lookups would otherwise leave relay sockets behind for the associations' idle time.
+//!
 //! Socket inodes come from a 32-bit counter (`get_next_ino`), which only wraps after
 //! about four billion sockets, pipes and other anonymous files; the identity of a live
 //! socket is never shared with another live one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,6 +70,9 @@ struct Table {
     entries: HashMap<u64, Managed>,
     tcp_order: VecDeque<u64>,
 }
+
+/// How often the sweep looks for the sockets of UDP associations.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// TCP entries kept at most.
 const MAX_TCP_ENTRIES: usize = 65_536;
@@ -155,6 +163,77 @@ impl ManagedSockets {
                 _ => {}
             }
         }
+    }
+
+    /// The sockets with a UDP association.
+    fn associated(&self) -> Vec<u64> {
+        self.map
+            .lock()
+            .map(|m| {
+                m.entries
+                    .iter()
+                    .filter(|(_, managed)| matches!(managed, Managed::Udp { .. }))
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Ends the associations of those of `ids` that are not among `present` (the sockets
+    /// that exist now): their sockets were closed.
+    fn end_gone(&self, ids: Vec<u64>, present: &HashSet<u64>) -> usize {
+        let ended: Vec<Arc<UdpAssociation>> = match self.map.lock() {
+            Ok(mut m) => ids
+                .into_iter()
+                .filter(|id| !present.contains(id))
+                .filter_map(|id| match m.entries.remove(&id) {
+                    Some(Managed::Udp { assoc, .. }) => Some(assoc),
+                    Some(other) => {
+                        // Replaced by another kind meanwhile: not ours to end.
+                        m.entries.insert(id, other);
+                        None
+                    }
+                    None => None,
+                })
+                .collect(),
+            Err(_) => return 0,
+        };
+        // Closed outside the lock (their on_close looks the table up).
+        for assoc in &ended {
+            assoc.close();
+        }
+        ended.len()
+    }
+
+    /// Starts the sweep (on the current tokio runtime); it ends when the table is dropped.
+    pub fn start_sweep(self: &Arc<Self>) {
+        let table = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                let Some(sockets) = table.upgrade() else {
+                    return;
+                };
+                // Listed before the table is read: a socket bound after the reading began
+                // (and so perhaps missing from it) has no association in this list yet.
+                let ids = sockets.associated();
+                if ids.is_empty() {
+                    continue;
+                }
+                let read = tokio::task::spawn_blocking(|| {
+                    crate::socket_table::sockets_or_error(crate::socket_table::Protocol::Udp)
+                })
+                .await;
+                let Ok(Ok(entries)) = read else {
+                    continue;
+                };
+                let present: HashSet<u64> = entries.iter().map(|e| e.inode).collect();
+                let ended = sockets.end_gone(ids, &present);
+                if ended > 0 {
+                    tracing::debug!("ended {ended} UDP associations whose sockets were closed");
+                }
+            }
+        });
     }
 
     /// How many sockets are managed (for tests and logs).
