@@ -181,11 +181,6 @@ impl AppSocket {
         self.family() == Ok(libc::AF_INET6)
     }
 
-    /// Whether sctrace holds this socket from birth (container mode, `trap::owned`).
-    pub fn is_held(&self) -> bool {
-        self._held.is_some()
-    }
-
     /// The file status flags of its open file description (O_NONBLOCK, ...).
     pub fn file_flags(&self) -> Result<i32, Errno> {
         sys::file_flags(self.fd.as_fd())
