@@ -499,6 +499,9 @@ mod tests {
         ]);
         let mut running = Running::spawn_pty(cmd).unwrap();
         assert!(running.wait_line("ready", Duration::from_secs(5)));
+        // As a person would, once the shell waits: a SIGINT that arrives while dash is still
+        // starting `sleep` is only acted on when `wait` returns, after the ten seconds.
+        std::thread::sleep(Duration::from_millis(200));
         running.type_on_terminal(b"\x03").unwrap();
         let run = running.finish(Duration::from_secs(5));
         assert_eq!(run.status, Status::Exit(7), "{run:?}");
