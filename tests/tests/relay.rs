@@ -726,7 +726,7 @@ fn an_agent_with_another_token_refuses_the_session() {
 /// A program whose SIGINT and SIGTERM handler still talks to the cluster: it resolves `echo`
 /// and exchanges a line with its echo server, then exits 7.
 const HANDLER_TALKS_TO_THE_CLUSTER: &str = r#"
-import signal, socket, sys, time
+import os, signal, socket, sys, time
 def on_int(sig, frame):
     print('got', signal.Signals(sig).name, flush=True)
     host, port = socket.getaddrinfo('echo', 7, socket.AF_INET, socket.SOCK_STREAM)[0][4][:2]
@@ -736,7 +736,9 @@ def on_int(sig, frame):
     sys.exit(7)
 signal.signal(signal.SIGINT, on_int)
 signal.signal(signal.SIGTERM, on_int)
-print('ready', flush=True)
+# Unbuffered: a signal that comes at once must not find print() under way (its handler's
+# own print would be a reentrant call).
+os.write(1, b'ready\n')
 time.sleep(60)
 "#;
 

@@ -451,14 +451,16 @@ fn signals_sent_to_sctraces_process_group_reach_the_program_exactly_once() {
 
 /// A program whose SIGINT handler takes its time, then exits 7.
 const SLOW_SIGINT_HANDLER: &str = r#"
-import signal, sys, time
+import os, signal, sys, time
 def on_int(sig, frame):
     print('got SIGINT', flush=True)
     time.sleep(0.5)
     print('handler done', flush=True)
     sys.exit(7)
 signal.signal(signal.SIGINT, on_int)
-print('ready', flush=True)
+# Unbuffered: a signal that comes at once must not find print() under way (its handler's
+# own print would be a reentrant call).
+os.write(1, b'ready\n')
 time.sleep(60)
 "#;
 
