@@ -5,6 +5,8 @@ use std::io;
 
 /// `EIO`: for failures that carry no errno.
 pub const EIO: i32 = nix::libc::EIO;
+/// A request this session cannot serve (data connections where none are accepted).
+pub const EOPNOTSUPP: i32 = nix::libc::EOPNOTSUPP;
 /// `ETIMEDOUT`: what a connect that ran out of time reports, as the kernel's own would.
 pub const ETIMEDOUT: i32 = nix::libc::ETIMEDOUT;
 

@@ -54,6 +54,7 @@ use sctrace_protocol::Token;
 use tokio::sync::oneshot;
 
 use crate::netns::NetnsSockets;
+use crate::rendezvous::Rendezvous;
 use crate::sys;
 
 /// The bit of a word from sctrace that makes it a socket request (stream ids never have it).
@@ -73,14 +74,11 @@ const _: () = assert!(OFFER != VERDICT && OFFER & REQUEST != 0 && VERDICT & REQU
 const _: () = assert!(OFFER & REQUEST_TAG == REQUEST_TAG);
 const _: () = assert!(VERDICT & REQUEST_TAG == REQUEST_TAG - 1);
 
-/// How long a connected stream waits for its socket before giving up.
-pub const WAIT: Duration = Duration::from_secs(10);
-
 /// Sockets handed over, matched with the connections waiting for them by stream id; and
 /// the way back to sctrace, for offers of stolen connections.
 #[derive(Default)]
 pub struct Handoffs {
-    state: Mutex<Rendezvous>,
+    sockets: Arc<Rendezvous>,
     /// The channel's writing side, once sctrace is connected and proved who it is.
     outbox: Mutex<Option<UnixStream>>,
     /// Offers waiting for sctrace's verdict.
@@ -93,34 +91,10 @@ struct Offers {
     waiting: HashMap<u32, oneshot::Sender<bool>>,
 }
 
-#[derive(Default)]
-struct Rendezvous {
-    arrived: HashMap<u32, OwnedFd>,
-    waiting: HashMap<u32, oneshot::Sender<OwnedFd>>,
-}
-
 impl Handoffs {
-    /// Waits (at most [`WAIT`]) for the socket handed over for stream `id`.
-    pub async fn take(&self, id: u32) -> Option<OwnedFd> {
-        let rx = {
-            let mut st = self.state.lock().ok()?;
-            if let Some(fd) = st.arrived.remove(&id) {
-                return Some(fd);
-            }
-            let (tx, rx) = oneshot::channel();
-            st.waiting.insert(id, tx);
-            rx
-        };
-        let got = tokio::time::timeout(WAIT, rx)
-            .await
-            .ok()
-            .and_then(Result::ok);
-        if got.is_none() {
-            if let Ok(mut st) = self.state.lock() {
-                st.waiting.remove(&id);
-            }
-        }
-        got
+    /// The sockets handed over, by stream id.
+    pub fn sockets(&self) -> Arc<Rendezvous> {
+        Arc::clone(&self.sockets)
     }
 
     /// Offers sctrace the client socket of a stolen connection (`client` to `server`):
@@ -186,18 +160,7 @@ impl Handoffs {
     }
 
     fn deliver(&self, id: u32, fd: OwnedFd) {
-        let Ok(mut st) = self.state.lock() else {
-            return;
-        };
-        match st.waiting.remove(&id) {
-            Some(tx) => {
-                // A waiter that gave up drops the socket, which closes it.
-                let _ = tx.send(fd);
-            }
-            None => {
-                st.arrived.insert(id, fd);
-            }
-        }
+        self.sockets.deliver(id, fd);
     }
 }
 

@@ -178,11 +178,13 @@ enum Accepted {
     Tls(TcpStream, TlsAcceptor),
 }
 
-/// A connection ready for the protocol's handshake.
+/// A connection ready for the protocol's handshake, or a data connection.
 enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Opened with the data magic, on plain TCP (`sctrace_protocol::data`).
+    Data(TcpStream),
 }
 
 impl Accepted {
@@ -207,7 +209,14 @@ impl Accepted {
         }
         match self {
             Accepted::Unix(s) => Some(Conn::Unix(s)),
-            Accepted::Tcp(s) => Some(Conn::Tcp(s)),
+            Accepted::Tcp(s) => match tokio::time::timeout(FIRST_BYTE_TIMEOUT, starts_with_data_magic(&s)).await {
+                Ok(Ok(true)) => Some(Conn::Data(s)),
+                Ok(Ok(false)) => Some(Conn::Tcp(s)),
+                _ => {
+                    tracing::debug!(%peer, "closed a connection that sent too little");
+                    None
+                }
+            },
             Accepted::Tls(s, acceptor) => {
                 match tokio::time::timeout(handshake, acceptor.accept(s)).await {
                     Ok(Ok(tls)) => Some(Conn::Tls(Box::new(tls))),
@@ -222,6 +231,25 @@ impl Accepted {
                 }
             }
         }
+    }
+}
+
+/// Whether the first bytes of `s` are the data magic, without taking them: peeks until the
+/// bytes seen differ from the magic's or there are enough of them (a peer that closes early
+/// is no data connection).
+async fn starts_with_data_magic(s: &TcpStream) -> io::Result<bool> {
+    let magic = sctrace_protocol::data::DATA_MAGIC;
+    let mut seen = [0u8; 4];
+    loop {
+        let n = s.peek(&mut seen).await?;
+        if n == 0 || seen[..n] != magic[..n] {
+            return Ok(false);
+        }
+        if n == magic.len() {
+            return Ok(true);
+        }
+        // A partial magic: wait for more (readiness only comes with new bytes).
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 
@@ -361,20 +389,30 @@ pub async fn serve(
                     let Some(conn) = accepted.open(&peer, ctx.protocol.handshake_timeout).await else {
                         return Served::NoSession;
                     };
+                    if let Conn::Data(s) = conn {
+                        match crate::data::serve(s, &ctx.data).await {
+                            Ok(stream) => tracing::debug!(%peer, stream, "data connection attached"),
+                            Err(e) => tracing::warn!(%peer, error = %e, "refused a data connection"),
+                        }
+                        drop(slot);
+                        return Served::NoSession;
+                    }
                     if busy {
                         let why = "this agent serves a single session (--once) and is busy";
                         match conn {
                             Conn::Unix(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
                             Conn::Tcp(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
                             Conn::Tls(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
+                            Conn::Data(_) => {}
                         }
                         drop(slot);
                         return Served::NoSession;
                     }
                     match conn {
-                        Conn::Unix(s) => session::serve(s, peer, ctx, slot).await,
-                        Conn::Tcp(s) => session::serve(s, peer, ctx, slot).await,
-                        Conn::Tls(s) => session::serve(s, peer, ctx, slot).await,
+                        Conn::Unix(s) => session::serve(s, peer, ctx, slot, false).await,
+                        Conn::Tcp(s) => session::serve(s, peer, ctx, slot, true).await,
+                        Conn::Tls(s) => session::serve(s, peer, ctx, slot, false).await,
+                        Conn::Data(_) => Served::NoSession,
                     }
                 });
             }

@@ -10,6 +10,7 @@
 
 mod cli;
 mod container;
+mod data;
 mod dns;
 mod environ;
 mod errno;
@@ -17,6 +18,7 @@ mod handoff;
 mod incoming;
 mod listener;
 mod netns;
+mod rendezvous;
 mod route;
 mod session;
 mod splice;
@@ -151,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             once_claimed: cli.once.then(|| AtomicBool::new(false)),
             connected: AtomicUsize::new(0),
             sessions: AtomicU64::new(0),
+            data: Arc::default(),
             handoffs,
         });
         let lifetime = listener::Lifetime {

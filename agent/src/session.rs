@@ -40,6 +40,8 @@ pub struct Context {
     pub incoming: Arc<crate::incoming::Incoming>,
     /// With `--handoff-socket`: the relay ends of TCP connections, handed over by sctrace.
     pub handoffs: Option<Arc<crate::handoff::Handoffs>>,
+    /// Sessions over plain TCP, which accept data connections.
+    pub data: Arc<crate::data::DataSessions>,
 }
 
 /// Counts a session as connected while it lives.
@@ -67,12 +69,14 @@ pub enum Served {
 }
 
 /// Serves the connection `io` from `peer` (for logs). `handshake_slot` is held until the
-/// handshake is over, which bounds the connections that can sit in it.
+/// handshake is over, which bounds the connections that can sit in it. `data_connections`:
+/// the session came over plain TCP, so its streams may get data connections.
 pub async fn serve<T: Io>(
     io: T,
     peer: String,
     ctx: Arc<Context>,
     handshake_slot: HandshakeSlot,
+    data_connections: bool,
 ) -> Served {
     let handshake = Session::server(io, &ctx.token, ctx.protocol.clone()).await;
     drop(handshake_slot);
@@ -102,6 +106,11 @@ pub async fn serve<T: Io>(
         }
     }
     let _connected = Connected::new(&ctx.connected);
+    let registration = handle
+        .data_keys()
+        .filter(|_| data_connections)
+        .and_then(|keys| crate::data::register(&ctx.data, *keys));
+    let attachable = registration.as_ref().map(|r| &r.attachable);
     let info = SessionInfo {
         handle: handle.clone(),
         number: ctx.sessions.fetch_add(1, Ordering::SeqCst) + 1,
@@ -112,7 +121,7 @@ pub async fn serve<T: Io>(
     loop {
         tokio::select! {
             request = requests.next() => match request {
-                Some(request) => dispatch(request, &ctx, &info),
+                Some(request) => dispatch(request, &ctx, &info, attachable),
                 None => break,
             },
             changed = shutdown.wait_for(|down| *down) => {
@@ -130,19 +139,34 @@ pub async fn serve<T: Io>(
     Served::Session
 }
 
-fn dispatch(request: Request, ctx: &Arc<Context>, session: &SessionInfo) {
+fn dispatch(
+    request: Request,
+    ctx: &Arc<Context>,
+    session: &SessionInfo,
+    attachable: Option<&Arc<crate::data::Attachable>>,
+) {
     match request {
         Request::Subscribe(r) => {
             tracing::debug!(id = r.id(), port = r.port(), mode = %r.mode(), "subscription requested");
             ctx.incoming.subscribe(r, session.clone());
         }
         Request::ConnectTcp(r) => {
-            tracing::debug!(id = r.id(), addr = %r.addr(), "connect requested");
+            tracing::debug!(id = r.id(), addr = %r.addr(), attach = r.attach(), "connect requested");
+            // Where the app's side of the connection comes from, if not over the stream.
+            let handed = if r.attach() {
+                let Some(attachable) = attachable else {
+                    r.reject(crate::errno::EOPNOTSUPP);
+                    return;
+                };
+                Some(attachable.sockets())
+            } else {
+                ctx.handoffs.as_ref().map(|h| h.sockets())
+            };
             tokio::spawn(crate::tcp::serve(
                 r,
                 ctx.sockets.clone(),
                 ctx.connect_timeout,
-                ctx.handoffs.clone(),
+                handed,
             ));
         }
         Request::OpenUdp(r) => {

@@ -32,12 +32,13 @@ pub async fn connect(
 }
 
 /// Serves one connect request: connects (unless sctrace cancels first), then relays until
-/// both sides are done.
+/// both sides are done. With `handed`, the app's side of the connection comes from there
+/// (by stream id), not over the stream.
 pub async fn serve(
     mut request: ConnectTcpRequest,
     sockets: NetnsSockets,
     default_timeout: Duration,
-    handoffs: Option<std::sync::Arc<crate::handoff::Handoffs>>,
+    handed: Option<std::sync::Arc<crate::rendezvous::Rendezvous>>,
 ) {
     let addr = request.addr();
     let id = request.id();
@@ -70,9 +71,10 @@ pub async fn serve(
         }
     };
     tracing::debug!(id, %addr, %local, "connected");
-    if let Some(handoffs) = handoffs {
-        // sctrace hands over its end of the app's connection: splice the two.
-        let Some(fd) = handoffs.take(id).await else {
+    if let Some(handed) = handed {
+        // The app's connection comes as a socket of its own (the relay end sctrace hands
+        // over, or a data connection): splice the two.
+        let Some(fd) = handed.take(id).await else {
             tracing::debug!(id, %addr, "no socket was handed over; closing");
             return;
         };

@@ -66,6 +66,9 @@ pub enum Proof {
     HandoffAgent,
     /// sctrace, on the handoff channel.
     HandoffClient,
+    /// Not a proof sent anywhere: the key of a session's data connections (version 3,
+    /// [`crate::data`]).
+    DataKey,
 }
 
 impl Proof {
@@ -75,6 +78,7 @@ impl Proof {
             Proof::Client => b"sctrace/2 client proof\0",
             Proof::HandoffAgent => b"sctrace/2 handoff agent proof\0",
             Proof::HandoffClient => b"sctrace/2 handoff client proof\0",
+            Proof::DataKey => b"sctrace/3 data connection key\0",
         }
     }
 }

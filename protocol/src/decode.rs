@@ -6,7 +6,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::frame::{
-    get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_DNS_TCP, FLAG_ENV_MORE,
+    get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_ATTACH, FLAG_DNS_TCP, FLAG_ENV_MORE,
     HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN, MAX_PAYLOAD_LEN,
     MAX_TOKEN_LEN,
 };
@@ -96,6 +96,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
     let allowed_flags = match kind {
         kind::DNS_QUERY => FLAG_DNS_TCP,
         kind::ENV_VARS => FLAG_ENV_MORE,
+        kind::CONNECT_TCP => FLAG_ATTACH,
         _ => 0,
     };
     if flags & !allowed_flags != 0 {
@@ -336,6 +337,7 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
             stream,
             addr: c.addr()?,
             timeout_ms: c.u32("truncated timeout")?,
+            attach: flags & FLAG_ATTACH != 0,
         },
         kind::OPEN_UDP => Frame::OpenUdp {
             stream,

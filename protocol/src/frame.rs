@@ -104,6 +104,9 @@ pub enum Frame {
         addr: SocketAddr,
         /// Give up after this many milliseconds (0: the receiver's default).
         timeout_ms: u32,
+        /// Version 3, flag `attach`: the bytes go over a data connection ([`crate::data`]),
+        /// not the session.
+        attach: bool,
     },
     /// Open a UDP flow: an unconnected UDP socket bound to `bind` on the receiver's side;
     /// answered by `Opened` or `OpenFailed`.
@@ -446,6 +449,8 @@ pub(crate) mod kind {
 pub(crate) const FLAG_DNS_TCP: u8 = 0x01;
 /// Flag bit of `EnvVars`: more `EnvVars` frames follow.
 pub(crate) const FLAG_ENV_MORE: u8 = 0x01;
+/// Flag bit of `ConnectTcp` (version 3): the bytes go over a data connection.
+pub(crate) const FLAG_ATTACH: u8 = 0x01;
 
 /// Why a frame could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -667,6 +672,7 @@ impl Frame {
                 ..
             } => FLAG_DNS_TCP,
             Frame::EnvVars { more: true, .. } => FLAG_ENV_MORE,
+            Frame::ConnectTcp { attach: true, .. } => FLAG_ATTACH,
             _ => 0,
         }
     }

@@ -180,6 +180,13 @@ impl SessionHandle {
         self.shared().limits.version
     }
 
+    /// The keys of this session's data connections ([`crate::data`]), when the agreed
+    /// version has them. (Whether the peer accepts data connections depends on how it was
+    /// reached: over plain TCP only.)
+    pub fn data_keys(&self) -> Option<&crate::data::DataKeys> {
+        self.shared().limits.data_keys.as_ref()
+    }
+
     fn closed_error(&self) -> SessionClosed {
         SessionClosed(
             self.shared()
@@ -191,7 +198,14 @@ impl SessionHandle {
     /// Connects to `addr` from the peer's side, with the peer's default connect timeout.
     /// Dropping the future cancels the connect.
     pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<Stream, OpenError> {
-        self.connect(addr, 0).await
+        self.connect(addr, 0, false).await
+    }
+
+    /// Like [`SessionHandle::connect_tcp`], for a stream whose bytes will go over a data
+    /// connection ([`crate::data`]): the peer moves none of them over the session, and
+    /// waits (bounded) for the data connection once it has connected. Needs version 3.
+    pub async fn connect_tcp_attached(&self, addr: SocketAddr) -> Result<Stream, OpenError> {
+        self.connect(addr, 0, true).await
     }
 
     /// Like [`SessionHandle::connect_tcp`], asking the peer to give up after `timeout`
@@ -202,10 +216,15 @@ impl SessionHandle {
         timeout: Duration,
     ) -> Result<Stream, OpenError> {
         let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
-        self.connect(addr, ms).await
+        self.connect(addr, ms, false).await
     }
 
-    async fn connect(&self, addr: SocketAddr, timeout_ms: u32) -> Result<Stream, OpenError> {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout_ms: u32,
+        attach: bool,
+    ) -> Result<Stream, OpenError> {
         let (tx, rx) = oneshot::channel();
         let guard = self.open(
             Slot::Opening {
@@ -216,6 +235,7 @@ impl SessionHandle {
                 stream,
                 addr,
                 timeout_ms,
+                attach,
             },
         )?;
         let local = self.wait_open(guard.id, rx).await?;

@@ -157,6 +157,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod data;
 mod decode;
 pub mod frame;
 mod handle;

@@ -89,12 +89,14 @@ impl Request {
         id: StreamId,
         addr: SocketAddr,
         timeout_ms: u32,
+        attach: bool,
         cancel: oneshot::Receiver<()>,
     ) -> Request {
         Request::ConnectTcp(ConnectTcpRequest {
             offer: Offer::new(shared, id, cancel, OfferKind::Open),
             addr,
             timeout: (timeout_ms != 0).then(|| Duration::from_millis(u64::from(timeout_ms))),
+            attach,
         })
     }
 
@@ -327,9 +329,16 @@ pub struct ConnectTcpRequest {
     offer: Offer,
     addr: SocketAddr,
     timeout: Option<Duration>,
+    attach: bool,
 }
 
 impl ConnectTcpRequest {
+    /// Whether the peer will send the connection's bytes over a data connection
+    /// ([`crate::data`]) rather than the stream.
+    pub fn attach(&self) -> bool {
+        self.attach
+    }
+
     /// Where to connect.
     pub fn addr(&self) -> SocketAddr {
         self.addr

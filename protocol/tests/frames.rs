@@ -60,13 +60,14 @@ fn frame() -> impl Strategy<Value = Frame> {
         any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
         text().prop_map(|message| Frame::GoAway { message }),
-        (stream(), socket_addr(), any::<u32>()).prop_map(|(stream, addr, timeout_ms)| {
-            Frame::ConnectTcp {
+        (stream(), socket_addr(), any::<u32>(), any::<bool>()).prop_map(
+            |(stream, addr, timeout_ms, attach)| Frame::ConnectTcp {
                 stream,
                 addr,
                 timeout_ms,
+                attach,
             }
-        }),
+        ),
         (stream(), socket_addr()).prop_map(|(stream, bind)| Frame::OpenUdp { stream, bind }),
         (stream(), socket_addr()).prop_map(|(stream, local)| Frame::Opened { stream, local }),
         (stream(), any::<i32>()).prop_map(|(stream, errno)| Frame::OpenFailed { stream, errno }),

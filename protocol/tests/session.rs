@@ -212,7 +212,7 @@ async fn version_mismatch_is_refused_with_both_ranges() {
         Some(Frame::Refused { reason, message }) => {
             assert_eq!(reason, RefuseReason::UnsupportedVersion);
             assert!(
-                message.contains("2..=2") && message.contains("7..=9"),
+                message.contains("2..=3") && message.contains("7..=9"),
                 "{message}"
             );
         }
@@ -843,6 +843,7 @@ async fn flow_control_violation_ends_the_session() {
             stream: 1,
             addr: addr("198.18.0.7:80"),
             timeout_ms: 0,
+            attach: false,
         },
     )
     .await;
@@ -899,6 +900,7 @@ async fn reused_stream_id_ends_the_session() {
                 stream: 3,
                 addr: addr("198.18.0.7:80"),
                 timeout_ms: 0,
+                attach: false,
             },
         )
         .await;

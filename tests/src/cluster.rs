@@ -76,6 +76,8 @@ pub struct Cluster {
     /// The agent the harness started for variants where sctrace can't (see
     /// [`Cluster::sctrace`]): its address and token file.
     agent: OnceLock<(Server, String, PathBuf)>,
+    /// The agent reached over TCP (see [`Cluster::agent_over_tcp`]).
+    tcp_agent: OnceLock<(Server, String, PathBuf)>,
 }
 
 impl Cluster {
@@ -126,6 +128,7 @@ impl Cluster {
             services,
             world,
             agent: OnceLock::new(),
+            tcp_agent: OnceLock::new(),
         }
     }
 
@@ -145,7 +148,13 @@ impl Cluster {
         let mut cmd = self.laptop.command(&argv[0]);
         cmd.args(&argv[1..]);
         if !variant.is_plain() {
-            let (address, token) = self.agent_by_address(variant.user().is_some());
+            // As an unprivileged user (not confined), over TCP: the way to an agent in a
+            // cluster, with data connections; else over a Unix socket.
+            let (address, token) = if variant.agent_over_tcp() {
+                self.agent_over_tcp()
+            } else {
+                self.agent_by_address(variant.user().is_some())
+            };
             cmd.env("SCTRACE_AGENT_ADDRESS", address)
                 .env("SCTRACE_AGENT_TOKEN_FILE", token);
         }
@@ -185,6 +194,34 @@ impl Cluster {
                     .unwrap_or_else(|e| panic!("cannot open {} to others: {e}", path.display()));
             }
         }
+        (address.clone(), token.clone())
+    }
+
+    /// The address and token file of an agent serving the cluster that listens on TCP,
+    /// plain, on the laptop's loopback (`tcp:127.0.0.1:7399`), started on first use; anyone
+    /// may read the token file. sctrace makes data connections to it.
+    pub fn agent_over_tcp(&self) -> (String, PathBuf) {
+        let (_, address, token) = self.tcp_agent.get_or_init(|| {
+            let dir = self.laptop.scratch_dir();
+            let token = dir.join("tcp-agent.token");
+            std::fs::write(&token, "sctrace-tests-tcp-agent-token\n")
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", token.display()));
+            for (path, mode) in [(dir.as_path(), 0o1777), (token.as_path(), 0o644)] {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .unwrap_or_else(|e| panic!("cannot open {} to others: {e}", path.display()));
+            }
+            let address = "tcp:127.0.0.1:7399".to_string();
+            let mut cmd = self.laptop.command(bin("sctrace-agent"));
+            cmd.arg("--listen")
+                .arg(&address)
+                .arg("--netns")
+                .arg(self.cluster.path())
+                .arg("--token-file")
+                .arg(&token);
+            let agent =
+                Server::spawn_logged("sctrace-agent", cmd, false, |l| l.starts_with("listening"));
+            (agent, address, token)
+        });
         (address.clone(), token.clone())
     }
 

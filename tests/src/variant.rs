@@ -68,6 +68,12 @@ impl Variant {
         self.confine.is_some()
     }
 
+    /// Whether sctrace reaches the harness's agent over TCP (as an unprivileged user, not
+    /// confined; see [`crate::Cluster::sctrace`]), and so makes data connections.
+    pub fn agent_over_tcp(&self) -> bool {
+        self.user.is_some() && self.confine.is_none()
+    }
+
     /// The user sctrace runs as, if not root.
     pub fn user(&self) -> Option<&str> {
         self.user.as_deref()

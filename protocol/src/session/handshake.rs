@@ -25,10 +25,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::auth::{session_transcript, Nonce, Proof, RandomError, NONCE_LEN, PROOF_LEN};
+use crate::data::DataKeys;
 use crate::decode::{decode, decode_eof, frame_name, DecodeError};
 use crate::frame::{kind, Frame, RefuseReason, HEADER_LEN, MAX_MESSAGE_LEN, MAX_TOKEN_LEN};
 use crate::session::{
-    Config, Io, MAX_STREAM_WINDOW, MIN_PROTOCOL_VERSION, MIN_STREAM_WINDOW, PROTOCOL_VERSION,
+    Config, Io, DATA_CONNECTIONS_VERSION, MAX_STREAM_WINDOW, MIN_PROTOCOL_VERSION, MIN_STREAM_WINDOW, PROTOCOL_VERSION,
 };
 use crate::text::PeerText;
 use crate::token::Token;
@@ -102,6 +103,8 @@ pub enum HandshakeError {
 pub(crate) struct Agreed {
     pub version: u16,
     pub peer_window: u32,
+    /// The keys of the session's data connections (version 3 on).
+    pub data_keys: Option<DataKeys>,
     /// Bytes read past the handshake frame (frames the peer sent right after it).
     pub leftover: BytesMut,
 }
@@ -155,14 +158,13 @@ pub(crate) async fn client<T: Io>(
             return Err(HandshakeError::AgentNotAuthenticated);
         }
         transcript.extend_from_slice(&agent_proof);
-        let proof = Frame::AuthProof {
-            proof: token.prove(Proof::Client, &transcript),
-        };
-        send(io, &proof).await?;
+        let client_proof = token.prove(Proof::Client, &transcript);
+        let keys = DataKeys::derive(token, &transcript, &client_proof);
+        send(io, &Frame::AuthProof { proof: client_proof }).await?;
         let frame = read_frame(io, &mut buf, &[kind::WELCOME, kind::REFUSED]).await?;
-        Ok::<_, HandshakeError>((frame, buf))
+        Ok::<_, HandshakeError>((frame, buf, keys))
     };
-    let (frame, leftover) = tokio::time::timeout(limit, exchange)
+    let (frame, leftover, keys) = tokio::time::timeout(limit, exchange)
         .await
         .map_err(|_| HandshakeError::Timeout(limit))??;
     match frame {
@@ -186,6 +188,7 @@ pub(crate) async fn client<T: Io>(
             Ok(Agreed {
                 version,
                 peer_window: stream_window,
+                data_keys: (version >= DATA_CONNECTIONS_VERSION).then_some(keys),
                 leftover,
             })
         }
@@ -276,6 +279,8 @@ async fn server_exchange<T: Io>(
     Ok(Agreed {
         version,
         peer_window: stream_window,
+        data_keys: (version >= DATA_CONNECTIONS_VERSION)
+            .then(|| DataKeys::derive(token, &transcript, &proof)),
         leftover: buf,
     })
 }

@@ -31,7 +31,9 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// The protocol version this build speaks natively.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The first version with data connections ([`crate::data`]).
+pub const DATA_CONNECTIONS_VERSION: u16 = 3;
 /// The oldest protocol version this build still speaks. Version 1 sent the session token
 /// in the clear and is no longer spoken (see the crate documentation).
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
@@ -192,6 +194,7 @@ impl Session {
             peer_window: agreed.peer_window,
             max_peer_streams: config.max_peer_streams.max(1),
             udp_queue_bytes: window as usize,
+            data_keys: agreed.data_keys,
         };
         let io: task::BoxIo = Box::new(io);
         let (rd, wr) = tokio::io::split(io);

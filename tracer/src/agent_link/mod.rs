@@ -3,12 +3,14 @@
 //! [`kube`]), or connects to one already running at a configured address; then it opens
 //! the protocol session.
 
+pub mod data;
 mod handoff;
 pub mod kube;
 mod local;
 mod tls;
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use sctrace_protocol::{
 use thiserror::Error;
 use tokio::net::{TcpStream, UnixStream};
 
+pub use data::DataRoute;
 pub use handoff::{Handoff, Offer};
 pub use local::LocalAgent;
 pub use tls::TlsSetupError;
@@ -41,7 +44,10 @@ pub struct AgentLink {
     /// For an agent sctrace started on this machine: the channel for handing it the relay
     /// ends of TCP connections (see [`handoff`]).
     pub handoff: Option<Handoff>,
+    /// For an agent reached over plain TCP that takes data connections: where they go.
+    pub data: Option<DataRoute>,
 }
+
 
 /// Why sctrace could not reach an agent.
 #[derive(Debug, Error)]
@@ -123,9 +129,17 @@ pub async fn open(
             (None, None) => return Err(LinkError::NoToken),
         };
         progress.start(&format!("connecting to the agent at {address}"));
-        let (handle, requests) = connect(address, &token, config.agent.tls.as_ref())
+        let (handle, requests, plain) = connect(address, &token, config.agent.tls.as_ref())
             .await
             .inspect_err(|_| progress.failed())?;
+        let data = plain
+            .filter(|_| data::wanted())
+            .and_then(|agent| {
+                handle.data_keys().map(|keys| DataRoute {
+                    agent,
+                    keys: *keys,
+                })
+            });
         progress.done(&format!("connected to the agent at {address}"));
         return Ok(AgentLink {
             handle,
@@ -134,6 +148,7 @@ pub async fn open(
             address: address.to_string(),
             forward: None,
             handoff: None,
+            data,
         });
     }
     let netns = match target {
@@ -149,7 +164,7 @@ pub async fn open(
     let started = async {
         let agent = LocalAgent::start(&netns).await?;
         let address = AgentAddress::Unix(agent.socket().to_path_buf());
-        let (handle, requests) = connect(&address, agent.token(), None).await?;
+        let (handle, requests, _) = connect(&address, agent.token(), None).await?;
         Ok::<_, LinkError>((agent, address, handle, requests))
     };
     let (agent, address, handle, requests) = started.await.inspect_err(|_| progress.failed())?;
@@ -171,6 +186,7 @@ pub async fn open(
         address: address.to_string(),
         forward: None,
         handoff,
+        data: None,
     })
 }
 
@@ -195,6 +211,7 @@ pub fn serve_link(link: kube::KubeLink) -> AgentLink {
         address,
         forward: Some(forward),
         handoff: None,
+        data: None,
     }
 }
 
@@ -207,12 +224,14 @@ fn read_token(path: &Path) -> Result<Token, LinkError> {
 }
 
 /// Connects to the agent at `address` (over TLS as `tls` says, for `tcp:`) and runs the
-/// handshake: the agent proves it holds `token` before sctrace sends anything more.
+/// handshake: the agent proves it holds `token` before sctrace sends anything more. Also
+/// returns the agent's address when the session runs over plain TCP.
 async fn connect(
     address: &AgentAddress,
     token: &Token,
     tls: Option<&AgentTls>,
-) -> Result<(SessionHandle, Requests), LinkError> {
+) -> Result<(SessionHandle, Requests, Option<SocketAddr>), LinkError> {
+    let mut plain = None;
     let shown = address.to_string();
     let connect_err = |source| LinkError::Connect {
         address: shown.clone(),
@@ -254,6 +273,7 @@ async fn connect(
                             "sctrace: warning: the session with the agent at {shown} is not encrypted: whoever is on the network path can read and alter the program's remote traffic; serve TLS from the agent (--tls-cert) and set agent.tls (see docs/security.md)"
                         );
                     }
+                    plain = io.peer_addr().ok();
                     Session::client(io, token, config).await
                 }
             }
@@ -264,7 +284,7 @@ async fn connect(
         source,
     })?;
     tokio::spawn(session.task.run());
-    Ok((session.handle, session.requests))
+    Ok((session.handle, session.requests, plain))
 }
 
 /// Whether `host` names this machine's loopback, where no one else is on the path.
@@ -399,7 +419,7 @@ mod tests {
             )
             .await
         });
-        let (handle, _requests) = connect(&tcp(port), &token(), None).await.unwrap();
+        let (handle, _requests, _) = connect(&tcp(port), &token(), None).await.unwrap();
         let server = agent.await.unwrap().unwrap();
         tokio::spawn(server.task.run());
         handle.shutdown("done");

@@ -15,6 +15,7 @@
 //! - [`create`]: container mode's `socket()`, created by sctrace and installed in the app.
 
 mod accept;
+mod attach;
 mod create;
 mod direct;
 mod local;

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use sctrace_protocol::{OpenError, Stream};
 
+use crate::agent_link::DataRoute;
 use crate::dns::Asker;
 use crate::errno::Errno;
 use crate::events::Record;
@@ -38,6 +39,7 @@ use crate::trap::owned::OwnedSockets;
 use crate::trap::socket::AppSocket;
 use crate::trap::AddrArg;
 
+use super::attach;
 use super::direct;
 use super::local::connect_without_blocking;
 use super::{answer, Action};
@@ -85,6 +87,10 @@ pub fn connect_tcp(
             .ok()
             .map(|prepared| (Arc::clone(direct), prepared))
     });
+    // An agent reached over plain TCP: the app's socket itself can carry the bytes.
+    let data = remote.data.filter(|_| direct.is_none()).and_then(|route| {
+        attach::reachable(&route, sock.fd.as_fd(), target.v6()).map(|agent| (route, agent))
+    });
     let remote = Arc::clone(remote);
     let nonblocking = flags & libc::O_NONBLOCK != 0;
     Action::Defer(Box::pin(async move {
@@ -95,7 +101,7 @@ pub fn connect_tcp(
             }
         }
         if let Some(record) = record.as_mut() {
-            record.set_path("relay");
+            record.set_path(if data.is_some() { "data" } else { "relay" });
         }
         // How long the app's call waits for the remote outcome: a blocking connect until
         // SO_SNDTIMEO (or the agent's own connect timeout), a non-blocking one briefly.
@@ -105,14 +111,26 @@ pub fn connect_tcp(
             sys::send_timeout(sock.fd.as_fd()).ok().flatten()
         };
         let agent = remote.agent.clone();
-        let mut opening = Box::pin(async move { agent.connect_tcp(canonical_addr(dst)).await });
+        let attached = data.is_some();
+        let mut opening = Box::pin(async move {
+            if attached {
+                agent.connect_tcp_attached(canonical_addr(dst)).await
+            } else {
+                agent.connect_tcp(canonical_addr(dst)).await
+            }
+        });
         let outcome = match hold {
             Some(limit) => tokio::time::timeout(limit, &mut opening).await.ok(),
             None => Some(opening.as_mut().await),
         };
         match outcome {
             Some(Ok(stream)) => {
-                let result = join_remote(&remote, &sock, &target, dst, stream);
+                let result = match data {
+                    Some((route, agent)) => {
+                        attach_remote(&remote, &sock, &target, dst, stream, &route, agent).await
+                    }
+                    None => join_remote(&remote, &sock, &target, dst, stream, None),
+                };
                 answer(record, result.and_then(|()| connected_reply(nonblocking)))
             }
             // A non-blocking connect learns of a refusal (a RST) only after it returned
@@ -130,9 +148,10 @@ pub fn connect_tcp(
                 if let Err(err) = parked {
                     return answer(record, Err::<i64, _>(err));
                 }
+                let route = data.map(|(route, _)| route);
                 tokio::spawn(async move {
                     let outcome = opening.await;
-                    settle(&remote, sock, target, dst, outcome);
+                    settle(&remote, sock, target, dst, outcome, route);
                 });
                 answer(record, Err::<i64, _>(Errno(libc::EINPROGRESS)))
             }
@@ -221,14 +240,47 @@ fn connected_reply(nonblocking: bool) -> Result<i64, Errno> {
     }
 }
 
+/// Makes the app's socket the data connection of an agent stream that reached `dst`, and
+/// manages it (its `getpeername` shows `dst`, its `getsockname` the target's address). On
+/// failure the socket is disconnected again.
+async fn attach_remote(
+    remote: &Remote,
+    sock: &AppSocket,
+    target: &Target,
+    dst: SocketAddr,
+    stream: Stream,
+    route: &DataRoute,
+    agent: SocketAddr,
+) -> Result<(), Errno> {
+    let fd = sock.fd.as_fd();
+    if let Err(err) = attach::attach_app_socket(fd, agent, route, stream.id()).await {
+        let _ = disconnect(fd);
+        return Err(err);
+    }
+    // The stream only carried the connect. As with a handed-over connection, sctrace does
+    // not learn when this one ends: its entry stays until the table's bound evicts it.
+    let local = in_family(stream.local_addr(), target.v6());
+    remote.sockets.insert(
+        target.id,
+        Managed::Tcp {
+            peer: in_family(dst, target.v6()),
+            local,
+        },
+    );
+    drop(stream);
+    Ok(())
+}
+
 /// Joins the app socket to an agent stream that reached `dst`, and manages it (its
-/// `getpeername` shows `dst`).
+/// `getpeername` shows `dst`). With `data`, the stream's bytes go over a data connection,
+/// which the relay makes.
 fn join_remote(
     remote: &Remote,
     sock: &AppSocket,
     target: &Target,
     dst: SocketAddr,
     stream: Stream,
+    data: Option<DataRoute>,
 ) -> Result<(), Errno> {
     // The managed-socket entry outlives the relay by a grace period, for `getpeername` on
     // a socket whose peer closed.
@@ -241,7 +293,16 @@ fn join_remote(
             sockets.remove(id);
         });
     });
-    join_relay(remote, sock, target, Arranged::Remote { stream, on_end })?;
+    join_relay(
+        remote,
+        sock,
+        target,
+        Arranged::Remote {
+            stream,
+            on_end,
+            data,
+        },
+    )?;
     let peer = in_family(dst, target.v6());
     remote.sockets.insert(id, Managed::Tcp { peer, local });
     Ok(())
@@ -335,11 +396,12 @@ fn settle(
     target: Target,
     dst: SocketAddr,
     outcome: Result<Stream, OpenError>,
+    data: Option<DataRoute>,
 ) {
     let v6 = target.v6();
     let fd = sock.fd.as_fd();
     let settled = disconnect(fd).and_then(|()| match outcome {
-        Ok(stream) => join_remote(remote, &sock, &target, dst, stream),
+        Ok(stream) => join_remote(remote, &sock, &target, dst, stream, data),
         Err(err) => park_failure(remote, fd, v6, &err),
     });
     if let Err(err) = settled {

@@ -23,7 +23,7 @@ use sctrace_protocol::{relay, DnsTransport, RelayEnd, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::agent_link::Handoff;
+use crate::agent_link::{DataRoute, Handoff};
 use crate::dns::{Asker, DnsResponder};
 use crate::sockaddr::{canonical_addr, SockAddr};
 use crate::sys::socket as sys;
@@ -36,6 +36,8 @@ pub enum Arranged {
         stream: Stream,
         /// Called when the relayed connection ends.
         on_end: Box<dyn FnOnce() + Send>,
+        /// The stream's bytes go over a data connection, made here.
+        data: Option<DataRoute>,
     },
     /// The DNS responder: length-prefixed DNS messages (RFC 1035 4.2.2) for `server`.
     Dns {
@@ -185,7 +187,18 @@ async fn accept_loop(
             None
         });
         match arranged {
-            Some(Arranged::Remote { stream, on_end }) => match &handoff {
+            Some(Arranged::Remote {
+                stream,
+                on_end,
+                data: Some(route),
+            }) => {
+                tokio::spawn(relay_attached(conn, stream, route, on_end));
+            }
+            Some(Arranged::Remote {
+                stream,
+                on_end,
+                data: None,
+            }) => match &handoff {
                 Some(handoff) => hand_over(handoff, conn, stream, on_end),
                 None => {
                     tokio::spawn(relay_remote(conn, stream, on_end));
@@ -240,6 +253,32 @@ fn hand_over(handoff: &Handoff, conn: TcpStream, stream: Stream, on_end: Box<dyn
             }
         },
     }
+}
+
+/// Relays the connection over a data connection of sctrace's own for `stream` (a
+/// non-blocking connect whose outcome came after its call returned: the app's socket was
+/// connected here meanwhile).
+async fn relay_attached(
+    mut conn: TcpStream,
+    stream: Stream,
+    route: DataRoute,
+    on_end: Box<dyn FnOnce() + Send>,
+) {
+    let _ = conn.set_nodelay(true);
+    match route.open(stream.id()).await {
+        Ok(mut data) => {
+            drop(stream);
+            if let Err(err) = tokio::io::copy_bidirectional(&mut conn, &mut data).await {
+                tracing::debug!("relay: data connection failed: {err}");
+                reset(conn);
+            }
+        }
+        Err(err) => {
+            tracing::warn!("relay: no data connection to the agent: {err}");
+            reset(conn);
+        }
+    }
+    on_end();
 }
 
 async fn relay_remote(mut conn: TcpStream, mut stream: Stream, on_end: Box<dyn FnOnce() + Send>) {

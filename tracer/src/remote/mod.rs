@@ -19,7 +19,7 @@ use sctrace_filter::config::Config;
 use sctrace_filter::{Connection, OutgoingFilter, Protocol, Route};
 use sctrace_protocol::SessionHandle;
 
-use crate::agent_link::AgentLink;
+use crate::agent_link::{AgentLink, DataRoute};
 use crate::dns::names::NameCache;
 use crate::dns::resolv_conf::{self, TargetResolver};
 use crate::dns::DnsResponder;
@@ -67,6 +67,8 @@ pub struct Remote {
     pub udp_policy: Policy,
     /// Sockets of the target for remote TCP connects without a relay (a local agent only).
     pub direct: Option<Arc<target_sockets::TargetSockets>>,
+    /// Data connections for remote TCP connects (an agent reached over plain TCP only).
+    pub data: Option<DataRoute>,
     /// The target's resolver configuration (its search list and options), for the app's
     /// own resolver.
     pub target_resolver: TargetResolver,
@@ -144,6 +146,7 @@ impl Remote {
                 .clone()
                 .filter(|_| direct_sockets_wanted())
                 .map(target_sockets::TargetSockets::start),
+            data: link.data,
             target_resolver,
             nameservers: resolv_conf::nameservers(&resolv_conf),
             listening: Mutex::default(),

@@ -49,6 +49,8 @@ pub(crate) struct Limits {
     pub max_peer_streams: usize,
     /// Datagram bytes queued per UDP flow before new ones are dropped.
     pub udp_queue_bytes: usize,
+    /// The keys of the session's data connections (version 3 on).
+    pub data_keys: Option<crate::data::DataKeys>,
 }
 
 pub(crate) struct Shared {

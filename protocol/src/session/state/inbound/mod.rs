@@ -64,7 +64,8 @@ impl State {
                 stream,
                 addr,
                 timeout_ms,
-            } => deliver.extend(self.on_connect_tcp(shared, stream, addr, timeout_ms)?),
+                attach,
+            } => deliver.extend(self.on_connect_tcp(shared, stream, addr, timeout_ms, attach)?),
             Frame::OpenUdp { stream, bind } => {
                 deliver.extend(self.on_open_udp(shared, stream, bind)?)
             }

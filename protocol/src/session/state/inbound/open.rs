@@ -18,10 +18,12 @@ impl State {
         stream: StreamId,
         addr: SocketAddr,
         timeout_ms: u32,
+        attach: bool,
     ) -> Result<Option<Request>, CloseReason> {
         let cancel = self.offer(stream, OfferKind::Open)?;
-        Ok(cancel
-            .map(|cancel| Request::connect_tcp(shared.clone(), stream, addr, timeout_ms, cancel)))
+        Ok(cancel.map(|cancel| {
+            Request::connect_tcp(shared.clone(), stream, addr, timeout_ms, attach, cancel)
+        }))
     }
 
     /// `OpenUdp`: the peer asks us to open a UDP socket bound to `bind`.
