@@ -196,7 +196,10 @@ mod tests {
         assert!(answer.is_empty());
         // Another session's preamble: unknown here.
         let (served, answer) = attach(&sessions, other.preamble(4)).await;
-        assert!(matches!(served, Err(DataError::UnknownSession)), "{served:?}");
+        assert!(
+            matches!(served, Err(DataError::UnknownSession)),
+            "{served:?}"
+        );
         assert!(answer.is_empty());
         // A bent proof.
         let mut bent = keys.preamble(5);
@@ -207,6 +210,9 @@ mod tests {
         // The session ended: its id is unknown.
         drop(registration);
         let (served, _) = attach(&sessions, keys.preamble(6)).await;
-        assert!(matches!(served, Err(DataError::UnknownSession)), "{served:?}");
+        assert!(
+            matches!(served, Err(DataError::UnknownSession)),
+            "{served:?}"
+        );
     }
 }

@@ -209,14 +209,16 @@ impl Accepted {
         }
         match self {
             Accepted::Unix(s) => Some(Conn::Unix(s)),
-            Accepted::Tcp(s) => match tokio::time::timeout(FIRST_BYTE_TIMEOUT, starts_with_data_magic(&s)).await {
-                Ok(Ok(true)) => Some(Conn::Data(s)),
-                Ok(Ok(false)) => Some(Conn::Tcp(s)),
-                _ => {
-                    tracing::debug!(%peer, "closed a connection that sent too little");
-                    None
+            Accepted::Tcp(s) => {
+                match tokio::time::timeout(FIRST_BYTE_TIMEOUT, starts_with_data_magic(&s)).await {
+                    Ok(Ok(true)) => Some(Conn::Data(s)),
+                    Ok(Ok(false)) => Some(Conn::Tcp(s)),
+                    _ => {
+                        tracing::debug!(%peer, "closed a connection that sent too little");
+                        None
+                    }
                 }
-            },
+            }
             Accepted::Tls(s, acceptor) => {
                 match tokio::time::timeout(handshake, acceptor.accept(s)).await {
                     Ok(Ok(tls)) => Some(Conn::Tls(Box::new(tls))),

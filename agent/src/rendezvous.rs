@@ -87,5 +87,4 @@ mod tests {
         r.deliver(2, a_socket());
         assert!(waiting.await.unwrap().is_some(), "waited first");
     }
-
 }

@@ -6,9 +6,9 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::frame::{
-    get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_ATTACH, FLAG_DNS_TCP, FLAG_ENV_MORE,
-    HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN, MAX_PAYLOAD_LEN,
-    MAX_TOKEN_LEN,
+    get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_ATTACH, FLAG_DNS_TCP,
+    FLAG_ENV_MORE, HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN,
+    MAX_PAYLOAD_LEN, MAX_TOKEN_LEN,
 };
 use crate::incoming::{
     tag, Families, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind, MAX_FILTER_DEPTH,

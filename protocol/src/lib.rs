@@ -29,9 +29,16 @@
 //!
 //! # Versions
 //!
-//! Version 2 is version 1 (below) with additions; builds speak only version 2. Version 1
-//! is no longer spoken: its `Hello` carried the session token in the clear. What version 2
-//! adds is listed after the version 1 table.
+//! Version 2 is version 1 (below) with additions, and version 3 is version 2 with data
+//! connections; builds speak 2 and 3 (`Welcome` gives the lower of the two sides' highest).
+//! Version 1 is no longer spoken: its `Hello` carried the session token in the clear. What
+//! version 2 adds is listed after the version 1 table.
+//!
+//! Version 3 adds one flag: `ConnectTcp` with flag `0x01` (`attach`) asks that the stream's
+//! bytes go over a *data connection* of their own, not the session; and the keys both sides
+//! derive at the end of the handshake for those ([`data`] describes the connection's
+//! preamble and answer). An agent accepts data connections only for sessions that came over
+//! plain TCP; it refuses an `attach` connect over anything else with `EOPNOTSUPP`.
 //!
 //! | frame (version 2) | stream | direction | meaning |
 //! |---|---|---|---|

@@ -1479,3 +1479,65 @@ fn closed_udp_sockets_leave_no_relay_sockets_behind() {
         "{many} open files after 300 lookups, {one} after one"
     );
 }
+
+/// One connection to the echo server: a message there and back, then whether `getpeername`
+/// shows the destination.
+const DATA_ECHO: &str = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], 7))
+s.sendall(b"over a data connection")
+got = b""
+while len(got) < 22:
+    got += s.recv(100)
+print("echo", got.decode(), s.getpeername()[0] == sys.argv[1])
+"#;
+
+/// Bytes that start as a data connection does but prove nothing.
+const FORGED_PREAMBLE: &str = r#"
+import os, socket
+s = socket.create_connection(("127.0.0.1", 7399), timeout=15)
+s.sendall(b"SCTD" + os.urandom(52))
+print("answered", len(s.recv(100)))
+"#;
+
+#[test]
+fn an_agent_on_tcp_takes_the_programs_own_sockets_and_nothing_forged() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let (address, token) = world.cluster.agent_over_tcp();
+    let traced = |variant: &Variant, name: &str| {
+        let events = world.scratch(name);
+        let mut cmd = world.cluster.sctrace_as(variant);
+        cmd.env("SCTRACE_AGENT_ADDRESS", &address)
+            .env("SCTRACE_AGENT_TOKEN_FILE", &token)
+            .args(["run", "--target", &world.target(), "--events"])
+            .arg(&events)
+            .args(["--", "python3", "-c", DATA_ECHO, &echo]);
+        let out = run_with_timeout(&mut cmd, T);
+        out.assert_success();
+        assert_eq!(out.stdout, "echo over a data connection True\n", "{out}");
+        let paths: Vec<String> = events_of(&read_events(&events), "connect")
+            .iter()
+            .filter(|e| e["sock_type"] == "stream" && e["family"] != "unix")
+            .map(|e| e["path"].as_str().unwrap_or("-").to_string())
+            .collect();
+        assert_eq!(paths, ["data"], "{}: {out}", variant.describe());
+    };
+    // As root, and in the container mode (sctrace's own sockets).
+    traced(&Variant::default(), "data-plain.jsonl");
+    traced(&Variant::confined(), "data-confined.jsonl");
+
+    // A forged preamble: the agent closes the connection having answered nothing ...
+    let forged = run_with_timeout(
+        world
+            .cluster
+            .laptop
+            .command("python3")
+            .args(["-c", FORGED_PREAMBLE]),
+        T,
+    );
+    forged.assert_success();
+    assert_eq!(forged.stdout, "answered 0\n", "{forged}");
+    // ... and goes on serving sessions.
+    traced(&Variant::default(), "data-after.jsonl");
+}

@@ -29,7 +29,8 @@ use crate::data::DataKeys;
 use crate::decode::{decode, decode_eof, frame_name, DecodeError};
 use crate::frame::{kind, Frame, RefuseReason, HEADER_LEN, MAX_MESSAGE_LEN, MAX_TOKEN_LEN};
 use crate::session::{
-    Config, Io, DATA_CONNECTIONS_VERSION, MAX_STREAM_WINDOW, MIN_PROTOCOL_VERSION, MIN_STREAM_WINDOW, PROTOCOL_VERSION,
+    Config, Io, DATA_CONNECTIONS_VERSION, MAX_STREAM_WINDOW, MIN_PROTOCOL_VERSION,
+    MIN_STREAM_WINDOW, PROTOCOL_VERSION,
 };
 use crate::text::PeerText;
 use crate::token::Token;
@@ -160,7 +161,13 @@ pub(crate) async fn client<T: Io>(
         transcript.extend_from_slice(&agent_proof);
         let client_proof = token.prove(Proof::Client, &transcript);
         let keys = DataKeys::derive(token, &transcript, &client_proof);
-        send(io, &Frame::AuthProof { proof: client_proof }).await?;
+        send(
+            io,
+            &Frame::AuthProof {
+                proof: client_proof,
+            },
+        )
+        .await?;
         let frame = read_frame(io, &mut buf, &[kind::WELCOME, kind::REFUSED]).await?;
         Ok::<_, HandshakeError>((frame, buf, keys))
     };

@@ -48,7 +48,6 @@ pub struct AgentLink {
     pub data: Option<DataRoute>,
 }
 
-
 /// Why sctrace could not reach an agent.
 #[derive(Debug, Error)]
 pub enum LinkError {
@@ -132,14 +131,11 @@ pub async fn open(
         let (handle, requests, plain) = connect(address, &token, config.agent.tls.as_ref())
             .await
             .inspect_err(|_| progress.failed())?;
-        let data = plain
-            .filter(|_| data::wanted())
-            .and_then(|agent| {
-                handle.data_keys().map(|keys| DataRoute {
-                    agent,
-                    keys: *keys,
-                })
-            });
+        let data = plain.filter(|_| data::wanted()).and_then(|agent| {
+            handle
+                .data_keys()
+                .map(|keys| DataRoute { agent, keys: *keys })
+        });
         progress.done(&format!("connected to the agent at {address}"));
         return Ok(AgentLink {
             handle,

@@ -22,7 +22,6 @@ use crate::errno::Errno;
 use crate::sockaddr::{in_family, SockAddr};
 use crate::sys::socket::{self as sys, OutgoingMessage};
 
-
 /// The agent's address as the app socket (`v6`: of family AF_INET6) connects to it, if it
 /// can reach it as it is.
 pub fn reachable(route: &DataRoute, fd: BorrowedFd<'_>, v6: bool) -> Option<SocketAddr> {
