@@ -15,11 +15,22 @@ use crate::rendezvous::Rendezvous;
 
 /// How long a data connection may take to send its preamble.
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Data connections waiting for their preamble at once, from all peers; more are closed.
+const MAX_PENDING: usize = 256;
 
 /// The sessions that accept data connections, by session id.
-#[derive(Default)]
 pub struct DataSessions {
     sessions: Mutex<HashMap<[u8; SESSION_ID_LEN], Arc<Attachable>>>,
+    pending: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for DataSessions {
+    fn default() -> Self {
+        DataSessions {
+            sessions: Mutex::default(),
+            pending: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING)),
+        }
+    }
 }
 
 /// One session's side: its keys, the sockets for its streams, the streams attached so far.
@@ -90,12 +101,20 @@ pub enum DataError {
     /// The stream was attached before (a replay).
     #[error("stream {0} was attached already")]
     Replayed(u32),
+    /// Too many data connections are waiting for their preamble.
+    #[error("too many data connections waiting for their preamble")]
+    Busy,
 }
 
 /// Serves a connection that opened with the data magic: reads and checks its preamble,
 /// answers, and hands the connection to its stream. Any failure closes it having answered
 /// nothing.
 pub async fn serve(mut conn: TcpStream, sessions: &DataSessions) -> Result<u32, DataError> {
+    let _pending = sessions
+        .pending
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| DataError::Busy)?;
     let mut bytes = [0u8; PREAMBLE_LEN];
     tokio::time::timeout(PREAMBLE_TIMEOUT, conn.read_exact(&mut bytes))
         .await

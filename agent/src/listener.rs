@@ -392,11 +392,13 @@ pub async fn serve(
                         return Served::NoSession;
                     };
                     if let Conn::Data(s) = conn {
+                        // Bounded by the data module from here on: a client opens several at
+                        // once, and they must not take the handshake slots of sessions.
+                        drop(slot);
                         match crate::data::serve(s, &ctx.data).await {
                             Ok(stream) => tracing::debug!(%peer, stream, "data connection attached"),
                             Err(e) => tracing::warn!(%peer, error = %e, "refused a data connection"),
                         }
-                        drop(slot);
                         return Served::NoSession;
                     }
                     if busy {

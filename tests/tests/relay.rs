@@ -1492,6 +1492,23 @@ while len(got) < 22:
 print("echo", got.decode(), s.getpeername()[0] == sys.argv[1])
 "#;
 
+/// Many connections at once (a pool warming up), each a message there and back.
+const DATA_BURST: &str = r#"
+import socket, sys, threading
+ok = []
+def one(i):
+    s = socket.create_connection((sys.argv[1], 7), timeout=20)
+    s.sendall(b"%04d" % i)
+    got = b""
+    while len(got) < 4:
+        got += s.recv(4)
+    ok.append(got == b"%04d" % i)
+threads = [threading.Thread(target=one, args=(i,)) for i in range(100)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("echoed", sum(ok))
+"#;
+
 /// Bytes that start as a data connection does but prove nothing.
 const FORGED_PREAMBLE: &str = r#"
 import os, socket
@@ -1525,6 +1542,20 @@ fn an_agent_on_tcp_takes_the_programs_own_sockets_and_nothing_forged() {
     };
     // As root, and in the container mode (sctrace's own sockets).
     traced(&Variant::default(), "data-plain.jsonl");
+    // A hundred at once: none is turned away by the agent's bound on connections that have
+    // not proved themselves yet.
+    let burst = run_with_timeout(
+        world
+            .cluster
+            .sctrace()
+            .env("SCTRACE_AGENT_ADDRESS", &address)
+            .env("SCTRACE_AGENT_TOKEN_FILE", &token)
+            .args(["run", "--target", &world.target(), "--"])
+            .args(["python3", "-c", DATA_BURST, &echo]),
+        T,
+    );
+    burst.assert_success();
+    assert_eq!(burst.stdout, "echoed 100\n", "{burst}");
     traced(&Variant::confined(), "data-confined.jsonl");
 
     // A forged preamble: the agent closes the connection having answered nothing ...

@@ -3,24 +3,33 @@
 //! made on the app's own socket instead, see `execute::attach`.)
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sctrace_protocol::data::{DataKeys, ANSWER_LEN};
 use sctrace_protocol::StreamId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long making a data connection (connect, preamble, the agent's answer) may take.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Data connections one session makes at once; the others wait (their app calls are held
+/// meanwhile). Each takes one round trip to the agent; few at once keep clear of the agent's
+/// bound on connections that have not yet said what they are (8 per peer address).
+const IN_FLIGHT: usize = 4;
+
 /// Where and how a stream's data connection is made: to the address the session reached,
 /// with its keys.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DataRoute {
     /// The agent's address, as the session's connection reached it.
     pub agent: SocketAddr,
     /// The session's keys.
     pub keys: DataKeys,
+    /// Bounds the data connections being made at once.
+    in_flight: Arc<Semaphore>,
 }
 
 /// Whether streams may get data connections (`SCTRACE_DATA_CONNECTIONS=0` keeps every
@@ -30,9 +39,24 @@ pub fn wanted() -> bool {
 }
 
 impl DataRoute {
+    /// The route of a session that reached the agent at `agent`, with these keys.
+    pub fn new(agent: SocketAddr, keys: DataKeys) -> DataRoute {
+        DataRoute {
+            agent,
+            keys,
+            in_flight: Arc::new(Semaphore::new(IN_FLIGHT)),
+        }
+    }
+
+    /// Waits for a turn to make a data connection; the turn lasts as long as the permit.
+    pub async fn turn(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.in_flight).acquire_owned().await.ok()
+    }
+
     /// A data connection of sctrace's own for `stream`: connected, proved and answered.
     pub async fn open(&self, stream: StreamId) -> std::io::Result<TcpStream> {
         let opening = async {
+            let _turn = self.turn().await;
             let mut conn = TcpStream::connect(self.agent).await?;
             conn.set_nodelay(true)?;
             conn.write_all(&self.keys.preamble(stream)).await?;

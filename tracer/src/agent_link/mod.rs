@@ -131,11 +131,9 @@ pub async fn open(
         let (handle, requests, plain) = connect(address, &token, config.agent.tls.as_ref())
             .await
             .inspect_err(|_| progress.failed())?;
-        let data = plain.filter(|_| data::wanted()).and_then(|agent| {
-            handle
-                .data_keys()
-                .map(|keys| DataRoute { agent, keys: *keys })
-        });
+        let data = plain
+            .filter(|_| data::wanted())
+            .and_then(|agent| handle.data_keys().map(|keys| DataRoute::new(agent, *keys)));
         progress.done(&format!("connected to the agent at {address}"));
         return Ok(AgentLink {
             handle,

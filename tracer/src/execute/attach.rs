@@ -49,7 +49,11 @@ pub async fn attach_app_socket(
     route: &DataRoute,
     stream: StreamId,
 ) -> Result<(), Errno> {
-    tokio::time::timeout(ATTACH_TIMEOUT, attach_inner(fd, agent, route, stream))
+    let attaching = async {
+        let _turn = route.turn().await;
+        attach_inner(fd, agent, route, stream).await
+    };
+    tokio::time::timeout(ATTACH_TIMEOUT, attaching)
         .await
         .unwrap_or(Err(Errno(libc::ETIMEDOUT)))
 }
@@ -154,14 +158,8 @@ mod tests {
     fn a_socket_reaches_the_agent_only_as_it_can() {
         let token = sctrace_protocol::Token::new("attach-test-token-0123456789").unwrap();
         let keys = test_keys(&token);
-        let v4_agent = DataRoute {
-            agent: "198.18.0.1:9000".parse().unwrap(),
-            keys,
-        };
-        let v6_agent = DataRoute {
-            agent: "[2001:2::1]:9000".parse().unwrap(),
-            keys,
-        };
+        let v4_agent = DataRoute::new("198.18.0.1:9000".parse().unwrap(), keys);
+        let v6_agent = DataRoute::new("[2001:2::1]:9000".parse().unwrap(), keys);
         let s4 = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         let s6 = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
         s6.set_only_v6(false).unwrap();

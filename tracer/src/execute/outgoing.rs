@@ -88,9 +88,14 @@ pub fn connect_tcp(
             .map(|prepared| (Arc::clone(direct), prepared))
     });
     // An agent reached over plain TCP: the app's socket itself can carry the bytes.
-    let data = remote.data.filter(|_| direct.is_none()).and_then(|route| {
-        attach::reachable(&route, sock.fd.as_fd(), target.v6()).map(|agent| (route, agent))
-    });
+    let data = remote
+        .data
+        .as_ref()
+        .filter(|_| direct.is_none())
+        .and_then(|route| {
+            attach::reachable(route, sock.fd.as_fd(), target.v6())
+                .map(|agent| (route.clone(), agent))
+        });
     let remote = Arc::clone(remote);
     let nonblocking = flags & libc::O_NONBLOCK != 0;
     Action::Defer(Box::pin(async move {

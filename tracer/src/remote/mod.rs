@@ -146,7 +146,7 @@ impl Remote {
                 .clone()
                 .filter(|_| direct_sockets_wanted())
                 .map(target_sockets::TargetSockets::start),
-            data: link.data,
+            data: link.data.clone(),
             target_resolver,
             nameservers: resolv_conf::nameservers(&resolv_conf),
             listening: Mutex::default(),
