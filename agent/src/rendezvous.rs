@@ -1,12 +1,12 @@
 //! Where sockets handed over for a stream meet the connect request waiting for them, by
 //! stream id: from sctrace's handoff channel (a local agent) or from data connections (an
-//! agent reached over TCP). Whichever comes first waits for the other, the request at most
-//! [`WAIT`].
+//! agent reached over TCP). Whichever comes first waits for the other, at most [`WAIT`]: a
+//! socket no request took by then is closed when the next one comes or goes.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -21,7 +21,7 @@ pub struct Rendezvous {
 
 #[derive(Default)]
 struct State {
-    arrived: HashMap<u32, OwnedFd>,
+    arrived: HashMap<u32, (OwnedFd, Instant)>,
     waiting: HashMap<u32, oneshot::Sender<OwnedFd>>,
 }
 
@@ -30,7 +30,8 @@ impl Rendezvous {
     pub async fn take(&self, id: u32) -> Option<OwnedFd> {
         let rx = {
             let mut st = self.state.lock().ok()?;
-            if let Some(fd) = st.arrived.remove(&id) {
+            st.expire();
+            if let Some((fd, _)) = st.arrived.remove(&id) {
                 return Some(fd);
             }
             let (tx, rx) = oneshot::channel();
@@ -54,15 +55,23 @@ impl Rendezvous {
         let Ok(mut st) = self.state.lock() else {
             return;
         };
+        st.expire();
         match st.waiting.remove(&id) {
             Some(tx) => {
                 // A waiter that gave up drops the socket, which closes it.
                 let _ = tx.send(fd);
             }
             None => {
-                st.arrived.insert(id, fd);
+                st.arrived.insert(id, (fd, Instant::now()));
             }
         }
+    }
+}
+
+impl State {
+    /// Closes the sockets that waited longer than [`WAIT`] for their request.
+    fn expire(&mut self) {
+        self.arrived.retain(|_, (_, since)| since.elapsed() < WAIT);
     }
 }
 
