@@ -169,18 +169,9 @@ impl Cluster {
             let dir = self.laptop.scratch_dir();
             let socket = dir.join("agent.sock");
             let token = dir.join("agent.token");
-            std::fs::write(&token, "sctrace-tests-agent-token\n")
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", token.display()));
-            let mut cmd = Command::new(bin("sctrace-agent"));
-            cmd.arg("--listen")
-                .arg(format!("unix:{}", socket.display()))
-                .arg("--netns")
-                .arg(self.cluster.path())
-                .arg("--token-file")
-                .arg(&token);
-            let agent =
-                Server::spawn_logged("sctrace-agent", cmd, false, |l| l.starts_with("listening"));
-            (agent, format!("unix:{}", socket.display()), token)
+            let address = format!("unix:{}", socket.display());
+            let agent = self.start_agent(Command::new(bin("sctrace-agent")), &address, &token);
+            (agent, address, token)
         });
         if for_others {
             let dir = self.laptop.scratch_dir();
@@ -204,25 +195,30 @@ impl Cluster {
         let (_, address, token) = self.tcp_agent.get_or_init(|| {
             let dir = self.laptop.scratch_dir();
             let token = dir.join("tcp-agent.token");
-            std::fs::write(&token, "sctrace-tests-tcp-agent-token\n")
-                .unwrap_or_else(|e| panic!("cannot write {}: {e}", token.display()));
+            let address = "tcp:127.0.0.1:7399".to_string();
+            let agent =
+                self.start_agent(self.laptop.command(bin("sctrace-agent")), &address, &token);
             for (path, mode) in [(dir.as_path(), 0o1777), (token.as_path(), 0o644)] {
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
                     .unwrap_or_else(|e| panic!("cannot open {} to others: {e}", path.display()));
             }
-            let address = "tcp:127.0.0.1:7399".to_string();
-            let mut cmd = self.laptop.command(bin("sctrace-agent"));
-            cmd.arg("--listen")
-                .arg(&address)
-                .arg("--netns")
-                .arg(self.cluster.path())
-                .arg("--token-file")
-                .arg(&token);
-            let agent =
-                Server::spawn_logged("sctrace-agent", cmd, false, |l| l.starts_with("listening"));
             (agent, address, token)
         });
         (address.clone(), token.clone())
+    }
+
+    /// Starts `cmd` (sctrace-agent, where it should run) for the cluster, listening on
+    /// `address`, with a token written to `token`; returns once it listens.
+    fn start_agent(&self, mut cmd: Command, address: &str, token: &Path) -> Server {
+        std::fs::write(token, "sctrace-tests-agent-token\n")
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", token.display()));
+        cmd.arg("--listen")
+            .arg(address)
+            .arg("--netns")
+            .arg(self.cluster.path())
+            .arg("--token-file")
+            .arg(token);
+        Server::spawn_logged("sctrace-agent", cmd, false, |l| l.starts_with("listening"))
     }
 
     /// The `--name` it was brought up with.

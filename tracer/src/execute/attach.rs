@@ -22,6 +22,8 @@ use crate::errno::Errno;
 use crate::sockaddr::{in_family, SockAddr};
 use crate::sys::socket::{self as sys, OutgoingMessage};
 
+use super::outgoing::{connect_once, start_connect};
+
 /// The agent's address as the app socket (`v6`: of family AF_INET6) connects to it, if it
 /// can reach it as it is.
 pub fn reachable(route: &DataRoute, fd: BorrowedFd<'_>, v6: bool) -> Option<SocketAddr> {
@@ -107,27 +109,6 @@ async fn attach_inner(
         tracing::warn!("the agent at {agent} answered a data connection without its proof");
         Err(Errno(libc::ECONNRESET))
     }
-}
-
-/// Starts connecting `fd` to `to` without blocking.
-fn start_connect(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
-    match connect_once(fd, to) {
-        Ok(()) | Err(Errno(libc::EINPROGRESS)) => Ok(()),
-        Err(err) => Err(err),
-    }
-}
-
-/// One `connect` of `fd` to `to` with O_NONBLOCK set for the call (the socket's file flags
-/// are restored at once).
-fn connect_once(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
-    let flags = sys::file_flags(fd)?;
-    let bytes = SockAddr::encode_inet(to);
-    sys::set_file_flags(fd, flags | libc::O_NONBLOCK)?;
-    let result = sys::connect(fd, Some(&bytes), bytes.len() as i32);
-    if let Err(err) = sys::set_file_flags(fd, flags) {
-        tracing::warn!("cannot restore the flags of a connecting socket: {err}");
-    }
-    result
 }
 
 /// Waits until `watched` is ready for `interest`.

@@ -373,18 +373,24 @@ fn connect_to_relay(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
 /// Starts connecting the app's socket to `to` (a parking place), once, without waiting: its
 /// outcome — a RST from the refusing port, nothing from the black hole — must stay in the
 /// socket for the app to read (SO_ERROR, poll), not be taken by sctrace asking again.
-fn start_connect(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
-    let flags = sys::file_flags(fd)?;
-    let bytes = SockAddr::encode_inet(to);
-    sys::set_file_flags(fd, flags | libc::O_NONBLOCK)?;
-    let started = sys::connect(fd, Some(&bytes), bytes.len() as i32);
-    if let Err(err) = sys::set_file_flags(fd, flags) {
-        tracing::warn!("cannot restore the flags of a connecting socket: {err}");
-    }
-    match started {
+pub(super) fn start_connect(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
+    match connect_once(fd, to) {
         Ok(()) | Err(Errno(libc::EINPROGRESS)) => Ok(()),
         Err(err) => Err(err),
     }
+}
+
+/// One `connect` of `fd` to `to` with O_NONBLOCK set for the call (the socket's file flags
+/// are restored at once).
+pub(super) fn connect_once(fd: BorrowedFd<'_>, to: SocketAddr) -> Result<(), Errno> {
+    let flags = sys::file_flags(fd)?;
+    let bytes = SockAddr::encode_inet(to);
+    sys::set_file_flags(fd, flags | libc::O_NONBLOCK)?;
+    let result = sys::connect(fd, Some(&bytes), bytes.len() as i32);
+    if let Err(err) = sys::set_file_flags(fd, flags) {
+        tracing::warn!("cannot restore the flags of a connecting socket: {err}");
+    }
+    result
 }
 
 /// Dissolves a parked socket's pending connect (`connect(AF_UNSPEC)`).
