@@ -178,12 +178,18 @@ enum Accepted {
     Tls(TcpStream, TlsAcceptor),
 }
 
-/// A connection ready for the protocol's handshake, or a data connection.
+/// A connection ready for the protocol's handshake.
 enum Conn {
     Unix(UnixStream),
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
-    /// Opened with the data magic, on plain TCP (`sctrace_protocol::data`).
+}
+
+/// What an accepted connection turned out to be.
+enum Opened {
+    /// A session's.
+    Session(Conn),
+    /// A data connection: opened with the data magic, on plain TCP (`sctrace_protocol::data`).
     Data(TcpStream),
 }
 
@@ -191,7 +197,7 @@ impl Accepted {
     /// Waits (at most [`FIRST_BYTE_TIMEOUT`]) for the client's first byte, then completes
     /// the TLS handshake if any (within `handshake`). `None`: the client said nothing in
     /// time, or TLS failed.
-    async fn open(self, peer: &str, handshake: Duration) -> Option<Conn> {
+    async fn open(self, peer: &str, handshake: Duration) -> Option<Opened> {
         let mut byte = [0u8; 1];
         let first = match &self {
             Accepted::Unix(s) => tokio::time::timeout(FIRST_BYTE_TIMEOUT, peek_unix(s))
@@ -208,11 +214,11 @@ impl Accepted {
             return None;
         }
         match self {
-            Accepted::Unix(s) => Some(Conn::Unix(s)),
+            Accepted::Unix(s) => Some(Opened::Session(Conn::Unix(s))),
             Accepted::Tcp(s) => {
                 match tokio::time::timeout(FIRST_BYTE_TIMEOUT, starts_with_data_magic(&s)).await {
-                    Ok(Ok(true)) => Some(Conn::Data(s)),
-                    Ok(Ok(false)) => Some(Conn::Tcp(s)),
+                    Ok(Ok(true)) => Some(Opened::Data(s)),
+                    Ok(Ok(false)) => Some(Opened::Session(Conn::Tcp(s))),
                     _ => {
                         tracing::debug!(%peer, "closed a connection that sent too little");
                         None
@@ -221,7 +227,7 @@ impl Accepted {
             }
             Accepted::Tls(s, acceptor) => {
                 match tokio::time::timeout(handshake, acceptor.accept(s)).await {
-                    Ok(Ok(tls)) => Some(Conn::Tls(Box::new(tls))),
+                    Ok(Ok(tls)) => Some(Opened::Session(Conn::Tls(Box::new(tls)))),
                     Ok(Err(e)) => {
                         tracing::warn!(%peer, error = %e, "TLS handshake failed");
                         None
@@ -388,26 +394,26 @@ pub async fn serve(
                 };
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
-                    let Some(conn) = accepted.open(&peer, ctx.protocol.handshake_timeout).await else {
-                        return Served::NoSession;
-                    };
-                    if let Conn::Data(s) = conn {
-                        // Bounded by the data module from here on: a client opens several at
-                        // once, and they must not take the handshake slots of sessions.
-                        drop(slot);
-                        match crate::data::serve(s, &ctx.data).await {
-                            Ok(stream) => tracing::debug!(%peer, stream, "data connection attached"),
-                            Err(e) => tracing::warn!(%peer, error = %e, "refused a data connection"),
+                    let conn = match accepted.open(&peer, ctx.protocol.handshake_timeout).await {
+                        Some(Opened::Session(conn)) => conn,
+                        Some(Opened::Data(s)) => {
+                            // Bounded by the data module from here on: a client opens several
+                            // at once, and they must not take the handshake slots of sessions.
+                            drop(slot);
+                            match crate::data::serve(s, &ctx.data).await {
+                                Ok(stream) => tracing::debug!(%peer, stream, "data connection attached"),
+                                Err(e) => tracing::warn!(%peer, error = %e, "refused a data connection"),
+                            }
+                            return Served::NoSession;
                         }
-                        return Served::NoSession;
-                    }
+                        None => return Served::NoSession,
+                    };
                     if busy {
                         let why = "this agent serves a single session (--once) and is busy";
                         match conn {
                             Conn::Unix(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
                             Conn::Tcp(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
                             Conn::Tls(s) => sctrace_protocol::refuse(s, RefuseReason::Busy, why, &ctx.protocol).await,
-                            Conn::Data(_) => {}
                         }
                         drop(slot);
                         return Served::NoSession;
@@ -416,7 +422,6 @@ pub async fn serve(
                         Conn::Unix(s) => session::serve(s, peer, ctx, slot, false).await,
                         Conn::Tcp(s) => session::serve(s, peer, ctx, slot, true).await,
                         Conn::Tls(s) => session::serve(s, peer, ctx, slot, false).await,
-                        Conn::Data(_) => Served::NoSession,
                     }
                 });
             }
