@@ -74,8 +74,13 @@ pub struct Abi {
     pub reject_x32: bool,
     /// Syscalls always sent to the supervisor.
     pub notify: &'static [i64],
-    /// Syscalls sent to the supervisor only when argument 4 (an address) is non-NULL.
-    pub notify_if_arg4: &'static [i64],
+    /// Syscalls sent to the supervisor only when their address (argument 1) could be an
+    /// inet one: its length (argument 2) is at least [`MIN_INET_ADDR_LEN`].
+    pub notify_if_inet_length: &'static [i64],
+    /// Syscalls sent to the supervisor only when they carry a destination (argument 4, an
+    /// address, is non-NULL) that could be an inet one (its length, argument 5, is at least
+    /// [`MIN_INET_ADDR_LEN`]).
+    pub notify_if_destination: &'static [i64],
     /// Receive calls sent to the supervisor when the session relays traffic.
     pub receive: &'static [i64],
     /// Receive calls sent when the session relays traffic and argument 4 is non-NULL.
@@ -91,14 +96,19 @@ pub struct Abi {
 /// The system calls trapped on every ABI (numbers from libc for the build target).
 const NOTIFY: &[i64] = &[
     libc::SYS_connect,
-    libc::SYS_bind,
     libc::SYS_listen,
     libc::SYS_accept,
     libc::SYS_accept4,
     libc::SYS_sendmsg,
     libc::SYS_sendmmsg,
 ];
-const NOTIFY_IF_ADDRESS: &[i64] = &[libc::SYS_sendto];
+const NOTIFY_IF_INET_LENGTH: &[i64] = &[libc::SYS_bind];
+const NOTIFY_IF_DESTINATION: &[i64] = &[libc::SYS_sendto];
+/// The shortest inet address (`struct sockaddr_in`; `sockaddr_in6` is longer). A shorter
+/// one is a netlink (12 bytes), short Unix or other address, or an inet one the kernel
+/// refuses with EINVAL itself: such binds and sends are left to the kernel unseen (glibc's
+/// `getaddrinfo` binds and sends on a netlink socket at every lookup).
+pub const MIN_INET_ADDR_LEN: u32 = 16;
 const RECEIVE: &[i64] = &[
     libc::SYS_recvmsg,
     libc::SYS_recvmmsg,
@@ -118,7 +128,8 @@ pub const NATIVE: Abi = Abi {
     audit_arch: 0xc000_003e, // AUDIT_ARCH_X86_64
     reject_x32: true,
     notify: NOTIFY,
-    notify_if_arg4: NOTIFY_IF_ADDRESS,
+    notify_if_inet_length: NOTIFY_IF_INET_LENGTH,
+    notify_if_destination: NOTIFY_IF_DESTINATION,
     receive: RECEIVE,
     receive_if_arg4: RECEIVE_IF_ADDRESS,
     enosys: ENOSYS,
@@ -132,7 +143,8 @@ pub const NATIVE: Abi = Abi {
     audit_arch: 0xc000_00b7, // AUDIT_ARCH_AARCH64
     reject_x32: false,
     notify: NOTIFY,
-    notify_if_arg4: NOTIFY_IF_ADDRESS,
+    notify_if_inet_length: NOTIFY_IF_INET_LENGTH,
+    notify_if_destination: NOTIFY_IF_DESTINATION,
     receive: RECEIVE,
     receive_if_arg4: RECEIVE_IF_ADDRESS,
     enosys: ENOSYS,
@@ -149,6 +161,9 @@ enum Target {
     Notify,
     CheckArg4,
     CheckDomain,
+    CheckInetLength,
+    CheckDestination,
+    CheckDestinationLength,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,8 +205,11 @@ pub fn build(abi: &Abi, traps: Traps) -> Vec<libc::sock_filter> {
     for &nr in abi.notify {
         prog.push(JumpIfEqual(nr as u32, Target::Notify));
     }
-    for &nr in abi.notify_if_arg4 {
-        prog.push(JumpIfEqual(nr as u32, Target::CheckArg4));
+    for &nr in abi.notify_if_inet_length {
+        prog.push(JumpIfEqual(nr as u32, Target::CheckInetLength));
+    }
+    for &nr in abi.notify_if_destination {
+        prog.push(JumpIfEqual(nr as u32, Target::CheckDestination));
     }
     if traps.receives {
         for &nr in abi.receive {
@@ -221,9 +239,25 @@ pub fn build(abi: &Abi, traps: Traps) -> Vec<libc::sock_filter> {
         ]);
     }
     // Argument 4 is a 64-bit pointer: notify if either half is non-zero. Both supported ABIs
-    // are little-endian, so the low half comes first.
-    let arg4 = OFF_ARGS + 4 * 8;
+    // are little-endian, so the low half comes first. Address lengths are ints (socklen_t):
+    // the low half only; a negative one is a large unsigned value, so still notified.
+    let arg = |i: u32| OFF_ARGS + i * 8;
+    let arg4 = arg(4);
     prog.extend([
+        Label(Target::CheckInetLength),
+        Load(arg(2)),
+        JumpIfAtLeast(MIN_INET_ADDR_LEN, Target::Notify),
+        Return(RET_ALLOW),
+        Label(Target::CheckDestination),
+        Load(arg4),
+        JumpIfNotEqual(0, Target::CheckDestinationLength),
+        Load(arg4 + 4),
+        JumpIfNotEqual(0, Target::CheckDestinationLength),
+        Return(RET_ALLOW),
+        Label(Target::CheckDestinationLength),
+        Load(arg(5)),
+        JumpIfAtLeast(MIN_INET_ADDR_LEN, Target::Notify),
+        Return(RET_ALLOW),
         Label(Target::CheckArg4),
         Load(arg4),
         JumpIfNotEqual(0, Target::Notify),
@@ -375,9 +409,30 @@ mod tests {
     }
 
     #[test]
-    fn sendto_and_recvfrom_only_with_an_address() {
+    fn binds_and_sends_only_with_an_address_that_could_be_inet() {
         let prog = build(&NATIVE, ALL);
-        for &nr in NOTIFY_IF_ADDRESS.iter().chain(RECEIVE_IF_ADDRESS) {
+        let bind = |len: u64| call(libc::SYS_bind, [3, 0x1000, len, 0, 0, 0]);
+        for len in [16, 28, 110, 0xffff_ffff, 0xdead_beef_0000_0010] {
+            assert_eq!(run(&prog, &bind(len)), RET_USER_NOTIF, "bind len {len:#x}");
+        }
+        // Netlink (12), a short Unix path, nothing: the kernel's.
+        for len in [0, 3, 12, 15, 0xdead_beef_0000_000c] {
+            assert_eq!(run(&prog, &bind(len)), RET_ALLOW, "bind len {len:#x}");
+        }
+        let sendto = |dest: u64, len: u64| call(libc::SYS_sendto, [3, 0x1000, 10, 0, dest, len]);
+        for dest in [0x7fff_0000_1000, 0x1_0000_0000] {
+            assert_eq!(run(&prog, &sendto(dest, 16)), RET_USER_NOTIF);
+            assert_eq!(run(&prog, &sendto(dest, 28)), RET_USER_NOTIF);
+            assert_eq!(run(&prog, &sendto(dest, 0xffff_ffff)), RET_USER_NOTIF);
+            assert_eq!(run(&prog, &sendto(dest, 12)), RET_ALLOW, "netlink");
+        }
+        assert_eq!(run(&prog, &sendto(0, 16)), RET_ALLOW, "no destination");
+    }
+
+    #[test]
+    fn recvfrom_only_with_an_address() {
+        let prog = build(&NATIVE, ALL);
+        for &nr in RECEIVE_IF_ADDRESS {
             assert_eq!(run(&prog, &call(nr, [3, 0x1000, 10, 0, 0, 0])), RET_ALLOW);
             assert_eq!(
                 run(&prog, &call(nr, [3, 0x1000, 10, 0, 0x7fff_0000_1000, 16])),
