@@ -260,6 +260,78 @@ print(src, b"sctrace local cluster" in data)
     assert_eq!(out.stdout.trim(), "('127.0.0.53', 53) True");
 }
 
+/// Queries to the laptop's nameserver three ways: `send` on a connected socket (the kernel
+/// delivers it to sctrace's socket for that nameserver), `sendto` with the nameserver's
+/// address (sctrace answers the trapped call), and from a socket that never talked to the
+/// nameserver, straight to sctrace's socket, whose address the program finds in
+/// /proc/net/udp (the kernel's own view of its connected socket).
+const NAMESERVER_SOCKET: &str = r#"
+import socket, struct
+def query(qid):
+    return (struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+            + b"\x0buwu-service\x07default\x00" + struct.pack(">HH", 1, 1))
+def answered(data, qid):
+    return data[:2] == struct.pack(">H", qid) and data[3] & 0xf == 0
+own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+own.settimeout(5)
+own.connect(("127.0.0.53", 53))
+port = own.getsockname()[1]
+relay = None
+for line in open("/proc/net/udp").readlines()[1:]:
+    f = line.split()
+    if int(f[1].split(":")[1], 16) == port:
+        ip, rport = f[2].split(":")
+        relay = (socket.inet_ntoa(struct.pack("<I", int(ip, 16))), int(rport, 16))
+own.send(query(1))
+data, src = own.recvfrom(512)
+print("send", src, answered(data, 1))
+other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+other.settimeout(5)
+other.sendto(query(2), ("127.0.0.53", 53))
+data, src = other.recvfrom(512)
+print("sendto", src, answered(data, 2))
+stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+stranger.settimeout(2)
+stranger.sendto(query(3), relay)
+try:
+    stranger.recvfrom(512)
+    print("stranger answered")
+except socket.timeout:
+    print("stranger unanswered")
+print("relay", relay[0], relay[1] != 53)
+"#;
+
+#[test]
+fn the_shared_nameserver_socket_answers_only_the_programs_resolver_sockets() {
+    // One loopback socket per nameserver serves every resolver socket of the session; it
+    // answers a socket only after the program talked to the nameserver through it, so a
+    // datagram straight to it (another local program that found its port) is dropped.
+    let world = World::new();
+    // Loopback stays on this machine: the stranger's datagram goes to sctrace's socket.
+    let config = world.config(
+        "keep-local.json",
+        r#"{"feature": {"network": {"outgoing": {"ignore_localhost": true}}}}"#,
+    );
+    let mut cmd = world.sctrace(
+        None,
+        Some(&config),
+        Path::new("python3"),
+        &["-c", NAMESERVER_SOCKET],
+    );
+    let out = run_with_timeout(&mut cmd, T);
+    out.assert_success();
+    assert_eq!(
+        lines(&out),
+        [
+            "send ('127.0.0.53', 53) True",
+            "sendto ('127.0.0.53', 53) True",
+            "stranger unanswered",
+            "relay 127.0.0.1 True",
+        ],
+        "{out}"
+    );
+}
+
 #[test]
 fn a_changed_record_is_seen_once_its_ttl_has_passed() {
     require_root();

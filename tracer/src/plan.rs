@@ -262,6 +262,21 @@ pub enum Work {
         /// The app's flags.
         flags: i32,
     },
+    /// DNS queries a socket connected to a nameserver sent with `sendmmsg`, handed by
+    /// sctrace to its association (answered from the cache on the spot) instead of the
+    /// kernel: the answers are in the socket's queue when the call returns.
+    QueryNameserver {
+        /// The nameserver, as the socket is connected to it.
+        nameserver: SocketAddr,
+        /// The association.
+        assoc: Arc<UdpAssociation>,
+        /// Each message's payload.
+        queries: Vec<Vec<u8>>,
+        /// Where each message's `msg_len` goes.
+        lens_at: Vec<u64>,
+        /// The caller, whose memory they are in.
+        tid: u32,
+    },
     /// A datagram to a remote peer or a nameserver, sent by sctrace through the socket's
     /// UDP association.
     SendDatagram {

@@ -135,6 +135,16 @@ impl Executor {
                 Some(remote),
             ) => outgoing::send_datagram(remote, sock, dst, peer, payload, asker, record),
             (
+                Work::QueryNameserver {
+                    nameserver,
+                    assoc,
+                    queries,
+                    lens_at,
+                    tid,
+                },
+                _,
+            ) => outgoing::query_nameserver(&assoc, nameserver, queries, &lens_at, tid).into(),
+            (
                 Work::Receive {
                     call,
                     tid,

@@ -34,6 +34,7 @@ use crate::relay::udp::{AppEnd, PeerKind, SharedPort, UdpAssociation};
 use crate::remote::sockets::{Managed, TCP_ENTRY_GRACE};
 use crate::remote::Remote;
 use crate::sockaddr::{canonical_addr, in_family, loopback_if_wildcard, wildcard, SockAddr};
+use crate::sys::memory;
 use crate::sys::socket as sys;
 use crate::trap::owned::OwnedSockets;
 use crate::trap::socket::AppSocket;
@@ -489,7 +490,7 @@ fn association(
             shared: shared_port(sock.fd.as_fd()),
         },
         remote.agent.clone(),
-        Arc::clone(&remote.dns),
+        Arc::clone(&remote.nameserver_relays),
         asker,
         remote.udp_policy.clone(),
         Box::new(move || {
@@ -641,14 +642,47 @@ pub fn send_datagram(
         Ok(s) => s,
         Err(err) => return answer(record, Err::<i64, _>(err)).into(),
     };
+    let len = payload.len() as i64;
+    let dst = in_family(dst, target.v6());
+    if peer == PeerKind::Dns {
+        // Answered from the cache on the spot, or by a task: the app needn't wait.
+        let sent = assoc.send_to_nameserver(dst, payload);
+        return answer(record, sent.map(|()| len).map_err(|e| Errno::from_io(&e))).into();
+    }
     Action::Defer(Box::pin(async move {
-        let len = payload.len() as i64;
-        match assoc
-            .send_from_app(in_family(dst, target.v6()), peer, payload)
-            .await
-        {
+        match assoc.send_from_app(dst, payload).await {
             Ok(()) => answer(record, Ok(len)),
             Err(err) => answer(record, Err::<i64, _>(Errno::from_io(&err))),
         }
     }))
+}
+
+/// DNS queries sent with `sendmmsg` on a socket connected to `nameserver`: each goes to the
+/// association (answered from the cache on the spot, else by a task) and its `msg_len` is
+/// written as the kernel would; the answer is how many were sent. A fault writing a length
+/// fails the call with EFAULT if no message counted yet, as the kernel does.
+pub fn query_nameserver(
+    assoc: &Arc<UdpAssociation>,
+    nameserver: SocketAddr,
+    queries: Vec<Vec<u8>>,
+    lens_at: &[u64],
+    tid: u32,
+) -> Reply {
+    let mut sent = 0i64;
+    for (query, &len_at) in queries.into_iter().zip(lens_at) {
+        let len = query.len() as u32;
+        let outcome = memory::write_all(tid, len_at, &len.to_ne_bytes())
+            .map_err(|_| Errno(libc::EFAULT))
+            .and_then(|()| {
+                assoc
+                    .send_to_nameserver(nameserver, query)
+                    .map_err(|e| Errno::from_io(&e))
+            });
+        match outcome {
+            Ok(()) => sent += 1,
+            Err(err) if sent == 0 => return Reply::Fail(err),
+            Err(_) => break,
+        }
+    }
+    Reply::Return(sent)
 }

@@ -38,11 +38,7 @@ pub fn receive(
     buffers: RecvBuffers,
     flags: i32,
 ) -> Action {
-    let blocking = match sock.file_flags() {
-        Ok(f) => f & libc::O_NONBLOCK == 0 && flags & libc::MSG_DONTWAIT == 0,
-        Err(_) => return Reply::Continue.into(),
-    };
-    let v6 = sock.is_v6();
+    let v6 = assoc.app_v6();
     let (capacity, control_room) = (buffers.capacity(), buffers.control_room());
     let attempt = sys::recvmsg(
         sock.fd.as_fd(),
@@ -50,6 +46,18 @@ pub fn receive(
         control_room,
         flags | libc::MSG_DONTWAIT,
     );
+    // Whether the call may wait matters only when nothing is there yet.
+    let blocking = || match sock.file_flags() {
+        Ok(f) => Some(f & libc::O_NONBLOCK == 0 && flags & libc::MSG_DONTWAIT == 0),
+        Err(_) => None,
+    };
+    let blocking = match attempt {
+        Err(Errno(libc::EAGAIN)) => match blocking() {
+            Some(blocking) => blocking,
+            None => return Reply::Continue.into(),
+        },
+        _ => false,
+    };
     match attempt {
         Err(Errno(libc::EAGAIN)) if blocking => Action::Defer(Box::pin(async move {
             match wait_and_receive(&call, sock.fd, capacity, control_room, flags).await {
@@ -119,40 +127,50 @@ fn deliver(
     buffers: &RecvBuffers,
     msg: ReceivedMessage,
 ) -> Reply {
-    let written = (|| -> std::io::Result<()> {
-        let mut rest: &[u8] = &msg.data;
-        for &(base, len) in &buffers.iov {
-            if rest.is_empty() {
-                break;
-            }
-            let take = len.min(rest.len());
-            memory::write_all(tid, base, &rest[..take])?;
-            rest = &rest[take..];
+    // Everything the kernel would write, gathered and copied in one system call.
+    let name = buffers.name.map(|_| translate(assoc, v6, &msg.name));
+    let name_len = name.as_ref().map(|n| (n.len() as u32).to_ne_bytes());
+    let control_take = buffers
+        .control
+        .map_or(0, |(_, room)| room.min(msg.control.len()));
+    let control_len = (control_take as u64).to_ne_bytes();
+    let flags = msg.flags.to_ne_bytes();
+    let msg_len = (msg.returned as u32).to_ne_bytes();
+    const ZERO: [u8; 8] = [0; 8];
+    let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(buffers.iov.len() + 6);
+    let mut rest: &[u8] = &msg.data;
+    for &(base, len) in &buffers.iov {
+        if rest.is_empty() {
+            break;
         }
-        if let Some((at, room)) = buffers.name {
-            let name = translate(assoc, v6, &msg.name);
-            write_sockaddr(tid, &name, at, room, buffers.name_len_at)?;
-        } else if let Some(len_at) = buffers.name_len_at.filter(|_| buffers.flags_at.is_some()) {
-            // recvmsg without a name buffer: msg_namelen becomes 0.
-            memory::write_all(tid, len_at, &0u32.to_ne_bytes())?;
+        let take = len.min(rest.len());
+        pieces.push((base, &rest[..take]));
+        rest = &rest[take..];
+    }
+    if let (Some((at, room)), Some(name)) = (buffers.name, name.as_deref()) {
+        pieces.push((at, &name[..room.min(name.len())]));
+        if let (Some(len_at), Some(len)) = (buffers.name_len_at, name_len.as_ref()) {
+            pieces.push((len_at, len));
         }
-        if let Some(len_at) = buffers.control_len_at {
-            if let Some((at, room)) = buffers.control {
-                let take = room.min(msg.control.len());
-                memory::write_all(tid, at, &msg.control[..take])?;
-                memory::write_all(tid, len_at, &(take as u64).to_ne_bytes())?;
-            } else {
-                memory::write_all(tid, len_at, &0u64.to_ne_bytes())?;
-            }
+    } else if let Some(len_at) = buffers.name_len_at.filter(|_| buffers.flags_at.is_some()) {
+        // recvmsg without a name buffer: msg_namelen becomes 0.
+        pieces.push((len_at, &ZERO[..4]));
+    }
+    if let Some(len_at) = buffers.control_len_at {
+        if let Some((at, _)) = buffers.control {
+            pieces.push((at, &msg.control[..control_take]));
+            pieces.push((len_at, &control_len));
+        } else {
+            pieces.push((len_at, &ZERO));
         }
-        if let Some(at) = buffers.flags_at {
-            memory::write_all(tid, at, &msg.flags.to_ne_bytes())?;
-        }
-        if let Some(at) = buffers.msg_len_at {
-            memory::write_all(tid, at, &(msg.returned as u32).to_ne_bytes())?;
-        }
-        Ok(())
-    })();
+    }
+    if let Some(at) = buffers.flags_at {
+        pieces.push((at, &flags));
+    }
+    if let Some(at) = buffers.msg_len_at {
+        pieces.push((at, &msg_len));
+    }
+    let written = memory::write_pieces(tid, &pieces);
     match written {
         Ok(()) if buffers.msg_len_at.is_some() => Reply::Return(1),
         Ok(()) => Reply::Return(msg.returned as i64),

@@ -10,22 +10,28 @@
 //! copy of the payload. Calls sctrace does not re-issue are left to the kernel and recorded
 //! with result `unknown`: Unix sockets (credentials), stream sockets (the destination is
 //! ignored or means TCP Fast Open), messages with control data (`SCM_RIGHTS` can't be
-//! re-created), payloads over [`MAX_PAYLOAD`], and every `sendmmsg` (the kernel writes
-//! `msg_len` back into the app's vector).
+//! re-created), payloads over [`MAX_PAYLOAD`], and every other `sendmmsg` (the kernel
+//! writes `msg_len` back into the app's vector).
+//!
+//! The exception: `sendmmsg` of plain datagrams on a socket connected to a nameserver
+//! sctrace answers for (glibc sends its A and AAAA queries so) hands the queries to the
+//! socket's association, which answers cached ones on the spot, so that the answers wait
+//! in the socket when the call returns instead of after a relay task's turn.
 //!
 //! Plans: `Answer(Continue)` (fast path, caller gone), `Answer(EBADF)`, `Kernel`, or work:
-//! `Send`, `SendDatagram`.
+//! `Send`, `SendDatagram`, `QueryNameserver`.
 
 use sctrace_filter::Protocol;
 
 use crate::events::Record;
 use crate::plan::{Plan, Reply, Work};
+use crate::remote::sockets::Managed;
 use crate::remote::Destination;
 use crate::route::Routed;
 use crate::sockaddr::SockAddr;
 use crate::sys::memory;
 use crate::sys::socket::OutgoingMessage;
-use crate::trap::msghdr::{copy_iov, MsgHeader, MAX_IOV, MAX_PAYLOAD, MMSGHDR_SIZE};
+use crate::trap::msghdr::{copy_iov, MsgHeader, RecvBuffers, MAX_IOV, MAX_PAYLOAD, MMSGHDR_SIZE};
 use crate::trap::socket::AppSocket;
 use crate::trap::{AddrArg, Notification};
 
@@ -146,16 +152,24 @@ pub fn decide_sendmsg(ctx: &Context, n: &Notification) -> Plan {
     }
 }
 
-/// Decides `sendmmsg(fd, msgvec, vlen, flags)`: records each message that has a
-/// destination and lets the kernel run the call.
+/// Decides `sendmmsg(fd, msgvec, vlen, flags)`: DNS queries on a socket connected to a
+/// nameserver sctrace answers for go to its association (glibc's resolver sends A and AAAA
+/// this way); otherwise records each message that has a destination and lets the kernel
+/// run the call.
 pub fn decide_sendmmsg(ctx: &Context, n: &Notification) -> Plan {
     let vlen = (n.arg_u64(2) & 0xffff_ffff).min(MAX_IOV) as usize;
-    if vlen == 0 || !ctx.events.enabled() {
+    if vlen == 0 || (ctx.remote.is_none() && !ctx.events.enabled()) {
         return Reply::Continue.into();
     }
     let Ok(raw) = memory::read_vec(n.tid(), n.arg_ptr(1), vlen * MMSGHDR_SIZE) else {
         return Reply::Continue.into();
     };
+    if let Some(plan) = nameserver_queries(ctx, n, &raw) {
+        return plan;
+    }
+    if !ctx.events.enabled() {
+        return Reply::Continue.into();
+    }
     let addrs: Vec<String> = raw
         .chunks_exact(MMSGHDR_SIZE)
         .filter_map(MsgHeader::parse)
@@ -174,4 +188,52 @@ pub fn decide_sendmmsg(ctx: &Context, n: &Notification) -> Plan {
             .filter_map(|addr| ctx.record(n, &sock, || addr))
             .collect(),
     )
+}
+
+/// The plan for `sendmmsg` messages (`raw`: the app's `struct mmsghdr` vector) when they are
+/// all plain datagrams without a destination on a socket connected to a nameserver sctrace
+/// answers for; `None` leaves the call to the other rules.
+fn nameserver_queries(ctx: &Context, n: &Notification, raw: &[u8]) -> Option<Plan> {
+    let remote = ctx.remote.as_ref()?;
+    let headers: Vec<MsgHeader> = raw
+        .chunks_exact(MMSGHDR_SIZE)
+        .map(MsgHeader::parse)
+        .collect::<Option<_>>()?;
+    if headers.iter().any(|h| h.name != 0 || h.control_len != 0) {
+        return None;
+    }
+    let sock = ctx.access.take(&ctx.notify, n, n.arg_int(0)).ok()?;
+    let id = sock.identity().ok()?;
+    let Some(Managed::Udp {
+        assoc,
+        connected: Some((nameserver, _)),
+    }) = remote.sockets.get(id)
+    else {
+        return None;
+    };
+    if !remote.answers_for(nameserver) {
+        return None;
+    }
+    let queries = headers
+        .iter()
+        .map(|h| copy_iov(n, h.iov, h.iov_len).ok().map(|iov| iov.concat()))
+        .collect::<Option<Vec<_>>>()?;
+    // The messages were copied after the socket was taken: check the call again.
+    if !ctx.still_pending(n) {
+        return Some(Reply::Continue.into());
+    }
+    let vec = n.arg_ptr(1);
+    Some(Plan::Socket {
+        sock,
+        record: None,
+        work: Work::QueryNameserver {
+            nameserver,
+            assoc,
+            lens_at: (0..queries.len())
+                .map(|i| RecvBuffers::mmsg_len_at(vec, i))
+                .collect(),
+            queries,
+            tid: n.tid(),
+        },
+    })
 }

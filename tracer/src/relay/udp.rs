@@ -9,7 +9,8 @@
 //! ```
 //!
 //! The app's receives are then emulated (see `handlers::recv`): a datagram from R(peer)
-//! shows `peer` as its source. Each relay socket is connected to the app socket, so the
+//! shows `peer` as its source. The nameservers sctrace answers for are the exception: their
+//! relay sockets are shared by all app sockets (see [`super::nameservers`]). Each relay socket is connected to the app socket, so the
 //! kernel accepts datagrams on it only from the app socket, and reports ECONNREFUSED once
 //! the app socket is gone — which ends the association. An association with no traffic for
 //! [`IDLE`] ends too, as a NAT's binding would.
@@ -41,10 +42,12 @@ use tokio::task::AbortHandle;
 
 use sctrace_filter::config::UdpReplies;
 
-use crate::dns::{Asker, DnsResponder};
+use crate::dns::Asker;
 use crate::events::{Event, EventSink, DROP};
 use crate::sockaddr::{canonical_addr, in_family};
 use crate::socket_table::{self, Protocol};
+
+use super::nameservers::{NameserverRelay, NameserverRelays};
 
 type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
@@ -102,9 +105,9 @@ pub enum PeerKind {
     Dns,
 }
 
+/// A remote peer's relay socket.
 struct Peer {
     remote: SocketAddr,
-    kind: PeerKind,
     sock: UdpSocket,
 }
 
@@ -114,7 +117,7 @@ pub struct UdpAssociation {
     app_v6: bool,
     app_shared: Option<SharedPort>,
     agent: SessionHandle,
-    dns: Arc<DnsResponder>,
+    nameservers: Arc<NameserverRelays>,
     asker: Asker,
     policy: Policy,
     /// The remote peers the app sent to (canonical form), oldest first.
@@ -122,6 +125,8 @@ pub struct UdpAssociation {
     flow: OnceCell<(Arc<UdpFlow>, bool)>,
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     by_relay: Mutex<HashMap<SocketAddr, SocketAddr>>,
+    /// The nameserver relays the app socket joined.
+    joined: Mutex<Vec<Arc<NameserverRelay>>>,
     tasks: Mutex<Vec<AbortHandle>>,
     last_activity: Mutex<Instant>,
     closed: AtomicBool,
@@ -136,7 +141,7 @@ impl UdpAssociation {
     pub fn start(
         app: AppEnd,
         agent: SessionHandle,
-        dns: Arc<DnsResponder>,
+        nameservers: Arc<NameserverRelays>,
         asker: Asker,
         policy: Policy,
         on_close: Box<dyn FnOnce() + Send>,
@@ -146,13 +151,14 @@ impl UdpAssociation {
             app_v6: app.local.is_ipv6(),
             app_shared: app.shared,
             agent,
-            dns,
+            nameservers,
             asker,
             policy,
             sent_to: Mutex::default(),
             flow: OnceCell::new(),
             peers: Mutex::default(),
             by_relay: Mutex::default(),
+            joined: Mutex::default(),
             tasks: Mutex::default(),
             last_activity: Mutex::new(Instant::now()),
             closed: AtomicBool::new(false),
@@ -213,6 +219,11 @@ impl UdpAssociation {
         if let Ok(mut peers) = self.peers.lock() {
             peers.clear();
         }
+        if let Ok(mut joined) = self.joined.lock() {
+            for relay in joined.drain(..) {
+                relay.leave(self.app_local, self);
+            }
+        }
         let on_close = self.on_close.lock().ok().and_then(|mut f| f.take());
         if let Some(f) = on_close {
             f();
@@ -223,7 +234,16 @@ impl UdpAssociation {
     /// no task of its own.
     pub fn is_unused(&self) -> bool {
         let no_peers = self.peers.lock().map(|p| p.is_empty()).unwrap_or(false);
-        no_peers && !self.flow.initialized() && !self.sweeping.load(Ordering::Acquire)
+        let no_nameserver = self.joined.lock().map(|j| j.is_empty()).unwrap_or(false);
+        no_peers
+            && no_nameserver
+            && !self.flow.initialized()
+            && !self.sweeping.load(Ordering::Acquire)
+    }
+
+    /// Whether the app socket is an IPv6 one (its addresses are shown v4-mapped).
+    pub fn app_v6(&self) -> bool {
+        self.app_v6
     }
 
     /// The remote peer a relay socket address stands for, in the app's address form.
@@ -238,6 +258,9 @@ impl UdpAssociation {
     /// so that a UDP connect can be answered by the notification loop itself; must run
     /// within the runtime (the socket is registered with its reactor).
     pub fn peer(self: &Arc<Self>, remote: SocketAddr, kind: PeerKind) -> io::Result<SocketAddr> {
+        if kind == PeerKind::Dns {
+            return self.nameserver(remote).map(|relay| relay.local);
+        }
         if let Some(peer) = self.peers.lock().ok().and_then(|m| m.get(&remote).cloned()) {
             return peer.sock.local_addr();
         }
@@ -251,7 +274,7 @@ impl UdpAssociation {
         sock.set_nonblocking(true)?;
         let sock = UdpSocket::from_std(sock)?;
         let local = sock.local_addr()?;
-        let peer = Arc::new(Peer { remote, kind, sock });
+        let peer = Arc::new(Peer { remote, sock });
         {
             let mut peers = self
                 .peers
@@ -286,21 +309,12 @@ impl UdpAssociation {
         loop {
             match peer.sock.recv(&mut buf).await {
                 Ok(n) => {
-                    if let Some(shared) = &self.app_shared {
-                        if shared.intruded(self.app_local.port()) {
-                            self.dropped(peer.remote, "another user shares the program's port");
-                            continue;
-                        }
+                    if self.intruder_sent(peer.remote) {
+                        continue;
                     }
                     self.touch();
-                    let data = buf[..n].to_vec();
-                    match peer.kind {
-                        PeerKind::Remote => {
-                            if let Err(err) = self.send_remote(peer.remote, &data).await {
-                                tracing::debug!("udp relay: cannot send to {}: {err}", peer.remote);
-                            }
-                        }
-                        PeerKind::Dns => self.spawn_dns_answer(Arc::clone(&peer), data),
+                    if let Err(err) = self.send_remote(peer.remote, &buf[..n]).await {
+                        tracing::debug!("udp relay: cannot send to {}: {err}", peer.remote);
                     }
                 }
                 Err(err) if err.raw_os_error() == Some(libc::ECONNREFUSED) => {
@@ -317,67 +331,80 @@ impl UdpAssociation {
         }
     }
 
-    /// Answers a query to the nameserver `peer` stands for: at once when the answer is
-    /// cached (no task, whose start could wait for another worker to wake), else from a task
-    /// of its own, so that queries don't wait for each other.
-    fn spawn_dns_answer(self: &Arc<Self>, peer: Arc<Peer>, query: Vec<u8>) {
-        let cached = self
-            .dns
-            .answer_cached(&query, peer.remote, DnsTransport::Udp, &self.asker);
-        if let Some(answer) = cached {
-            match peer.sock.try_send(&answer) {
-                Ok(_) => {}
-                // The app socket's queue is full: sent when there is room, as below.
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    let task = tokio::spawn(async move {
-                        if let Err(err) = peer.sock.send(&answer).await {
-                            tracing::debug!("udp relay: cannot deliver a DNS answer: {err}");
-                        }
-                    });
-                    self.track(task.abort_handle());
-                }
-                Err(err) => tracing::debug!("udp relay: cannot deliver a DNS answer: {err}"),
+    /// The shared relay socket of `nameserver` (in the app's address form), which this
+    /// app socket joins on first use.
+    fn nameserver(self: &Arc<Self>, nameserver: SocketAddr) -> io::Result<Arc<NameserverRelay>> {
+        let relay = self.nameservers.relay(nameserver, self.app_v6)?;
+        let mut joined = self
+            .joined
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?;
+        if !joined.iter().any(|r| Arc::ptr_eq(r, &relay)) {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(io::Error::other("association closed"));
             }
+            relay.join(self.app_local, self);
+            joined.push(Arc::clone(&relay));
+            if let Ok(mut m) = self.by_relay.lock() {
+                m.insert(relay.local, nameserver);
+            }
+        }
+        Ok(relay)
+    }
+
+    /// Answers `query`, which the app socket (at `from`, as `relay` sees it) sent to the
+    /// nameserver `relay` stands for: at once when the answer is cached (no task, whose
+    /// start could wait for a worker to wake), else from a task of its own, so that
+    /// queries don't wait for each other.
+    pub fn query_dns(
+        self: &Arc<Self>,
+        relay: &Arc<NameserverRelay>,
+        from: SocketAddr,
+        query: Vec<u8>,
+    ) {
+        self.touch();
+        let server = self.translate(relay.local).unwrap_or(relay.nameserver);
+        let dns = &self.nameservers.dns;
+        if let Some(answer) = dns.answer_cached(&query, server, DnsTransport::Udp, &self.asker) {
+            relay.deliver(from, &answer);
             return;
         }
         let me = Arc::clone(self);
+        let relay = Arc::clone(relay);
         let task = tokio::spawn(async move {
-            if let Some(answer) = me
-                .dns
-                .answer(&query, peer.remote, DnsTransport::Udp, &me.asker)
+            let dns = &me.nameservers.dns;
+            if let Some(answer) = dns
+                .answer(&query, server, DnsTransport::Udp, &me.asker)
                 .await
             {
-                if let Err(err) = peer.sock.send(&answer).await {
-                    tracing::debug!("udp relay: cannot deliver a DNS answer: {err}");
-                }
+                relay.deliver(from, &answer);
             }
         });
         self.track(task.abort_handle());
     }
 
-    /// A datagram the app sent with `sendto(remote)` (the call was answered by sctrace).
+    /// A query the app sent to `nameserver` in a call sctrace answers itself (`sendto`
+    /// with the nameserver's address, `sendmmsg` on a socket connected to it): never waits.
+    pub fn send_to_nameserver(
+        self: &Arc<Self>,
+        nameserver: SocketAddr,
+        query: Vec<u8>,
+    ) -> io::Result<()> {
+        let relay = self.nameserver(nameserver)?;
+        self.query_dns(&relay, self.app_local, query);
+        Ok(())
+    }
+
+    /// A datagram the app sent with `sendto(remote)` to a remote peer (the call was
+    /// answered by sctrace).
     pub async fn send_from_app(
         self: &Arc<Self>,
         remote: SocketAddr,
-        kind: PeerKind,
         data: Vec<u8>,
     ) -> io::Result<()> {
         self.ensure_sweeper();
         self.touch();
-        match kind {
-            PeerKind::Remote => self.send_remote(remote, &data).await,
-            PeerKind::Dns => {
-                self.peer(remote, PeerKind::Dns)?;
-                let peer = self
-                    .peers
-                    .lock()
-                    .ok()
-                    .and_then(|m| m.get(&remote).cloned())
-                    .ok_or_else(|| io::Error::other("association closed"))?;
-                self.spawn_dns_answer(peer, data);
-                Ok(())
-            }
-        }
+        self.send_remote(remote, &data).await
     }
 
     async fn send_remote(self: &Arc<Self>, remote: SocketAddr, data: &[u8]) -> io::Result<()> {
@@ -424,6 +451,18 @@ impl UdpAssociation {
             .map(|peers| peers.len() >= MAX_PEERS)
             .unwrap_or(true);
         full.then_some("peer limit")
+    }
+
+    /// Whether a datagram that came from the app socket's address, for `peer`, may be
+    /// another user's (see the module notes); it is then counted as dropped.
+    pub(super) fn intruder_sent(&self, peer: SocketAddr) -> bool {
+        let intruded = self
+            .app_shared
+            .is_some_and(|shared| shared.intruded(self.app_local.port()));
+        if intruded {
+            self.dropped(peer, "another user shares the program's port");
+        }
+        intruded
     }
 
     /// Counts a datagram from `remote` that is not delivered, in a `drop` event.

@@ -24,6 +24,7 @@ use crate::dns::names::NameCache;
 use crate::dns::resolv_conf::{self, TargetResolver};
 use crate::dns::DnsResponder;
 use crate::events::EventSink;
+use crate::relay::nameservers::NameserverRelays;
 use crate::relay::parking::Parking;
 use crate::relay::tcp::TcpRelay;
 use crate::relay::udp::Policy;
@@ -55,6 +56,8 @@ pub struct Remote {
     pub parking: Parking,
     /// The DNS responder.
     pub dns: Arc<DnsResponder>,
+    /// The sockets standing for the local nameservers, shared by UDP associations.
+    pub nameserver_relays: Arc<NameserverRelays>,
     /// Names resolved in this session.
     pub names: Arc<NameCache>,
     /// The app sockets sctrace manages.
@@ -132,6 +135,7 @@ impl Remote {
             agent: link.handle.clone(),
             tcp,
             parking,
+            nameserver_relays: NameserverRelays::new(Arc::clone(&dns)),
             dns,
             names,
             sockets: Arc::default(),
@@ -166,10 +170,17 @@ impl Remote {
         Ok(remote)
     }
 
+    /// Whether `dst` is a nameserver of the local resolv.conf whose queries sctrace answers.
+    pub fn answers_for(&self, dst: SocketAddr) -> bool {
+        dst.port() == 53
+            && self.filter.dns_enabled()
+            && self.nameservers.contains(&canonical(dst.ip()))
+    }
+
     /// Decides where a connection (or datagram) to `dst` goes.
     pub fn route(&self, protocol: Protocol, dst: SocketAddr) -> Routed {
         let ip = canonical(dst.ip());
-        if dst.port() == 53 && self.filter.dns_enabled() && self.nameservers.contains(&ip) {
+        if self.answers_for(dst) {
             return Routed {
                 to: Destination::Dns,
                 rule: None,

@@ -46,23 +46,71 @@ pub fn read_vec(tid: u32, addr: u64, len: usize) -> io::Result<Vec<u8>> {
 /// addresses): the call is then answered with a value, never continued, so the app can't
 /// observe a half-done call.
 pub fn write_all(tid: u32, addr: u64, data: &[u8]) -> io::Result<()> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let local = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as usize as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: `local` describes `data`, which is readable for its whole length (the kernel
-    // only reads it); `remote` is only dereferenced by the kernel in the other process.
-    let ret = unsafe { libc::process_vm_writev(tid as libc::pid_t, &local, 1, &remote, 1, 0) };
-    let n = syscall!(ret)?;
-    if n as usize != data.len() {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
+    write_pieces(tid, &[(addr, data)])
+}
+
+/// Pieces given to one `process_vm_writev` at most (the kernel takes up to 1024 iovecs).
+const PIECES_PER_CALL: usize = 512;
+
+/// [`write_all`] for several pieces, `(address, data)`, in as few system calls as possible
+/// (one for up to 512 pieces). Any piece copied short is EFAULT; pieces before it may have
+/// been written, as with the same calls made one by one.
+pub fn write_pieces(tid: u32, pieces: &[(u64, &[u8])]) -> io::Result<()> {
+    for chunk in pieces.chunks(PIECES_PER_CALL) {
+        let pieces: Vec<&(u64, &[u8])> = chunk.iter().filter(|(_, d)| !d.is_empty()).collect();
+        if pieces.is_empty() {
+            continue;
+        }
+        let local: Vec<libc::iovec> = pieces
+            .iter()
+            .map(|(_, data)| libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            })
+            .collect();
+        let remote: Vec<libc::iovec> = pieces
+            .iter()
+            .map(|(addr, data)| libc::iovec {
+                iov_base: *addr as usize as *mut libc::c_void,
+                iov_len: data.len(),
+            })
+            .collect();
+        let total: usize = pieces.iter().map(|(_, d)| d.len()).sum();
+        // SAFETY: each `local` iovec describes a slice readable for its whole length (the
+        // kernel only reads them); `remote` ones are only dereferenced by the kernel in the
+        // other process.
+        let ret = unsafe {
+            libc::process_vm_writev(
+                tid as libc::pid_t,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        let n = syscall!(ret)?;
+        if n as usize != total {
+            return Err(io::Error::from_raw_os_error(libc::EFAULT));
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_land_where_they_are_asked_and_a_bad_address_is_efault() {
+        let tid = std::process::id();
+        let mut a = [0u8; 4];
+        let mut b = [0u8; 3];
+        let (at_a, at_b) = (a.as_mut_ptr() as u64, b.as_mut_ptr() as u64);
+        write_pieces(tid, &[(at_a, b"abcd"), (at_b, b""), (at_b, b"xyz")]).unwrap();
+        assert_eq!((&a, &b), (b"abcd", b"xyz"));
+        let err = write_pieces(tid, &[(at_a, b"1234"), (8, b"no")]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+        assert_eq!(&a, b"1234", "the pieces before the fault were written");
+    }
 }

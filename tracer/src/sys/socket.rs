@@ -295,12 +295,16 @@ fn timeout_option(fd: BorrowedFd<'_>, name: i32) -> Result<Option<std::time::Dur
 }
 
 /// Registers a socket copy with the tokio reactor to await its readiness.
-pub fn watch(
-    fd: std::os::fd::OwnedFd,
+pub fn watch<T>(
+    fd: T,
     interest: tokio::io::Interest,
-) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
-    // SAFETY: an OwnedFd is open and keeps referring to the same file description until
-    // it is dropped, which the AsyncFd does only when it is itself dropped.
+) -> std::io::Result<tokio::io::unix::AsyncFd<T>>
+where
+    T: std::os::fd::AsRawFd + Into<std::os::fd::OwnedFd>,
+{
+    // SAFETY: a type that converts into an OwnedFd owns its fd (OwnedFd, std's sockets and
+    // files): it is open and keeps referring to the same file description until the value
+    // is dropped, which the AsyncFd does only when it is itself dropped.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
         .map_err(|e| e.into_parts().1)
 }
@@ -378,12 +382,14 @@ pub fn recvmsg(
     control_len: usize,
     flags: i32,
 ) -> Result<ReceivedMessage, Errno> {
-    let mut data = vec![0u8; len];
+    // Not zeroed: a resolver's 64 KiB buffer would cost more to clear than the datagram
+    // does to receive. Only what the kernel writes becomes part of the vector.
+    let mut data: Vec<u8> = Vec::with_capacity(len);
     let mut name = [0u8; 128];
     let mut control = vec![0u8; control_len];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
+        iov_len: len,
     };
     // SAFETY: msghdr is plain old data; all-zero is a valid (empty) message.
     let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -397,7 +403,9 @@ pub fn recvmsg(
     }
     // SAFETY: every pointer in `hdr` refers to a live buffer of the stated length.
     let returned = check_size(unsafe { libc::recvmsg(fd.as_raw_fd(), &mut hdr, flags) })?;
-    data.truncate(returned.min(len));
+    // SAFETY: the kernel wrote the first min(returned, len) bytes of the buffer (`returned`
+    // may be larger only with MSG_TRUNC, which reports a datagram's full length).
+    unsafe { data.set_len(returned.min(len)) };
     control.truncate(hdr.msg_controllen.min(control_len));
     Ok(ReceivedMessage {
         data,

@@ -174,6 +174,11 @@ impl RecvBuffers {
         })
     }
 
+    /// Where the kernel writes `msg_len` of entry `i` of the `struct mmsghdr` vector at `vec`.
+    pub fn mmsg_len_at(vec: u64, i: usize) -> u64 {
+        vec + (i * MMSGHDR_SIZE) as u64 + MSG_LEN_AT
+    }
+
     /// The buffers of the first `struct mmsghdr` at `at` (recvmmsg).
     pub fn mmsghdr(n: &Notification, at: u64) -> Option<Self> {
         let mut buffers = Self::msghdr(n, at)?;
