@@ -81,6 +81,14 @@ impl World {
             .args(args);
         run_with_timeout(&mut cmd, T)
     }
+
+    /// Runs `program args` under `sctrace run` without events: then nothing needs a local
+    /// connect's outcome and the kernel carries it out unseen.
+    fn traced_without_events(&self, program: &Path, args: &[&str]) -> Output {
+        let mut cmd = self.ns.command(bin("sctrace"));
+        cmd.arg("run").arg("--").arg(program).args(args);
+        run_with_timeout(&mut cmd, T)
+    }
 }
 
 fn sorted_lines(s: &str) -> Vec<String> {
@@ -154,6 +162,12 @@ fn every_fixture_is_observed_with_the_right_addresses_and_results() {
                 .stdout
                 .contains(&format!("tcp {V4}:9 err ECONNREFUSED")),
             "{name}\n{traced}"
+        );
+        let unrecorded = world.traced_without_events(&program, &ops);
+        assert_eq!(
+            (unrecorded.code(), sorted_lines(&unrecorded.stdout)),
+            (direct.code(), sorted_lines(&direct.stdout)),
+            "{name}: without events\n{unrecorded}"
         );
 
         let events = read_events(&events_file);

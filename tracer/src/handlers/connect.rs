@@ -6,12 +6,15 @@
 //! of a TCP or UDP socket is routed by the filter: remote, to the DNS responder, or local
 //! (looked up again locally when its address came from the target's DNS); a socket of the
 //! target sctrace installed in the app is the kernel's to serve. Everything else
-//! is connected on this machine as the app asked, by re-issuing the call on the app's socket
-//! so that sctrace sees the kernel's exact outcome.
+//! is connected on this machine as the app asked: by the kernel itself when nothing needs
+//! the outcome, else by re-issuing the call on the app's socket so that sctrace sees the
+//! kernel's exact outcome — for the event, and in container mode, where the socket's held
+//! copy must be let go once it is connected (see `trap::owned`).
 //!
-//! Plans: `Answer` (EBADF, or `Continue` for an unreachable caller), `Kernel` (Unix
-//! addresses), `Refuse(ENOENT)`, or work: `Connect`, `Dissolve`, `ConnectReresolved`,
-//! `ConnectRemote`, `ConnectDns`, `ConnectDatagram`.
+//! Plans: `Answer` (EBADF, or `Continue` for an unreachable caller or a connect nothing
+//! needs the outcome of), `Kernel` (Unix addresses, and local connects without an event),
+//! `Refuse(ENOENT)`, or work: `Connect`, `Dissolve`, `ConnectReresolved`, `ConnectRemote`,
+//! `ConnectDns`, `ConnectDatagram`.
 
 use std::os::fd::AsFd;
 
@@ -31,6 +34,10 @@ use super::Context;
 
 /// Decides one trapped connect.
 pub fn decide(ctx: &Context, n: &Notification) -> Plan {
+    if ctx.remote.is_none() && !ctx.events.enabled() && ctx.access.owned().is_none() {
+        // Nothing to route, record or let go: not even the socket is needed.
+        return Reply::Continue.into();
+    }
     let len = n.arg_int(2);
     let addr = n.copy_addr(n.arg_ptr(1), len);
     let sock = match ctx.access.take(&ctx.notify, n, n.arg_int(0)) {
@@ -57,8 +64,9 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         return Reply::Continue.into();
     };
     let mut record = ctx.record(n, &sock, || addr.describe());
+    let owned = ctx.access.owned().is_some();
     let Some(remote) = &ctx.remote else {
-        return as_asked(sock, record, addr, len);
+        return as_asked(sock, record, addr, len, owned);
     };
     if addr.family() == Some(libc::AF_UNSPEC) {
         // A datagram socket dissolving its association: it no longer has a peer.
@@ -69,13 +77,13 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         };
     }
     let Some(dst) = addr.inet() else {
-        return as_asked(sock, record, addr, len);
+        return as_asked(sock, record, addr, len, owned);
     };
     let Some(protocol) = sock.transport() else {
         if let Some(record) = record.as_mut() {
             record.set_route(&Routed::not_relayed());
         }
-        return as_asked(sock, record, addr, len);
+        return as_asked(sock, record, addr, len, owned);
     };
     let routed = remote.route(protocol, dst);
     if let Some(record) = record.as_mut() {
@@ -89,18 +97,18 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     {
         // A socket of the target sctrace installed (`execute::direct`): the kernel answers
         // as in the target (EISCONN, EALREADY, a new connect after a failed one).
-        return as_asked(sock, record, addr, len);
+        return as_asked(sock, record, addr, len, owned);
     }
     if protocol == Protocol::Tcp && is_connected_or_connecting(&sock) {
         // The kernel answers EISCONN (EALREADY while a connect is in progress) without
         // touching the network, as it would in the target; routing it would have the agent
         // connect to the destination a second time.
-        return as_asked(sock, record, addr, len);
+        return as_asked(sock, record, addr, len, owned);
     }
     let work = match (routed.to, protocol) {
         (Destination::Local, _) => match routed.reresolve {
             Some(name) => Work::ConnectReresolved { name, dst },
-            None => Work::Connect { addr, len },
+            None => return as_asked(sock, record, addr, len, owned),
         },
         (Destination::Remote, Protocol::Tcp) => Work::ConnectRemote {
             dst,
@@ -122,8 +130,12 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     Plan::Socket { sock, record, work }
 }
 
-/// The connect as the app asked, re-issued on its socket.
-fn as_asked(sock: AppSocket, record: Option<Record>, addr: AddrArg, len: i32) -> Plan {
+/// The connect as the app asked: left to the kernel when nothing needs its outcome (no
+/// event, not container mode), else re-issued on its socket.
+fn as_asked(sock: AppSocket, record: Option<Record>, addr: AddrArg, len: i32, owned: bool) -> Plan {
+    if record.is_none() && !owned {
+        return Plan::Kernel(Vec::new());
+    }
     Plan::Socket {
         sock,
         record,
