@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::errno::Errno;
 use crate::sockaddr::SockAddr;
@@ -43,26 +43,14 @@ impl SocketAccess {
     ) -> Result<AppSocket, Untaken> {
         let taken = match self {
             SocketAccess::Copy => copy_fd(n.tid(), app_fd)
-                .map(|fd| AppSocket {
-                    fd,
-                    app_fd,
-                    ino: None,
-                    _held: None,
-                })
+                .map(|fd| AppSocket::new(fd, app_fd, None, None))
                 .map_err(|err| match err {
                     Errno(libc::EBADF) => Untaken::BadFd,
                     err => Untaken::Unreachable(err),
                 }),
-            SocketAccess::Owned(owned) => {
-                owned
-                    .take(n.tid(), app_fd)
-                    .map(|(fd, ino, guard)| AppSocket {
-                        fd,
-                        app_fd,
-                        ino: Some(ino),
-                        _held: Some(guard),
-                    })
-            }
+            SocketAccess::Owned(owned) => owned
+                .take(n.tid(), app_fd)
+                .map(|(fd, ino, guard)| AppSocket::new(fd, app_fd, Some(ino), Some(guard))),
         };
         if !notify.id_valid(n.raw.id) {
             return Err(Untaken::Gone);
@@ -109,8 +97,12 @@ pub struct AppSocket {
     pub fd: OwnedFd,
     /// The app's fd number.
     pub app_fd: i32,
-    /// The socket's inode, when already known.
-    ino: Option<u64>,
+    /// What never changes about a socket, read once (a handler and its executor may each
+    /// ask): its inode, family, type and protocol.
+    ino: OnceLock<u64>,
+    family: OnceLock<i32>,
+    sock_type: OnceLock<i32>,
+    protocol: OnceLock<i32>,
     /// In container mode: looks at the held socket again once sctrace is done with it.
     _held: Option<HoldGuard>,
 }
@@ -138,15 +130,41 @@ pub enum Untaken {
     },
 }
 
+/// The value in `cell`, read with `read` the first time.
+fn once<T: Copy>(cell: &OnceLock<T>, read: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
+    if let Some(v) = cell.get() {
+        return Ok(*v);
+    }
+    let v = read()?;
+    Ok(*cell.get_or_init(|| v))
+}
+
 impl AppSocket {
+    fn new(fd: OwnedFd, app_fd: i32, ino: Option<u64>, held: Option<HoldGuard>) -> Self {
+        AppSocket {
+            fd,
+            app_fd,
+            ino: ino.map(OnceLock::from).unwrap_or_default(),
+            family: OnceLock::new(),
+            sock_type: OnceLock::new(),
+            protocol: OnceLock::new(),
+            _held: held,
+        }
+    }
+
     /// `SO_DOMAIN`: the socket's address family (ENOTSOCK for other files).
     pub fn family(&self) -> Result<i32, Errno> {
-        sys::domain(self.fd.as_fd())
+        once(&self.family, || sys::domain(self.fd.as_fd()))
     }
 
     /// `SO_TYPE`: SOCK_STREAM, SOCK_DGRAM, ...
     pub fn sock_type(&self) -> Result<i32, Errno> {
-        sys::sock_type(self.fd.as_fd())
+        once(&self.sock_type, || sys::sock_type(self.fd.as_fd()))
+    }
+
+    /// `SO_PROTOCOL`: IPPROTO_TCP, IPPROTO_UDP, ...
+    fn protocol(&self) -> Result<i32, Errno> {
+        once(&self.protocol, || sys::protocol(self.fd.as_fd()))
     }
 
     /// The transport the filter routes this socket by: TCP for stream sockets (TCP or
@@ -155,11 +173,11 @@ impl AppSocket {
     /// does not relay.
     pub fn transport(&self) -> Option<sctrace_filter::Protocol> {
         match self.sock_type().ok()? {
-            libc::SOCK_STREAM => match sys::protocol(self.fd.as_fd()).ok()? {
+            libc::SOCK_STREAM => match self.protocol().ok()? {
                 libc::IPPROTO_TCP | libc::IPPROTO_MPTCP => Some(sctrace_filter::Protocol::Tcp),
                 _ => None,
             },
-            libc::SOCK_DGRAM => match sys::protocol(self.fd.as_fd()).ok()? {
+            libc::SOCK_DGRAM => match self.protocol().ok()? {
                 libc::IPPROTO_UDP => Some(sctrace_filter::Protocol::Udp),
                 _ => None,
             },
@@ -170,10 +188,7 @@ impl AppSocket {
     /// The socket's identity, shared by every fd of it: its inode (what
     /// `/proc/PID/fd/N` shows as `socket:[INODE]`).
     pub fn identity(&self) -> Result<u64, Errno> {
-        match self.ino {
-            Some(ino) => Ok(ino),
-            None => sys::inode(self.fd.as_fd()),
-        }
+        once(&self.ino, || sys::inode(self.fd.as_fd()))
     }
 
     /// Whether it is an IPv6 socket.
