@@ -631,20 +631,26 @@ fn a_stolen_connection_reaches_the_app_as_the_clients_own_socket() {
     // Whole-connection steal with nobody mirroring: the app accepts the very socket the
     // client connected to in the target (its netns cookie is the cluster's), so no byte is
     // relayed; what the program sees is what it would see there. SCTRACE_DIRECT_SOCKETS=0
-    // relays instead, which the same program can tell.
+    // relays instead, which the same program can tell. Both kinds of servers: one blocked in
+    // accept (sctrace answers the parked call with the offered socket) and one waiting in
+    // select first (a placeholder connection wakes it; its accept gets the client's socket).
     let world = World::new();
     let config = world.config("as-is.json", r#"{"mode": "steal"}"#);
     let cluster_cookie = netns_cookie(&world.cluster.cluster);
     let laptop_cookie = netns_cookie(&world.cluster.laptop);
     assert_ne!(cluster_cookie, laptop_cookie);
     let server = r#"
-import socket
+import select, socket, sys
 s = socket.socket(socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", 8004))
 s.listen()
 print("listening", flush=True)
+if sys.argv[1] == "select":
+    s.setblocking(False)
+    select.select([s], [], [])
 c, a = s.accept()
+c.setblocking(True)
 cookie = int.from_bytes(c.getsockopt(socket.SOL_SOCKET, 71, 8), 'little')
 peer = c.getpeername()[0]
 data = b""
@@ -677,11 +683,15 @@ print(got.decode().strip())
     } else {
         &laptop_cookie
     };
-    for (direct, cookie) in [("1", handed_over), ("0", &laptop_cookie)] {
+    for (direct, cookie, waits_in) in [
+        ("1", handed_over, "accept"),
+        ("1", handed_over, "select"),
+        ("0", &laptop_cookie, "accept"),
+    ] {
         let mut app = world.run(
             &config,
             Path::new("python3"),
-            &["-c", server],
+            &["-c", server, waits_in],
             &[("SCTRACE_DIRECT_SOCKETS", direct)],
         );
         wait_for_line(&mut app, "listening");
@@ -697,13 +707,13 @@ print(got.decode().strip())
         assert_eq!(
             out.stdout.trim(),
             "HELLO FROM THE CLUSTER",
-            "SCTRACE_DIRECT_SOCKETS={direct}: {out}"
+            "SCTRACE_DIRECT_SOCKETS={direct}, waiting in {waits_in}: {out}"
         );
         let lines = wait_for_line(&mut app, "accepted");
         assert_eq!(
             lines.last().map(String::as_str),
             Some(format!("accepted {APP} {APP} {cookie} hello from the cluster").as_str()),
-            "SCTRACE_DIRECT_SOCKETS={direct} (cluster {cluster_cookie}, laptop {laptop_cookie}): {lines:?}"
+            "SCTRACE_DIRECT_SOCKETS={direct}, waiting in {waits_in} (cluster {cluster_cookie}, laptop {laptop_cookie}): {lines:?}"
         );
         stop(app);
     }

@@ -47,17 +47,44 @@ const ADDR_LEN: usize = 19;
 /// A stolen connection the agent offers: the client's own socket (in the target).
 #[derive(Debug)]
 pub struct Offer {
-    /// The offer's number, for the verdict.
-    pub id: u32,
     /// The remote client.
     pub client: SocketAddr,
     /// The target's address and port it connected to.
     pub server: SocketAddr,
     /// The client's socket.
     pub socket: OwnedFd,
+    /// Where the verdict goes.
+    verdict: Verdict,
 }
 
+impl Offer {
+    /// The part that answers the agent, to keep once the offer's parts are taken apart.
+    pub fn into_parts(self) -> (SocketAddr, SocketAddr, OwnedFd, Verdict) {
+        (self.client, self.server, self.socket, self.verdict)
+    }
+}
+
+/// sctrace's answer to one offer: the agent waits for it before doing anything else with
+/// the connection.
+#[derive(Debug)]
+pub struct Verdict {
+    id: u32,
+    tx: mpsc::Sender<Message>,
+}
+
+impl Verdict {
+    /// Tells the agent whether the app took the connection (else it goes the usual way).
+    pub fn give(self, taken: bool) {
+        let _ = self.tx.send(Message::Verdict(self.id, taken));
+    }
+}
+
+/// Who takes offers: called on the thread that reads the channel, so that an offer reaches
+/// the app's listener without waiting for another thread's turn.
+pub type OfferTaker = Arc<dyn Fn(Offer) + Send + Sync>;
+
 /// What goes to the agent.
+#[derive(Debug)]
 enum Message {
     /// The relay end of stream `id`.
     Hand(u32, OwnedFd),
@@ -80,15 +107,21 @@ struct Asked {
 }
 
 /// Where handed-over sockets go; cheap to share.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Handoff {
     tx: mpsc::Sender<Message>,
     asked: Arc<Mutex<Asked>>,
     offers: Offers,
 }
 
-/// Where offers go once someone takes them (before that they are declined).
-type Offers = Arc<Mutex<Option<tokio::sync::mpsc::UnboundedSender<Offer>>>>;
+/// Who takes offers once someone does (before that they are declined).
+type Offers = Arc<Mutex<Option<OfferTaker>>>;
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handoff").finish_non_exhaustive()
+    }
+}
 
 impl Handoff {
     /// Connects to the agent's handoff socket; the agent and sctrace prove to each other that
@@ -122,22 +155,20 @@ impl Handoff {
         Ok(Handoff { tx, asked, offers })
     }
 
-    /// The stolen connections the agent offers from now on (once; `None` the second time).
-    pub fn offers(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Offer>> {
-        let mut offers = self.offers.lock().ok()?;
+    /// Has `taker` take the stolen connections the agent offers from now on (once: false
+    /// when someone already does).
+    pub fn take_offers(&self, taker: OfferTaker) -> bool {
+        let Ok(mut offers) = self.offers.lock() else {
+            return false;
+        };
         if offers.is_some() {
-            return None;
+            return false;
         }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        *offers = Some(tx);
-        Some(rx)
+        *offers = Some(taker);
+        true
     }
 
     /// Tells the agent whether offer `id` was taken.
-    pub fn verdict(&self, id: u32, taken: bool) {
-        let _ = self.tx.send(Message::Verdict(id, taken));
-    }
-
     /// Asks the agent for a new TCP socket of the target (IPv6 or IPv4). `None` when the
     /// channel is gone; the receiver yields the socket, or errs if no answer will come.
     pub fn ask_socket(&self, v6: bool) -> Option<oneshot::Receiver<Answer>> {
@@ -217,7 +248,7 @@ fn write_message(conn: &UnixStream, message: Message) -> io::Result<()> {
 fn read_answers(
     conn: &UnixStream,
     asked: &Mutex<Asked>,
-    offers: &Mutex<Option<tokio::sync::mpsc::UnboundedSender<Offer>>>,
+    offers: &Mutex<Option<OfferTaker>>,
     verdicts: &mpsc::Sender<Message>,
 ) {
     loop {
@@ -241,20 +272,22 @@ fn read_answers(
                 fd,
             ) {
                 (Some(client), Some(server), Some(socket)) => Some(Offer {
-                    id,
                     client,
                     server,
                     socket,
+                    verdict: Verdict {
+                        id,
+                        tx: verdicts.clone(),
+                    },
                 }),
                 _ => None,
             };
             // Nobody takes offers (yet), or a malformed one: the agent goes the usual way.
-            let declined = match (offer, offers.lock().ok().and_then(|o| o.clone())) {
-                (Some(offer), Some(tx)) => tx.send(offer).is_err(),
-                _ => true,
-            };
-            if declined {
-                let _ = verdicts.send(Message::Verdict(id, false));
+            match (offer, offers.lock().ok().and_then(|o| o.clone())) {
+                (Some(offer), Some(take)) => take(offer),
+                _ => {
+                    let _ = verdicts.send(Message::Verdict(id, false));
+                }
             }
             continue;
         }

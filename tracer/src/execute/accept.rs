@@ -4,7 +4,9 @@
 //! own), and installs the new socket in the app as the call's result
 //! (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SEND`, done by the supervisor when
 //! it answers). Its `getpeername` shows the client too. A blocking accept with nothing to
-//! accept waits off the notification loop.
+//! accept waits off the notification loop, parked with `remote::incoming`: a connection
+//! the local agent offers as it is answers it from the thread that received the offer
+//! ([`answer_parked`]), without a placeholder connection or a runtime worker's turn.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use tokio::io::Interest;
 
 use crate::errno::Errno;
 use crate::plan::Reply;
+use crate::remote::incoming::{Delivered, WaitingAccept};
 use crate::remote::sockets::Managed;
 use crate::remote::Remote;
 use crate::sockaddr::{in_family, SockAddr};
@@ -21,6 +24,7 @@ use crate::sys::socket as sys;
 use crate::trap::socket::AppSocket;
 use crate::trap::CallRef;
 
+use super::direct;
 use super::receive::write_sockaddr;
 use super::Action;
 
@@ -50,12 +54,15 @@ pub fn accept(
     match accept_without_blocking(sock.fd.as_fd(), listener_flags, flags) {
         Err(Errno(libc::EAGAIN)) if listener_flags & libc::O_NONBLOCK == 0 => {
             let remote = Arc::clone(remote);
+            let parked = park(&remote, &sock, &call, dest, flags);
             Action::Defer(Box::pin(async move {
+                let _parked = parked.as_ref().map(|p| Unpark(&remote, p));
                 let watched = match sock.fd.try_clone() {
                     Ok(fd) => fd,
                     Err(err) => return Reply::Fail(Errno::from_io(&err)),
                 };
-                match wait_and_accept(&call, watched, listener_flags, flags).await {
+                let parked = parked.as_deref();
+                match wait_and_accept(&call, watched, listener_flags, flags, parked).await {
                     Ok(accepted) => deliver(&remote, sock.fd.as_fd(), dest, flags, accepted),
                     Err(err) => Reply::Fail(err),
                 }
@@ -70,13 +77,18 @@ pub fn accept(
 /// accept's flags say, and the options the app set on its listener (which an accepted
 /// socket inherits).
 fn adopt(listener: BorrowedFd<'_>, client: OwnedFd, flags: i32) -> Result<OwnedFd, Errno> {
+    adopt_with(&direct::options_to_carry(listener), client, flags)
+}
+
+/// [`adopt`] with the listener's options read before.
+fn adopt_with(options: &[direct::Setting], client: OwnedFd, flags: i32) -> Result<OwnedFd, Errno> {
     let nonblocking = if flags & libc::SOCK_NONBLOCK != 0 {
         libc::O_NONBLOCK
     } else {
         0
     };
     sys::set_file_flags(client.as_fd(), libc::O_RDWR | nonblocking)?;
-    super::direct::carry_options(listener, client.as_fd());
+    direct::apply_options(options, client.as_fd());
     Ok(client)
 }
 
@@ -96,24 +108,124 @@ fn accept_without_blocking(
 }
 
 /// Waits for a connection and takes it, only while the call still waits for it (one taken
-/// for a call that is gone would be lost to the app).
+/// for a call that is gone would be lost to the app) and no offered connection answered it
+/// (`parked`): then the work waits on until the supervisor sees the call gone.
 async fn wait_and_accept(
     call: &CallRef,
     fd: OwnedFd,
     listener_flags: i32,
     flags: i32,
+    parked: Option<&WaitingAccept>,
 ) -> Result<(OwnedFd, Vec<u8>), Errno> {
     let watched = sys::watch(fd, Interest::READABLE).map_err(|e| Errno::from_io(&e))?;
     loop {
         let mut guard = watched.readable().await.map_err(|e| Errno::from_io(&e))?;
+        if parked.is_some_and(|p| !p.claim()) {
+            return std::future::pending().await;
+        }
         if !call.pending() {
             return Err(Errno(libc::EINTR));
         }
         match accept_without_blocking(watched.get_ref().as_fd(), listener_flags, flags) {
-            Err(Errno(libc::EAGAIN)) => guard.clear_ready(),
+            Err(Errno(libc::EAGAIN)) => {
+                if let Some(parked) = parked {
+                    parked.release();
+                }
+                guard.clear_ready()
+            }
             other => return other,
         }
     }
+}
+
+/// Parks a blocking accept with `remote::incoming` so that an offered connection can
+/// answer it ([`answer_parked`]); `None` when the listener's address or a copy of it can't
+/// be had (the accept then only waits).
+fn park(
+    remote: &Arc<Remote>,
+    sock: &AppSocket,
+    call: &CallRef,
+    dest: Destination,
+    flags: i32,
+) -> Option<Arc<WaitingAccept>> {
+    let bound = sock.local_inet()?;
+    // Read now, while the app waits anyway: not when a client waits for its answer.
+    let options = direct::options_to_carry(sock.fd.as_fd());
+    let (me, call) = (Arc::clone(remote), call.clone());
+    let parked = WaitingAccept::new(
+        bound,
+        Box::new(move |client, delivered| {
+            answer_parked(&me, &options, &call, dest, flags, client, delivered)
+        }),
+    );
+    remote.incoming.park(&parked);
+    Some(parked)
+}
+
+/// Forgets a parked accept when its work ends (answered, or dropped with its call).
+struct Unpark<'a>(&'a Remote, &'a Arc<WaitingAccept>);
+
+impl Drop for Unpark<'_> {
+    fn drop(&mut self) {
+        self.0.incoming.unpark(self.1);
+    }
+}
+
+/// Answers a parked accept with an offered client socket, on the thread that received the
+/// offer: the socket as the accept would make it, the client's address for the app, the
+/// socket installed as the call's result. False when the call went meanwhile (nothing was
+/// installed; the caller keeps a copy of the client's socket for the next accept).
+fn answer_parked(
+    remote: &Remote,
+    options: &[direct::Setting],
+    call: &CallRef,
+    dest: Destination,
+    flags: i32,
+    client: OwnedFd,
+    delivered: Delivered,
+) -> bool {
+    if !call.pending() {
+        return false;
+    }
+    let Ok(client) = adopt_with(options, client, flags) else {
+        return false;
+    };
+    let v6 = sys::domain(client.as_fd()) == Ok(libc::AF_INET6);
+    let shown = SockAddr::encode_inet(in_family(delivered.client, v6));
+    if write_peer(dest, &shown).is_err() {
+        // As the kernel's accept with a bad address buffer: the connection is lost.
+        let _ = call.answer_error(libc::EFAULT);
+        return true;
+    }
+    let id = sys::inode(client.as_fd()).ok();
+    if let Some(id) = id {
+        remote.sockets.insert(
+            id,
+            Managed::Tcp {
+                peer: in_family(delivered.client, v6),
+                local: in_family(delivered.server, v6),
+            },
+        );
+    }
+    let installed = call.answer_with_fd(client.as_fd(), flags & libc::SOCK_CLOEXEC != 0);
+    let taken = matches!(installed, Ok(Some(_)));
+    if !taken {
+        if let Some(id) = id {
+            remote.sockets.remove(id);
+        }
+    }
+    taken
+}
+
+/// Writes the peer's address for the app's accept (nothing when it passed no buffer).
+fn write_peer(dest: Destination, shown: &[u8]) -> std::io::Result<()> {
+    if dest.at == 0 || dest.len_at == 0 {
+        return Ok(());
+    }
+    let mut room = [0u8; 4];
+    memory::read_exact(dest.tid, dest.len_at, &mut room)?;
+    let room = i32::from_ne_bytes(room).max(0) as usize;
+    write_sockaddr(dest.tid, shown, dest.at, room, Some(dest.len_at))
 }
 
 /// Writes the peer's address (the remote client's, for connections sctrace delivered) and
@@ -156,15 +268,8 @@ fn deliver(
             );
         }
     }
-    if dest.at != 0 && dest.len_at != 0 {
-        let mut room = [0u8; 4];
-        let written = memory::read_exact(dest.tid, dest.len_at, &mut room).and_then(|()| {
-            let room = i32::from_ne_bytes(room).max(0) as usize;
-            write_sockaddr(dest.tid, &shown, dest.at, room, Some(dest.len_at))
-        });
-        if written.is_err() {
-            return Reply::Fail(Errno(libc::EFAULT));
-        }
+    if write_peer(dest, &shown).is_err() {
+        return Reply::Fail(Errno(libc::EFAULT));
     }
     Reply::InstallFd {
         fd,

@@ -101,7 +101,7 @@ fn options_of(v6: bool) -> impl Iterator<Item = &'static (i32, i32, Carry)> {
 
 /// One option to set on the target's socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Setting {
+pub struct Setting {
     level: i32,
     name: i32,
     value: Vec<u8>,
@@ -205,11 +205,15 @@ fn settings(fd: BorrowedFd<'_>, v6: bool) -> Vec<Setting> {
         .collect()
 }
 
-/// Sets on `to` the options of `from` that differ from a new socket's, as far as `to`
-/// takes them (best effort: an accepted socket inherits its listener's options).
-pub fn carry_options(from: BorrowedFd<'_>, to: BorrowedFd<'_>) {
-    let v6 = sys::domain(from) == Ok(libc::AF_INET6);
-    for setting in settings(from, v6) {
+/// The options of `from` that differ from a new socket's, to set on another socket with
+/// [`apply_options`] (best effort: an accepted socket inherits its listener's options).
+pub fn options_to_carry(from: BorrowedFd<'_>) -> Vec<Setting> {
+    settings(from, sys::domain(from) == Ok(libc::AF_INET6))
+}
+
+/// Sets `settings` on `to`, as far as it takes them.
+pub fn apply_options(settings: &[Setting], to: BorrowedFd<'_>) {
+    for setting in settings {
         if let Err(err) = sys::set_option_bytes(to, setting.level, setting.name, &setting.value) {
             tracing::debug!(
                 "option {}/{} not carried over: {err}",

@@ -10,7 +10,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,9 +25,12 @@ use sctrace_protocol::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 
-use crate::agent_link::{Handoff, Offer};
+use crate::agent_link::Offer;
+use crate::errno::Errno;
+use crate::sockaddr::SockAddr;
 use crate::sockaddr::{canonical, loopback_if_wildcard};
 use crate::socket_table::{self, Protocol, TCP_LISTEN};
+use crate::sys::socket as sys;
 
 /// How often a subscription's listener is looked for.
 const WATCH: Duration = Duration::from_secs(1);
@@ -102,6 +106,46 @@ struct State {
     direct: HashMap<SocketAddr, OwnedFd>,
     /// Ports the app asked to bind that `listen_ports` moved: local port → asked port.
     moved: HashMap<u16, u16>,
+    /// Blocking accepts of the app parked in sctrace, oldest first.
+    waiting: Vec<Arc<WaitingAccept>>,
+}
+
+/// A blocking accept the app made on a subscribed listener, parked in sctrace until a
+/// connection comes. A connection the local agent offers answers it at once, on the thread
+/// that received the offer: no placeholder connection, no runtime worker woken by its
+/// arrival, one wake-up (the app's) instead of three.
+pub struct WaitingAccept {
+    /// The listener's address as bound.
+    bound: SocketAddr,
+    /// Set by whoever answers the call: an offer, or the waiting work itself.
+    claimed: AtomicBool,
+    /// Installs the client's socket as the call's result; false when it was not installed
+    /// (the call went meanwhile).
+    answer: Box<dyn Fn(OwnedFd, Delivered) -> bool + Send + Sync>,
+}
+
+impl WaitingAccept {
+    /// An accept on the listener bound to `bound`, answered by `answer`.
+    pub fn new(
+        bound: SocketAddr,
+        answer: Box<dyn Fn(OwnedFd, Delivered) -> bool + Send + Sync>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            bound,
+            claimed: AtomicBool::new(false),
+            answer,
+        })
+    }
+
+    /// Takes the right to answer the call; false when someone else has it.
+    pub fn claim(&self) -> bool {
+        !self.claimed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Gives the right back (the waiting work found nothing to accept after all).
+    pub fn release(&self) {
+        self.claimed.store(false, Ordering::Release);
+    }
 }
 
 /// Incoming traffic of a relaying session.
@@ -453,28 +497,38 @@ impl Incoming {
         self.state.lock().ok()?.direct.remove(&peer)
     }
 
-    /// Takes the stolen connections a local agent offers as they are, until the session
-    /// ends.
-    pub async fn serve_offers(
-        self: Arc<Self>,
-        mut offers: tokio::sync::mpsc::UnboundedReceiver<Offer>,
-        handoff: Handoff,
-    ) {
-        while let Some(offer) = offers.recv().await {
-            tokio::spawn(Arc::clone(&self).take_offer(offer, handoff.clone()));
+    /// Parks a blocking accept (see [`WaitingAccept`]) until [`Incoming::unpark`].
+    pub fn park(&self, accept: &Arc<WaitingAccept>) {
+        if let Ok(mut st) = self.state.lock() {
+            st.waiting.push(Arc::clone(accept));
         }
     }
 
-    /// Takes one offered connection: the app's listener gets a placeholder connection,
-    /// whose accept installs the client's own socket instead (`execute::accept`). Declined
-    /// (the connection then goes the usual way) when no listener of the app takes it.
-    async fn take_offer(self: Arc<Self>, offer: Offer, handoff: Handoff) {
-        let Offer {
-            id,
-            client,
-            server,
-            socket,
-        } = offer;
+    /// Forgets a parked accept (answered, or its call gone).
+    pub fn unpark(&self, accept: &Arc<WaitingAccept>) {
+        if let Ok(mut st) = self.state.lock() {
+            st.waiting.retain(|w| !Arc::ptr_eq(w, accept));
+        }
+    }
+
+    /// The oldest accept parked on the listener bound to `bound`, claimed.
+    fn claim_parked(&self, bound: SocketAddr) -> Option<Arc<WaitingAccept>> {
+        let mut st = self.state.lock().ok()?;
+        let at = st
+            .waiting
+            .iter()
+            .position(|w| w.bound == bound && w.claim())?;
+        Some(st.waiting.remove(at))
+    }
+
+    /// Takes one connection a local agent offers as it is, on the thread that received the
+    /// offer (no runtime worker's turn first): a blocking accept the app parked on the
+    /// listener gets the client's socket at once; otherwise the listener gets a placeholder
+    /// connection, started here, whose accept installs the client's socket instead
+    /// (`execute::accept`) — what an app waiting in epoll needs. Declined (the connection
+    /// then goes the usual way) when no listener of the app takes it.
+    pub fn take_offer(self: &Arc<Self>, offer: Offer, runtime: &tokio::runtime::Handle) {
+        let (client, server, socket, verdict) = offer.into_parts();
         let delivered = Delivered {
             client,
             server,
@@ -482,7 +536,7 @@ impl Incoming {
         };
         // The accepted socket must be of the listener's family, as the kernel makes it (an
         // IPv4 client of a dual-stack listener is an IPv6 socket there): else the usual way.
-        let family = crate::sys::socket::domain(std::os::fd::AsFd::as_fd(&socket));
+        let family = sys::domain(socket.as_fd());
         let listener = self.listener_for(server.port(), client).filter(|l| {
             family
                 == Ok(if l.bound.is_ipv6() {
@@ -491,28 +545,115 @@ impl Incoming {
                     libc::AF_INET
                 })
         });
-        let placed = match listener {
-            // The agent waits for the verdict: the placeholder gets a bounded time to connect.
-            Some(listener) => self
-                .place(listener, delivered, Some(socket), OFFER_PLACE_WAIT)
-                .await
-                .ok(),
-            None => None,
-        };
-        let Some((ours, mut app)) = placed else {
-            handoff.verdict(id, false);
+        let Some(listener) = listener else {
+            verdict.give(false);
             return;
         };
-        handoff.verdict(id, true);
-        // The app's accept takes the client's socket and drops the placeholder, which then
-        // ends here; a placeholder never accepted is given up after a while.
-        let mut byte = [0u8; 1];
-        let _ = tokio::time::timeout(OFFER_ACCEPT_WAIT, app.read(&mut byte)).await;
-        let me = Arc::clone(&self);
-        tokio::spawn(async move {
+        let mut socket = socket;
+        if let Some(parked) = self.claim_parked(listener.bound) {
+            // Kept in case the call went meanwhile: then the next accept takes it.
+            let spare = sys::duplicate(socket.as_fd());
+            if (parked.answer)(socket, delivered) {
+                verdict.give(true);
+                return;
+            }
+            match spare {
+                Ok(spare) => socket = spare,
+                Err(_) => {
+                    verdict.give(false);
+                    return;
+                }
+            }
+        }
+        let to = loopback_if_wildcard(listener.bound);
+        let (ours, placeholder, connected) = match self.start_placing(to, delivered, socket) {
+            Ok(started) => started,
+            Err(err) => {
+                tracing::debug!("cannot offer a connection to the app's listener {to}: {err}");
+                verdict.give(false);
+                return;
+            }
+        };
+        // Told at once when the placeholder is connected, else once it is (or is not).
+        let verdict = if connected {
+            verdict.give(true);
+            None
+        } else {
+            Some(verdict)
+        };
+        let me = Arc::clone(self);
+        runtime.spawn(async move {
+            let placeholder = std::net::TcpStream::from(placeholder);
+            let Ok(mut app) = tokio::net::TcpStream::from_std(placeholder) else {
+                me.forget(ours);
+                if let Some(verdict) = verdict {
+                    verdict.give(false);
+                }
+                return;
+            };
+            if let Some(verdict) = verdict {
+                // A full backlog: the agent waits for the verdict, for a bounded time.
+                let ready = tokio::time::timeout(OFFER_PLACE_WAIT, app.writable()).await;
+                let refused = !matches!(ready, Ok(Ok(()))) || !matches!(app.take_error(), Ok(None));
+                if refused {
+                    me.forget(ours);
+                    verdict.give(false);
+                    return;
+                }
+                verdict.give(true);
+            }
+            // The app's accept takes the client's socket and drops the placeholder, which
+            // then ends here; a placeholder never accepted is given up after a while.
+            let mut byte = [0u8; 1];
+            let _ = tokio::time::timeout(OFFER_ACCEPT_WAIT, app.read(&mut byte)).await;
             tokio::time::sleep(PEER_GRACE).await;
             me.forget(ours);
         });
+    }
+
+    /// Starts a placeholder connection to the app's listener at `to`, registered as
+    /// `delivered` with the client's socket `direct` before it connects (the app may accept
+    /// it before connect() returns here): its address, the socket, and whether it is
+    /// connected already (else the app's backlog is full).
+    fn start_placing(
+        &self,
+        to: SocketAddr,
+        delivered: Delivered,
+        direct: OwnedFd,
+    ) -> Result<(SocketAddr, OwnedFd, bool), Errno> {
+        let placeholder = sys::new_tcp_socket(to.is_ipv6())?;
+        let fd = placeholder.as_fd();
+        sys::set_file_flags(fd, libc::O_RDWR | libc::O_NONBLOCK)?;
+        let from = SockAddr::encode_inet(SocketAddr::new(to.ip(), 0));
+        sys::bind(fd, Some(&from), from.len() as i32)?;
+        let ours = sys::local_addr(fd)
+            .ok()
+            .and_then(|bytes| SockAddr::parse(&bytes)?.inet())
+            .ok_or(Errno(libc::EADDRNOTAVAIL))?;
+        if let Ok(mut st) = self.state.lock() {
+            st.peers.insert(ours, delivered);
+            st.direct.insert(ours, direct);
+        }
+        let to = SockAddr::encode_inet(to);
+        let connect = || sys::connect(fd, Some(&to), to.len() as i32);
+        // On loopback the handshake is over when the first call returns EINPROGRESS; the
+        // second says so.
+        let connected = match connect() {
+            Ok(()) => Ok(true),
+            Err(Errno(libc::EINPROGRESS)) => match connect() {
+                Ok(()) | Err(Errno(libc::EISCONN)) => Ok(true),
+                Err(Errno(libc::EALREADY | libc::EINPROGRESS)) => Ok(false),
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        match connected {
+            Ok(connected) => Ok((ours, placeholder, connected)),
+            Err(err) => {
+                self.forget(ours);
+                Err(err)
+            }
+        }
     }
 
     /// The app's listener for connections from `client` to the target's `port`.

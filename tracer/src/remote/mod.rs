@@ -163,9 +163,9 @@ impl Remote {
         // A local agent offers stolen connections as they are (unless every connection is
         // to be relayed).
         if let Some(handoff) = link.handoff.as_ref().filter(|_| direct_sockets_wanted()) {
-            if let Some(offers) = handoff.offers() {
-                tokio::spawn(Arc::clone(&remote.incoming).serve_offers(offers, handoff.clone()));
-            }
+            let incoming = Arc::clone(&remote.incoming);
+            let runtime = tokio::runtime::Handle::current();
+            handoff.take_offers(Arc::new(move |offer| incoming.take_offer(offer, &runtime)));
         }
         Ok(remote)
     }

@@ -8,6 +8,11 @@
 //!
 //! Every received call is answered exactly once, whatever happens: a failed answer is logged
 //! (ENOENT — the caller was interrupted or died — is expected and silent).
+//!
+//! One kind of deferred work may be answered by another thread first: a blocking accept
+//! parked in sctrace, which a connection the local agent offers answers on the thread that
+//! received the offer (`remote::incoming`, `execute::accept`). The deferred work then finds
+//! its call gone and ends without answering.
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};

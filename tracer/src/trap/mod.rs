@@ -255,4 +255,20 @@ impl CallRef {
     pub fn pending(&self) -> bool {
         self.notify.id_valid(self.id)
     }
+
+    /// Answers the call with a new fd of the app for `fd` (an accept's result): the fd
+    /// number, or `None` when the call was gone and nothing was installed. Used only where
+    /// another thread answers a parked accept first (see `supervisor`'s notes).
+    pub fn answer_with_fd(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        cloexec: bool,
+    ) -> std::io::Result<Option<i32>> {
+        self.notify.install_fd_and_answer(self.id, fd, cloexec)
+    }
+
+    /// Fails the call with `errno` (see [`CallRef::answer_with_fd`]).
+    pub fn answer_error(&self, errno: i32) -> std::io::Result<()> {
+        self.notify.respond(self.id, 0, -errno, false)
+    }
 }
