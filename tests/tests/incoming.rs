@@ -718,3 +718,70 @@ print(got.decode().strip())
         stop(app);
     }
 }
+
+#[test]
+fn a_blocking_accept_interrupted_again_and_again_loses_no_stolen_connection() {
+    // A server blocked in accept while a timer signal keeps interrupting it (Python retries
+    // the call, PEP 475): sctrace parks each accept, the signal ends it, the next one is
+    // parked anew, and offered connections race with all of that. Every client must get
+    // its own answer, in order.
+    const CLIENTS: usize = 150;
+    let world = World::new();
+    let config = world.config("interrupted.json", r#"{"mode": "steal"}"#);
+    let server = format!(
+        r#"
+import signal, socket
+signal.signal(signal.SIGALRM, lambda *a: None)
+signal.setitimer(signal.ITIMER_REAL, 0.003, 0.003)
+s = socket.socket(socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8005))
+s.listen(64)
+print("listening", flush=True)
+for n in range({CLIENTS}):
+    c, a = s.accept()
+    c.sendall(b"%d\n" % n)
+    c.close()
+print("served", {CLIENTS}, flush=True)
+"#
+    );
+    let client = format!(
+        r#"
+import socket
+got = []
+for n in range({CLIENTS}):
+    c = socket.create_connection(("{APP}", 8005), timeout=10)
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = c.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    c.close()
+    got.append(data.decode().strip())
+print("in order", got == [str(n) for n in range({CLIENTS})], len(got))
+"#
+    );
+    let mut app = world.run(&config, Path::new("python3"), &["-c", &server], &[]);
+    wait_for_line(&mut app, "listening");
+    thread::sleep(Duration::from_secs(1));
+    let out = run_with_timeout(
+        world
+            .cluster
+            .cluster
+            .command("python3")
+            .args(["-c", &client]),
+        T,
+    );
+    assert_eq!(
+        out.stdout.trim(),
+        format!("in order True {CLIENTS}"),
+        "{out}"
+    );
+    let lines = wait_for_line(&mut app, "served");
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(format!("served {CLIENTS}").as_str())
+    );
+    stop(app);
+}
