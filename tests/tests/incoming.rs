@@ -467,6 +467,27 @@ for _ in range({n}):
 }
 
 /// Connects from inside the cluster to `addr` and says whether the connection was made.
+/// Runs a Python `script` in the cluster namespace (a client of the target's ports).
+fn in_cluster(world: &World, script: &str) -> Output {
+    run_with_timeout(
+        world
+            .cluster
+            .cluster
+            .command("python3")
+            .args(["-c", script]),
+        T,
+    )
+}
+
+/// Starts a Python server `args` under sctrace with `config` and waits until it listens and
+/// its port is subscribed.
+fn listening(world: &World, config: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut app = world.run(config, Path::new("python3"), args, env);
+    wait_for_line(&mut app, "listening");
+    thread::sleep(Duration::from_secs(1));
+    app
+}
+
 fn cluster_client(world: &World, host: &str, port: u16) -> String {
     let script = format!(
         r#"
@@ -480,15 +501,7 @@ except OSError as e:
     print("error", e.errno)
 "#
     );
-    let out = run_with_timeout(
-        world
-            .cluster
-            .cluster
-            .command("python3")
-            .args(["-c", &script]),
-        T,
-    );
-    out.stdout.trim().to_string()
+    in_cluster(world, &script).stdout.trim().to_string()
 }
 
 fn wait_for_line(child: &mut Child, want: &str) -> Vec<String> {
@@ -688,22 +701,13 @@ print(got.decode().strip())
         ("1", handed_over, "select"),
         ("0", &laptop_cookie, "accept"),
     ] {
-        let mut app = world.run(
+        let mut app = listening(
+            &world,
             &config,
-            Path::new("python3"),
             &["-c", server, waits_in],
             &[("SCTRACE_DIRECT_SOCKETS", direct)],
         );
-        wait_for_line(&mut app, "listening");
-        thread::sleep(Duration::from_secs(1));
-        let out = run_with_timeout(
-            world
-                .cluster
-                .cluster
-                .command("python3")
-                .args(["-c", &client]),
-            T,
-        );
+        let out = in_cluster(&world, &client);
         assert_eq!(
             out.stdout.trim(),
             "HELLO FROM THE CLUSTER",
@@ -762,17 +766,8 @@ for n in range({CLIENTS}):
 print("in order", got == [str(n) for n in range({CLIENTS})], len(got))
 "#
     );
-    let mut app = world.run(&config, Path::new("python3"), &["-c", &server], &[]);
-    wait_for_line(&mut app, "listening");
-    thread::sleep(Duration::from_secs(1));
-    let out = run_with_timeout(
-        world
-            .cluster
-            .cluster
-            .command("python3")
-            .args(["-c", &client]),
-        T,
-    );
+    let mut app = listening(&world, &config, &["-c", &server], &[]);
+    let out = in_cluster(&world, &client);
     assert_eq!(
         out.stdout.trim(),
         format!("in order True {CLIENTS}"),

@@ -242,28 +242,31 @@ pub fn build(abi: &Abi, traps: Traps) -> Vec<libc::sock_filter> {
     // are little-endian, so the low half comes first. Address lengths are ints (socklen_t):
     // the low half only; a negative one is a large unsigned value, so still notified.
     let arg = |i: u32| OFF_ARGS + i * 8;
-    let arg4 = arg(4);
+    let arg4_not_null = |then: Target| {
+        [
+            Load(arg(4)),
+            JumpIfNotEqual(0, then),
+            Load(arg(4) + 4),
+            JumpIfNotEqual(0, then),
+            Return(RET_ALLOW),
+        ]
+    };
+    let inet_length_at = |i: u32| {
+        [
+            Load(arg(i)),
+            JumpIfAtLeast(MIN_INET_ADDR_LEN, Target::Notify),
+            Return(RET_ALLOW),
+        ]
+    };
+    prog.push(Label(Target::CheckInetLength));
+    prog.extend(inet_length_at(2));
+    prog.push(Label(Target::CheckDestination));
+    prog.extend(arg4_not_null(Target::CheckDestinationLength));
+    prog.push(Label(Target::CheckDestinationLength));
+    prog.extend(inet_length_at(5));
+    prog.push(Label(Target::CheckArg4));
+    prog.extend(arg4_not_null(Target::Notify));
     prog.extend([
-        Label(Target::CheckInetLength),
-        Load(arg(2)),
-        JumpIfAtLeast(MIN_INET_ADDR_LEN, Target::Notify),
-        Return(RET_ALLOW),
-        Label(Target::CheckDestination),
-        Load(arg4),
-        JumpIfNotEqual(0, Target::CheckDestinationLength),
-        Load(arg4 + 4),
-        JumpIfNotEqual(0, Target::CheckDestinationLength),
-        Return(RET_ALLOW),
-        Label(Target::CheckDestinationLength),
-        Load(arg(5)),
-        JumpIfAtLeast(MIN_INET_ADDR_LEN, Target::Notify),
-        Return(RET_ALLOW),
-        Label(Target::CheckArg4),
-        Load(arg4),
-        JumpIfNotEqual(0, Target::Notify),
-        Load(arg4 + 4),
-        JumpIfNotEqual(0, Target::Notify),
-        Return(RET_ALLOW),
         Label(Target::Notify),
         Return(RET_USER_NOTIF),
         Label(Target::Enosys),
