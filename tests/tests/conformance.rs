@@ -488,6 +488,18 @@ mod norms {
         why: "every run is a new process",
     };
 
+    /// curl's two words for one connect timeout. Which one it prints depends on which of its
+    /// own checks sees the deadline first when poll returns (the connect attempt's, or the
+    /// transfer's): "Failed to connect to HOST port P after N ms: Timeout was reached" or
+    /// "Connection timeout after N ms". Applied after the duration norm.
+    pub const CURL_CONNECT_TIMEOUT: Norm = Norm {
+        name: "curl connect timeout",
+        pattern: r"Failed to connect to \S+ port \d+ after <N> ms: Timeout was reached|Connection timeout after <N> ms",
+        replacement: "<connect timed out after N ms>",
+        keep_if: None,
+        why: "curl reports one connect timeout in two ways, by a race between its own checks",
+    };
+
     /// dig's random query id.
     pub const DIG_ID: Norm = Norm {
         name: "dns id",
@@ -679,7 +691,7 @@ fn cases(w: &World) -> Vec<Case> {
     v.push(case("http-curl-peer-seen-by-server", &curl(&["http://echo:8080/", "http://198.18.0.12:8080/", "http://[2001:2::12]:8080/"])));
     v.push(case("http-curl-refused", &curl(&["http://echo:1/"])));
     v.push(case("http-curl-unknown-host", &curl(&["http://no-such-service/"])));
-    v.push(case("http-curl-connect-timeout", &["curl", "-sS", "--connect-timeout", "2", "http://blackhole/"]));
+    v.push(case("http-curl-connect-timeout", &["curl", "-sS", "--connect-timeout", "2", "http://blackhole/"]).norm(&norms::CURL_CONNECT_TIMEOUT));
     v.push(case("http-curl-unreachable", &curl(&["http://198.19.255.1/"])));
     v.push(case("http-wget", &wget(&["-nv", "-O", "-", url])).norm(&norms::SPEED));
     v.push(case("http-wget-headers", &wget(&["-S", "-O", "/dev/null", url])).norm(&norms::SPEED));
@@ -1251,4 +1263,24 @@ fn programs_behave_under_sctrace_as_inside_the_target() {
         }
         panic!("{msg}");
     }
+}
+
+#[test]
+fn curls_two_words_for_one_connect_timeout_compare_equal() {
+    let norms: Vec<&Norm> = norms::GLOBAL
+        .iter()
+        .copied()
+        .chain([&norms::CURL_CONNECT_TIMEOUT])
+        .collect();
+    let attempt = normalise(
+        "curl: (28) Failed to connect to blackhole port 80 after 2000 ms: Timeout was reached\n",
+        &norms,
+    );
+    let transfer = normalise("curl: (28) Connection timeout after 2003 ms\n", &norms);
+    assert_eq!(attempt, transfer);
+    let refused = normalise(
+        "curl: (7) Failed to connect to echo port 1 after 0 ms: Couldn't connect to server\n",
+        &norms,
+    );
+    assert_ne!(refused, attempt, "other failures stay apart");
 }
