@@ -158,13 +158,19 @@ pub fn decide_sendmsg(ctx: &Context, n: &Notification) -> Plan {
 /// run the call.
 pub fn decide_sendmmsg(ctx: &Context, n: &Notification) -> Plan {
     let vlen = (n.arg_u64(2) & 0xffff_ffff).min(MAX_IOV) as usize;
-    if vlen == 0 || (ctx.remote.is_none() && !ctx.events.enabled()) {
+    // Resolvers send a query or two at once; a longer batch (QUIC, a media stream) is not
+    // looked at unless events record it, so it costs the trap alone.
+    let may_be_queries = ctx.remote.is_some() && vlen <= MAX_QUERIES_AT_ONCE;
+    if vlen == 0 || (!may_be_queries && !ctx.events.enabled()) {
         return Reply::Continue.into();
     }
     let Ok(raw) = memory::read_vec(n.tid(), n.arg_ptr(1), vlen * MMSGHDR_SIZE) else {
         return Reply::Continue.into();
     };
-    if let Some(plan) = nameserver_queries(ctx, n, &raw) {
+    if let Some(plan) = may_be_queries
+        .then(|| nameserver_queries(ctx, n, &raw))
+        .flatten()
+    {
         return plan;
     }
     if !ctx.events.enabled() {
@@ -189,6 +195,9 @@ pub fn decide_sendmmsg(ctx: &Context, n: &Notification) -> Plan {
             .collect(),
     )
 }
+
+/// The most DNS queries one `sendmmsg` is expected to carry (glibc: A and AAAA).
+const MAX_QUERIES_AT_ONCE: usize = 4;
 
 /// The plan for `sendmmsg` messages (`raw`: the app's `struct mmsghdr` vector) when they are
 /// all plain datagrams without a destination on a socket connected to a nameserver sctrace
