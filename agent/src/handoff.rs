@@ -28,67 +28,51 @@
 //! The socket is a new, unbound, unconnected TCP socket of the family asked for, created
 //! in the target's network namespace; connecting it is sctrace's business.
 //!
-//! And **stolen connections** (whole-connection steal, no mirror on the port) are offered to
+//! And **stolen connections** (whole-connection steal, no mirror on the port) are handed to
 //! sctrace as they are, for the app to accept the client's own socket:
 //!
 //! ```text
-//!   u32 0xFFFF_FFFF + u32 offer + client + server + SCM_RIGHTS(fd)   agent → sctrace
-//!   u32 0xFFFF_FFFE + u32 offer << 1 | taken                         sctrace → agent
+//!   u32 0xFFFF_FFFF + client + server + SCM_RIGHTS(fd)   agent → sctrace
+//!   u32 0xFFFF_FFFD + client + server + SCM_RIGHTS(fd)   sctrace → agent (given back)
 //! ```
 //!
-//! (an address is a family byte, 4 or 6, 16 address bytes and the port). Taken, the agent
-//! only closes its own fd; declined, or the channel ended before a verdict came, the
-//! connection goes the usual way. The agent waits for the verdict however long it takes:
-//! giving up early could leave the app and the agent both reading the one socket.
+//! (an address is a family byte, 4 or 6, 16 address bytes and the port). The agent closes
+//! its own fd as soon as the socket is sent: the connection is sctrace's, and when the app
+//! closes it the client sees the end at once, not when the agent gets round to it. sctrace
+//! gives back what the app can't take (it stopped listening, its backlog stayed full), and
+//! the agent serves that connection the usual way; nothing is said for one the app took.
+//! Should sctrace go away with connections it holds, they close with it.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use sctrace_protocol::handoff::{
+    decode_addr, encode_addr, ADDR_LEN, GIVEN_BACK, OFFER, REQUEST, REQUEST_TAG, REQUEST_V6,
+};
 use sctrace_protocol::Token;
-use tokio::sync::oneshot;
 
 use crate::netns::NetnsSockets;
 use crate::rendezvous::Rendezvous;
 use crate::sys;
 
-/// The bit of a word from sctrace that makes it a socket request (stream ids never have it).
-const REQUEST: u32 = 1 << 31;
-/// The bit of a socket request that asks for IPv6.
-const REQUEST_V6: u32 = 1 << 30;
-/// The bits of a socket request that tag it, echoed in the answer.
-const REQUEST_TAG: u32 = REQUEST_V6 - 1;
-/// Starts an offer of a stolen connection (agent → sctrace); no answer tag is this.
-const OFFER: u32 = u32::MAX;
-/// Starts sctrace's verdict on an offer (sctrace → agent); no request word is this.
-const VERDICT: u32 = u32::MAX - 1;
-
-// The two control words are told apart from requests (top bit, a tag below REQUEST_TAG - 1)
-// and stream ids (no top bit) by the reader, which checks them first.
-const _: () = assert!(OFFER != VERDICT && OFFER & REQUEST != 0 && VERDICT & REQUEST != 0);
-const _: () = assert!(OFFER & REQUEST_TAG == REQUEST_TAG);
-const _: () = assert!(VERDICT & REQUEST_TAG == REQUEST_TAG - 1);
+/// Who serves the stolen connections sctrace gives back: the socket, the client and the
+/// target's address it connected to.
+pub type GivenBack = Box<dyn Fn(OwnedFd, SocketAddr, SocketAddr) + Send + Sync>;
 
 /// Sockets handed over, matched with the connections waiting for them by stream id; and
-/// the way back to sctrace, for offers of stolen connections.
+/// the way to sctrace, for stolen connections.
 #[derive(Default)]
 pub struct Handoffs {
     sockets: Arc<Rendezvous>,
     /// The channel's writing side, once sctrace is connected and proved who it is.
     outbox: Mutex<Option<UnixStream>>,
-    /// Offers waiting for sctrace's verdict.
-    offers: Mutex<Offers>,
-}
-
-#[derive(Default)]
-struct Offers {
-    next: u32,
-    waiting: HashMap<u32, oneshot::Sender<bool>>,
+    /// Where connections sctrace gives back go (set once, by the incoming-traffic state).
+    given_back: OnceLock<GivenBack>,
 }
 
 impl Handoffs {
@@ -97,43 +81,32 @@ impl Handoffs {
         Arc::clone(&self.sockets)
     }
 
-    /// Offers sctrace the client socket of a stolen connection (`client` to `server`):
-    /// `Some(true)` once sctrace took it (the app now holds the socket; the agent only
-    /// closes its own fd), `Some(false)` or `None` (no channel, no verdict in time) when the
-    /// connection should go the usual way.
-    pub async fn offer(
+    /// Hands sctrace the client socket of a stolen connection (`client` to `server`): true
+    /// once sent, when the caller's copy should close at once (the app takes the socket, or
+    /// sctrace gives it back); false when no sctrace is connected or the message could not
+    /// go, and the connection should go the usual way.
+    pub fn hand_over(
         &self,
         socket: BorrowedFd<'_>,
         client: SocketAddr,
         server: SocketAddr,
-    ) -> Option<bool> {
-        let (verdict, rx) = oneshot::channel();
-        let id = {
-            let mut offers = self.offers.lock().ok()?;
-            let id = offers.next;
-            offers.next = offers.next.wrapping_add(1) & (u32::MAX >> 1);
-            offers.waiting.insert(id, verdict);
-            id
-        };
-        let mut message = Vec::with_capacity(8 + 2 * ADDR_LEN);
+    ) -> bool {
+        let mut message = Vec::with_capacity(4 + 2 * ADDR_LEN);
         message.extend_from_slice(&OFFER.to_be_bytes());
-        message.extend_from_slice(&id.to_be_bytes());
         encode_addr(&mut message, client);
         encode_addr(&mut message, server);
-        let sent = self.send(&message, Some(socket));
-        let taken = match sent {
-            // (The channel's end drops the sender: no verdict will come.)
-            Ok(true) => rx.await.ok(),
-            Ok(false) => None,
+        match self.send(&message, Some(socket)) {
+            Ok(sent) => sent,
             Err(e) => {
-                tracing::debug!(error = %e, "cannot offer a stolen connection to sctrace");
-                None
+                tracing::debug!(error = %e, "cannot hand a stolen connection to sctrace");
+                false
             }
-        };
-        if let Ok(mut offers) = self.offers.lock() {
-            offers.waiting.remove(&id);
         }
-        taken
+    }
+
+    /// Has `serve` serve the connections sctrace gives back (once; later calls are ignored).
+    pub fn on_given_back(&self, serve: GivenBack) {
+        let _ = self.given_back.set(serve);
     }
 
     /// Sends one message to sctrace; `Ok(false)` when no sctrace is connected.
@@ -148,14 +121,13 @@ impl Handoffs {
         }
     }
 
-    fn verdict(&self, word: u32) {
-        let waiting = self
-            .offers
-            .lock()
-            .ok()
-            .and_then(|mut offers| offers.waiting.remove(&(word >> 1)));
-        if let Some(waiting) = waiting {
-            let _ = waiting.send(word & 1 == 1);
+    fn given_back(&self, socket: OwnedFd, client: SocketAddr, server: SocketAddr) {
+        match self.given_back.get() {
+            Some(serve) => serve(socket, client, server),
+            // Nobody serves them (no incoming traffic here): the connection closes.
+            None => {
+                tracing::debug!(%client, %server, "a stolen connection given back, and nobody to serve it")
+            }
         }
     }
 
@@ -223,10 +195,6 @@ fn serve(
     if let Ok(mut outbox) = handoffs.outbox.lock() {
         *outbox = None;
     }
-    // Offers still waiting get no verdict now: they go the usual way.
-    if let Ok(mut offers) = handoffs.offers.lock() {
-        offers.waiting.clear();
-    }
     served
 }
 
@@ -237,14 +205,23 @@ fn serve_messages(
 ) -> io::Result<()> {
     loop {
         match receive(conn)? {
-            Some((VERDICT, fd)) => {
-                drop(fd);
-                match receive(conn)? {
-                    Some((word, fd)) => {
-                        drop(fd);
-                        handoffs.verdict(word);
+            Some((GIVEN_BACK, mut fd)) => {
+                let mut addrs = [0u8; 2 * ADDR_LEN];
+                if !receive_exact(conn, &mut addrs, &mut fd)? {
+                    return Ok(());
+                }
+                match (
+                    decode_addr(&addrs[..ADDR_LEN]),
+                    decode_addr(&addrs[ADDR_LEN..]),
+                    fd,
+                ) {
+                    (Some(client), Some(server), Some(socket)) => {
+                        handoffs.given_back(socket, client, server)
                     }
-                    None => return Ok(()),
+                    // Malformed, or the socket did not make it here: nothing to serve.
+                    _ => tracing::warn!(
+                        "sctrace gave back a stolen connection that could not be read"
+                    ),
                 }
             }
             Some((word, fd)) if word & REQUEST != 0 => {
@@ -284,27 +261,6 @@ fn answer_request(handoffs: &Handoffs, word: u32, sockets: &NetnsSockets) -> io:
     }
 }
 
-/// Bytes of one address in an offer.
-const ADDR_LEN: usize = 19;
-
-/// Appends `addr`: family byte (4 or 6), 16 address bytes (IPv4 in the first 4), port.
-fn encode_addr(out: &mut Vec<u8>, addr: SocketAddr) {
-    let mut ip = [0u8; 16];
-    let family = match addr.ip() {
-        std::net::IpAddr::V4(v4) => {
-            ip[..4].copy_from_slice(&v4.octets());
-            4
-        }
-        std::net::IpAddr::V6(v6) => {
-            ip.copy_from_slice(&v6.octets());
-            6
-        }
-    };
-    out.push(family);
-    out.extend_from_slice(&ip);
-    out.extend_from_slice(&addr.port().to_be_bytes());
-}
-
 /// The 8 bytes answering request `tag`.
 fn answer(tag: u32, errno: i32) -> [u8; 8] {
     let mut bytes = [0u8; 8];
@@ -317,40 +273,28 @@ fn answer(tag: u32, errno: i32) -> [u8; 8] {
 /// kernel could not install it here (MSG_CTRUNC).
 fn receive(conn: &UnixStream) -> io::Result<Option<(u32, Option<OwnedFd>)>> {
     let mut id = [0u8; 4];
-    let mut filled = 0;
     let mut fd = None;
-    while filled < id.len() {
-        let (bytes, fds) = sys::scm_rights::recv_with_fds(conn, &mut id[filled..])?;
-        for owned in fds {
-            // More than one fd per message is not ours to keep: dropping closes it.
-            if fd.is_none() {
-                fd = Some(owned);
-            }
-        }
-        if bytes == 0 {
-            return Ok(None);
-        }
-        filled += bytes;
+    if !receive_exact(conn, &mut id, &mut fd)? {
+        return Ok(None);
     }
     Ok(Some((u32::from_be_bytes(id), fd)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn offer_addresses_are_family_address_and_port() {
-        let mut out = Vec::new();
-        encode_addr(&mut out, "198.18.0.17:8004".parse().unwrap());
-        encode_addr(&mut out, "[2001:2::15]:443".parse().unwrap());
-        assert_eq!(out.len(), 2 * ADDR_LEN);
-        assert_eq!(out[0], 4);
-        assert_eq!(&out[1..5], &[198, 18, 0, 17]);
-        assert_eq!(&out[5..17], &[0; 12]);
-        assert_eq!(&out[17..19], &8004u16.to_be_bytes());
-        assert_eq!(out[19], 6);
-        assert_eq!(&out[20..22], &[0x20, 0x01]);
-        assert_eq!(&out[36..38], &443u16.to_be_bytes());
+/// Fills `buf`, keeping the first fd that comes with it in `fd`; false at end of file.
+fn receive_exact(conn: &UnixStream, buf: &mut [u8], fd: &mut Option<OwnedFd>) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let (bytes, fds) = sys::scm_rights::recv_with_fds(conn, &mut buf[filled..])?;
+        for owned in fds {
+            // More than one fd per message is not ours to keep: dropping closes it.
+            if fd.is_none() {
+                *fd = Some(owned);
+            }
+        }
+        if bytes == 0 {
+            return Ok(false);
+        }
+        filled += bytes;
     }
+    Ok(true)
 }

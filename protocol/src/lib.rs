@@ -168,6 +168,7 @@ pub mod data;
 mod decode;
 pub mod frame;
 mod handle;
+pub mod handoff;
 mod incoming;
 mod relay;
 mod request;

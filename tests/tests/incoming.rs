@@ -780,3 +780,64 @@ print("in order", got == [str(n) for n in range({CLIENTS})], len(got))
     );
     stop(app);
 }
+
+#[test]
+fn a_parked_accept_takes_local_clients_and_stolen_ones_alike() {
+    // A server blocked in accept on a stolen port: its accept waits parked in sctrace,
+    // where a stolen connection and a client on the laptop itself may each answer it.
+    // Both kinds, in turn, each get the server's answer, and accept shows each its own
+    // client: the laptop's loopback, the cluster's address.
+    let world = World::new();
+    let config = world.config("parked.json", r#"{"mode": "steal"}"#);
+    let server = r#"
+import socket
+s = socket.socket(socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8007))
+s.listen()
+print("listening", flush=True)
+for n in range(4):
+    c, a = s.accept()
+    c.sendall(b"%d\n" % n)
+    c.close()
+    print("accepted", n, a[0], flush=True)
+"#;
+    let mut app = listening(&world, &config, &["-c", server], &[]);
+    let local = || {
+        world.cluster.laptop.run_in(|| {
+            use std::io::Read;
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", 8007))?;
+            c.set_read_timeout(Some(T))?;
+            let mut got = String::new();
+            c.read_to_string(&mut got)?;
+            Ok::<_, std::io::Error>(got.trim().to_string())
+        })
+    };
+    let stolen = || {
+        let script = format!(
+            "import socket\nc = socket.create_connection(('{APP}', 8007), timeout=10)\nprint(c.makefile().read().strip())\n"
+        );
+        in_cluster(&world, &script).stdout.trim().to_string()
+    };
+    assert_eq!(local().unwrap(), "0");
+    assert_eq!(
+        wait_for_line(&mut app, "accepted"),
+        ["accepted 0 127.0.0.1"]
+    );
+    assert_eq!(stolen(), "1");
+    assert_eq!(
+        wait_for_line(&mut app, "accepted"),
+        [format!("accepted 1 {APP}")]
+    );
+    assert_eq!(local().unwrap(), "2");
+    assert_eq!(
+        wait_for_line(&mut app, "accepted"),
+        ["accepted 2 127.0.0.1"]
+    );
+    assert_eq!(stolen(), "3");
+    assert_eq!(
+        wait_for_line(&mut app, "accepted"),
+        [format!("accepted 3 {APP}")]
+    );
+    stop(app);
+}

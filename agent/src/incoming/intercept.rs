@@ -109,8 +109,12 @@ async fn accept_loop(listener: TcpListener, own_port: u16, v6: bool, incoming: A
         };
         match original_destination(&conn, v6) {
             Ok(server) if server.port() != own_port => {
+                // Handed to a local sctrace, the socket takes the app's listener's options.
+                if incoming.hand_over(&conn, client, server) {
+                    continue;
+                }
                 let _ = conn.set_nodelay(true);
-                tokio::spawn(incoming.clone().handle(conn, client, server));
+                tokio::spawn(incoming.clone().handle(conn, client, server, true));
             }
             Ok(_) => {
                 tracing::debug!(%client, "refused a connection made to the interception listener itself");

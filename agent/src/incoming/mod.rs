@@ -117,20 +117,47 @@ pub struct Incoming {
 
 impl Incoming {
     /// Incoming traffic in the namespace at `netns` (sockets from `sockets`), with rules
-    /// kept by the nftables program `nft`.
+    /// kept by the nftables program `nft`; with a local sctrace, stolen connections go to it
+    /// through `handoffs`, and those it gives back are served here.
     pub fn new(
         sockets: NetnsSockets,
         netns: PathBuf,
         nft: PathBuf,
         handoffs: Option<Arc<crate::handoff::Handoffs>>,
     ) -> Arc<Incoming> {
-        Arc::new(Incoming {
+        let incoming = Arc::new(Incoming {
             sockets,
             handoffs,
             nft: Nft::new(nft, netns),
             registry: Mutex::new(Registry::default()),
             changes: tokio::sync::Mutex::new(None),
-        })
+        });
+        if let Some(handoffs) = &incoming.handoffs {
+            // (The handoff thread is outside the runtime: the connection is served on it.)
+            let weak = Arc::downgrade(&incoming);
+            let runtime = tokio::runtime::Handle::current();
+            handoffs.on_given_back(Box::new(move |socket, client, server| {
+                let Some(incoming) = weak.upgrade() else {
+                    return;
+                };
+                let _entered = runtime.enter();
+                let conn = std::net::TcpStream::from(socket);
+                let conn = conn
+                    .set_nonblocking(true)
+                    .and_then(|()| TcpStream::from_std(conn));
+                match conn {
+                    Ok(conn) => {
+                        tracing::debug!(%client, %server, "sctrace gave a stolen connection back");
+                        let _ = conn.set_nodelay(true);
+                        runtime.spawn(incoming.handle(conn, client, server, false));
+                    }
+                    Err(e) => {
+                        tracing::debug!(%client, %server, error = %e, "a stolen connection given back is lost")
+                    }
+                }
+            }));
+        }
+        incoming
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry<Subscriber>> {
@@ -275,9 +302,37 @@ impl Incoming {
         }
     }
 
+    /// Hands a redirected connection from `client` to `server` to a local sctrace as it is,
+    /// when a whole-connection steal with nobody mirroring takes the port: true when handed
+    /// over (the caller's copy closes), false when it goes the usual way ([`Incoming::handle`]).
+    /// Done on the accepting task, without a task of its own: no byte of it passes through
+    /// the agent.
+    pub fn hand_over(&self, conn: &TcpStream, client: SocketAddr, server: SocketAddr) -> bool {
+        let Some(handoffs) = &self.handoffs else {
+            return false;
+        };
+        let subscribers = self.registry().subscribers(server.port());
+        let takes = matches!(&subscribers.stealer, Some(s) if s.filter.is_none() && s.is_alive());
+        if !takes || !subscribers.mirrors.is_empty() {
+            return false;
+        }
+        let handed = handoffs.hand_over(conn.as_fd(), client, server);
+        if handed {
+            tracing::debug!(%client, %server, "stolen connection handed to sctrace as it is");
+        }
+        handed
+    }
+
     /// Serves one redirected connection from `client` to `server` (its original
-    /// destination).
-    async fn handle(self: Arc<Self>, conn: TcpStream, client: SocketAddr, server: SocketAddr) {
+    /// destination); `hand_over`: whether it may still go to a local sctrace as it is (not
+    /// one sctrace gave back).
+    async fn handle(
+        self: Arc<Self>,
+        conn: TcpStream,
+        client: SocketAddr,
+        server: SocketAddr,
+        hand_over: bool,
+    ) {
         let subscribers = self.registry().subscribers(server.port());
         let mut mirrors = Vec::new();
         for mirror in subscribers.mirrors {
@@ -289,17 +344,9 @@ impl Incoming {
             Some(stealer) if stealer.started().await => Some(stealer),
             _ => None,
         };
-        // A whole connection stolen by a local sctrace, with nobody mirroring it: the app
-        // may take the client's own socket, and no byte passes through the agent.
-        if let (Some(handoffs), Some(stealer), true) =
-            (&self.handoffs, &stealer, mirrors.is_empty())
-        {
-            if stealer.filter.is_none() {
-                if let Some(true) = handoffs.offer(conn.as_fd(), client, server).await {
-                    tracing::debug!(%client, %server, "stolen connection taken by sctrace as it is");
-                    return;
-                }
-            }
+        // A subscription that was starting when the connection came is in place now.
+        if hand_over && stealer.is_some() && self.hand_over(&conn, client, server) {
+            return;
         }
         let conn = Tee::new(conn, &mirrors, client, server);
         match stealer {

@@ -5,9 +5,9 @@
 //!
 //! The other way, the agent hands sctrace new TCP sockets of the target on request
 //! ([`Handoff::ask_socket`]), which sctrace connects and installs in the app itself (see
-//! `execute::direct`), and offers it stolen connections as they are ([`Handoff::offers`]),
-//! for the app to accept the client's own socket. The channel format is described in the
-//! agent's `handoff` module.
+//! `execute::direct`), and hands it stolen connections as they are ([`Handoff::take_offers`]),
+//! for the app to accept the client's own socket; what the app can't take goes back
+//! ([`GiveBack`]). The channel format is described in the agent's `handoff` module.
 
 use std::collections::HashMap;
 use std::io::{self, IoSlice};
@@ -26,25 +26,16 @@ use crate::sys::scm_rights::recv_with_fd;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use sctrace_protocol::auth::handoff_client;
+use sctrace_protocol::handoff::{
+    decode_addr, encode_addr, ADDR_LEN, GIVEN_BACK, OFFER, REQUEST, REQUEST_V6, TAG_END,
+};
 use sctrace_protocol::Token;
 
 /// How long the agent may take to answer the channel's authentication.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The bit of a word to the agent that makes it a socket request.
-const REQUEST: u32 = 1 << 31;
-/// The bit of a socket request that asks for IPv6.
-const REQUEST_V6: u32 = 1 << 30;
-/// The bits of a socket request that tag it.
-const REQUEST_TAG: u32 = REQUEST_V6 - 1;
-/// Starts an offer of a stolen connection (agent → sctrace).
-const OFFER: u32 = u32::MAX;
-/// Starts a verdict on an offer (sctrace → agent).
-const VERDICT: u32 = u32::MAX - 1;
-/// Bytes of one address in an offer: family (4 or 6), 16 address bytes, port.
-const ADDR_LEN: usize = 19;
-
-/// A stolen connection the agent offers: the client's own socket (in the target).
+/// A stolen connection the agent hands over: the client's own socket (in the target), now
+/// sctrace's alone.
 #[derive(Debug)]
 pub struct Offer {
     /// The remote client.
@@ -53,29 +44,33 @@ pub struct Offer {
     pub server: SocketAddr,
     /// The client's socket.
     pub socket: OwnedFd,
-    /// Where the verdict goes.
-    verdict: Verdict,
+    /// The way back to the agent.
+    back: GiveBack,
 }
 
 impl Offer {
-    /// The part that answers the agent, to keep once the offer's parts are taken apart.
-    pub fn into_parts(self) -> (SocketAddr, SocketAddr, OwnedFd, Verdict) {
-        (self.client, self.server, self.socket, self.verdict)
+    /// The offer's parts: client, server, the socket, and the way back for it.
+    pub fn into_parts(self) -> (SocketAddr, SocketAddr, OwnedFd, GiveBack) {
+        (self.client, self.server, self.socket, self.back)
     }
 }
 
-/// sctrace's answer to one offer: the agent waits for it before doing anything else with
-/// the connection.
+/// Gives a stolen connection the app can't take back to the agent, which then serves it
+/// the usual way (the target's server, or the session). A connection neither taken nor
+/// given back is lost: its client sees it close.
 #[derive(Debug)]
-pub struct Verdict {
-    id: u32,
+pub struct GiveBack {
+    client: SocketAddr,
+    server: SocketAddr,
     tx: mpsc::Sender<Message>,
 }
 
-impl Verdict {
-    /// Tells the agent whether the app took the connection (else it goes the usual way).
-    pub fn give(self, taken: bool) {
-        let _ = self.tx.send(Message::Verdict(self.id, taken));
+impl GiveBack {
+    /// Gives `socket` back.
+    pub fn give_back(self, socket: OwnedFd) {
+        let _ = self
+            .tx
+            .send(Message::GiveBack(self.client, self.server, socket));
     }
 }
 
@@ -90,8 +85,8 @@ enum Message {
     Hand(u32, OwnedFd),
     /// A socket request (the whole word).
     Ask(u32),
-    /// A verdict on offer `id`: taken or not.
-    Verdict(u32, bool),
+    /// A stolen connection given back: client, server, socket.
+    GiveBack(SocketAddr, SocketAddr, OwnedFd),
 }
 
 /// A socket of the target the agent answered with, or why not.
@@ -138,10 +133,10 @@ impl Handoff {
         let answered = Arc::clone(&asked);
         let offered = Arc::clone(&offers);
         let (tx, rx) = mpsc::channel::<Message>();
-        let verdicts = tx.clone();
+        let back = tx.clone();
         thread::Builder::new()
             .name("sctrace-handoff-in".into())
-            .spawn(move || read_answers(&reader, &answered, &offered, &verdicts))?;
+            .spawn(move || read_answers(&reader, &answered, &offered, &back))?;
         thread::Builder::new()
             .name("sctrace-handoff".into())
             .spawn(move || {
@@ -168,7 +163,6 @@ impl Handoff {
         true
     }
 
-    /// Tells the agent whether offer `id` was taken.
     /// Asks the agent for a new TCP socket of the target (IPv6 or IPv4). `None` when the
     /// channel is gone; the receiver yields the socket, or errs if no answer will come.
     pub fn ask_socket(&self, v6: bool) -> Option<oneshot::Receiver<Answer>> {
@@ -178,9 +172,9 @@ impl Handoff {
             if asked.closed {
                 return None;
             }
-            // Tags stay below REQUEST_TAG - 1: the words VERDICT and OFFER are not requests.
-            let tag = asked.next % (REQUEST_TAG - 1);
-            asked.next = (tag + 1) % (REQUEST_TAG - 1);
+            // Tags stay below TAG_END: the words GIVEN_BACK and OFFER are not requests.
+            let tag = asked.next % TAG_END;
+            asked.next = (tag + 1) % TAG_END;
             asked.waiting.insert(tag, answer);
             tag
         };
@@ -195,7 +189,7 @@ impl Handoff {
             Ok(()) => Ok(()),
             Err(mpsc::SendError(Message::Hand(_, fd))) => Err(fd),
             // (What was sent is what comes back.)
-            Err(mpsc::SendError(Message::Ask(_) | Message::Verdict(..))) => Ok(()),
+            Err(mpsc::SendError(Message::Ask(_) | Message::GiveBack(..))) => Ok(()),
         }
     }
 }
@@ -203,43 +197,31 @@ impl Handoff {
 /// Writes one message to the agent.
 fn write_message(conn: &UnixStream, message: Message) -> io::Result<()> {
     match message {
-        Message::Hand(id, fd) => {
-            let bytes = id.to_be_bytes();
-            let fds = [fd.as_raw_fd()];
-            sendmsg::<()>(
-                conn.as_raw_fd(),
-                &[IoSlice::new(&bytes)],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )?;
-            // Our copy closes here; the agent holds its own.
-            Ok(())
+        // Our copy of the socket closes when this returns; the agent holds its own.
+        Message::Hand(id, fd) => send(conn, &id.to_be_bytes(), Some(&fd)),
+        Message::GiveBack(client, server, fd) => {
+            let mut bytes = Vec::with_capacity(4 + 2 * ADDR_LEN);
+            bytes.extend_from_slice(&GIVEN_BACK.to_be_bytes());
+            encode_addr(&mut bytes, client);
+            encode_addr(&mut bytes, server);
+            send(conn, &bytes, Some(&fd))
         }
-        Message::Verdict(id, taken) => {
-            let mut bytes = [0u8; 8];
-            bytes[..4].copy_from_slice(&VERDICT.to_be_bytes());
-            bytes[4..].copy_from_slice(&((id << 1) | u32::from(taken)).to_be_bytes());
-            sendmsg::<()>(
-                conn.as_raw_fd(),
-                &[IoSlice::new(&bytes)],
-                &[],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )?;
-            Ok(())
-        }
-        Message::Ask(word) => {
-            sendmsg::<()>(
-                conn.as_raw_fd(),
-                &[IoSlice::new(&word.to_be_bytes())],
-                &[],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )?;
-            Ok(())
-        }
+        Message::Ask(word) => send(conn, &word.to_be_bytes(), None),
     }
+}
+
+/// Sends `bytes` with `fd`, if any, in one message.
+fn send(conn: &UnixStream, bytes: &[u8], fd: Option<&OwnedFd>) -> io::Result<()> {
+    let fds = fd.map(|fd| [fd.as_raw_fd()]);
+    let rights = fds.as_ref().map(|fds| ControlMessage::ScmRights(fds));
+    sendmsg::<()>(
+        conn.as_raw_fd(),
+        &[IoSlice::new(bytes)],
+        rights.as_slice(),
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
 }
 
 /// Reads the agent's answers (`u32 tag, i32 errno` + the socket when 0) and gives each to
@@ -249,7 +231,7 @@ fn read_answers(
     conn: &UnixStream,
     asked: &Mutex<Asked>,
     offers: &Mutex<Option<OfferTaker>>,
-    verdicts: &mpsc::Sender<Message>,
+    back: &mpsc::Sender<Message>,
 ) {
     loop {
         let mut bytes = [0u8; 8];
@@ -260,34 +242,35 @@ fn read_answers(
         }
         let tag = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         if tag == OFFER {
-            let id = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+            // The offer's addresses start in the 8 bytes read.
             let mut addrs = [0u8; 2 * ADDR_LEN];
-            if let Err(e) = read_exact_with_fd(conn, &mut addrs, &mut fd) {
+            addrs[..4].copy_from_slice(&bytes[4..]);
+            if let Err(e) = read_exact_with_fd(conn, &mut addrs[4..], &mut fd) {
                 tracing::debug!("the agent's handoff channel ended: {e}");
                 return close(asked);
             }
-            let offer = match (
+            let (Some(client), Some(server), Some(socket)) = (
                 decode_addr(&addrs[..ADDR_LEN]),
                 decode_addr(&addrs[ADDR_LEN..]),
                 fd,
-            ) {
-                (Some(client), Some(server), Some(socket)) => Some(Offer {
+            ) else {
+                tracing::warn!("the agent handed over a stolen connection that could not be read");
+                continue;
+            };
+            let back = GiveBack {
+                client,
+                server,
+                tx: back.clone(),
+            };
+            // Nobody takes offers (yet): the agent serves the connection the usual way.
+            match offers.lock().ok().and_then(|o| o.clone()) {
+                Some(take) => take(Offer {
                     client,
                     server,
                     socket,
-                    verdict: Verdict {
-                        id,
-                        tx: verdicts.clone(),
-                    },
+                    back,
                 }),
-                _ => None,
-            };
-            // Nobody takes offers (yet), or a malformed one: the agent goes the usual way.
-            match (offer, offers.lock().ok().and_then(|o| o.clone())) {
-                (Some(offer), Some(take)) => take(offer),
-                _ => {
-                    let _ = verdicts.send(Message::Verdict(id, false));
-                }
+                None => back.give_back(socket),
             }
             continue;
         }
@@ -329,18 +312,6 @@ fn read_exact_with_fd(
     Ok(())
 }
 
-/// An address of an offer: family byte (4 or 6), 16 address bytes, port.
-fn decode_addr(bytes: &[u8]) -> Option<SocketAddr> {
-    let ip: [u8; 16] = bytes.get(1..17)?.try_into().ok()?;
-    let port = u16::from_be_bytes([*bytes.get(17)?, *bytes.get(18)?]);
-    let ip = match bytes.first()? {
-        4 => std::net::IpAddr::from([ip[0], ip[1], ip[2], ip[3]]),
-        6 => std::net::IpAddr::from(ip),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
 fn close(asked: &Mutex<Asked>) {
     if let Ok(mut asked) = asked.lock() {
         asked.closed = true;
@@ -354,29 +325,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offer_addresses_decode_and_bad_ones_are_refused() {
-        let mut v4 = [0u8; ADDR_LEN];
-        v4[0] = 4;
-        v4[1..5].copy_from_slice(&[198, 18, 0, 17]);
-        v4[17..].copy_from_slice(&8004u16.to_be_bytes());
-        assert_eq!(decode_addr(&v4), Some("198.18.0.17:8004".parse().unwrap()));
-        let mut v6 = [0u8; ADDR_LEN];
-        v6[0] = 6;
-        v6[1..17].copy_from_slice(&"2001:2::15".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        v6[17..].copy_from_slice(&443u16.to_be_bytes());
-        assert_eq!(decode_addr(&v6), Some("[2001:2::15]:443".parse().unwrap()));
-        let mut bad = v4;
-        bad[0] = 5;
-        assert_eq!(decode_addr(&bad), None);
-        assert_eq!(decode_addr(&v4[..10]), None);
-    }
-
-    #[test]
     fn request_tags_never_collide_with_control_words() {
         let (tx, _rx) = mpsc::channel();
         let asked: Arc<Mutex<Asked>> = Arc::default();
         if let Ok(mut a) = asked.lock() {
-            a.next = REQUEST_TAG - 3;
+            a.next = TAG_END - 3;
         }
         let handoff = Handoff {
             tx,
@@ -387,6 +340,11 @@ mod tests {
             let _ = handoff.ask_socket(false);
         }
         let tags: Vec<u32> = asked.lock().unwrap().waiting.keys().copied().collect();
-        assert!(tags.iter().all(|t| *t < REQUEST_TAG - 1), "{tags:?}");
+        assert!(tags.iter().all(|t| *t < TAG_END), "{tags:?}");
+        let words: Vec<u32> = tags.iter().map(|t| REQUEST | REQUEST_V6 | t).collect();
+        assert!(
+            !words.contains(&GIVEN_BACK) && !words.contains(&OFFER),
+            "{words:?}"
+        );
     }
 }

@@ -4,9 +4,10 @@
 //! own), and installs the new socket in the app as the call's result
 //! (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SECCOMP_ADDFD_FLAG_SEND`, done by the supervisor when
 //! it answers). Its `getpeername` shows the client too. A blocking accept with nothing to
-//! accept waits off the notification loop, parked with `remote::incoming`: a connection
-//! the local agent offers as it is answers it from the thread that received the offer
-//! ([`answer_parked`]), without a placeholder connection or a runtime worker's turn.
+//! accept waits off the notification loop, parked (`parked`, and with `remote::incoming`):
+//! a connection the local agent hands over as it is answers it from the thread that
+//! received it ([`answer_parked`]), without a placeholder connection or a runtime worker's
+//! turn; a client of the listener itself, from the parked accepts' task.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::trap::socket::AppSocket;
 use crate::trap::CallRef;
 
 use super::direct;
+use super::parked::{AcceptLocal, Parked, ParkedAccepts};
 use super::receive::write_sockaddr;
 use super::Action;
 
@@ -37,8 +39,10 @@ struct Destination {
 }
 
 /// Accepts one connection for the app.
+#[allow(clippy::too_many_arguments)]
 pub fn accept(
     remote: &Arc<Remote>,
+    parked: &Arc<ParkedAccepts>,
     call: CallRef,
     tid: u32,
     sock: AppSocket,
@@ -53,43 +57,66 @@ pub fn accept(
     };
     match accept_without_blocking(sock.fd.as_fd(), listener_flags, flags) {
         Err(Errno(libc::EAGAIN)) if listener_flags & libc::O_NONBLOCK == 0 => {
+            if park(remote, parked, &sock, &call, dest, flags, listener_flags) {
+                return Action::Parked;
+            }
             let remote = Arc::clone(remote);
-            let parked = park(&remote, &sock, &call, dest, flags);
             Action::Defer(Box::pin(async move {
-                let _parked = parked.as_ref().map(|p| Unpark(&remote, p));
                 let watched = match sock.fd.try_clone() {
                     Ok(fd) => fd,
                     Err(err) => return Reply::Fail(Errno::from_io(&err)),
                 };
-                let parked = parked.as_deref();
-                match wait_and_accept(&call, watched, listener_flags, flags, parked).await {
-                    Ok(accepted) => deliver(&remote, sock.fd.as_fd(), dest, flags, accepted),
+                match wait_and_accept(&call, watched, listener_flags, flags).await {
+                    Ok(accepted) => install(
+                        deliver(&remote, sock.fd.as_fd(), dest, flags, accepted),
+                        flags,
+                    ),
                     Err(err) => Reply::Fail(err),
                 }
             }))
         }
         Err(err) => Reply::Fail(err).into(),
-        Ok(accepted) => deliver(remote, sock.fd.as_fd(), dest, flags, accepted).into(),
+        Ok(accepted) => install(
+            deliver(remote, sock.fd.as_fd(), dest, flags, accepted),
+            flags,
+        )
+        .into(),
+    }
+}
+
+/// The answer that installs `accepted` as the accept's result.
+fn install(accepted: Result<OwnedFd, Errno>, flags: i32) -> Reply {
+    match accepted {
+        Ok(fd) => Reply::InstallFd {
+            fd,
+            cloexec: flags & libc::SOCK_CLOEXEC != 0,
+            then: None,
+        },
+        Err(err) => Reply::Fail(err),
     }
 }
 
 /// Makes the client's own socket what the app's accept returns: its O_NONBLOCK as the
 /// accept's flags say, and the options the app set on its listener (which an accepted
 /// socket inherits).
-fn adopt(listener: BorrowedFd<'_>, client: OwnedFd, flags: i32) -> Result<OwnedFd, Errno> {
+fn adopt(listener: BorrowedFd<'_>, client: BorrowedFd<'_>, flags: i32) -> Result<(), Errno> {
     adopt_with(&direct::options_to_carry(listener), client, flags)
 }
 
 /// [`adopt`] with the listener's options read before.
-fn adopt_with(options: &[direct::Setting], client: OwnedFd, flags: i32) -> Result<OwnedFd, Errno> {
+fn adopt_with(
+    options: &[direct::Setting],
+    client: BorrowedFd<'_>,
+    flags: i32,
+) -> Result<(), Errno> {
     let nonblocking = if flags & libc::SOCK_NONBLOCK != 0 {
         libc::O_NONBLOCK
     } else {
         0
     };
-    sys::set_file_flags(client.as_fd(), libc::O_RDWR | nonblocking)?;
-    direct::apply_options(options, client.as_fd());
-    Ok(client)
+    sys::set_file_flags(client, libc::O_RDWR | nonblocking)?;
+    direct::apply_options(options, client);
+    Ok(())
 }
 
 /// accept4 with the listener's O_NONBLOCK set for the call (restored after).
@@ -108,73 +135,78 @@ fn accept_without_blocking(
 }
 
 /// Waits for a connection and takes it, only while the call still waits for it (one taken
-/// for a call that is gone would be lost to the app) and no offered connection answered it
-/// (`parked`): then the work waits on until the supervisor sees the call gone.
+/// for a call that is gone would be lost to the app).
 async fn wait_and_accept(
     call: &CallRef,
     fd: OwnedFd,
     listener_flags: i32,
     flags: i32,
-    parked: Option<&WaitingAccept>,
 ) -> Result<(OwnedFd, Vec<u8>), Errno> {
     let watched = sys::watch(fd, Interest::READABLE).map_err(|e| Errno::from_io(&e))?;
     loop {
         let mut guard = watched.readable().await.map_err(|e| Errno::from_io(&e))?;
-        if parked.is_some_and(|p| !p.claim()) {
-            return std::future::pending().await;
-        }
         if !call.pending() {
             return Err(Errno(libc::EINTR));
         }
         match accept_without_blocking(watched.get_ref().as_fd(), listener_flags, flags) {
-            Err(Errno(libc::EAGAIN)) => {
-                if let Some(parked) = parked {
-                    parked.release();
-                }
-                guard.clear_ready()
-            }
+            Err(Errno(libc::EAGAIN)) => guard.clear_ready(),
             other => return other,
         }
     }
 }
 
-/// Parks a blocking accept with `remote::incoming` so that an offered connection can
-/// answer it ([`answer_parked`]); `None` when the listener's address or a copy of it can't
-/// be had (the accept then only waits).
+/// Parks a blocking accept (see `parked`) for an offered connection or a client of the
+/// listener to answer; false when it can't be (no address or copy of the listener), and
+/// the accept then waits in deferred work.
 fn park(
     remote: &Arc<Remote>,
+    parked: &Arc<ParkedAccepts>,
     sock: &AppSocket,
     call: &CallRef,
     dest: Destination,
     flags: i32,
-) -> Option<Arc<WaitingAccept>> {
-    let bound = sock.local_inet()?;
+    listener_flags: i32,
+) -> bool {
+    let (Some(bound), Ok(listener), Some(key)) =
+        (sock.local_inet(), sock.fd.try_clone(), parked.reserve())
+    else {
+        return false;
+    };
     // Read now, while the app waits anyway: not when a client waits for its answer.
     let options = direct::options_to_carry(sock.fd.as_fd());
-    let (me, call) = (Arc::clone(remote), call.clone());
-    let parked = WaitingAccept::new(
+    let (me, answering, finishing) = (Arc::clone(remote), call.clone(), Arc::downgrade(parked));
+    let waiting = WaitingAccept::new(
         bound,
         Box::new(move |client, delivered| {
-            answer_parked(&me, &options, &call, dest, flags, client, delivered)
+            let answered = answer_parked(&me, &options, &answering, dest, flags, client, delivered);
+            if let Some(parked) = finishing.upgrade() {
+                parked.finish(key);
+            }
+            answered
         }),
     );
-    remote.incoming.park(&parked);
-    Some(parked)
-}
-
-/// Forgets a parked accept when its work ends (answered, or dropped with its call).
-struct Unpark<'a>(&'a Remote, &'a Arc<WaitingAccept>);
-
-impl Drop for Unpark<'_> {
-    fn drop(&mut self) {
-        self.0.incoming.unpark(self.1);
-    }
+    let me = Arc::clone(remote);
+    let local: AcceptLocal = Box::new(move |listener| {
+        let accepted = accept_without_blocking(listener, listener_flags, flags)?;
+        let fd = deliver(&me, listener, dest, flags, accepted)?;
+        Ok((fd, flags & libc::SOCK_CLOEXEC != 0))
+    });
+    parked.park(
+        key,
+        Parked {
+            waiting,
+            call: call.clone(),
+            tid: dest.tid,
+            listener,
+            local,
+        },
+    )
 }
 
 /// Answers a parked accept with an offered client socket, on the thread that received the
 /// offer: the socket as the accept would make it, the client's address for the app, the
-/// socket installed as the call's result. False when the call went meanwhile (nothing was
-/// installed; the caller keeps a copy of the client's socket for the next accept).
+/// socket installed as the call's result. The socket comes back when the call went
+/// meanwhile (nothing was installed: the next accept takes it).
 fn answer_parked(
     remote: &Remote,
     options: &[direct::Setting],
@@ -183,19 +215,16 @@ fn answer_parked(
     flags: i32,
     client: OwnedFd,
     delivered: Delivered,
-) -> bool {
-    if !call.pending() {
-        return false;
+) -> Result<(), OwnedFd> {
+    if !call.pending() || adopt_with(options, client.as_fd(), flags).is_err() {
+        return Err(client);
     }
-    let Ok(client) = adopt_with(options, client, flags) else {
-        return false;
-    };
     let v6 = sys::domain(client.as_fd()) == Ok(libc::AF_INET6);
     let shown = SockAddr::encode_inet(in_family(delivered.client, v6));
     if write_peer(dest, &shown).is_err() {
         // As the kernel's accept with a bad address buffer: the connection is lost.
         let _ = call.answer_error(libc::EFAULT);
-        return true;
+        return Ok(());
     }
     let id = sys::inode(client.as_fd()).ok();
     if let Some(id) = id {
@@ -208,13 +237,14 @@ fn answer_parked(
         );
     }
     let installed = call.answer_with_fd(client.as_fd(), flags & libc::SOCK_CLOEXEC != 0);
-    let taken = matches!(installed, Ok(Some(_)));
-    if !taken {
-        if let Some(id) = id {
-            remote.sockets.remove(id);
-        }
+    if matches!(installed, Ok(Some(_))) {
+        // The app holds its own copy now; ours closes.
+        return Ok(());
     }
-    taken
+    if let Some(id) = id {
+        remote.sockets.remove(id);
+    }
+    Err(client)
 }
 
 /// Writes the peer's address for the app's accept (nothing when it passed no buffer).
@@ -229,21 +259,21 @@ fn write_peer(dest: Destination, shown: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes the peer's address (the remote client's, for connections sctrace delivered) and
-/// makes the answer that installs the socket.
+/// gives the socket to install.
 fn deliver(
     remote: &Remote,
     listener: BorrowedFd<'_>,
     dest: Destination,
     flags: i32,
     (fd, peer): (OwnedFd, Vec<u8>),
-) -> Reply {
+) -> Result<OwnedFd, Errno> {
     let peer_addr = SockAddr::parse(&peer).and_then(|a| a.inet());
     let delivered = peer_addr.and_then(|p| remote.incoming.delivered(p));
     // A stolen connection offered as it is: the app gets the client's own socket (in the
     // target) instead of the placeholder, which closes.
     let fd = match peer_addr.and_then(|p| remote.incoming.take_direct(p)) {
-        Some(client) => match adopt(listener, client, flags) {
-            Ok(client) => client,
+        Some(client) => match adopt(listener, client.as_fd(), flags) {
+            Ok(()) => client,
             Err(err) => {
                 tracing::debug!("cannot hand a stolen connection over as it is: {err}");
                 fd
@@ -269,11 +299,7 @@ fn deliver(
         }
     }
     if write_peer(dest, &shown).is_err() {
-        return Reply::Fail(Errno(libc::EFAULT));
+        return Err(Errno(libc::EFAULT));
     }
-    Reply::InstallFd {
-        fd,
-        cloexec: flags & libc::SOCK_CLOEXEC != 0,
-        then: None,
-    }
+    Ok(fd)
 }

@@ -20,6 +20,7 @@ mod create;
 mod direct;
 mod local;
 mod outgoing;
+mod parked;
 mod receive;
 
 use std::future::Future;
@@ -41,6 +42,9 @@ pub enum Action {
     Now(Reply),
     /// Answer when this work completes; other calls are served meanwhile.
     Defer(Deferred),
+    /// A blocking accept parked in sctrace (`parked`): whoever has a connection for it
+    /// answers, or its watcher when the call goes; the supervisor does not.
+    Parked,
 }
 
 impl From<Reply> for Action {
@@ -54,6 +58,7 @@ impl std::fmt::Debug for Action {
         match self {
             Action::Now(r) => f.debug_tuple("Now").field(r).finish(),
             Action::Defer(_) => f.write_str("Defer(..)"),
+            Action::Parked => f.write_str("Parked"),
         }
     }
 }
@@ -61,12 +66,17 @@ impl std::fmt::Debug for Action {
 /// Carries plans out, with the relaying session when there is one.
 pub struct Executor {
     remote: Option<Arc<Remote>>,
+    /// The blocking accepts parked in sctrace (with a relaying session).
+    parked: Option<Arc<parked::ParkedAccepts>>,
 }
 
 impl Executor {
     /// An executor for a session (`remote`: the relaying session, if any).
     pub fn new(remote: Option<Arc<Remote>>) -> Self {
-        Self { remote }
+        let parked = remote
+            .as_ref()
+            .map(|r| parked::ParkedAccepts::new(Arc::clone(&r.incoming)));
+        Self { remote, parked }
     }
 
     /// Carries `plan` out.
@@ -163,7 +173,10 @@ impl Executor {
                     len_at,
                 },
                 Some(remote),
-            ) => accept::accept(remote, call, tid, sock, flags, at, len_at),
+            ) => match &self.parked {
+                Some(parked) => accept::accept(remote, parked, call, tid, sock, flags, at, len_at),
+                None => Reply::Continue.into(),
+            },
             (work, None) => {
                 // Handlers plan remote work only in a relaying session.
                 tracing::error!("{work:?} planned without a relaying session; left to the kernel");

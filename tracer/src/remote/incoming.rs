@@ -119,16 +119,16 @@ pub struct WaitingAccept {
     bound: SocketAddr,
     /// Set by whoever answers the call: an offer, or the waiting work itself.
     claimed: AtomicBool,
-    /// Installs the client's socket as the call's result; false when it was not installed
-    /// (the call went meanwhile).
-    answer: Box<dyn Fn(OwnedFd, Delivered) -> bool + Send + Sync>,
+    /// Installs the client's socket as the call's result; gives it back when it was not
+    /// installed (the call went meanwhile).
+    answer: Box<dyn Fn(OwnedFd, Delivered) -> Result<(), OwnedFd> + Send + Sync>,
 }
 
 impl WaitingAccept {
     /// An accept on the listener bound to `bound`, answered by `answer`.
     pub fn new(
         bound: SocketAddr,
-        answer: Box<dyn Fn(OwnedFd, Delivered) -> bool + Send + Sync>,
+        answer: Box<dyn Fn(OwnedFd, Delivered) -> Result<(), OwnedFd> + Send + Sync>,
     ) -> Arc<Self> {
         Arc::new(Self {
             bound,
@@ -440,7 +440,7 @@ impl Incoming {
             Ok(stream) => stream,
             Err(err) => {
                 tracing::debug!("incoming connection gone before delivery: {err}");
-                self.forget(ours);
+                drop(self.forget(ours));
                 return;
             }
         };
@@ -478,17 +478,17 @@ impl Incoming {
         let me = Arc::clone(&self);
         tokio::spawn(async move {
             tokio::time::sleep(PEER_GRACE).await;
-            me.forget(ours);
+            drop(me.forget(ours));
         });
     }
 
-    fn forget(&self, ours: SocketAddr) {
-        let dropped = self.state.lock().ok().and_then(|mut st| {
+    /// Forgets the connection sctrace made to the app's listener from `ours`; the client's
+    /// own socket registered with it, if the app did not take it.
+    fn forget(&self, ours: SocketAddr) -> Option<OwnedFd> {
+        self.state.lock().ok().and_then(|mut st| {
             st.peers.remove(&ours);
             st.direct.remove(&ours)
-        });
-        // A client socket nobody accepted closes here (outside the lock).
-        drop(dropped);
+        })
     }
 
     /// The client's own socket to install for the app's accept of the placeholder
@@ -521,14 +521,14 @@ impl Incoming {
         Some(st.waiting.remove(at))
     }
 
-    /// Takes one connection a local agent offers as it is, on the thread that received the
-    /// offer (no runtime worker's turn first): a blocking accept the app parked on the
-    /// listener gets the client's socket at once; otherwise the listener gets a placeholder
+    /// Takes one connection a local agent hands over as it is, on the thread that received
+    /// it (no runtime worker's turn first): a blocking accept the app parked on the listener
+    /// gets the client's socket at once; otherwise the listener gets a placeholder
     /// connection, started here, whose accept installs the client's socket instead
-    /// (`execute::accept`) — what an app waiting in epoll needs. Declined (the connection
-    /// then goes the usual way) when no listener of the app takes it.
+    /// (`execute::accept`) — what an app waiting in epoll needs. Given back to the agent
+    /// (which serves it the usual way) when no listener of the app takes it.
     pub fn take_offer(self: &Arc<Self>, offer: Offer, runtime: &tokio::runtime::Handle) {
-        let (client, server, socket, verdict) = offer.into_parts();
+        let (client, server, socket, back) = offer.into_parts();
         let delivered = Delivered {
             client,
             server,
@@ -546,94 +546,92 @@ impl Incoming {
                 })
         });
         let Some(listener) = listener else {
-            verdict.give(false);
+            back.give_back(socket);
             return;
         };
-        let mut socket = socket;
-        if let Some(parked) = self.claim_parked(listener.bound) {
-            // Kept in case the call went meanwhile: then the next accept takes it.
-            let spare = sys::duplicate(socket.as_fd());
-            if (parked.answer)(socket, delivered) {
-                verdict.give(true);
-                return;
-            }
-            match spare {
-                Ok(spare) => socket = spare,
-                Err(_) => {
-                    verdict.give(false);
-                    return;
-                }
-            }
-        }
+        let socket = match self.claim_parked(listener.bound) {
+            Some(parked) => match (parked.answer)(socket, delivered) {
+                Ok(()) => return,
+                // The call went meanwhile: the next accept takes it.
+                Err(socket) => socket,
+            },
+            None => socket,
+        };
         let to = loopback_if_wildcard(listener.bound);
         let (ours, placeholder, connected) = match self.start_placing(to, delivered, socket) {
             Ok(started) => started,
-            Err(err) => {
+            Err((err, socket)) => {
                 tracing::debug!("cannot offer a connection to the app's listener {to}: {err}");
-                verdict.give(false);
+                if let Some(socket) = socket {
+                    back.give_back(socket);
+                }
                 return;
             }
-        };
-        // Told at once when the placeholder is connected, else once it is (or is not).
-        let verdict = if connected {
-            verdict.give(true);
-            None
-        } else {
-            Some(verdict)
         };
         let me = Arc::clone(self);
         runtime.spawn(async move {
             let placeholder = std::net::TcpStream::from(placeholder);
-            let Ok(mut app) = tokio::net::TcpStream::from_std(placeholder) else {
-                me.forget(ours);
-                if let Some(verdict) = verdict {
-                    verdict.give(false);
+            let app = tokio::net::TcpStream::from_std(placeholder);
+            let accepted = match app {
+                // A full backlog: the placeholder gets a bounded time to connect.
+                Ok(app) if !connected => {
+                    let ready = tokio::time::timeout(OFFER_PLACE_WAIT, app.writable()).await;
+                    let placed =
+                        matches!(ready, Ok(Ok(()))) && matches!(app.take_error(), Ok(None));
+                    placed.then_some(app)
                 }
-                return;
+                Ok(app) => Some(app),
+                Err(_) => None,
             };
-            if let Some(verdict) = verdict {
-                // A full backlog: the agent waits for the verdict, for a bounded time.
-                let ready = tokio::time::timeout(OFFER_PLACE_WAIT, app.writable()).await;
-                let refused = !matches!(ready, Ok(Ok(()))) || !matches!(app.take_error(), Ok(None));
-                if refused {
-                    me.forget(ours);
-                    verdict.give(false);
-                    return;
-                }
-                verdict.give(true);
+            if let Some(mut app) = accepted {
+                // The app's accept takes the client's socket and drops the placeholder, which
+                // then ends here.
+                let mut byte = [0u8; 1];
+                let _ = tokio::time::timeout(OFFER_ACCEPT_WAIT, app.read(&mut byte)).await;
             }
-            // The app's accept takes the client's socket and drops the placeholder, which
-            // then ends here; a placeholder never accepted is given up after a while.
-            let mut byte = [0u8; 1];
-            let _ = tokio::time::timeout(OFFER_ACCEPT_WAIT, app.read(&mut byte)).await;
+            // Not taken (not placed, or never accepted): the agent serves it.
+            if let Some(socket) = me.take_direct(ours) {
+                back.give_back(socket);
+            }
             tokio::time::sleep(PEER_GRACE).await;
-            me.forget(ours);
+            drop(me.forget(ours));
         });
     }
 
     /// Starts a placeholder connection to the app's listener at `to`, registered as
     /// `delivered` with the client's socket `direct` before it connects (the app may accept
     /// it before connect() returns here): its address, the socket, and whether it is
-    /// connected already (else the app's backlog is full).
+    /// connected already (else the app's backlog is full). On failure, `direct` comes back.
     fn start_placing(
         &self,
         to: SocketAddr,
         delivered: Delivered,
         direct: OwnedFd,
-    ) -> Result<(SocketAddr, OwnedFd, bool), Errno> {
-        let placeholder = sys::new_tcp_socket(to.is_ipv6())?;
-        let fd = placeholder.as_fd();
-        sys::set_file_flags(fd, libc::O_RDWR | libc::O_NONBLOCK)?;
-        let from = SockAddr::encode_inet(SocketAddr::new(to.ip(), 0));
-        sys::bind(fd, Some(&from), from.len() as i32)?;
-        let ours = sys::local_addr(fd)
-            .ok()
-            .and_then(|bytes| SockAddr::parse(&bytes)?.inet())
-            .ok_or(Errno(libc::EADDRNOTAVAIL))?;
-        if let Ok(mut st) = self.state.lock() {
-            st.peers.insert(ours, delivered);
-            st.direct.insert(ours, direct);
+    ) -> Result<(SocketAddr, OwnedFd, bool), (Errno, Option<OwnedFd>)> {
+        let started = (|| {
+            let placeholder = sys::new_tcp_socket(to.is_ipv6())?;
+            let fd = placeholder.as_fd();
+            sys::set_file_flags(fd, libc::O_RDWR | libc::O_NONBLOCK)?;
+            let from = SockAddr::encode_inet(SocketAddr::new(to.ip(), 0));
+            sys::bind(fd, Some(&from), from.len() as i32)?;
+            let ours = sys::local_addr(fd)
+                .ok()
+                .and_then(|bytes| SockAddr::parse(&bytes)?.inet())
+                .ok_or(Errno(libc::EADDRNOTAVAIL))?;
+            Ok((placeholder, ours))
+        })();
+        let (placeholder, ours) = match started {
+            Ok(started) => started,
+            Err(err) => return Err((err, Some(direct))),
+        };
+        match self.state.lock() {
+            Ok(mut st) => {
+                st.peers.insert(ours, delivered);
+                st.direct.insert(ours, direct);
+            }
+            Err(_) => return Err((Errno(libc::EIO), Some(direct))),
         }
+        let fd = placeholder.as_fd();
         let to = SockAddr::encode_inet(to);
         let connect = || sys::connect(fd, Some(&to), to.len() as i32);
         // On loopback the handshake is over when the first call returns EINPROGRESS; the
@@ -649,10 +647,8 @@ impl Incoming {
         };
         match connected {
             Ok(connected) => Ok((ours, placeholder, connected)),
-            Err(err) => {
-                self.forget(ours);
-                Err(err)
-            }
+            // (Nothing accepted a connection that failed: the client's socket is still here.)
+            Err(err) => Err((err, self.forget(ours))),
         }
     }
 
@@ -698,7 +694,7 @@ impl Incoming {
         match connected {
             Ok(app) => Ok((ours, app)),
             Err(err) => {
-                self.forget(ours);
+                drop(self.forget(ours));
                 Err(err)
             }
         }

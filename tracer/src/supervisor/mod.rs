@@ -9,10 +9,11 @@
 //! Every received call is answered exactly once, whatever happens: a failed answer is logged
 //! (ENOENT — the caller was interrupted or died — is expected and silent).
 //!
-//! One kind of deferred work may be answered by another thread first: a blocking accept
-//! parked in sctrace, which a connection the local agent offers answers on the thread that
-//! received the offer (`remote::incoming`, `execute::accept`). The deferred work then finds
-//! its call gone and ends without answering.
+//! One kind of call is answered elsewhere: a blocking accept parked in sctrace
+//! (`execute::parked`), answered by whoever has a connection for it first — the thread that
+//! received a stolen connection from the local agent (`remote::incoming`), or the parked
+//! accepts' own task for a client of the listener, which also ends calls that went or that
+//! a caught signal interrupts, as [`watch`] does for deferred work.
 
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
@@ -21,15 +22,11 @@ use std::thread;
 
 use tokio::runtime::Handle;
 
-use std::time::Duration;
-
-use crate::errno::Errno;
 use crate::execute::{Action, Executor};
 use crate::handlers::{self, Context};
 use crate::plan::Reply;
-use crate::procfs;
 use crate::sys::notify::NotifyFd;
-use crate::trap::Notification;
+use crate::trap::{CallRef, Fate, Notification, WATCH_EVERY};
 
 /// Answers one call.
 fn respond(notify: &NotifyFd, id: u64, reply: Reply) {
@@ -114,43 +111,15 @@ impl Drop for PendingCall {
     }
 }
 
-/// What became of a call while its deferred work waited.
-enum Fate {
-    /// It is no longer pending: the caller died, or (without WAIT_KILLABLE_RECV) a signal
-    /// interrupted it and the kernel took it back.
-    Gone,
-    /// A signal the caller catches waits for it: the call must end as the kernel would end
-    /// a blocking call, so that the handler runs (`alarm(); accept();` and the like).
-    Interrupted(Errno),
-}
-
-/// How often a waiting call is looked at.
-const WATCH_EVERY: Duration = Duration::from_millis(100);
-
-/// `-ERESTARTSYS` (kernel-internal, include/linux/errno.h): the kernel restarts the call
-/// after a handler installed with SA_RESTART, and turns it into EINTR otherwise — exactly
-/// what an interrupted blocking call does.
-const ERESTARTSYS: i32 = 512;
-
 /// Watches a call whose answer waits on deferred work, until it is gone or a caught signal
 /// waits for its thread. Deferred work can wait long (a blocking accept or receive); with
 /// WAIT_KILLABLE_RECV the kernel keeps a call sctrace received from being interrupted by
 /// non-fatal signals, so sctrace does it.
-async fn watch(notify: &NotifyFd, id: u64, tid: u32) -> Fate {
+async fn watch(call: CallRef, tid: u32) -> Fate {
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        if !notify.id_valid(id) {
-            return Fate::Gone;
-        }
-        match procfs::caught_signal_pending(tid) {
-            // Sent to this very thread: it takes it when the call ends, and the kernel
-            // restarts or interrupts the call as the handler's flags say.
-            Ok(Some(true)) => return Fate::Interrupted(Errno(ERESTARTSYS)),
-            // Sent to its multi-threaded process: this thread may not be the one that takes
-            // it, so the call ends plainly interrupted.
-            Ok(Some(false)) => return Fate::Interrupted(Errno(libc::EINTR)),
-            Ok(None) => {}
-            Err(_) => return Fate::Gone,
+        if let Some(fate) = call.fate(tid) {
+            return fate;
         }
     }
 }
@@ -209,12 +178,14 @@ fn run(ctx: &Context, executor: &Executor, runtime: &Handle) {
         }));
         match carried {
             Ok(Action::Now(reply)) => call.answer(reply),
+            // Answered by whoever has a connection for it (see `execute::parked`).
+            Ok(Action::Parked) => call.forget(),
             Ok(Action::Defer(work)) => {
                 let tid = n.tid();
                 runtime.spawn(async move {
                     tokio::select! {
                         reply = work => call.answer(reply),
-                        fate = watch(&call.notify, call.id, tid) => match fate {
+                        fate = watch(CallRef::new(Arc::clone(&call.notify), call.id), tid) => match fate {
                             // Nobody waits for an answer any more; the work is dropped.
                             Fate::Gone => call.forget(),
                             Fate::Interrupted(errno) => call.answer(Reply::Fail(errno)),

@@ -10,6 +10,8 @@ pub mod socket;
 
 use std::sync::Arc;
 
+use crate::errno::Errno;
+use crate::procfs;
 use crate::sys::notify::NotifyFd;
 
 use crate::sockaddr::SockAddr;
@@ -236,6 +238,25 @@ impl Notification {
     }
 }
 
+/// What became of a call whose answer waits ([`CallRef::fate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// It is no longer pending: the caller died, or (without WAIT_KILLABLE_RECV) a signal
+    /// interrupted it and the kernel took it back.
+    Gone,
+    /// A signal the caller catches waits for it: the call must end as the kernel would end
+    /// a blocking call, so that the handler runs (`alarm(); accept();` and the like).
+    Interrupted(Errno),
+}
+
+/// How often a call whose answer waits is looked at ([`CallRef::fate`]).
+pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `-ERESTARTSYS` (kernel-internal, include/linux/errno.h): the kernel restarts the call
+/// after a handler installed with SA_RESTART, and turns it into EINTR otherwise — exactly
+/// what an interrupted blocking call does.
+const ERESTARTSYS: i32 = 512;
+
 /// A handle on one pending call, for deferred work that must check the call still waits
 /// before it consumes something on the app's behalf (a datagram, a connection): a call
 /// that is gone would lose it.
@@ -265,6 +286,24 @@ impl CallRef {
         cloexec: bool,
     ) -> std::io::Result<Option<i32>> {
         self.notify.install_fd_and_answer(self.id, fd, cloexec)
+    }
+
+    /// What became of the call, if anything: gone, or a signal its caller catches waits
+    /// for `tid` (its thread). `None`: it still waits for its answer.
+    pub fn fate(&self, tid: u32) -> Option<Fate> {
+        if !self.pending() {
+            return Some(Fate::Gone);
+        }
+        match procfs::caught_signal_pending(tid) {
+            // Sent to this very thread: it takes it when the call ends, and the kernel
+            // restarts or interrupts the call as the handler's flags say.
+            Ok(Some(true)) => Some(Fate::Interrupted(Errno(ERESTARTSYS))),
+            // Sent to its multi-threaded process: this thread may not be the one that takes
+            // it, so the call ends plainly interrupted.
+            Ok(Some(false)) => Some(Fate::Interrupted(Errno(libc::EINTR))),
+            Ok(None) => None,
+            Err(_) => Some(Fate::Gone),
+        }
     }
 
     /// Fails the call with `errno` (see [`CallRef::answer_with_fd`]).
