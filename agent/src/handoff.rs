@@ -284,6 +284,7 @@ fn receive(conn: &UnixStream) -> io::Result<Option<(u32, Option<OwnedFd>)>> {
 fn receive_exact(conn: &UnixStream, buf: &mut [u8], fd: &mut Option<OwnedFd>) -> io::Result<bool> {
     let mut filled = 0;
     while filled < buf.len() {
+        sys::scm_rights::wait_readable(conn)?;
         let (bytes, fds) = sys::scm_rights::recv_with_fds(conn, &mut buf[filled..])?;
         for owned in fds {
             // More than one fd per message is not ours to keep: dropping closes it.

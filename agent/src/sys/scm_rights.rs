@@ -33,6 +33,23 @@ pub fn send_with_fd(conn: &UnixStream, bytes: &[u8], fd: Option<BorrowedFd<'_>>)
     Ok(())
 }
 
+/// Waits until `conn` has something to read (or its end, or an error). A reader should wait
+/// here rather than block in `recvmsg`: one blocked there is woken whenever the peer reads
+/// what this side sent (the kernel wakes the socket's sleepers for write space too), while
+/// `poll` wakes for input only.
+pub fn wait_readable(conn: &UnixStream) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// One `recvmsg(2)` on `conn` into `buf` with room for one passed fd: the number of bytes
 /// read (0 at end of file) and the fds that arrived with them (none when there were none, or
 /// when the kernel could not install them).

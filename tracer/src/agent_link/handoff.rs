@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::errno::Errno;
-use crate::sys::scm_rights::recv_with_fd;
+use crate::sys::scm_rights::{recv_with_fd, wait_readable};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use sctrace_protocol::auth::handoff_client;
@@ -297,6 +297,7 @@ fn read_exact_with_fd(
 ) -> io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
+        wait_readable(conn)?;
         match recv_with_fd(conn, &mut buf[filled..]) {
             Ok((0, _)) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok((n, got)) => {

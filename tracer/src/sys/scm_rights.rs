@@ -7,6 +7,23 @@ use std::os::unix::net::UnixStream;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 
+/// Waits until `conn` has something to read (or its end, or an error). A reader should wait
+/// here rather than block in `recvmsg`: one blocked there is woken whenever the peer reads
+/// what this side sent (the kernel wakes the socket's sleepers for write space too), while
+/// `poll` wakes for input only.
+pub fn wait_readable(conn: &UnixStream) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(conn.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 /// One `recvmsg(2)` on `conn` into `buf` with room for one passed fd: the bytes read (0 at
 /// end of file) and the fd that came with them, if one did and the kernel could install it
 /// here (close-on-exec). Extra fds are closed.
@@ -68,6 +85,22 @@ mod tests {
         assert_eq!(&got, b"hi");
 
         drop(tx);
+        assert_eq!(recv_with_fd(&rx, &mut buf).unwrap().0, 0, "end of file");
+    }
+
+    #[test]
+    fn waiting_to_read_ends_with_input_or_the_end() {
+        let (mut tx, rx) = UnixStream::pair().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            tx.write_all(b"x").unwrap();
+            tx
+        });
+        wait_readable(&rx).unwrap();
+        let mut buf = [0u8; 1];
+        assert_eq!(recv_with_fd(&rx, &mut buf).unwrap().0, 1);
+        drop(writer.join().unwrap());
+        wait_readable(&rx).unwrap();
         assert_eq!(recv_with_fd(&rx, &mut buf).unwrap().0, 0, "end of file");
     }
 }
