@@ -290,6 +290,20 @@ static void raise_nofile(void) {
 }
 
 static int listen_at(int port, const char *host) {
+    if (!strcmp(host, "::")) {
+        /* Dual-stack, as Go's, Node's and Python's servers listen: IPv4 clients v4-mapped. */
+        struct sockaddr_in6 any = {0};
+        any.sin6_family = AF_INET6;
+        any.sin6_port = htons((uint16_t)port);
+        any.sin6_addr = in6addr_any;
+        int l = socket(AF_INET6, SOCK_STREAM, 0), zero = 0, on = 1;
+        if (l < 0) die("socket");
+        setsockopt(l, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+        setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+        if (bind(l, (struct sockaddr *)&any, sizeof any)) die("bind");
+        if (listen(l, 4096)) die("listen");
+        return l;
+    }
     struct sockaddr_in addr;
     target(&addr, port, host);
     int l = socket(AF_INET, SOCK_STREAM, 0);

@@ -646,7 +646,8 @@ fn a_stolen_connection_reaches_the_app_as_the_clients_own_socket() {
     // relayed; what the program sees is what it would see there. SCTRACE_DIRECT_SOCKETS=0
     // relays instead, which the same program can tell. Both kinds of servers: one blocked in
     // accept (sctrace answers the parked call with the offered socket) and one waiting in
-    // select first (a placeholder connection wakes it; its accept gets the client's socket).
+    // select first (a placeholder connection wakes it; its accept gets the client's socket);
+    // and a dual-stack IPv6 listener, whose IPv4 client is a v4-mapped IPv6 socket there.
     let world = World::new();
     let config = world.config("as-is.json", r#"{"mode": "steal"}"#);
     let cluster_cookie = netns_cookie(&world.cluster.cluster);
@@ -654,9 +655,15 @@ fn a_stolen_connection_reaches_the_app_as_the_clients_own_socket() {
     assert_ne!(cluster_cookie, laptop_cookie);
     let server = r#"
 import select, socket, sys
-s = socket.socket(socket.AF_INET)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8004))
+if sys.argv[2] == "6":
+    s = socket.socket(socket.AF_INET6)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", 8004))
+else:
+    s = socket.socket(socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8004))
 s.listen()
 print("listening", flush=True)
 if sys.argv[1] == "select":
@@ -696,28 +703,34 @@ print(got.decode().strip())
     } else {
         &laptop_cookie
     };
-    for (direct, cookie, waits_in) in [
-        ("1", handed_over, "accept"),
-        ("1", handed_over, "select"),
-        ("0", &laptop_cookie, "accept"),
+    for (direct, cookie, waits_in, family) in [
+        ("1", handed_over, "accept", "4"),
+        ("1", handed_over, "select", "4"),
+        ("1", handed_over, "accept", "6"),
+        ("0", &laptop_cookie, "accept", "4"),
     ] {
         let mut app = listening(
             &world,
             &config,
-            &["-c", server, waits_in],
+            &["-c", server, waits_in, family],
             &[("SCTRACE_DIRECT_SOCKETS", direct)],
         );
+        let client_shown = if family == "6" {
+            format!("::ffff:{APP}")
+        } else {
+            APP.to_string()
+        };
         let out = in_cluster(&world, &client);
         assert_eq!(
             out.stdout.trim(),
             "HELLO FROM THE CLUSTER",
-            "SCTRACE_DIRECT_SOCKETS={direct}, waiting in {waits_in}: {out}"
+            "SCTRACE_DIRECT_SOCKETS={direct}, waiting in {waits_in}, IPv{family} listener: {out}"
         );
         let lines = wait_for_line(&mut app, "accepted");
         assert_eq!(
             lines.last().map(String::as_str),
-            Some(format!("accepted {APP} {APP} {cookie} hello from the cluster").as_str()),
-            "SCTRACE_DIRECT_SOCKETS={direct}, waiting in {waits_in} (cluster {cluster_cookie}, laptop {laptop_cookie}): {lines:?}"
+            Some(format!("accepted {client_shown} {client_shown} {cookie} hello from the cluster").as_str()),
+            "SCTRACE_DIRECT_SOCKETS={direct}, waiting in {waits_in}, IPv{family} listener (cluster {cluster_cookie}, laptop {laptop_cookie}): {lines:?}"
         );
         stop(app);
     }

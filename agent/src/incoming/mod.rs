@@ -220,7 +220,20 @@ impl Incoming {
             IncomingMode::Steal => request.families(),
             IncomingMode::Mirror => Families::BOTH,
         };
-        let v4 = interceptor.v4.filter(|_| families.ipv4);
+        // A dual-stack listener of the app (it takes both families) accepts IPv4 clients as
+        // IPv6 sockets, v4-mapped: handed to a local sctrace, they must be such sockets too,
+        // so they come to the dual-stack interception listener. (An IPv4 listener and an
+        // IPv6-only one on the same port also take both: their IPv4 clients then go the
+        // usual way, given back by sctrace.)
+        let as_mapped = families == Families::BOTH
+            && mode == IncomingMode::Steal
+            && filter.is_none()
+            && self.handoffs.is_some();
+        let v4 = match interceptor.dual {
+            Some(dual) if as_mapped => Some(dual),
+            _ => interceptor.v4,
+        }
+        .filter(|_| families.ipv4);
         let v6 = interceptor.v6.filter(|_| families.ipv6);
         // Registered before its rules go in, so that no connection they redirect finds the
         // port without it; such a connection waits until the subscription is confirmed.
