@@ -117,7 +117,8 @@ struct State {
 pub struct WaitingAccept {
     /// The listener's address as bound.
     bound: SocketAddr,
-    /// Set by whoever answers the call: an offer, or the waiting work itself.
+    /// Set by whoever answers the call: an offer, or the parked accepts' task
+    /// (`execute::parked`).
     claimed: AtomicBool,
     /// Installs the client's socket as the call's result; gives it back when it was not
     /// installed (the call went meanwhile).
