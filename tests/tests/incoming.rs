@@ -832,25 +832,18 @@ for n in range(4):
         );
         in_cluster(&world, &script).stdout.trim().to_string()
     };
-    assert_eq!(local().unwrap(), "0");
-    assert_eq!(
-        wait_for_line(&mut app, "accepted"),
-        ["accepted 0 127.0.0.1"]
-    );
-    assert_eq!(stolen(), "1");
-    assert_eq!(
-        wait_for_line(&mut app, "accepted"),
-        [format!("accepted 1 {APP}")]
-    );
-    assert_eq!(local().unwrap(), "2");
-    assert_eq!(
-        wait_for_line(&mut app, "accepted"),
-        ["accepted 2 127.0.0.1"]
-    );
-    assert_eq!(stolen(), "3");
-    assert_eq!(
-        wait_for_line(&mut app, "accepted"),
-        [format!("accepted 3 {APP}")]
-    );
+    for n in 0..4 {
+        let from_laptop = n % 2 == 0;
+        let (answer, client) = if from_laptop {
+            (local().unwrap(), "127.0.0.1")
+        } else {
+            (stolen(), APP)
+        };
+        assert_eq!(answer, n.to_string(), "client {n}");
+        assert_eq!(
+            wait_for_line(&mut app, "accepted"),
+            [format!("accepted {n} {client}")]
+        );
+    }
     stop(app);
 }
