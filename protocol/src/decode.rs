@@ -7,12 +7,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::frame::{
     get_addr, kind, DnsFailureKind, DnsTransport, Frame, RefuseReason, FLAG_ATTACH, FLAG_DNS_TCP,
-    FLAG_ENV_MORE, HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_DNS_MESSAGE_LEN,
-    MAX_PAYLOAD_LEN, MAX_TOKEN_LEN,
+    FLAG_ENV_MORE, FLAG_LISTENERS, HEADER_LEN, MAGIC, MAX_DATAGRAM_LEN, MAX_DATA_CHUNK,
+    MAX_DNS_MESSAGE_LEN, MAX_PAYLOAD_LEN, MAX_TOKEN_LEN,
 };
 use crate::incoming::{
-    tag, Families, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind, MAX_FILTER_DEPTH,
-    MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
+    tag, Families, HttpFilter, IncomingKind, IncomingMode, ListenerPorts, SubscribeFailureKind,
+    MAX_FILTER_DEPTH, MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
 };
 
 /// Why bytes could not be decoded into a frame. Any of these ends the session.
@@ -97,6 +97,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         kind::DNS_QUERY => FLAG_DNS_TCP,
         kind::ENV_VARS => FLAG_ENV_MORE,
         kind::CONNECT_TCP => FLAG_ATTACH,
+        kind::SUBSCRIBE => FLAG_LISTENERS,
         _ => 0,
     };
     if flags & !allowed_flags != 0 {
@@ -438,6 +439,13 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
             let mode = IncomingMode::from_code(c.u8("missing mode")?).ok_or("unknown mode")?;
             let families =
                 Families::from_code(c.u8("missing families")?).ok_or("unknown families")?;
+            let listeners = if flags & FLAG_LISTENERS != 0 {
+                let ipv4 = c.u16("truncated listener ports")?;
+                let ipv6 = c.u16("truncated listener ports")?;
+                Some(ListenerPorts::from_wire(ipv4, ipv6))
+            } else {
+                None
+            };
             let filter = if c.0.is_empty() {
                 None
             } else {
@@ -448,6 +456,7 @@ fn parse(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, &'st
                 port,
                 mode,
                 families,
+                listeners,
                 filter,
             }
         }
@@ -705,6 +714,7 @@ mod tests {
                 port: 80,
                 mode: IncomingMode::Steal,
                 families: Families::BOTH,
+                listeners: None,
                 filter: Some(HttpFilter::AllOf(vec![
                     HttpFilter::Header("^x-user: alice$".into()),
                     HttpFilter::Method("GET".into())
@@ -718,6 +728,7 @@ mod tests {
                 port: 8080,
                 mode: IncomingMode::Mirror,
                 families: Families::BOTH,
+                listeners: None,
                 filter: None
             }))
         );
@@ -728,8 +739,39 @@ mod tests {
                 port: 8080,
                 mode: IncomingMode::Steal,
                 families: Families::IPV6,
+                listeners: None,
                 filter: None
             }))
+        );
+        // Version 4: flag `listeners`, then a port per family (0: none).
+        let with_listeners = |ports: &[u8]| {
+            let mut b = header(4 + ports.len() as u32, kind::SUBSCRIBE, FLAG_LISTENERS, 1);
+            b.put_u16(8080);
+            b.put_u8(2);
+            b.put_u8(3);
+            b.put_slice(ports);
+            b
+        };
+        assert_eq!(
+            decode(&mut with_listeners(&[0x9c, 0x40, 0, 0])),
+            Ok(Some(Frame::Subscribe {
+                stream: 1,
+                port: 8080,
+                mode: IncomingMode::Steal,
+                families: Families::BOTH,
+                listeners: Some(ListenerPorts {
+                    ipv4: Some(40000),
+                    ipv6: None
+                }),
+                filter: None
+            }))
+        );
+        assert_eq!(
+            decode(&mut with_listeners(&[0x9c, 0x40, 0])),
+            Err(DecodeError::Malformed {
+                frame: "Subscribe",
+                problem: "truncated listener ports"
+            })
         );
         for families in [0, 4, 0xff] {
             assert_eq!(

@@ -20,7 +20,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::auth::{NONCE_LEN, PROOF_LEN};
 use crate::incoming::{
-    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind,
+    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, ListenerPorts,
+    SubscribeFailureKind,
 };
 
 /// Length of the fixed frame header.
@@ -227,6 +228,9 @@ pub enum Frame {
         mode: IncomingMode,
         /// Whose clients are taken (version 2): the others' connections stay with the target.
         families: Families,
+        /// Version 4, flag `listeners`: the ports of the subscriber's own listeners in the
+        /// target that clients are redirected to (a whole-connection steal only).
+        listeners: Option<ListenerPorts>,
         /// With steal: only the HTTP requests matching this are taken.
         filter: Option<HttpFilter>,
     },
@@ -451,6 +455,8 @@ pub(crate) const FLAG_DNS_TCP: u8 = 0x01;
 pub(crate) const FLAG_ENV_MORE: u8 = 0x01;
 /// Flag bit of `ConnectTcp` (version 3): the bytes go over a data connection.
 pub(crate) const FLAG_ATTACH: u8 = 0x01;
+/// Flag bit of `Subscribe` (version 4): the payload carries the subscriber's listener ports.
+pub(crate) const FLAG_LISTENERS: u8 = 0x01;
 
 /// Why a frame could not be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -673,6 +679,9 @@ impl Frame {
             } => FLAG_DNS_TCP,
             Frame::EnvVars { more: true, .. } => FLAG_ENV_MORE,
             Frame::ConnectTcp { attach: true, .. } => FLAG_ATTACH,
+            Frame::Subscribe {
+                listeners: Some(_), ..
+            } => FLAG_LISTENERS,
             _ => 0,
         }
     }
@@ -744,12 +753,16 @@ impl Frame {
                 port,
                 mode,
                 families,
+                listeners,
                 filter,
                 ..
             } => {
                 dst.put_u16(*port);
                 dst.put_u8(mode.code());
                 dst.put_u8(families.code());
+                if let Some(listeners) = listeners {
+                    listeners.put(dst);
+                }
                 if let Some(filter) = filter {
                     filter.put(dst);
                 }

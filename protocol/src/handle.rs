@@ -12,7 +12,8 @@ use crate::frame::{
     DnsFailureKind, DnsTransport, EncodeError, Frame, StreamId, MAX_DNS_MESSAGE_LEN,
 };
 use crate::incoming::{
-    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind,
+    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, ListenerPorts,
+    SubscribeFailureKind,
 };
 use crate::session::state::{DnsReply, EnvReply, OpenReply, Shared, Slot};
 use crate::session::{CloseReason, SessionClosed};
@@ -124,6 +125,13 @@ pub enum SubscribeError {
     /// The session has used all of its stream ids.
     #[error("no stream ids left in this session")]
     IdsExhausted,
+    /// Listener ports were given for a subscription that can't have them (a mirror, a
+    /// filtered steal) or a session whose version lacks them.
+    #[error("listener ports need a whole-connection steal and protocol version 4 (this session speaks {version})")]
+    NoListeners {
+        /// The session's version.
+        version: u16,
+    },
 }
 
 /// Opens things on the peer. Cheap to clone; the session shuts down (sending `GoAway`) when
@@ -401,8 +409,41 @@ impl SessionHandle {
         families: Families,
         filter: Option<HttpFilter>,
     ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_with(port, mode, families, None, filter)
+            .await
+    }
+
+    /// A whole-connection steal of `port` for the clients of `families`, those of each
+    /// family in `listeners` redirected to that port of the target (a listener this side
+    /// put there), the others to the agent's own listeners as usual. Version 4.
+    pub async fn steal_to_listeners(
+        &self,
+        port: u16,
+        families: Families,
+        listeners: ListenerPorts,
+    ) -> Result<Subscription, SubscribeError> {
+        self.subscribe_with(port, IncomingMode::Steal, families, Some(listeners), None)
+            .await
+    }
+
+    async fn subscribe_with(
+        &self,
+        port: u16,
+        mode: IncomingMode,
+        families: Families,
+        listeners: Option<ListenerPorts>,
+        filter: Option<HttpFilter>,
+    ) -> Result<Subscription, SubscribeError> {
         if port == 0 {
             return Err(SubscribeError::PortZero);
+        }
+        let version = self.version();
+        if listeners.is_some()
+            && (version < crate::session::LISTENERS_VERSION
+                || mode != IncomingMode::Steal
+                || filter.is_some())
+        {
+            return Err(SubscribeError::NoListeners { version });
         }
         if let Some(f) = &filter {
             f.check()?;
@@ -412,6 +453,7 @@ impl SessionHandle {
             port,
             mode,
             families,
+            listeners,
             filter: filter.clone(),
         };
         // Checked here so that the frame queued below cannot fail to encode.

@@ -99,6 +99,38 @@ impl Families {
     }
 }
 
+/// Version 4: where a steal sends the redirected clients of each family when the subscriber
+/// put listening sockets of its own in the target's namespace (a local sctrace, which
+/// installs them in the app in place of its listeners): their ports there. A family without
+/// one goes to the agent's own listeners, as in a subscription without this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ListenerPorts {
+    /// The port IPv4 clients are redirected to.
+    pub ipv4: Option<u16>,
+    /// The port IPv6 clients are redirected to.
+    pub ipv6: Option<u16>,
+}
+
+impl ListenerPorts {
+    /// Whether no family has a port.
+    pub fn is_empty(&self) -> bool {
+        self.ipv4.is_none() && self.ipv6.is_none()
+    }
+
+    /// On the wire: each port as a `u16`, 0 for none.
+    pub(crate) fn put(&self, dst: &mut impl bytes::BufMut) {
+        dst.put_u16(self.ipv4.unwrap_or(0));
+        dst.put_u16(self.ipv6.unwrap_or(0));
+    }
+
+    pub(crate) fn from_wire(ipv4: u16, ipv6: u16) -> ListenerPorts {
+        ListenerPorts {
+            ipv4: (ipv4 != 0).then_some(ipv4),
+            ipv6: (ipv6 != 0).then_some(ipv6),
+        }
+    }
+}
+
 /// What an incoming stream (`IncomingTcp`, agent → sctrace) carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IncomingKind {

@@ -29,8 +29,9 @@
 //!
 //! # Versions
 //!
-//! Version 2 is version 1 (below) with additions, and version 3 is version 2 with data
-//! connections; builds speak 2 and 3 (`Welcome` gives the lower of the two sides' highest).
+//! Version 2 is version 1 (below) with additions, version 3 is version 2 with data
+//! connections, and version 4 is version 3 with listener ports; builds speak 2 to 4
+//! (`Welcome` gives the lower of the two sides' highest).
 //! Version 1 is no longer spoken: its `Hello` carried the session token in the clear. What
 //! version 2 adds is listed after the version 1 table.
 //!
@@ -39,6 +40,13 @@
 //! derive at the end of the handshake for those ([`data`] describes the connection's
 //! preamble and answer). An agent accepts data connections only for sessions that came over
 //! plain TCP; it refuses an `attach` connect over anything else with `EOPNOTSUPP`.
+//!
+//! Version 4 adds one flag: `Subscribe` with flag `0x01` (`listeners`) carries, after the
+//! families byte, two `u16` ports — IPv4, IPv6, 0 for none — of listening sockets the
+//! subscriber (a local sctrace) made in the target's namespace: that family's clients are
+//! redirected there instead of to the agent's own listeners, and never pass through the
+//! agent. Only a whole-connection steal may carry it, and an agent takes it only from a
+//! sctrace on its own machine (one that can have sockets of the target).
 //!
 //! | frame (version 2) | stream | direction | meaning |
 //! |---|---|---|---|
@@ -185,8 +193,8 @@ pub use frame::{
 };
 pub use handle::{DnsQueryError, EnvQueryError, OpenError, SessionHandle, SubscribeError};
 pub use incoming::{
-    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind,
-    MAX_FILTER_DEPTH, MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
+    Families, FilterError, HttpFilter, IncomingKind, IncomingMode, ListenerPorts,
+    SubscribeFailureKind, MAX_FILTER_DEPTH, MAX_FILTER_LIST_LEN, MAX_FILTER_TEXT_LEN,
 };
 pub use relay::{relay, RelayEnd, RelayOutcome};
 pub use request::{
@@ -195,7 +203,8 @@ pub use request::{
 };
 pub use session::{
     refuse, CloseReason, Config, HandshakeError, Io, Session, SessionClosed, SessionTask,
-    MAX_STREAM_WINDOW, MIN_PROTOCOL_VERSION, MIN_STREAM_WINDOW, PROTOCOL_VERSION,
+    LISTENERS_VERSION, MAX_STREAM_WINDOW, MIN_PROTOCOL_VERSION, MIN_STREAM_WINDOW,
+    PROTOCOL_VERSION,
 };
 pub use stream::Stream;
 pub use subscription::{IncomingRequest, SubscribeRequest, Subscription, SubscriptionEnd};

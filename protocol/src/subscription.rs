@@ -19,7 +19,9 @@ use std::task::{Context, Poll};
 use tokio::sync::oneshot;
 
 use crate::frame::{Frame, StreamId};
-use crate::incoming::{Families, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
+use crate::incoming::{
+    Families, HttpFilter, IncomingKind, IncomingMode, ListenerPorts, SubscribeFailureKind,
+};
 use crate::request::{Offer, OfferKind, Request, RespondError};
 use crate::session::state::{register, Shared, Slot, SubscriptionState};
 use crate::session::CloseReason;
@@ -125,12 +127,14 @@ impl Drop for Subscription {
 }
 
 impl Request {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn subscribe(
         shared: Arc<Shared>,
         id: StreamId,
         port: u16,
         mode: IncomingMode,
         families: Families,
+        listeners: Option<ListenerPorts>,
         filter: Option<HttpFilter>,
         cancel: oneshot::Receiver<()>,
     ) -> Request {
@@ -139,6 +143,7 @@ impl Request {
             port,
             mode,
             families,
+            listeners,
             filter,
         })
     }
@@ -168,6 +173,7 @@ pub struct SubscribeRequest {
     port: u16,
     mode: IncomingMode,
     families: Families,
+    listeners: Option<ListenerPorts>,
     filter: Option<HttpFilter>,
 }
 
@@ -194,6 +200,12 @@ impl SubscribeRequest {
     /// Whose clients to take: the other family's connections stay with the target.
     pub fn families(&self) -> Families {
         self.families
+    }
+
+    /// Version 4: the ports of the subscriber's own listeners in the target, which this
+    /// family's clients are redirected to instead of the agent's.
+    pub fn listeners(&self) -> Option<ListenerPorts> {
+        self.listeners
     }
 
     /// With steal: the requests to take (the others go to the target's server).

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use sctrace_protocol::frame::{MAX_DATAGRAM_LEN, MAX_DATA_CHUNK, MAX_PAYLOAD_LEN};
 use sctrace_protocol::{
     decode, decode_eof, DecodeError, DnsFailureKind, DnsTransport, Families, Frame, HttpFilter,
-    IncomingKind, IncomingMode, RefuseReason, SubscribeFailureKind,
+    IncomingKind, IncomingMode, ListenerPorts, RefuseReason, SubscribeFailureKind,
 };
 
 fn socket_addr() -> impl Strategy<Value = SocketAddr> {
@@ -131,18 +131,25 @@ fn frame() -> impl Strategy<Value = Frame> {
             1..=u16::MAX,
             any::<bool>(),
             prop::sample::select(vec![Families::IPV4, Families::IPV6, Families::BOTH]),
+            prop::option::of((any::<u16>(), any::<u16>())),
             prop::option::of(http_filter())
         )
-            .prop_map(|(stream, port, steal, families, filter)| Frame::Subscribe {
-                stream,
-                port,
-                mode: if steal {
-                    IncomingMode::Steal
-                } else {
-                    IncomingMode::Mirror
-                },
-                families,
-                filter,
+            .prop_map(|(stream, port, steal, families, listeners, filter)| {
+                Frame::Subscribe {
+                    stream,
+                    port,
+                    mode: if steal {
+                        IncomingMode::Steal
+                    } else {
+                        IncomingMode::Mirror
+                    },
+                    families,
+                    listeners: listeners.map(|(v4, v6)| ListenerPorts {
+                        ipv4: (v4 != 0).then_some(v4),
+                        ipv6: (v6 != 0).then_some(v6),
+                    }),
+                    filter,
+                }
             }),
         stream().prop_map(|stream| Frame::Subscribed { stream }),
         (stream(), 1u8..=9, text()).prop_map(|(stream, c, message)| Frame::SubscribeFailed {
@@ -315,6 +322,7 @@ fn encode_refuses_subscriptions_decode_would_reject() {
         port,
         mode: IncomingMode::Steal,
         families: Families::BOTH,
+        listeners: None,
         filter,
     };
     assert!(subscribe(0, None).encode(&mut buf).is_err());

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use sctrace_protocol::{
-    Config, Frame, HttpFilter, IncomingKind, IncomingMode, OpenError, Request, Requests, Session,
-    SessionHandle, SubscribeError, SubscribeFailureKind, SubscribeRequest, SubscriptionEnd, Token,
+    Config, Families, Frame, HttpFilter, IncomingKind, IncomingMode, ListenerPorts, OpenError,
+    Request, Requests, Session, SessionHandle, SubscribeError, SubscribeFailureKind,
+    SubscribeRequest, SubscriptionEnd, Token,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
@@ -221,6 +222,34 @@ async fn refusals_carry_the_agents_reason() {
             ..
         })
     ));
+}
+
+#[tokio::test]
+async fn a_steal_to_the_tracers_own_listeners_reaches_the_agent() {
+    let mut p = pair().await;
+    let ports = ListenerPorts {
+        ipv4: Some(40000),
+        ipv6: None,
+    };
+    let tracer = p.tracer.clone();
+    let subscribing =
+        tokio::spawn(async move { tracer.steal_to_listeners(8080, Families::BOTH, ports).await });
+    let request = next_subscribe(&mut p.agent_requests).await;
+    assert_eq!(request.port(), 8080);
+    assert_eq!(request.mode(), IncomingMode::Steal);
+    assert_eq!(request.families(), Families::BOTH);
+    assert_eq!(request.listeners(), Some(ports));
+    assert!(request.filter().is_none());
+    let _held = request.accept().unwrap();
+    assert!(subscribing.await.unwrap().is_ok());
+    // A plain subscription names none.
+    let tracer = p.tracer.clone();
+    let plain =
+        tokio::spawn(async move { tracer.subscribe(8081, IncomingMode::Steal, None).await });
+    let request = next_subscribe(&mut p.agent_requests).await;
+    assert_eq!(request.listeners(), None);
+    let _held2 = request.accept().unwrap();
+    assert!(plain.await.unwrap().is_ok());
 }
 
 #[tokio::test]

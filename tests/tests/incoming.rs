@@ -643,11 +643,15 @@ fn netns_cookie(ns: &Netns) -> String {
 fn a_stolen_connection_reaches_the_app_as_the_clients_own_socket() {
     // Whole-connection steal with nobody mirroring: the app accepts the very socket the
     // client connected to in the target (its netns cookie is the cluster's), so no byte is
-    // relayed; what the program sees is what it would see there. SCTRACE_DIRECT_SOCKETS=0
-    // relays instead, which the same program can tell. Both kinds of servers: one blocked in
-    // accept (sctrace answers the parked call with the offered socket) and one waiting in
-    // select first (a placeholder connection wakes it; its accept gets the client's socket);
-    // and a dual-stack IPv6 listener, whose IPv4 client is a v4-mapped IPv6 socket there.
+    // relayed; what the program sees is what it would see there — the client's address, and
+    // the target's address and port as the connection's own. Three ways: the app's listener
+    // itself moved into the target (the kernel gives it the connection); the listener kept
+    // here (SCTRACE_TARGET_LISTENERS=0), the agent handing each connection over; and
+    // everything relayed (SCTRACE_DIRECT_SOCKETS=0), which the same program can tell by the
+    // cookie. Kept here, both kinds of servers: one blocked in accept (sctrace answers the
+    // parked call with the offered socket) and one waiting in select first (a placeholder
+    // connection wakes it; its accept gets the client's socket); and a dual-stack IPv6
+    // listener, whose IPv4 client is a v4-mapped IPv6 socket there.
     let world = World::new();
     let config = world.config("as-is.json", r#"{"mode": "steal"}"#);
     let cluster_cookie = netns_cookie(&world.cluster.cluster);
@@ -671,7 +675,7 @@ if sys.argv[1] == "select":
     select.select([s], [], [])
 c, a = s.accept()
 c.setblocking(True)
-cookie = int.from_bytes(c.getsockopt(socket.SOL_SOCKET, 71, 8), 'little')
+cookie = lambda x: int.from_bytes(x.getsockopt(socket.SOL_SOCKET, 71, 8), 'little')
 peer = c.getpeername()[0]
 data = b""
 while not data.endswith(b"\n"):
@@ -680,8 +684,10 @@ while not data.endswith(b"\n"):
         break
     data += chunk
 c.sendall(data.upper())
+own = "%s:%d" % c.getsockname()[:2]
+bound = "%s:%d" % s.getsockname()[:2]
+print("accepted", a[0], peer, cookie(c), own, bound, cookie(s), data.decode().strip(), flush=True)
 c.close()
-print("accepted", a[0], peer, cookie, data.decode().strip(), flush=True)
 "#;
     let client = format!(
         r#"
@@ -698,39 +704,46 @@ print(got.decode().strip())
 "#
     );
     // An agent reached by address (the confined variants) has no way to hand a socket over.
-    let handed_over = if Variant::from_env().is_plain() {
+    let plain = Variant::from_env().is_plain();
+    let of_target = if plain {
         &cluster_cookie
     } else {
         &laptop_cookie
     };
-    for (direct, cookie, waits_in, family) in [
-        ("1", handed_over, "accept", "4"),
-        ("1", handed_over, "select", "4"),
-        ("1", handed_over, "accept", "6"),
-        ("0", &laptop_cookie, "accept", "4"),
+    let here = &laptop_cookie;
+    // (SCTRACE_DIRECT_SOCKETS, SCTRACE_TARGET_LISTENERS, the connection's cookie, the
+    // listener's, waiting in, family)
+    for (direct, listeners, cookie, listener_cookie, waits_in, family) in [
+        ("1", "1", of_target, of_target, "accept", "4"),
+        ("1", "1", of_target, of_target, "select", "4"),
+        ("1", "1", of_target, of_target, "accept", "6"),
+        ("1", "0", of_target, here, "accept", "4"),
+        ("1", "0", of_target, here, "select", "4"),
+        ("1", "0", of_target, here, "accept", "6"),
+        ("0", "1", here, here, "accept", "4"),
     ] {
         let mut app = listening(
             &world,
             &config,
             &["-c", server, waits_in, family],
-            &[("SCTRACE_DIRECT_SOCKETS", direct)],
+            &[
+                ("SCTRACE_DIRECT_SOCKETS", direct),
+                ("SCTRACE_TARGET_LISTENERS", listeners),
+            ],
         );
-        let client_shown = if family == "6" {
-            format!("::ffff:{APP}")
+        let (client_shown, bound) = if family == "6" {
+            (format!("::ffff:{APP}"), ":::8004")
         } else {
-            APP.to_string()
+            (APP.to_string(), "0.0.0.0:8004")
         };
         let out = in_cluster(&world, &client);
-        assert_eq!(
-            out.stdout.trim(),
-            "HELLO FROM THE CLUSTER",
-            "SCTRACE_DIRECT_SOCKETS={direct}, waiting in {waits_in}, IPv{family} listener: {out}"
-        );
+        let how = format!("SCTRACE_DIRECT_SOCKETS={direct} SCTRACE_TARGET_LISTENERS={listeners}, waiting in {waits_in}, IPv{family} listener");
+        assert_eq!(out.stdout.trim(), "HELLO FROM THE CLUSTER", "{how}: {out}");
         let lines = wait_for_line(&mut app, "accepted");
         assert_eq!(
             lines.last().map(String::as_str),
-            Some(format!("accepted {client_shown} {client_shown} {cookie} hello from the cluster").as_str()),
-            "SCTRACE_DIRECT_SOCKETS={direct}, waiting in {waits_in}, IPv{family} listener (cluster {cluster_cookie}, laptop {laptop_cookie}): {lines:?}"
+            Some(format!("accepted {client_shown} {client_shown} {cookie} {client_shown}:8004 {bound} {listener_cookie} hello from the cluster").as_str()),
+            "{how} (cluster {cluster_cookie}, laptop {laptop_cookie}): {lines:?}"
         );
         stop(app);
     }
@@ -779,19 +792,29 @@ for n in range({CLIENTS}):
 print("in order", got == [str(n) for n in range({CLIENTS})], len(got))
 "#
     );
-    let mut app = listening(&world, &config, &["-c", &server], &[]);
-    let out = in_cluster(&world, &client);
-    assert_eq!(
-        out.stdout.trim(),
-        format!("in order True {CLIENTS}"),
-        "{out}"
-    );
-    let lines = wait_for_line(&mut app, "served");
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some(format!("served {CLIENTS}").as_str())
-    );
-    stop(app);
+    // The listener in the target (the kernel's accept, interrupted), and kept here (each
+    // accept parked in sctrace).
+    for listeners in ["1", "0"] {
+        let mut app = listening(
+            &world,
+            &config,
+            &["-c", &server],
+            &[("SCTRACE_TARGET_LISTENERS", listeners)],
+        );
+        let out = in_cluster(&world, &client);
+        assert_eq!(
+            out.stdout.trim(),
+            format!("in order True {CLIENTS}"),
+            "SCTRACE_TARGET_LISTENERS={listeners}: {out}"
+        );
+        let lines = wait_for_line(&mut app, "served");
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(format!("served {CLIENTS}").as_str()),
+            "SCTRACE_TARGET_LISTENERS={listeners}"
+        );
+        stop(app);
+    }
 }
 
 #[test]
@@ -815,7 +838,6 @@ for n in range(4):
     c.close()
     print("accepted", n, a[0], flush=True)
 "#;
-    let mut app = listening(&world, &config, &["-c", server], &[]);
     let local = || {
         world.cluster.laptop.run_in(|| {
             use std::io::Read;
@@ -832,18 +854,34 @@ for n in range(4):
         );
         in_cluster(&world, &script).stdout.trim().to_string()
     };
-    for n in 0..4 {
-        let from_laptop = n % 2 == 0;
-        let (answer, client) = if from_laptop {
-            (local().unwrap(), "127.0.0.1")
-        } else {
-            (stolen(), APP)
-        };
-        assert_eq!(answer, n.to_string(), "client {n}");
-        assert_eq!(
-            wait_for_line(&mut app, "accepted"),
-            [format!("accepted {n} {client}")]
+    // Kept here (SCTRACE_TARGET_LISTENERS=0) as described; moved into the target, the
+    // accept is the kernel's there, and a laptop client comes through the target's
+    // loopback — the same addresses.
+    for listeners in ["0", "1"] {
+        let mut app = listening(
+            &world,
+            &config,
+            &["-c", server],
+            &[("SCTRACE_TARGET_LISTENERS", listeners)],
         );
+        for n in 0..4 {
+            let from_laptop = n % 2 == 0;
+            let (answer, client) = if from_laptop {
+                (local().unwrap(), "127.0.0.1")
+            } else {
+                (stolen(), APP)
+            };
+            assert_eq!(
+                answer,
+                n.to_string(),
+                "SCTRACE_TARGET_LISTENERS={listeners}, client {n}"
+            );
+            assert_eq!(
+                wait_for_line(&mut app, "accepted"),
+                [format!("accepted {n} {client}")],
+                "SCTRACE_TARGET_LISTENERS={listeners}"
+            );
+        }
+        stop(app);
     }
-    stop(app);
 }

@@ -254,6 +254,8 @@ pub enum Work {
     Listen {
         /// The backlog the app asked for.
         backlog: i32,
+        /// The calling thread (whose fd table a listener of the target may be installed in).
+        tid: i32,
     },
     /// A datagram send re-issued on this machine (never blocking the supervisor).
     Send {

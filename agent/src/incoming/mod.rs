@@ -196,6 +196,19 @@ impl Incoming {
                 }
             },
         };
+        // A local sctrace's own listeners in the target, for a whole-connection steal: its
+        // app accepts those clients itself. (A remote sctrace can have no socket here.)
+        let listeners = request.listeners();
+        if listeners.is_some()
+            && (mode != IncomingMode::Steal || filter.is_some() || self.handoffs.is_none())
+        {
+            request.reject(
+                SubscribeFailureKind::Unsupported,
+                "listener ports are taken only for a whole-connection steal, from a sctrace on this machine",
+            );
+            return;
+        }
+        let listeners = listeners.unwrap_or_default();
         let mut changes = self.changes.lock().await;
         if let Err(conflict) = self.registry().check(port, mode) {
             tracing::info!(port, %mode, %who, "refused: {conflict}");
@@ -230,11 +243,12 @@ impl Incoming {
             && filter.is_none()
             && self.handoffs.is_some();
         let v4 = match interceptor.dual {
+            _ if listeners.ipv4.is_some() => listeners.ipv4,
             Some(dual) if as_mapped => Some(dual),
             _ => interceptor.v4,
         }
         .filter(|_| families.ipv4);
-        let v6 = interceptor.v6.filter(|_| families.ipv6);
+        let v6 = listeners.ipv6.or(interceptor.v6).filter(|_| families.ipv6);
         // Registered before its rules go in, so that no connection they redirect finds the
         // port without it; such a connection waits until the subscription is confirmed.
         let subscriber = Arc::new(Subscriber {
@@ -282,7 +296,7 @@ impl Incoming {
         };
         subscriber.set(Phase::Alive);
         drop(changes);
-        tracing::info!(port, %mode, filtered = subscriber.filter.is_some(), %who, "subscribed");
+        tracing::info!(port, %mode, filtered = subscriber.filter.is_some(), to_listeners = ?listeners, %who, "subscribed");
 
         let mut lost = self.nft.lost();
         let end = tokio::select! {

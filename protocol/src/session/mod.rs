@@ -31,9 +31,11 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// The protocol version this build speaks natively.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The first version with data connections ([`crate::data`]).
 pub const DATA_CONNECTIONS_VERSION: u16 = 3;
+/// The first version whose `Subscribe` may name the subscriber's own listeners.
+pub const LISTENERS_VERSION: u16 = 4;
 /// The oldest protocol version this build still speaks. Version 1 sent the session token
 /// in the clear and is no longer spoken (see the crate documentation).
 pub const MIN_PROTOCOL_VERSION: u16 = 2;

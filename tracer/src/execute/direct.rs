@@ -130,16 +130,36 @@ fn defaults(v6: bool) -> &'static [Option<Vec<u8>>] {
 /// Why an app socket keeps the relay, or what its replacement needs.
 #[derive(Debug)]
 pub struct Prepared {
-    v6: bool,
+    /// An IPv6 socket.
+    pub v6: bool,
     /// The app's file status flags (O_NONBLOCK, ...).
-    flags: i32,
-    cloexec: bool,
-    settings: Vec<Setting>,
+    pub flags: i32,
+    /// The app's fd is close-on-exec.
+    pub cloexec: bool,
+    /// The options the app set.
+    pub settings: Vec<Setting>,
 }
 
 /// Checks that the app's socket (fd `app_fd` of thread `tid`) can be replaced, and reads
 /// what its replacement must have. `Err`: why it keeps the relay.
 pub fn prepare(
+    sock: &AppSocket,
+    tid: i32,
+    epolls: &crate::epolls::Epolls,
+) -> Result<Prepared, &'static str> {
+    let bound =
+        SockAddr::parse(&sys::local_addr(sock.fd.as_fd()).map_err(|_| "unreadable address")?)
+            .and_then(|a| a.inet())
+            .is_some_and(|a| a.port() != 0);
+    if bound {
+        return Err("bound to an address of this machine");
+    }
+    replaceable(sock, tid, epolls)
+}
+
+/// What [`prepare`] checks but the address: a listener (bound, of course) is replaced by a
+/// listener of the target (`execute::listener`).
+pub fn replaceable(
     sock: &AppSocket,
     tid: i32,
     epolls: &crate::epolls::Epolls,
@@ -152,12 +172,6 @@ pub fn prepare(
     };
     if sys::protocol(fd) != Ok(libc::IPPROTO_TCP) {
         return Err("not plain TCP");
-    }
-    let bound = SockAddr::parse(&sys::local_addr(fd).map_err(|_| "unreadable address")?)
-        .and_then(|a| a.inet())
-        .is_some_and(|a| a.port() != 0);
-    if bound {
-        return Err("bound to an address of this machine");
     }
     let device = sys::option_bytes(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE)
         .map_err(|_| "unreadable device")?;

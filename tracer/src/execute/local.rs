@@ -45,7 +45,7 @@ use crate::sys::socket::{self as sys, OutgoingMessage};
 use crate::trap::socket::AppSocket;
 use crate::trap::AddrArg;
 
-use super::{answer, Action};
+use super::{answer, listener, Action};
 
 /// `connect` as the app asked.
 pub fn connect(sock: AppSocket, record: Option<Record>, addr: AddrArg, len: i32) -> Action {
@@ -196,8 +196,9 @@ pub fn bind(
 pub fn listen(
     remote: Option<&Arc<Remote>>,
     sock: AppSocket,
-    record: Option<Record>,
+    mut record: Option<Record>,
     backlog: i32,
+    tid: i32,
 ) -> Action {
     let result = sys::listen(sock.fd.as_fd(), backlog);
     let mut subscribed = None;
@@ -206,9 +207,26 @@ pub fn listen(
         if remote.incoming.enabled() {
             if let (Some(bound), Ok(id)) = (sock.local_inet(), sock.identity()) {
                 let v6_only = bound.is_ipv6() && sys::v6_only(sock.fd.as_fd()).unwrap_or(false);
-                subscribed = remote
-                    .incoming
-                    .on_listen(id, AppListener { bound, v6_only });
+                let app = AppListener { bound, v6_only };
+                // A whole-connection steal: the listener itself may move into the target.
+                if let Some(candidate) = listener::candidate(remote, &sock, tid, app) {
+                    let remote = Arc::clone(remote);
+                    return Action::Defer(Box::pin(async move {
+                        let placed =
+                            listener::place(&remote, &sock, candidate, id, backlog, &mut record)
+                                .await;
+                        if let Some(reply) = placed {
+                            // The record says so; the reply installs the listener.
+                            let _ = answer(record, Ok(0i64));
+                            return reply;
+                        }
+                        if let Some(in_place) = remote.incoming.on_listen(id, app) {
+                            let _ = tokio::time::timeout(SUBSCRIBE_WAIT, in_place).await;
+                        }
+                        answer(record, Ok(0i64))
+                    }));
+                }
+                subscribed = remote.incoming.on_listen(id, app);
             }
         }
     }

@@ -18,6 +18,7 @@ mod accept;
 mod attach;
 mod create;
 mod direct;
+mod listener;
 mod local;
 mod outgoing;
 mod parked;
@@ -121,7 +122,9 @@ impl Executor {
             (Work::Bind { addr, len, moved }, remote) => {
                 local::bind(remote, sock, record, addr, len, moved)
             }
-            (Work::Listen { backlog }, remote) => local::listen(remote, sock, record, backlog),
+            (Work::Listen { backlog, tid }, remote) => {
+                local::listen(remote, sock, record, backlog, tid)
+            }
             (Work::Send { msg, flags }, _) => local::send(sock, record, msg, flags),
             (Work::ConnectRemote { dst, tid, owned }, Some(remote)) => {
                 outgoing::connect_tcp(remote, sock, dst, tid, owned, record)

@@ -61,6 +61,9 @@ pub fn decide_listen(ctx: &Context, n: &Notification) -> Plan {
     Plan::Socket {
         sock,
         record,
-        work: Work::Listen { backlog },
+        work: Work::Listen {
+            backlog,
+            tid: n.tid() as i32,
+        },
     }
 }

@@ -137,9 +137,26 @@ pub fn decide_getpeername(ctx: &Context, n: &Notification) -> Plan {
     show_managed_address(ctx, n, |remote, id| remote.sockets.peer_of(id))
 }
 
-/// Decides `getsockname(fd, addr, addrlen)`.
+/// Decides `getsockname(fd, addr, addrlen)`. Besides the sockets sctrace manages, the
+/// app's listeners in the target and the connections they accepted show the addresses the
+/// app would see in the target (`remote::target_listeners`).
 pub fn decide_getsockname(ctx: &Context, n: &Notification) -> Plan {
-    show_managed_address(ctx, n, |remote, id| remote.sockets.local_of(id))
+    show_managed_address(ctx, n, |remote, id| {
+        let placed = &remote.incoming.placed;
+        remote
+            .sockets
+            .local_of(id)
+            .or_else(|| placed.listener_address(id))
+            .or_else(|| {
+                if !placed.any() {
+                    return None;
+                }
+                let sock = ctx.take_socket(n, n.arg_int(0), None).ok()?;
+                let fd = std::os::fd::AsFd::as_fd(&sock.fd);
+                let of_target = remote.direct.as_ref().is_some_and(|d| d.is_of_target(fd));
+                placed.accepted_address(fd, of_target)
+            })
+    })
 }
 
 /// The address `of` says sctrace shows for the app's socket, if any; else the kernel's.

@@ -19,14 +19,15 @@ use sctrace_filter::config::{
     HttpCondition, HttpFilterConfig, IncomingConfig, IncomingMode as Mode,
 };
 use sctrace_protocol::{
-    Families, HttpFilter, IncomingKind, IncomingMode, IncomingRequest, Request, Requests,
-    SessionHandle, SubscribeError, SubscribeFailureKind, SubscriptionEnd,
+    Families, HttpFilter, IncomingKind, IncomingMode, IncomingRequest, ListenerPorts, Request,
+    Requests, SessionHandle, SubscribeError, SubscribeFailureKind, SubscriptionEnd,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::agent_link::Offer;
 use crate::errno::Errno;
+use crate::remote::target_listeners::{self, Placed, TargetListener};
 use crate::sockaddr::SockAddr;
 use crate::sockaddr::{canonical, loopback_if_wildcard};
 use crate::socket_table::{self, Protocol, TCP_LISTEN};
@@ -154,6 +155,52 @@ pub struct Incoming {
     config: IncomingConfig,
     agent: SessionHandle,
     state: Mutex<State>,
+    /// The app's listeners in the target (see `target_listeners`).
+    pub placed: Arc<Placed>,
+}
+
+/// A listener of the app being put in the target, then kept there, by its subscription's
+/// task ([`Incoming::keep_subscribed`]).
+struct Placing {
+    listener: TargetListener,
+    /// The app's `listen`, told whether its socket is replaced (once).
+    told: Option<oneshot::Sender<bool>>,
+    /// Once in place: serving the local clients of the app's port.
+    serving: Option<tokio::task::JoinHandle<()>>,
+    placed: Arc<Placed>,
+}
+
+impl Placing {
+    /// The subscription is in place: tells the app's `listen` to install the listener.
+    /// False when the listen no longer waits (its socket stays on this machine).
+    fn in_place(&mut self) -> bool {
+        let waited = self.told.take().is_none_or(|told| told.send(true).is_ok());
+        if waited && self.serving.is_none() {
+            self.placed.insert(&self.listener);
+            self.serving = target_listeners::serve_local_clients(&self.listener);
+        }
+        waited
+    }
+
+    /// Whether the app still has the listener (blocking: reads /proc).
+    async fn app_has(&self) -> bool {
+        let (inode, pid, fd) = (self.listener.inode, self.listener.pid, self.listener.fd);
+        tokio::task::spawn_blocking(move || target_listeners::app_has(inode, pid, fd))
+            .await
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Placing {
+    fn drop(&mut self) {
+        if let Some(told) = self.told.take() {
+            let _ = told.send(false);
+        }
+        if let Some(serving) = self.serving.take() {
+            serving.abort();
+            self.placed.remove(self.listener.port);
+        }
+    }
 }
 
 impl Incoming {
@@ -163,6 +210,7 @@ impl Incoming {
             config,
             agent,
             state: Mutex::default(),
+            placed: Arc::default(),
         })
     }
 
@@ -200,6 +248,97 @@ impl Incoming {
             .ok()
             .and_then(|st| st.moved.get(&bound.port()).copied());
         target_port(&self.config, bound, asked)
+    }
+
+    /// Whether the app's listener bound to `bound` may live in the target: its port's
+    /// clients are stolen whole (no HTTP filter), and no other listener of the app takes
+    /// them yet.
+    pub fn wants_in_target(&self, bound: SocketAddr) -> bool {
+        if self.config.mode != Mode::Steal {
+            return false;
+        }
+        let Some(port) = self.remote_port(bound) else {
+            return false;
+        };
+        http_filter(&self.config.http_filter, port).is_none()
+            && self
+                .state
+                .lock()
+                .is_ok_and(|st| !st.subscribed.contains_key(&port))
+    }
+
+    /// The app listens with the socket `id`, whose port's clients go to `listener` in the
+    /// target instead (see `target_listeners`): steals the port with the agent's redirect
+    /// pointing there. The receiver tells whether the subscription is in place that way
+    /// (the caller then installs the listener in the app); false (or nothing) when the
+    /// agent would not have it — the port is then subscribed the usual way, and the app
+    /// keeps its socket. `Err` gives the listener back when the port is subscribed already.
+    pub fn steal_in_target(
+        self: &Arc<Self>,
+        id: u64,
+        app: AppListener,
+        listener: TargetListener,
+    ) -> Result<oneshot::Receiver<bool>, TargetListener> {
+        let Some(port) = self.remote_port(app.bound) else {
+            return Err(listener);
+        };
+        let families = {
+            let Ok(mut st) = self.state.lock() else {
+                return Err(listener);
+            };
+            if st.subscribed.contains_key(&port) {
+                return Err(listener);
+            }
+            st.listeners.insert(id, port);
+            let (families, watched) = watch::channel(app.families());
+            st.subscribed.insert(
+                port,
+                SubscribedPort {
+                    listeners: vec![app],
+                    families,
+                    waiting: Vec::new(),
+                },
+            );
+            watched
+        };
+        let (told, placed) = oneshot::channel();
+        let placing = Placing {
+            listener,
+            told: Some(told),
+            serving: None,
+            placed: Arc::clone(&self.placed),
+        };
+        self.keep_in_task(
+            port,
+            IncomingMode::Steal,
+            None,
+            app.bound,
+            families,
+            Some(placing),
+        );
+        Ok(placed)
+    }
+
+    /// Runs [`Incoming::keep_subscribed`] for `port` on a task of its own, and forgets the
+    /// port when it ends.
+    fn keep_in_task(
+        self: &Arc<Self>,
+        port: u16,
+        mode: IncomingMode,
+        filter: Option<HttpFilter>,
+        bound: SocketAddr,
+        families: watch::Receiver<Families>,
+        placing: Option<Placing>,
+    ) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            me.keep_subscribed(port, mode, filter, bound, families, placing)
+                .await;
+            if let Ok(mut st) = me.state.lock() {
+                st.subscribed.remove(&port);
+                st.listeners.retain(|_, p| *p != port);
+            }
+        });
     }
 
     /// The app listens with the socket `id`: subscribe its port in the target (or take
@@ -253,39 +392,42 @@ impl Incoming {
             );
             watched
         };
-        let me = Arc::clone(self);
-        tokio::spawn(async move {
-            me.keep_subscribed(port, mode, filter, bound, families)
-                .await;
-            if let Ok(mut st) = me.state.lock() {
-                st.subscribed.remove(&port);
-                st.listeners.retain(|_, p| *p != port);
-            }
-        });
+        self.keep_in_task(port, mode, filter, bound, families, None);
         Some(in_place)
     }
 
-    /// Subscribes `port` again right after dropping its subscription (to take more
-    /// families): the agent may not have let go of the old steal yet, and refuses a new one
-    /// until it has — so a refusal for that reason is retried for a moment.
-    async fn subscribe_again(
+    /// Subscribes `port` (to `listeners` in the target, if given). Right after dropping
+    /// its subscription (`replacing`, to take more families), the agent may not have let go
+    /// of the old steal yet, and refuses a new one until it has — so a refusal for that
+    /// reason is retried for a moment.
+    async fn subscribe_once(
         &self,
         port: u16,
         mode: IncomingMode,
         families: Families,
         filter: Option<HttpFilter>,
+        listeners: Option<ListenerPorts>,
+        replacing: bool,
     ) -> Result<sctrace_protocol::Subscription, SubscribeError> {
         let mut tries = 0;
         loop {
-            let subscribed = self
-                .agent
-                .subscribe_families(port, mode, families, filter.clone())
-                .await;
+            let subscribed = match listeners {
+                Some(listeners) => {
+                    self.agent
+                        .steal_to_listeners(port, families, listeners)
+                        .await
+                }
+                None => {
+                    self.agent
+                        .subscribe_families(port, mode, families, filter.clone())
+                        .await
+                }
+            };
             match subscribed {
                 Err(SubscribeError::Refused {
                     kind: SubscribeFailureKind::PortInUse,
                     ..
-                }) if tries < REPLACE_TRIES => {
+                }) if replacing && tries < REPLACE_TRIES => {
                     tries += 1;
                     tokio::time::sleep(REPLACE_PAUSE).await;
                 }
@@ -313,7 +455,8 @@ impl Incoming {
 
     /// Holds the subscription of `port` while the app listens on `bound`, for the families
     /// its listeners take; subscribes again when they take more, or when the agent ends it
-    /// (its rules were lost) while the app still listens.
+    /// (its rules were lost) while the app still listens. With `placing`, the port's
+    /// clients go to the app's listener in the target while the app has it.
     async fn keep_subscribed(
         &self,
         port: u16,
@@ -321,29 +464,45 @@ impl Incoming {
         filter: Option<HttpFilter>,
         bound: SocketAddr,
         mut families: watch::Receiver<Families>,
+        mut placing: Option<Placing>,
     ) {
         let to = loopback_if_wildcard(bound);
         let mut replacing = false;
         loop {
             let asked = *families.borrow_and_update();
-            let subscribed = if replacing {
-                self.subscribe_again(port, mode, asked, filter.clone())
-                    .await
-            } else {
-                self.agent
-                    .subscribe_families(port, mode, asked, filter.clone())
-                    .await
-            };
+            let listeners = placing.as_ref().map(|p| p.listener.ports());
+            let subscribed = self
+                .subscribe_once(port, mode, asked, filter.clone(), listeners, replacing)
+                .await;
             let mut subscription = match subscribed {
                 Ok(subscription) => subscription,
                 // The session ended (the app exited as it started): nothing to say.
                 Err(SubscribeError::SessionClosed(_)) => return,
+                Err(err) if placing.is_some() => {
+                    tracing::debug!("port {port}: no listener in the target ({err}); the app's listener stays here");
+                    placing = None;
+                    continue;
+                }
                 Err(err) => {
                     eprintln!("sctrace: cannot {mode} port {port} of the target: {err}");
                     return;
                 }
             };
-            tracing::info!("{mode}ing port {port} of the target to {to} ({asked:?})");
+            if let Some(p) = placing.as_mut() {
+                if !p.in_place() {
+                    // The app's listen gave up waiting: its listener stays here.
+                    placing = None;
+                    drop(subscription);
+                    replacing = true;
+                    continue;
+                }
+                tracing::info!(
+                    "{mode}ing port {port} of the target to the app's listener there (port {})",
+                    p.listener.port
+                );
+            } else {
+                tracing::info!("{mode}ing port {port} of the target to {to} ({asked:?})");
+            }
             self.in_place(port);
             let again_at_once = loop {
                 tokio::select! {
@@ -367,7 +526,7 @@ impl Incoming {
                         break true;
                     }
                     () = tokio::time::sleep(WATCH) => {
-                        if !listening(bound.port()) {
+                        if !still_listening(bound, placing.as_ref()).await {
                             drop(subscription);
                             tracing::info!("the app stopped listening on {bound}: port {port} of the target is no longer {mode}ed");
                             return;
@@ -378,7 +537,7 @@ impl Incoming {
             replacing = again_at_once;
             if !again_at_once {
                 tokio::time::sleep(WATCH).await;
-                if !listening(bound.port()) {
+                if !still_listening(bound, placing.as_ref()).await {
                     return;
                 }
             }
@@ -764,6 +923,16 @@ fn http_filter(config: &HttpFilterConfig, port: u16) -> Option<HttpFilter> {
         .any_of
         .as_ref()
         .map(|any| HttpFilter::AnyOf(any.iter().map(condition).collect()))
+}
+
+/// Whether the app still listens on `bound`: with its listener in the target, whether it
+/// still has that socket; else whether a socket of this namespace listens on the port (the
+/// app's listener here).
+async fn still_listening(bound: SocketAddr, placing: Option<&Placing>) -> bool {
+    match placing {
+        Some(placing) => placing.app_has().await,
+        None => listening(bound.port()),
+    }
 }
 
 /// Whether some socket of this network namespace listens on TCP `port`.

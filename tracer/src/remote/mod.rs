@@ -7,6 +7,7 @@
 pub mod incoming;
 pub mod routes;
 pub mod sockets;
+pub mod target_listeners;
 pub mod target_sockets;
 
 use std::collections::HashSet;
@@ -72,6 +73,8 @@ pub struct Remote {
     pub direct: Option<Arc<target_sockets::TargetSockets>>,
     /// Data connections for remote TCP connects (an agent reached over plain TCP only).
     pub data: Option<DataRoute>,
+    /// The app's listeners of ports stolen whole may move into the target (with `direct`).
+    pub listeners_in_target: bool,
     /// The target's resolver configuration (its search list and options), for the app's
     /// own resolver.
     pub target_resolver: TargetResolver,
@@ -87,6 +90,13 @@ pub struct Remote {
 /// relays them all, to compare or to work around a problem).
 fn direct_sockets_wanted() -> bool {
     std::env::var_os("SCTRACE_DIRECT_SOCKETS").is_none_or(|v| v != "0")
+}
+
+/// Whether the app's listeners of ports stolen whole may move into the target
+/// (`SCTRACE_TARGET_LISTENERS=0` keeps them here, to compare or to work around a problem:
+/// stolen connections are then handed over one by one).
+fn target_listeners_wanted() -> bool {
+    std::env::var_os("SCTRACE_TARGET_LISTENERS").is_none_or(|v| v != "0")
 }
 
 /// Whether DNS answers are cached and identical queries in flight shared
@@ -151,6 +161,7 @@ impl Remote {
                 .filter(|_| direct_sockets_wanted())
                 .map(target_sockets::TargetSockets::start),
             data: link.data.clone(),
+            listeners_in_target: target_listeners_wanted(),
             target_resolver,
             nameservers: resolv_conf::nameservers(&resolv_conf),
             listening: Mutex::default(),

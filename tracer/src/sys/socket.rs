@@ -180,6 +180,23 @@ pub fn netns_cookie(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
     Ok(value)
 }
 
+/// Where a connection a NAT redirect brought was really going (conntrack's
+/// `SO_ORIGINAL_DST`, or `IP6T_SO_ORIGINAL_DST` when the peer is IPv6 — an IPv4 peer of an
+/// IPv6 socket, v4-mapped, has an IPv4 entry). ENOENT for a connection nothing redirected.
+pub fn original_destination(
+    fd: BorrowedFd<'_>,
+    ipv6_peer: bool,
+) -> Result<std::net::SocketAddr, Errno> {
+    let socket = socket2::SockRef::from(&fd);
+    let addr = if ipv6_peer {
+        socket.original_dst_v6()
+    } else {
+        socket.original_dst_v4()
+    }
+    .map_err(|e| Errno::from_io(&e))?;
+    addr.as_socket().ok_or(Errno(libc::EAFNOSUPPORT))
+}
+
 /// The pending error of a socket (`SO_ERROR`), which reading clears: a finished
 /// non-blocking connect's outcome.
 pub fn take_error(fd: BorrowedFd<'_>) -> Result<i32, Errno> {

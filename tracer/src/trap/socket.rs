@@ -201,6 +201,11 @@ impl AppSocket {
         sys::file_flags(self.fd.as_fd())
     }
 
+    /// Whether sctrace holds the socket itself (container mode: it created it).
+    pub fn is_held(&self) -> bool {
+        self._held.is_some()
+    }
+
     /// Its own address (`getsockname`), when it can be read.
     pub fn local_addr(&self) -> Option<SockAddr> {
         sys::local_addr(self.fd.as_fd())

@@ -105,8 +105,11 @@ impl State {
                 port,
                 mode,
                 families,
+                listeners,
                 filter,
-            } => deliver.extend(self.on_subscribe(shared, stream, port, mode, families, filter)?),
+            } => deliver.extend(
+                self.on_subscribe(shared, stream, port, mode, families, listeners, filter)?,
+            ),
             Frame::Subscribed { stream } => self.on_subscribed(stream)?,
             Frame::SubscribeFailed {
                 stream,

@@ -7,13 +7,16 @@ use std::sync::Arc;
 
 use super::violation;
 use crate::frame::{Frame, StreamId};
-use crate::incoming::{Families, HttpFilter, IncomingKind, IncomingMode, SubscribeFailureKind};
+use crate::incoming::{
+    Families, HttpFilter, IncomingKind, IncomingMode, ListenerPorts, SubscribeFailureKind,
+};
 use crate::request::{OfferKind, Request};
 use crate::session::state::{errno, Shared, Slot, State, SubscriptionState};
 use crate::session::CloseReason;
 
 impl State {
     /// `Subscribe`: the peer asks us to subscribe `port` of our target.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_subscribe(
         &mut self,
         shared: &Arc<Shared>,
@@ -21,11 +24,21 @@ impl State {
         port: u16,
         mode: IncomingMode,
         families: Families,
+        listeners: Option<ListenerPorts>,
         filter: Option<HttpFilter>,
     ) -> Result<Option<Request>, CloseReason> {
         let cancel = self.offer(stream, OfferKind::Subscribe)?;
         Ok(cancel.map(|cancel| {
-            Request::subscribe(shared.clone(), stream, port, mode, families, filter, cancel)
+            Request::subscribe(
+                shared.clone(),
+                stream,
+                port,
+                mode,
+                families,
+                listeners,
+                filter,
+                cancel,
+            )
         }))
     }
 
