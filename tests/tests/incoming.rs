@@ -822,7 +822,8 @@ fn a_parked_accept_takes_local_clients_and_stolen_ones_alike() {
     // A server blocked in accept on a stolen port: its accept waits parked in sctrace,
     // where a stolen connection and a client on the laptop itself may each answer it.
     // Both kinds, in turn, each get the server's answer, and accept shows each its own
-    // client: the laptop's loopback, the cluster's address.
+    // client: the laptop's loopback, the cluster's address; getsockname the address each
+    // dialed.
     let world = World::new();
     let config = world.config("parked.json", r#"{"mode": "steal"}"#);
     let server = r#"
@@ -834,9 +835,10 @@ s.listen()
 print("listening", flush=True)
 for n in range(4):
     c, a = s.accept()
+    own = "%s:%d" % c.getsockname()[:2]
     c.sendall(b"%d\n" % n)
     c.close()
-    print("accepted", n, a[0], flush=True)
+    print("accepted", n, a[0], own, flush=True)
 "#;
     let local = || {
         world.cluster.laptop.run_in(|| {
@@ -876,9 +878,10 @@ for n in range(4):
                 n.to_string(),
                 "SCTRACE_TARGET_LISTENERS={listeners}, client {n}"
             );
+            // The connection's own address is the one the client dialed.
             assert_eq!(
                 wait_for_line(&mut app, "accepted"),
-                [format!("accepted {n} {client}")],
+                [format!("accepted {n} {client} {client}:8007")],
                 "SCTRACE_TARGET_LISTENERS={listeners}"
             );
         }

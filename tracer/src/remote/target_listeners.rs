@@ -125,9 +125,11 @@ impl Placed {
         let shown = self.by_port.lock().ok()?.get(&local.port()).copied()?;
         let peer = SockAddr::parse(&sys::peer_addr(fd).ok()?)?.inet()?;
         let ipv6_peer = !canonical(peer.ip()).is_ipv4();
+        // Conntrack knows connections nothing redirected too: their original destination
+        // is the listener's own port.
         let addr = match sys::original_destination(fd, ipv6_peer) {
-            Ok(original) => original,
-            Err(_) => SocketAddr::new(local.ip(), shown.bound.port()),
+            Ok(original) if original.port() != local.port() => original,
+            _ => SocketAddr::new(local.ip(), shown.bound.port()),
         };
         Some(in_family(addr, local.is_ipv6()))
     }
