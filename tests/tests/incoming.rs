@@ -888,3 +888,79 @@ for n in range(4):
         stop(app);
     }
 }
+
+#[test]
+fn a_server_listening_again_at_once_gets_its_port_and_its_clients() {
+    // A server that closes its listener and at once listens again on the same port — in the
+    // same process, with or without SO_REUSEADDR, or a new process each time (a reloading
+    // development server). While its listener is in the target, sctrace holds the port
+    // here for local clients; the app's bind finds it taken, and sctrace lets go of it then
+    // (and of the stale subscription), so each round binds and gets its own client.
+    let world = World::new();
+    let config = world.config("relisten.json", r#"{"mode": "steal"}"#);
+    let server = r#"
+import socket, subprocess, sys
+ROUND = """
+import socket, sys
+s = socket.socket()
+if sys.argv[1] == "reuse":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8012))
+s.listen()
+print("listening", sys.argv[2], flush=True)
+c, a = s.accept()
+c.sendall(b"round %s\\n" % sys.argv[2].encode())
+c.close()
+s.close()
+"""
+for i in range(3):
+    if sys.argv[2] == "process":
+        subprocess.run([sys.executable, "-c", ROUND, sys.argv[1], str(i)], check=True)
+    else:
+        sys.argv = ["-c", sys.argv[1], str(i), sys.argv[2]]
+        exec(ROUND, {})
+        sys.argv = sys.argv[:2] + [sys.argv[3]]
+print("served", flush=True)
+"#;
+    let client = format!(
+        r#"
+import socket, time
+for n in range(3):
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            c = socket.create_connection(("{APP}", 8012), timeout=5)
+            print(c.makefile().read().strip())
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+"#
+    );
+    for (reuse, how) in [
+        ("reuse", "inline"),
+        ("plain", "inline"),
+        ("plain", "process"),
+    ] {
+        let mut app = listening(&world, &config, &["-c", server, reuse, how], &[]);
+        let out = in_cluster(&world, &client);
+        assert_eq!(
+            out.stdout.trim(),
+            "round 0\nround 1\nround 2",
+            "{reuse}, {how}: {out}"
+        );
+        let lines = wait_for_line(&mut app, "served");
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("served"),
+            "{reuse}, {how}: {lines:?}"
+        );
+        let done = stop(app);
+        assert!(
+            !done.stderr.contains("Traceback"),
+            "{reuse}, {how}: {}",
+            done.stderr
+        );
+    }
+}

@@ -168,26 +168,67 @@ pub fn bind(
     len: i32,
     moved: Option<MovedBind>,
 ) -> Action {
-    let result = match (&moved, &addr) {
+    let bytes = match (&moved, &addr) {
         (Some(moved), AddrArg::Bytes(bytes)) => {
             // The app's own address bytes (flow info, scope) with the configured port.
             let mut bytes = bytes.clone();
             if let Some(port) = bytes.get_mut(2..4) {
                 port.copy_from_slice(&moved.to.port().to_be_bytes());
             }
-            sys::bind(sock.fd.as_fd(), Some(&bytes), len)
+            Some(bytes)
         }
-        _ => sys::bind(sock.fd.as_fd(), addr.bytes(), len),
+        _ => addr.bytes().map(<[u8]>::to_vec),
     };
-    if let (Ok(()), Some(remote)) = (&result, remote) {
-        if let Some(moved) = &moved {
+    let mut result = sys::bind(sock.fd.as_fd(), bytes.as_deref(), len);
+    if let (Err(Errno(libc::EADDRINUSE)), Some(remote)) = (&result, remote) {
+        // sctrace itself may hold the port for a listener the app had in the target and
+        // just closed (a server restarting): let go of it, and bind again.
+        let port = bytes
+            .as_deref()
+            .and_then(SockAddr::parse)
+            .and_then(|a| a.inet())
+            .map(|a| a.port());
+        if port.is_some_and(|port| port != 0 && remote.incoming.release_stale(port)) {
+            result = sys::bind(sock.fd.as_fd(), bytes.as_deref(), len);
+            if result == Err(Errno(libc::EADDRINUSE)) {
+                let remote = Arc::clone(remote);
+                return Action::Defer(Box::pin(async move {
+                    // Without SO_REUSEADDR the port is free once sctrace's listener is
+                    // closed, which its task does moments later.
+                    let mut result = Err(Errno(libc::EADDRINUSE));
+                    for _ in 0..RELEASE_TRIES {
+                        tokio::time::sleep(RELEASE_PAUSE).await;
+                        result = sys::bind(sock.fd.as_fd(), bytes.as_deref(), len);
+                        if result != Err(Errno(libc::EADDRINUSE)) {
+                            break;
+                        }
+                    }
+                    bound(&remote, &sock, moved.as_ref(), &result);
+                    answer(record, result.map(|()| 0i64))
+                }));
+            }
+        }
+    }
+    if let Some(remote) = remote {
+        bound(remote, &sock, moved.as_ref(), &result);
+    }
+    answer(record, result.map(|()| 0i64)).into()
+}
+
+/// How often, and how far apart, a bind is tried again after sctrace let go of the port.
+const RELEASE_TRIES: u32 = 10;
+const RELEASE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// What follows a bind of the app's socket on this machine.
+fn bound(remote: &Remote, sock: &AppSocket, moved: Option<&MovedBind>, result: &Result<(), Errno>) {
+    if let (Ok(()), remote) = (result, remote) {
+        if let Some(moved) = moved {
             remote.incoming.note_moved(moved.to.port(), moved.asked);
         }
         if sock.sock_type() == Ok(libc::SOCK_DGRAM) {
-            note_listening(remote, &sock, Protocol::Udp);
+            note_listening(remote, sock, Protocol::Udp);
         }
     }
-    answer(record, result.map(|()| 0i64)).into()
 }
 
 /// `listen`, then the port's subscription in the target (mirror or steal, as configured).
@@ -208,6 +249,9 @@ pub fn listen(
             if let (Some(bound), Ok(id)) = (sock.local_inet(), sock.identity()) {
                 let v6_only = bound.is_ipv6() && sys::v6_only(sock.fd.as_fd()).unwrap_or(false);
                 let app = AppListener { bound, v6_only };
+                // A listener of the app in the target that it no longer has would keep the
+                // port's subscription a moment longer: this one takes over now.
+                remote.incoming.release_stale(bound.port());
                 // A whole-connection steal: the listener itself may move into the target.
                 if let Some(candidate) = listener::candidate(remote, &sock, tid, app) {
                     let remote = Arc::clone(remote);

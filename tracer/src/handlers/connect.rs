@@ -89,6 +89,10 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     if let Some(record) = record.as_mut() {
         record.set_route(&routed);
     }
+    if routed.to == Destination::Local && routed.reresolve.is_none() {
+        // Stays here as asked (what the checks below lead to as well).
+        return as_asked(sock, record, addr, len, owned);
+    }
     if protocol == Protocol::Tcp
         && remote
             .direct

@@ -39,6 +39,8 @@ const WATCH: Duration = Duration::from_secs(1);
 /// while the agent still holds the old one (about a second in all).
 const REPLACE_TRIES: u32 = 50;
 const REPLACE_PAUSE: Duration = Duration::from_millis(20);
+/// How long after a stale subscription was ended a new one of its port may still meet it.
+const RELEASED_GRACE: Duration = Duration::from_secs(2);
 /// How long a delivered connection's client address is remembered for the app's accept.
 const PEER_GRACE: Duration = Duration::from_secs(60);
 
@@ -92,6 +94,10 @@ struct SubscribedPort {
     families: watch::Sender<Families>,
     /// Listens waiting for the subscription to be in place (see [`Incoming::on_listen`]).
     waiting: Vec<oneshot::Sender<()>>,
+    /// Which subscription of the port this is (a stale one is replaced while its task ends).
+    serial: u64,
+    /// Tells its task to end now.
+    end: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
@@ -109,6 +115,52 @@ struct State {
     moved: HashMap<u16, u16>,
     /// Blocking accepts of the app parked in sctrace, oldest first.
     waiting: Vec<Arc<WaitingAccept>>,
+    /// The last [`SubscribedPort::serial`] given.
+    serial: u64,
+    /// Target ports whose stale subscription was just ended (see
+    /// [`Incoming::release_stale`]): the agent may not have let go of it yet.
+    released: HashMap<u16, std::time::Instant>,
+}
+
+/// What the task keeping a port's subscription needs of its entry: the families its
+/// listeners take, its serial, the signal to end, and whether it replaces a subscription
+/// just ended.
+type Keeping = (
+    watch::Receiver<Families>,
+    u64,
+    Arc<tokio::sync::Notify>,
+    bool,
+);
+
+impl State {
+    /// A new port subscription's entry, registered for the app's listener `id` on `port`.
+    fn subscribe(
+        &mut self,
+        id: u64,
+        port: u16,
+        app: AppListener,
+        waiting: Vec<oneshot::Sender<()>>,
+    ) -> Keeping {
+        self.listeners.insert(id, port);
+        self.serial += 1;
+        let end = Arc::new(tokio::sync::Notify::new());
+        let (families, watched) = watch::channel(app.families());
+        self.subscribed.insert(
+            port,
+            SubscribedPort {
+                listeners: vec![app],
+                families,
+                waiting,
+                serial: self.serial,
+                end: Arc::clone(&end),
+            },
+        );
+        let replacing = self
+            .released
+            .remove(&port)
+            .is_some_and(|at| at.elapsed() < RELEASED_GRACE);
+        (watched, self.serial, end, replacing)
+    }
 }
 
 /// A blocking accept the app made on a subscribed listener, parked in sctrace until a
@@ -163,6 +215,8 @@ pub struct Incoming {
 /// task ([`Incoming::keep_subscribed`]).
 struct Placing {
     listener: TargetListener,
+    /// The target's port stolen.
+    port: u16,
     /// The app's `listen`, told whether its socket is replaced (once).
     told: Option<oneshot::Sender<bool>>,
     /// Once in place: serving the local clients of the app's port.
@@ -176,7 +230,7 @@ impl Placing {
     fn in_place(&mut self) -> bool {
         let waited = self.told.take().is_none_or(|told| told.send(true).is_ok());
         if waited && self.serving.is_none() {
-            self.placed.insert(&self.listener);
+            self.placed.insert(&self.listener, self.port);
             self.serving = target_listeners::serve_local_clients(&self.listener);
         }
         waited
@@ -289,21 +343,12 @@ impl Incoming {
             if st.subscribed.contains_key(&port) {
                 return Err(listener);
             }
-            st.listeners.insert(id, port);
-            let (families, watched) = watch::channel(app.families());
-            st.subscribed.insert(
-                port,
-                SubscribedPort {
-                    listeners: vec![app],
-                    families,
-                    waiting: Vec::new(),
-                },
-            );
-            watched
+            st.subscribe(id, port, app, Vec::new())
         };
         let (told, placed) = oneshot::channel();
         let placing = Placing {
             listener,
+            port,
             told: Some(told),
             serving: None,
             placed: Arc::clone(&self.placed),
@@ -319,6 +364,28 @@ impl Incoming {
         Ok(placed)
     }
 
+    /// Lets go of this machine's `port` where sctrace holds it for a listener of the app in
+    /// the target that the app no longer has (closed, or its process ended) but whose
+    /// subscription has not noticed yet: the port's subscription ends now, and sctrace's
+    /// listener there stops listening (a program binding the port again with SO_REUSEADDR,
+    /// as servers do, gets it at once; otherwise once the listener is closed, moments
+    /// later). True when something was let go. Reads /proc: blocking.
+    pub fn release_stale(&self, port: u16) -> bool {
+        let stale = self.placed.release_stale(port);
+        for target_port in &stale {
+            let ended = self.state.lock().ok().and_then(|mut st| {
+                st.released.insert(*target_port, std::time::Instant::now());
+                let ended = st.subscribed.remove(target_port)?;
+                st.listeners.retain(|_, p| p != target_port);
+                Some(ended)
+            });
+            if let Some(ended) = ended {
+                ended.end.notify_one();
+            }
+        }
+        !stale.is_empty()
+    }
+
     /// Runs [`Incoming::keep_subscribed`] for `port` on a task of its own, and forgets the
     /// port when it ends.
     fn keep_in_task(
@@ -327,16 +394,23 @@ impl Incoming {
         mode: IncomingMode,
         filter: Option<HttpFilter>,
         bound: SocketAddr,
-        families: watch::Receiver<Families>,
+        (families, serial, end, replacing): Keeping,
         placing: Option<Placing>,
     ) {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            me.keep_subscribed(port, mode, filter, bound, families, placing)
-                .await;
+            let keep =
+                me.keep_subscribed(port, mode, filter, bound, (families, replacing), placing);
+            tokio::select! {
+                () = keep => {}
+                () = end.notified() => {}
+            }
             if let Ok(mut st) = me.state.lock() {
-                st.subscribed.remove(&port);
-                st.listeners.retain(|_, p| *p != port);
+                // Unless a newer subscription of the port replaced this one.
+                if st.subscribed.get(&port).is_some_and(|s| s.serial == serial) {
+                    st.subscribed.remove(&port);
+                    st.listeners.retain(|_, p| *p != port);
+                }
             }
         });
     }
@@ -381,16 +455,7 @@ impl Incoming {
                 }
                 return None;
             }
-            let (families, watched) = watch::channel(listener.families());
-            st.subscribed.insert(
-                port,
-                SubscribedPort {
-                    listeners: vec![listener],
-                    families,
-                    waiting: vec![ready],
-                },
-            );
-            watched
+            st.subscribe(id, port, listener, vec![ready])
         };
         self.keep_in_task(port, mode, filter, bound, families, None);
         Some(in_place)
@@ -456,18 +521,18 @@ impl Incoming {
     /// Holds the subscription of `port` while the app listens on `bound`, for the families
     /// its listeners take; subscribes again when they take more, or when the agent ends it
     /// (its rules were lost) while the app still listens. With `placing`, the port's
-    /// clients go to the app's listener in the target while the app has it.
+    /// clients go to the app's listener in the target while the app has it. `replacing`:
+    /// the port's previous subscription has just ended (the agent may still hold it).
     async fn keep_subscribed(
         &self,
         port: u16,
         mode: IncomingMode,
         filter: Option<HttpFilter>,
         bound: SocketAddr,
-        mut families: watch::Receiver<Families>,
+        (mut families, mut replacing): (watch::Receiver<Families>, bool),
         mut placing: Option<Placing>,
     ) {
         let to = loopback_if_wildcard(bound);
-        let mut replacing = false;
         loop {
             let asked = *families.borrow_and_update();
             let listeners = placing.as_ref().map(|p| p.listener.ports());

@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use sctrace_protocol::ListenerPorts;
@@ -65,13 +65,20 @@ fn ports_for(port: u16, v6: bool, v6_only: bool) -> ListenerPorts {
     }
 }
 
-/// What the app's `getsockname` shows for a listener in the target and its connections.
-#[derive(Debug, Clone, Copy)]
+/// A listener in place, as the app sees it and as sctrace keeps it.
+#[derive(Debug)]
 struct Shown {
-    /// The listener's identity.
+    /// The listener's identity, and where the app had it: process and fd.
     inode: u64,
+    pid: i32,
+    fd: i32,
     /// Its address as the app bound it.
     bound: SocketAddr,
+    /// The target's port its subscription steals.
+    subscribed: u16,
+    /// A copy of sctrace's listener on this machine (the app's own), to stop it listening
+    /// when the app no longer has the one in the target.
+    local: Option<OwnedFd>,
 }
 
 /// The listeners in place: their ports in the target → what the app sees.
@@ -81,17 +88,55 @@ pub struct Placed {
 }
 
 impl Placed {
-    /// `listener` is in place.
-    pub fn insert(&self, listener: &TargetListener) {
+    /// `listener` is in place, for the subscription of the target's port `subscribed`.
+    pub fn insert(&self, listener: &TargetListener, subscribed: u16) {
         if let Ok(mut map) = self.by_port.lock() {
             map.insert(
                 listener.port,
                 Shown {
                     inode: listener.inode,
+                    pid: listener.pid,
+                    fd: listener.fd,
                     bound: listener.shown,
+                    subscribed,
+                    local: listener.local.try_clone().ok(),
                 },
             );
         }
+    }
+
+    /// Forgets the listeners bound to this machine's `port` that the app no longer has,
+    /// and stops sctrace's listener there (`shutdown`: it listens no more, and a bind with
+    /// SO_REUSEADDR may take the port; the serving task then closes it). Returns the
+    /// target's ports their subscriptions steal. Reads /proc: blocking.
+    pub fn release_stale(&self, port: u16) -> Vec<u16> {
+        let candidates: Vec<(u16, u64, i32, i32)> = match self.by_port.lock() {
+            Ok(map) => map
+                .iter()
+                .filter(|(_, s)| s.bound.port() == port)
+                .map(|(&at, s)| (at, s.inode, s.pid, s.fd))
+                .collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut released = Vec::new();
+        for (at, inode, pid, fd) in candidates {
+            if app_has(inode, pid, fd) {
+                continue;
+            }
+            let Some(shown) = self.by_port.lock().ok().and_then(|mut m| m.remove(&at)) else {
+                continue;
+            };
+            if let Some(local) = &shown.local {
+                let _ = sys::shutdown(local.as_fd(), libc::SHUT_RDWR);
+            }
+            tracing::debug!(
+                "the app's listener on {} is gone: port {} of the target is let go now",
+                shown.bound,
+                shown.subscribed
+            );
+            released.push(shown.subscribed);
+        }
+        released
     }
 
     /// The listener on `port` of the target is gone.
@@ -122,14 +167,19 @@ impl Placed {
             return None;
         }
         let local = SockAddr::parse(&sys::local_addr(fd).ok()?)?.inet()?;
-        let shown = self.by_port.lock().ok()?.get(&local.port()).copied()?;
+        let shown = self
+            .by_port
+            .lock()
+            .ok()?
+            .get(&local.port())
+            .map(|s| s.bound)?;
         let peer = SockAddr::parse(&sys::peer_addr(fd).ok()?)?.inet()?;
         let ipv6_peer = !canonical(peer.ip()).is_ipv4();
         // Conntrack knows connections nothing redirected too: their original destination
         // is the listener's own port.
         let addr = match sys::original_destination(fd, ipv6_peer) {
             Ok(original) if original.port() != local.port() => original,
-            _ => SocketAddr::new(local.ip(), shown.bound.port()),
+            _ => SocketAddr::new(local.ip(), shown.port()),
         };
         Some(in_family(addr, local.is_ipv6()))
     }
@@ -205,8 +255,6 @@ pub fn inode_of(fd: BorrowedFd<'_>) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsFd;
-
     use super::*;
 
     #[test]
@@ -232,7 +280,11 @@ mod tests {
             port,
             Shown {
                 inode: 1,
+                pid: 0,
+                fd: -1,
                 bound: "0.0.0.0:8000".parse().unwrap(),
+                subscribed: 8000,
+                local: None,
             },
         );
         // Not a socket of the target.

@@ -197,6 +197,13 @@ pub fn original_destination(
     addr.as_socket().ok_or(Errno(libc::EAFNOSUPPORT))
 }
 
+/// `shutdown(fd, how)`: on a listener, it stops listening (and wakes whoever waits in
+/// `accept`).
+pub fn shutdown(fd: BorrowedFd<'_>, how: i32) -> Result<(), Errno> {
+    // SAFETY: plain call on a valid fd.
+    check(unsafe { libc::shutdown(fd.as_raw_fd(), how) }).map(drop)
+}
+
 /// The pending error of a socket (`SO_ERROR`), which reading clears: a finished
 /// non-blocking connect's outcome.
 pub fn take_error(fd: BorrowedFd<'_>) -> Result<i32, Errno> {
