@@ -669,6 +669,8 @@ else:
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", 8004))
 s.listen()
+# Again, with another backlog, as nginx does.
+s.listen(64)
 print("listening", flush=True)
 if sys.argv[1] == "select":
     s.setblocking(False)

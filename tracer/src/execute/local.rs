@@ -243,6 +243,14 @@ pub fn listen(
 ) -> Action {
     let result = sys::listen(sock.fd.as_fd(), backlog);
     let mut subscribed = None;
+    // A listener sctrace put in the target listening again (nginx does, to set its
+    // backlog): the kernel's answer is all there is to it.
+    let remote = remote.filter(|remote| {
+        !remote
+            .direct
+            .as_ref()
+            .is_some_and(|direct| direct.is_of_target(sock.fd.as_fd()))
+    });
     if let (Ok(()), Some(remote)) = (&result, remote) {
         note_listening(remote, &sock, Protocol::Tcp);
         if remote.incoming.enabled() {
