@@ -40,6 +40,13 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     }
     let len = n.arg_int(2);
     let addr = n.copy_addr(n.arg_ptr(1), len);
+    if let (Some(remote), Some(dst)) = (&ctx.remote, addr.inet()) {
+        if !ctx.events.enabled() && ctx.access.owned().is_none() && stays_here(remote, dst) {
+            // Whatever the socket, the connect is the kernel's (what `as_asked` below would
+            // decide after a look at it): no copy of the socket is needed.
+            return Reply::Continue.into();
+        }
+    }
     let sock = match ctx.access.take(&ctx.notify, n, n.arg_int(0)) {
         Ok(sock) => Some(sock),
         // Container mode holds no Unix sockets (it creates only inet ones): their connects
@@ -132,6 +139,15 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
         },
     };
     Plan::Socket { sock, record, work }
+}
+
+/// Whether a connect to `dst` stays on this machine as asked, for a TCP and a UDP socket
+/// alike (no name to look up again here).
+fn stays_here(remote: &crate::remote::Remote, dst: std::net::SocketAddr) -> bool {
+    [Protocol::Tcp, Protocol::Udp].into_iter().all(|protocol| {
+        let routed = remote.route(protocol, dst);
+        routed.to == Destination::Local && routed.reresolve.is_none()
+    })
 }
 
 /// The connect as the app asked: left to the kernel when nothing needs its outcome (no
