@@ -912,6 +912,10 @@ s.listen()
 print("listening", sys.argv[2], flush=True)
 c, a = s.accept()
 c.sendall(b"round %s\\n" % sys.argv[2].encode())
+# The client closes first: no TIME_WAIT here on the port (without SO_REUSEADDR one would
+# refuse the next bind, in the target too).
+while c.recv(100):
+    pass
 c.close()
 s.close()
 """
@@ -932,7 +936,8 @@ for n in range(3):
     while True:
         try:
             c = socket.create_connection(("{APP}", 8012), timeout=5)
-            print(c.makefile().read().strip())
+            print(c.makefile().readline().strip())
+            c.close()
             break
         except OSError:
             if time.monotonic() > deadline:

@@ -249,6 +249,9 @@ pub enum Work {
         len: i32,
         /// Where `listen_ports` moves the bind, if it does.
         moved: Option<MovedBind>,
+        /// Container mode: the sockets sctrace holds (a copy of a listener the app closed
+        /// may still hold the port).
+        owned: Option<Arc<OwnedSockets>>,
     },
     /// `listen`, then the port's subscription in the target.
     Listen {

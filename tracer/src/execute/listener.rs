@@ -100,7 +100,8 @@ pub async fn place(
     let target = TargetListener {
         port: listening.port,
         inode: inode_of(listening.fd.as_fd())?,
-        pid: tid,
+        // The process, not the thread: a thread may end while its process goes on.
+        pid: crate::procfs::thread_group_of(tid).unwrap_or(tid),
         fd: sock.app_fd,
         shown: app.bound,
         v6: prepared.v6,

@@ -42,6 +42,7 @@ use crate::remote::incoming::AppListener;
 use crate::remote::Remote;
 use crate::sockaddr::{in_family, SockAddr};
 use crate::sys::socket::{self as sys, OutgoingMessage};
+use crate::trap::owned::OwnedSockets;
 use crate::trap::socket::AppSocket;
 use crate::trap::AddrArg;
 
@@ -167,6 +168,7 @@ pub fn bind(
     addr: AddrArg,
     len: i32,
     moved: Option<MovedBind>,
+    owned: Option<Arc<OwnedSockets>>,
 ) -> Action {
     let bytes = match (&moved, &addr) {
         (Some(moved), AddrArg::Bytes(bytes)) => {
@@ -181,16 +183,27 @@ pub fn bind(
     };
     let mut result = sys::bind(sock.fd.as_fd(), bytes.as_deref(), len);
     if let (Err(Errno(libc::EADDRINUSE)), Some(remote)) = (&result, remote) {
-        // sctrace itself may hold the port for a listener the app had in the target and
-        // just closed (a server restarting): let go of it, and bind again.
+        // sctrace itself may hold the port for a listener the app just closed (a server
+        // restarting): one it had in the target, whose port here sctrace keeps, or in
+        // container mode the copy of a subscribed listener the sweep has not released
+        // yet. Let go of it, and bind again.
         let port = bytes
             .as_deref()
             .and_then(SockAddr::parse)
             .and_then(|a| a.inet())
-            .map(|a| a.port());
-        if port.is_some_and(|port| port != 0 && remote.incoming.release_stale(port)) {
+            .map(|a| a.port())
+            .filter(|port| *port != 0);
+        let stale = port.is_some_and(|port| remote.incoming.release_stale(port));
+        let swept = match (&owned, port) {
+            (Some(owned), Some(_)) => {
+                owned.sweep_now();
+                true
+            }
+            _ => false,
+        };
+        if stale || swept {
             result = sys::bind(sock.fd.as_fd(), bytes.as_deref(), len);
-            if result == Err(Errno(libc::EADDRINUSE)) {
+            if stale && result == Err(Errno(libc::EADDRINUSE)) {
                 let remote = Arc::clone(remote);
                 return Action::Defer(Box::pin(async move {
                     // Without SO_REUSEADDR the port is free once sctrace's listener is

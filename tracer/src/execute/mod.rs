@@ -119,9 +119,15 @@ impl Executor {
             (Work::ConnectReresolved { name, dst }, _) => {
                 local::connect_reresolved(sock, record, name, dst)
             }
-            (Work::Bind { addr, len, moved }, remote) => {
-                local::bind(remote, sock, record, addr, len, moved)
-            }
+            (
+                Work::Bind {
+                    addr,
+                    len,
+                    moved,
+                    owned,
+                },
+                remote,
+            ) => local::bind(remote, sock, record, addr, len, moved, owned),
             (Work::Listen { backlog, tid }, remote) => {
                 local::listen(remote, sock, record, backlog, tid)
             }

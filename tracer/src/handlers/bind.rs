@@ -32,7 +32,12 @@ pub fn decide_bind(ctx: &Context, n: &Notification) -> Plan {
     Plan::Socket {
         sock,
         record,
-        work: Work::Bind { addr, len, moved },
+        work: Work::Bind {
+            addr,
+            len,
+            moved,
+            owned: ctx.access.owned().cloned(),
+        },
     }
 }
 
