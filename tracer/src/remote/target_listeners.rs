@@ -196,8 +196,16 @@ pub fn serve_local_clients(listener: &TargetListener) -> Option<tokio::task::Joi
     let (port, v6, v6_only) = (listener.port, listener.v6, listener.v6_only);
     Some(tokio::spawn(async move {
         loop {
-            let Ok((client, from)) = accepting.accept().await else {
-                return;
+            let (client, from) = match accepting.accept().await {
+                Ok(accepted) => accepted,
+                // Shut down: the app no longer has the listener in the target.
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => return,
+                // Out of fds, a client gone before its accept: the next one may do.
+                Err(err) => {
+                    tracing::debug!("a local client of a listener in the target: {err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
             };
             let ipv6_client = !canonical(from.ip()).is_ipv4();
             // The family the kernel would give the app this client in: an IPv4 client of a
