@@ -40,11 +40,28 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     }
     let len = n.arg_int(2);
     let addr = n.copy_addr(n.arg_ptr(1), len);
+    // Routes decided before the socket is looked at, kept for when it is (TCP, UDP).
+    let mut early: [Option<Routed>; 2] = [None, None];
     if let (Some(remote), Some(dst)) = (&ctx.remote, addr.inet()) {
-        if !ctx.events.enabled() && ctx.access.owned().is_none() && stays_here(remote, dst) {
-            // Whatever the socket, the connect is the kernel's (what `as_asked` below would
-            // decide after a look at it): no copy of the socket is needed.
-            return Reply::Continue.into();
+        if !ctx.events.enabled() && ctx.access.owned().is_none() {
+            for (at, protocol) in [Protocol::Tcp, Protocol::Udp].into_iter().enumerate() {
+                let known = match protocol {
+                    Protocol::Tcp => early[0].take(),
+                    Protocol::Udp => early[1].take(),
+                };
+                let routed = known.unwrap_or_else(|| remote.route(protocol, dst));
+                let stays = stays_here(&routed);
+                early[at] = Some(routed);
+                if !stays {
+                    break;
+                }
+            }
+            if early.iter().all(|r| r.as_ref().is_some_and(stays_here)) {
+                // Whatever the socket, a TCP or a UDP one, the connect is the kernel's
+                // (what `as_asked` below would decide after a look at it): no copy of the
+                // socket is needed.
+                return Reply::Continue.into();
+            }
         }
     }
     let sock = match ctx.access.take(&ctx.notify, n, n.arg_int(0)) {
@@ -141,13 +158,10 @@ pub fn decide(ctx: &Context, n: &Notification) -> Plan {
     Plan::Socket { sock, record, work }
 }
 
-/// Whether a connect to `dst` stays on this machine as asked, for a TCP and a UDP socket
-/// alike (no name to look up again here).
-fn stays_here(remote: &crate::remote::Remote, dst: std::net::SocketAddr) -> bool {
-    [Protocol::Tcp, Protocol::Udp].into_iter().all(|protocol| {
-        let routed = remote.route(protocol, dst);
-        routed.to == Destination::Local && routed.reresolve.is_none()
-    })
+/// Whether a connection so routed stays on this machine as asked (no name to look up
+/// again here).
+fn stays_here(routed: &Routed) -> bool {
+    routed.to == Destination::Local && routed.reresolve.is_none()
 }
 
 /// The connect as the app asked: left to the kernel when nothing needs its outcome (no
