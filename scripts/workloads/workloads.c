@@ -6,6 +6,9 @@
  *                            in the same process (so accept is traced too)
  *   workloads connect-to N PORT [HOST]   N blocking TCP connects to HOST:PORT (an IPv4
  *                            address; default 127.0.0.1), another process
+ *   workloads connect-udp N  N connect() calls of one UDP socket to 127.0.0.1:9: no packet is
+ *                            sent and no other process woken, so what a tool adds to it is
+ *                            its own price per connect, free of another process's scheduling
  *   workloads resolve N NAME N getaddrinfo(NAME) calls (glibc's resolver, A and AAAA)
  *   workloads hold N PORT HOST    opens N TCP connections to HOST:PORT and keeps them idle
  *                            until stdin closes; prints "held N" once all are open
@@ -13,6 +16,11 @@
  *                            free port), then exit; prints "ready PORT" once listening
  *   workloads allow-all PROGRAM [ARGS]  runs PROGRAM under a seccomp filter that allows
  *                            everything: the cost the kernel charges any seccomp-based tool
+ *   workloads trap-connect PROGRAM [ARGS]  runs PROGRAM with its connect() calls trapped by
+ *                            seccomp user notification and answered "continue" at once by a
+ *                            supervisor that does nothing else (synchronous wake-ups where
+ *                            the kernel has them): the price of the trap itself, which any
+ *                            seccomp-notify tool pays per trapped call
  *   workloads pingpong N     N one-byte round trips between two threads over pipes: the
  *                            cost of two context switches, the floor of any interception
  *                            that wakes another thread
@@ -33,7 +41,12 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <errno.h>
+#include <linux/audit.h>
 #include <linux/filter.h>
+#include <poll.h>
+#include <stddef.h>
+#include <sys/ioctl.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -120,6 +133,18 @@ static void bench_connect_to(long n, int port, const char *host) {
     struct sockaddr_in addr;
     target(&addr, port, host);
     connect_loop(n, &addr, "connect-to");
+}
+
+static void bench_connect_udp(long n) {
+    struct sockaddr_in addr;
+    target(&addr, 9, NULL);
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) die("socket");
+    double t0 = now();
+    for (long i = 0; i < n; i++)
+        if (connect(s, (struct sockaddr *)&addr, sizeof addr)) die("connect");
+    printf("connect-udp %ld %.6f\n", n, now() - t0);
+    close(s);
 }
 
 /* socket() and close() of UDP sockets: what creating a socket costs (sctrace's container
@@ -470,8 +495,76 @@ static int allow_all(char **argv) {
     return 127;
 }
 
+/* The child installs the filter and hands its listener to the parent over a socket pair,
+ * then becomes PROGRAM; the parent answers every trapped call with "continue". */
+static int trap_connect(char **argv) {
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair");
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    char byte = 0;
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
+    struct iovec iov = {&byte, 1};
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl.buf;
+    msg.msg_controllen = sizeof ctl.buf;
+    if (pid == 0) {
+        struct sock_filter f[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 3),
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 0, 1),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog prog = {sizeof f / sizeof f[0], f};
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) die("prctl");
+        int lfd = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+        if (lfd < 0) die("seccomp");
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &lfd, sizeof(int));
+        if (sendmsg(sv[1], &msg, 0) != 1) die("sendmsg");
+        close(lfd);
+        close(sv[0]);
+        close(sv[1]);
+        execvp(argv[0], argv);
+        die("execvp");
+    }
+    close(sv[1]);
+    if (recvmsg(sv[0], &msg, 0) != 1) die("recvmsg");
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (!c || c->cmsg_type != SCM_RIGHTS) die("no listener");
+    int lfd;
+    memcpy(&lfd, CMSG_DATA(c), sizeof(int));
+#ifndef SECCOMP_IOCTL_NOTIF_SET_FLAGS /* Linux 6.6; Debian 12's headers predate it */
+#define SECCOMP_IOCTL_NOTIF_SET_FLAGS SECCOMP_IOW(4, __u64)
+#endif
+    ioctl(lfd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, 1UL); /* SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP */
+    for (;;) {
+        struct seccomp_notif req;
+        memset(&req, 0, sizeof req);
+        if (ioctl(lfd, SECCOMP_IOCTL_NOTIF_RECV, &req) == 0) {
+            struct seccomp_notif_resp resp = {req.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE};
+            ioctl(lfd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+            continue;
+        }
+        if (errno != ENOENT && errno != EINTR) die("SECCOMP_IOCTL_NOTIF_RECV");
+        struct pollfd p = {lfd, POLLIN, 0};
+        if (poll(&p, 1, 0) == 1 && !(p.revents & POLLIN) && (p.revents & POLLHUP)) break;
+    }
+    int status;
+    if (waitpid(pid, &status, 0) < 0) die("waitpid");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 int main(int argc, char **argv) {
     if (argc >= 3 && !strcmp(argv[1], "allow-all")) return allow_all(argv + 2);
+    if (argc >= 3 && !strcmp(argv[1], "trap-connect")) return trap_connect(argv + 2);
     if (argc < 3) {
         fprintf(stderr, "usage: see the comment at the top of scripts/workloads/workloads.c\n");
         return 2;
@@ -481,6 +574,7 @@ int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (!strcmp(argv[1], "connect")) bench_connect(n);
     else if (!strcmp(argv[1], "connect-to")) bench_connect_to(n, port, argc > 4 ? argv[4] : NULL);
+    else if (!strcmp(argv[1], "connect-udp")) bench_connect_udp(n);
     else if (!strcmp(argv[1], "resolve") && argc > 3) bench_resolve(n, argv[3]);
     else if (!strcmp(argv[1], "hold") && argc > 4) hold(n, port, argv[4]);
     else if (!strcmp(argv[1], "acceptor")) run_acceptor(n, port);
