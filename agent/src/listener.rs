@@ -368,6 +368,8 @@ pub async fn serve(
     tracing::info!(addr = %listener.describe(), "listening");
 
     let slots = HandshakeSlots::new();
+    // One file held back for when the agent has no other (see the accept error below).
+    let mut reserve = std::fs::File::open("/dev/null").ok();
     let mut tasks: JoinSet<Served> = JoinSet::new();
     let mut idle_since = Instant::now();
     loop {
@@ -380,9 +382,25 @@ pub async fn serve(
                 let (accepted, from, peer) = match accepted {
                     Ok(c) => c,
                     Err(e) => {
-                        // E.g. EMFILE: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if crate::files::exhausted(&e) && crate::splice::drop_spare_pipes() > 0 {
+                            // Out of files: the pooled pipes go first.
+                            continue;
+                        }
+                        if crate::files::report_if_exhausted(&e, "new connections to the agent are closed at once") && reserve.take().is_some() {
+                            // The reserve's file, given back for a moment, lets the agent
+                            // accept the waiting connection and close it: its peer learns
+                            // now instead of waiting out its own timeout in the backlog.
+                            if let Ok(Ok(shed)) = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await {
+                                drop(shed);
+                            }
+                            reserve = std::fs::File::open("/dev/null").ok();
+                        } else {
+                            if !crate::files::exhausted(&e) {
+                                tracing::warn!(error = %e, "accept failed");
+                            }
+                            // Back off instead of spinning.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                         continue;
                     }
                 };

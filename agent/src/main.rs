@@ -14,6 +14,7 @@ mod data;
 mod dns;
 mod environ;
 mod errno;
+mod files;
 mod handoff;
 mod incoming;
 mod listener;

@@ -1,9 +1,15 @@
 //! Relaying two TCP sockets kernel to kernel with `splice(2)` through a pipe per direction:
 //! the bytes never enter the agent's memory. EOF on one side becomes a FIN (shutdown) on the
 //! other; an error resets both (SO_LINGER 0).
+//!
+//! A direction holds its pipe only while bytes are in flight: once the pipe is empty and the
+//! socket has nothing more to read, the pipe goes back to a small shared pool. So an idle
+//! connection (a client's pooled connection, say) costs the agent its two sockets, not six
+//! files, and the next burst takes a pipe from the pool without a system call.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::fcntl::{splice, OFlag, SpliceFFlags};
@@ -59,39 +65,103 @@ pub async fn relay(a: TcpStream, b: TcpStream) -> Spliced {
     }
 }
 
-/// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write side. The pipe is made
-/// only once bytes (or EOF) arrive: an idle connection holds no pipe, only its two sockets.
+/// Empty pipes kept for the next burst of any connection.
+static SPARE: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// How many empty pipes the pool keeps (two files each); more are closed.
+const SPARE_MAX: usize = 32;
+
+/// Closes the pooled pipes, for an agent out of files; returns how many there were.
+pub fn drop_spare_pipes() -> usize {
+    std::mem::take(&mut *SPARE.lock().unwrap_or_else(|e| e.into_inner())).len()
+}
+
+/// A pipe, empty whenever it is in the pool.
+struct Pipe {
+    rd: OwnedFd,
+    wr: OwnedFd,
+}
+
+impl Pipe {
+    /// A pipe from the pool, or a new one.
+    fn take() -> io::Result<Pipe> {
+        if let Some(pipe) = SPARE.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            return Ok(pipe);
+        }
+        let (rd, wr) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
+        // A bigger pipe moves more per call (the default is 64 KiB; the kernel caps the size
+        // at /proc/sys/fs/pipe-max-size, 1 MiB by default, which is fine to miss).
+        let _ = nix::fcntl::fcntl(wr.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
+        Ok(Pipe { rd, wr })
+    }
+
+    /// Gives an empty pipe back to the pool (or closes it, the pool being full).
+    fn give_back(self) {
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_MAX {
+            spare.push(self);
+        }
+    }
+}
+
+/// How a burst of bytes ended.
+enum Burst {
+    /// The socket has nothing more to read for now; the pipe is empty.
+    Idle(u64),
+    /// EOF; the pipe is empty.
+    Eof(u64),
+}
+
+/// Moves bytes from `from` to `to` until EOF, then shuts `to`'s write side.
 async fn direction(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
-    // Peek rather than wait for readiness, which can be reported before any byte is there.
-    from.peek(&mut [0u8; 1]).await?;
-    let (pipe_rd, pipe_wr) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
-    // A bigger pipe moves more per call (the default is 64 KiB; the kernel caps the size at
-    // /proc/sys/fs/pipe-max-size, 1 MiB by default, which is fine to miss).
-    let _ = nix::fcntl::fcntl(
-        pipe_wr.as_fd(),
-        nix::fcntl::FcntlArg::F_SETPIPE_SZ(CHUNK as i32),
-    );
+    let mut total = 0u64;
+    loop {
+        // No pipe is held while waiting. Readiness can come before any byte is there: the
+        // burst is then empty, and the pipe goes straight back.
+        from.readable().await?;
+        let pipe = match Pipe::take() {
+            Ok(pipe) => pipe,
+            Err(e) => {
+                crate::files::report_if_exhausted(&e, "a relayed connection was reset");
+                return Err(e);
+            }
+        };
+        match burst(from, to, &pipe).await? {
+            Burst::Idle(n) => {
+                total += n;
+                pipe.give_back();
+            }
+            Burst::Eof(n) => {
+                pipe.give_back();
+                let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(total + n);
+            }
+        }
+    }
+}
+
+/// Moves what `from` has to read through `pipe` to `to`, until `from` would block or ends.
+/// On an error the pipe may hold bytes: the caller drops it.
+async fn burst(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<Burst> {
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let mut total = 0u64;
     loop {
-        // Socket → pipe.
-        let n = from
-            .async_io(Interest::READABLE, || {
-                splice(from.as_fd(), None, pipe_wr.as_fd(), None, CHUNK, flags)
-                    .map_err(io::Error::from)
-            })
-            .await?;
-        if n == 0 {
-            let _ = SockRef::from(to).shutdown(std::net::Shutdown::Write);
-            return Ok(total);
-        }
+        // Socket → pipe, without waiting: tokio clears the readiness on EAGAIN.
+        let n = match from.try_io(Interest::READABLE, || {
+            splice(from.as_fd(), None, pipe.wr.as_fd(), None, CHUNK, flags).map_err(io::Error::from)
+        }) {
+            Ok(0) => return Ok(Burst::Eof(total)),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Idle(total)),
+            Err(e) => return Err(e),
+        };
         // Pipe → socket, until the pipe is empty.
         let mut left = n;
         while left > 0 {
             let m = to
                 .async_io(Interest::WRITABLE, || {
-                    splice(pipe_rd.as_fd(), None, to.as_fd(), None, left, flags)
+                    splice(pipe.rd.as_fd(), None, to.as_fd(), None, left, flags)
                         .map_err(io::Error::from)
                 })
                 .await?;

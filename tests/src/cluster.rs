@@ -207,6 +207,22 @@ impl Cluster {
         (address.clone(), token.clone())
     }
 
+    /// Another agent on plain TCP (`tcp:127.0.0.1:PORT` in the laptop, serving the cluster),
+    /// allowed only `files` open files (`prlimit --nofile`); its token is written to
+    /// `token`. Returns the running agent (its log is on stderr) and its address.
+    pub fn agent_over_tcp_with_files(
+        &self,
+        port: u16,
+        files: u64,
+        token: &Path,
+    ) -> (Server, String) {
+        let address = format!("tcp:127.0.0.1:{port}");
+        let mut cmd = self.laptop.command("prlimit");
+        cmd.arg(format!("--nofile={files}:{files}"))
+            .arg(bin("sctrace-agent"));
+        (self.start_agent(cmd, &address, token), address)
+    }
+
     /// Starts `cmd` (sctrace-agent, where it should run) for the cluster, listening on
     /// `address`, with a token written to `token`; returns once it listens.
     fn start_agent(&self, mut cmd: Command, address: &str, token: &Path) -> Server {

@@ -1644,3 +1644,76 @@ fn an_agent_on_tcp_takes_the_programs_own_sockets_and_nothing_forged() {
     // ... and goes on serving sessions.
     traced(&Variant::default(), "data-after.jsonl");
 }
+
+/// Connections to the echo server, each used once and then kept idle, until one fails or 200
+/// are open; then all are closed and one more is tried.
+const UNTIL_REFUSED: &str = r#"
+import socket, sys
+held, failure = [], "none"
+for i in range(200):
+    try:
+        s = socket.create_connection((sys.argv[1], 7), timeout=30)
+        s.sendall(b"x")
+        if s.recv(1) != b"x":
+            failure = "no echo"
+            break
+        held.append(s)
+    except OSError as e:
+        failure = type(e).__name__
+        break
+print("held", len(held), "then", failure)
+for s in held:
+    s.close()
+import time; time.sleep(0.5)
+s = socket.create_connection((sys.argv[1], 7), timeout=30)
+s.sendall(b"y")
+print("after closing", s.recv(1).decode())
+"#;
+
+#[test]
+fn an_agent_out_of_files_turns_connections_away_at_once_and_says_so() {
+    let world = World::new();
+    let echo = world.cluster.service("echo").v4().to_string();
+    let token = world.scratch("files-agent.token");
+    // 96 files: after the agent's own (under 40), room for a few dozen relayed connections
+    // at two files each, the pipes of idle ones being pooled.
+    let (agent, address) = world.cluster.agent_over_tcp_with_files(7397, 96, &token);
+    let out = run_with_timeout(
+        world
+            .cluster
+            .sctrace()
+            .env("SCTRACE_AGENT_ADDRESS", &address)
+            .env("SCTRACE_AGENT_TOKEN_FILE", &token)
+            .args(["run", "--target", &world.target(), "--"])
+            .args(["python3", "-c", UNTIL_REFUSED, &echo]),
+        T,
+    );
+    out.assert_success();
+    let first = out.stdout.lines().next().unwrap_or_default().to_string();
+    let fields: Vec<&str> = first.split_whitespace().collect();
+    let held: usize = match fields.as_slice() {
+        ["held", n, "then", _] => n.parse().unwrap_or(0),
+        _ => panic!("unexpected output\n{out}"),
+    };
+    // Not the 10 s stall of a data connection left in the agent's backlog (TimeoutError),
+    // nor no limit reached at all: the agent closed the connection it had no file for
+    // (ConnectionResetError), or refused the connect it could not make a socket for
+    // (OSError: EMFILE).
+    assert!(
+        first.ends_with("then ConnectionResetError") || first.ends_with("then OSError"),
+        "{out}"
+    );
+    // Six files per used connection (a pipe per direction held for good) left room for
+    // about ten.
+    assert!(
+        held >= 20,
+        "only {held} connections before the agent ran out\n{out}"
+    );
+    assert!(out.stdout.contains("after closing y"), "{out}");
+    let reports = agent
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("out of file descriptors (the limit is 96)"))
+        .count();
+    assert_eq!(reports, 1, "{}", agent.dump());
+}
