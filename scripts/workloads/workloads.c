@@ -10,8 +10,10 @@
  *                            sent and no other process woken, so what a tool adds to it is
  *                            its own price per connect, free of another process's scheduling
  *   workloads resolve N NAME N getaddrinfo(NAME) calls (glibc's resolver, A and AAAA)
- *   workloads hold N PORT HOST    opens N TCP connections to HOST:PORT and keeps them idle
- *                            until stdin closes; prints "held N" once all are open
+ *   workloads hold N PORT HOST    opens N TCP connections to HOST:PORT (an echo server),
+ *                            sends one byte on each and reads it back, as a client's pooled
+ *                            connections have, then keeps them idle until stdin closes;
+ *                            prints "held N" once all are open
  *   workloads acceptor N PORT     accept and close N connections on 127.0.0.1:PORT (0: any
  *                            free port), then exit; prints "ready PORT" once listening
  *   workloads allow-all PROGRAM [ARGS]  runs PROGRAM under a seccomp filter that allows
@@ -181,6 +183,9 @@ static void hold(long n, int port, const char *host) {
         int s = socket(AF_INET, SOCK_STREAM, 0);
         if (s < 0) die("socket");
         if (connect(s, (struct sockaddr *)&addr, sizeof addr)) die("connect");
+        char c = 'x';
+        if (write(s, &c, 1) != 1) die("write");
+        if (read(s, &c, 1) != 1) die("read");
     }
     printf("held %ld\n", n);
     fflush(stdout);
