@@ -160,8 +160,22 @@ impl NetnsSockets {
         }
     }
 
-    /// A new non-blocking, close-on-exec socket created inside the target namespace.
+    /// A new non-blocking, close-on-exec socket created inside the target namespace. Out of
+    /// files, the agent's pooled pipes are closed and the socket asked for again; a lack
+    /// that remains is reported (see `files`).
     pub async fn socket(&self, domain: Domain, ty: Type) -> io::Result<Socket> {
+        let made = match self.socket_once(domain, ty).await {
+            Err(e) if crate::files::exhausted(&e) && crate::splice::drop_spare_pipes() > 0 => {
+                self.socket_once(domain, ty).await
+            }
+            made => made,
+        };
+        made.inspect_err(|e| {
+            crate::files::report_if_exhausted(e, "a socket in the target could not be made");
+        })
+    }
+
+    async fn socket_once(&self, domain: Domain, ty: Type) -> io::Result<Socket> {
         match self.ask(domain, ty)? {
             Ok(socket) => Ok(socket),
             Err(rx) => rx.await.map_err(|_| gone())?,
@@ -170,10 +184,13 @@ impl NetnsSockets {
 
     /// [`NetnsSockets::socket`] for a thread that may block (the handoff channel's).
     pub fn socket_blocking(&self, domain: Domain, ty: Type) -> io::Result<Socket> {
-        match self.ask(domain, ty)? {
+        let made = match self.ask(domain, ty)? {
             Ok(socket) => Ok(socket),
             Err(rx) => rx.blocking_recv().map_err(|_| gone())?,
-        }
+        };
+        made.inspect_err(|e| {
+            crate::files::report_if_exhausted(e, "a socket in the target could not be made");
+        })
     }
 
     /// A pooled socket, or the answer to come from the namespace thread.

@@ -19,18 +19,10 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<TcpStream, i32> {
     let errno = |e: io::Error| errno::of(&e);
-    let domain = Domain::for_address(addr);
-    let socket = match sockets.socket(domain, Type::STREAM).await {
-        // Out of files: the pooled pipes go first.
-        Err(e) if crate::files::exhausted(&e) && crate::splice::drop_spare_pipes() > 0 => {
-            sockets.socket(domain, Type::STREAM).await
-        }
-        other => other,
-    }
-    .map_err(|e| {
-        crate::files::report_if_exhausted(&e, "a connect for the program was refused");
-        errno(e)
-    })?;
+    let socket = sockets
+        .socket(Domain::for_address(addr), Type::STREAM)
+        .await
+        .map_err(errno)?;
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Ok(Ok(stream)) => Ok(stream),
