@@ -88,6 +88,17 @@ impl World {
         cmd
     }
 
+    /// Runs `python3 -c script arg` under sctrace with the agent at `address` (its token in
+    /// `token`) serving the target.
+    fn python_by_address(&self, address: &str, token: &Path, script: &str, arg: &str) -> Output {
+        let mut cmd = self.cluster.sctrace();
+        cmd.env("SCTRACE_AGENT_ADDRESS", address)
+            .env("SCTRACE_AGENT_TOKEN_FILE", token)
+            .args(["run", "--target", &self.target(), "--"])
+            .args(["python3", "-c", script, arg]);
+        run_with_timeout(&mut cmd, T)
+    }
+
     fn run(&self, events: Option<&Path>, program: &Path, args: &[&str]) -> Output {
         run_with_timeout(&mut self.sctrace(events, None, program, args), T)
     }
@@ -1616,16 +1627,7 @@ fn an_agent_on_tcp_takes_the_programs_own_sockets_and_nothing_forged() {
     traced(&Variant::default(), "data-plain.jsonl");
     // A hundred at once: none is turned away by the agent's bound on connections that have
     // not proved themselves yet.
-    let burst = run_with_timeout(
-        world
-            .cluster
-            .sctrace()
-            .env("SCTRACE_AGENT_ADDRESS", &address)
-            .env("SCTRACE_AGENT_TOKEN_FILE", &token)
-            .args(["run", "--target", &world.target(), "--"])
-            .args(["python3", "-c", DATA_BURST, &echo]),
-        T,
-    );
+    let burst = world.python_by_address(&address, &token, DATA_BURST, &echo);
     burst.assert_success();
     assert_eq!(burst.stdout, "echoed 100\n", "{burst}");
     traced(&Variant::confined(), "data-confined.jsonl");
@@ -1678,16 +1680,7 @@ fn an_agent_out_of_files_turns_connections_away_at_once_and_says_so() {
     // 96 files: after the agent's own (under 40), room for a few dozen relayed connections
     // at two files each, the pipes of idle ones being pooled.
     let (agent, address) = world.cluster.agent_over_tcp_with_files(7397, 96, &token);
-    let out = run_with_timeout(
-        world
-            .cluster
-            .sctrace()
-            .env("SCTRACE_AGENT_ADDRESS", &address)
-            .env("SCTRACE_AGENT_TOKEN_FILE", &token)
-            .args(["run", "--target", &world.target(), "--"])
-            .args(["python3", "-c", UNTIL_REFUSED, &echo]),
-        T,
-    );
+    let out = world.python_by_address(&address, &token, UNTIL_REFUSED, &echo);
     out.assert_success();
     let first = out.stdout.lines().next().unwrap_or_default().to_string();
     let fields: Vec<&str> = first.split_whitespace().collect();
