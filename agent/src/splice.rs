@@ -34,6 +34,8 @@ pub struct Spliced {
 /// Relays `a` ⇄ `b` until both directions reach EOF or one fails. A failure ends the
 /// other direction at once: a peer that reset its connection (an app closing with
 /// SO_LINGER 0, say) resets the other side now, rather than when that side next sends.
+/// So does a reset that comes after a side's EOF was passed on (a server that closed, then
+/// got more bytes from its client): the other side's next send fails, as it would have.
 pub async fn relay(a: TcpStream, b: TcpStream) -> Spliced {
     let one = direction(&a, &b);
     let two = direction(&b, &a);
@@ -49,6 +51,8 @@ pub async fn relay(a: TcpStream, b: TcpStream) -> Spliced {
                 Ok(n) => b_to_a = Some(n),
                 Err(e) => break Some(e),
             },
+            e = reset_after_eof(&a), if a_to_b.is_some() => break Some(e),
+            e = reset_after_eof(&b), if b_to_a.is_some() => break Some(e),
         }
         if a_to_b.is_some() && b_to_a.is_some() {
             break None;
@@ -62,6 +66,25 @@ pub async fn relay(a: TcpStream, b: TcpStream) -> Spliced {
         a_to_b: a_to_b.unwrap_or(0),
         b_to_a: b_to_a.unwrap_or(0),
         error,
+    }
+}
+
+/// Waits until `side`, whose EOF was passed on, reports an error (a reset): only then does
+/// it wake, since a socket past EOF is readable for good.
+async fn reset_after_eof(side: &TcpStream) -> io::Error {
+    loop {
+        if let Err(e) = side.ready(Interest::ERROR).await {
+            return e;
+        }
+        match side.take_error() {
+            Ok(Some(e)) | Err(e) => return e,
+            // No pending error after all: forget the event and wait for the next.
+            Ok(None) => {
+                let _ = side.try_io(Interest::ERROR, || {
+                    Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                });
+            }
+        }
     }
 }
 

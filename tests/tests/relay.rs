@@ -1710,3 +1710,81 @@ fn an_agent_out_of_files_turns_connections_away_at_once_and_says_so() {
         .count();
     assert_eq!(reports, 1, "{}", agent.dump());
 }
+
+/// A server in the cluster that greets each client and closes at once.
+const GREET_AND_CLOSE: &str = r#"
+import socket, sys
+l = socket.socket()
+l.bind((sys.argv[1], 9099))
+l.listen()
+print("ready", flush=True)
+while True:
+    c, _ = l.accept()
+    c.sendall(b"bye\n")
+    c.close()
+"#;
+
+/// Reads the greeting, sends once (the server, gone, resets the connection), then sends
+/// again a little later: in the target that second send fails with EPIPE.
+const SEND_AFTER_CLOSE: &str = r#"
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 9099), timeout=20)
+got = b""
+while not got.endswith(b"\n"):
+    got += s.recv(100)
+s.sendall(b"more\n")
+time.sleep(0.5)
+print("read", s.recv(100))
+try:
+    s.sendall(b"again\n")
+    print("second send ok")
+except OSError as e:
+    print("second send", type(e).__name__)
+"#;
+
+#[test]
+fn a_reset_after_the_servers_close_reaches_the_program_on_spliced_paths() {
+    let world = World::new();
+    let host = world.cluster.service("echo").v4().to_string();
+    let mut server = world
+        .cluster
+        .cluster
+        .command("python3")
+        .args(["-c", GREET_AND_CLOSE, &host])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    let stdout = server.stdout.take().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let expected = "read b''\nsecond send BrokenPipeError\n";
+    // In the target itself.
+    let direct = run_with_timeout(
+        world
+            .cluster
+            .cluster
+            .command("python3")
+            .args(["-c", SEND_AFTER_CLOSE, &host]),
+        T,
+    );
+    assert_eq!(direct.stdout, expected, "{direct}");
+    // Through an agent on plain TCP (data connections), and relayed from a local agent.
+    let (address, token) = world.cluster.agent_over_tcp();
+    let by_address = world.python_by_address(&address, &token, SEND_AFTER_CLOSE, &host);
+    assert_eq!(by_address.stdout, expected, "{by_address}");
+    let relayed = run_with_timeout(
+        world
+            .sctrace(
+                None,
+                None,
+                Path::new("python3"),
+                &["-c", SEND_AFTER_CLOSE, &host],
+            )
+            .env("SCTRACE_DIRECT_SOCKETS", "0"),
+        T,
+    );
+    assert_eq!(relayed.stdout, expected, "{relayed}");
+    let _ = server.kill();
+    let _ = server.wait();
+}
