@@ -1711,7 +1711,7 @@ fn an_agent_out_of_files_turns_connections_away_at_once_and_says_so() {
     assert_eq!(reports, 1, "{}", agent.dump());
 }
 
-/// A server in the cluster that greets each client and closes at once.
+/// A server in the cluster that reads a client's first line, answers it and closes.
 const GREET_AND_CLOSE: &str = r#"
 import socket, sys
 l = socket.socket()
@@ -1720,26 +1720,42 @@ l.listen()
 print("ready", flush=True)
 while True:
     c, _ = l.accept()
+    got = b""
+    while not got.endswith(b"\n"):
+        more = c.recv(100)
+        if not more:
+            break
+        got += more
     c.sendall(b"bye\n")
     c.close()
 "#;
 
-/// Reads the greeting, sends once (the server, gone, resets the connection), then sends
-/// again a little later: in the target that second send fails with EPIPE.
+/// Says hello, reads the answer, sends once more (the server, gone, resets the connection),
+/// reads the end (EOF or the reset: the kernel gives either, depending on when the reset
+/// lands), then sends again every 100 ms for up to 5 s until a send fails: in the target
+/// the first of them fails with EPIPE (a relay that missed the reset lets one through).
 const SEND_AFTER_CLOSE: &str = r#"
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], 9099), timeout=20)
+s.sendall(b"hello\n")
 got = b""
 while not got.endswith(b"\n"):
     got += s.recv(100)
 s.sendall(b"more\n")
-time.sleep(0.5)
-print("read", s.recv(100))
+time.sleep(0.2)
 try:
-    s.sendall(b"again\n")
-    print("second send ok")
-except OSError as e:
-    print("second send", type(e).__name__)
+    print("read", "end" if s.recv(100) == b"" else "bytes")
+except ConnectionResetError:
+    print("read", "end")
+outcome = "no send failed"
+for sent in range(50):
+    try:
+        s.sendall(b"again\n")
+    except OSError as e:
+        outcome = "%s after %d more sends" % (type(e).__name__, sent)
+        break
+    time.sleep(0.1)
+print(outcome)
 "#;
 
 #[test]
@@ -1758,7 +1774,7 @@ fn a_reset_after_the_servers_close_reaches_the_program_on_spliced_paths() {
     let stdout = server.stdout.take().unwrap();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut ready).unwrap();
     assert_eq!(ready.trim(), "ready");
-    let expected = "read b''\nsecond send BrokenPipeError\n";
+    let expected = "read end\nBrokenPipeError after 0 more sends\n";
     // In the target itself.
     let direct = run_with_timeout(
         world
@@ -1773,6 +1789,13 @@ fn a_reset_after_the_servers_close_reaches_the_program_on_spliced_paths() {
     let (address, token) = world.cluster.agent_over_tcp();
     let by_address = world.python_by_address(&address, &token, SEND_AFTER_CLOSE, &host);
     assert_eq!(by_address.stdout, expected, "{by_address}");
+    if !Variant::from_env().is_plain() {
+        // The other variants reach an agent by address, some over a Unix socket, where the
+        // bytes go over the session stream: a known difference there (README).
+        let _ = server.kill();
+        let _ = server.wait();
+        return;
+    }
     let relayed = run_with_timeout(
         world
             .sctrace(
